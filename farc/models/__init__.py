@@ -1,0 +1,1 @@
+"""Model definitions: DeiT (the teacher) and FAR (the BiLSTM student)."""

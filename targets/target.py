@@ -1,0 +1,262 @@
+"""The typed, frozen `Target`: one TOML file -> one object read by compiler, emulator and
+cost model alike. Unknown keys and bad values are refused with the section, key and a
+suggestion, so a typo in a target file never silently falls back to a default.
+
+Each section is a dataclass; the string literal under a field is its documentation (unit,
+range, caveats) and is what `docs/targets.md` and `farc targets` show."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from farc.errors import ConfigError
+
+TARGET_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class CrossbarSpec:
+    rows: int = 128
+    """Word lines per crossbar (inputs). Power of two, 8..4096."""
+    cols: int = 128
+    """Bit lines per crossbar (physical columns). Power of two, 8..4096."""
+    cell_bits: int = 2
+    """Bits stored per ReRAM cell (conductance levels = 2**cell_bits). 1..8."""
+
+
+@dataclass(frozen=True)
+class ChipSpec:
+    tiles: int = 168
+    """Tiles on the chip."""
+    imas_per_tile: int = 12
+    """In-situ multiply-accumulate units (IMAs) per tile."""
+    crossbars_per_ima: int = 8
+    """Crossbars per IMA."""
+
+    @property
+    def crossbars(self) -> int:
+        """Physical crossbars on the chip: tiles * imas_per_tile * crossbars_per_ima."""
+        return self.tiles * self.imas_per_tile * self.crossbars_per_ima
+
+
+@dataclass(frozen=True)
+class DacSpec:
+    bits: int = 1
+    """Input bits applied per cycle (1 = bit-serial). 1..8."""
+
+
+@dataclass(frozen=True)
+class AdcSpec:
+    bits: int = 8
+    """ADC resolution in bits. 1..16."""
+    range: str = "full"
+    """'full': the ADC spans the largest possible partial sum (rows * (2**dac_bits-1) *
+    (2**cell_bits-1)); 'calibrated': the compiler sets each crossbar's range from the
+    partial sums seen on calibration inputs."""
+    columns_per_adc: int = 128
+    """Columns that share one ADC (time-multiplexed); bounds column throughput."""
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    weight_bits: int = 8
+    """Signed weight bits incl. sign: q in [-(2**(B-1)-1), 2**(B-1)-1], per output column."""
+    input_bits: int = 8
+    """Signed input bits incl. sign, per-tensor calibrated scale, offset-encoded on the DAC."""
+    mapping: str = "differential"
+    """'differential': G+/G- column pair per weight slice; 'offset': one column per slice
+    holding q + 2**(B-1)-1, the offset removed digitally."""
+    calibration: str = "max"
+    """Input-range calibration policy: 'max' or 'percentile'."""
+    percentile: float = 99.99
+    """Percentile of |x| used when calibration = 'percentile'."""
+
+
+SECTIONS: dict[str, type] = {
+    "crossbar": CrossbarSpec,
+    "chip": ChipSpec,
+    "dac": DacSpec,
+    "adc": AdcSpec,
+    "quant": QuantSpec,
+}
+# Sections the cost model owns; validated by farc.targets.cost (free-form here).
+COST_SECTIONS = ("latency", "energy", "area", "write", "digital")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A crossbar accelerator. Built only through `load_target` / `Target.from_dict`."""
+
+    name: str
+    description: str = ""
+    crossbar: CrossbarSpec = field(default_factory=CrossbarSpec)
+    chip: ChipSpec = field(default_factory=ChipSpec)
+    dac: DacSpec = field(default_factory=DacSpec)
+    adc: AdcSpec = field(default_factory=AdcSpec)
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Raw cost sections (latency, energy, area, write, digital) for the cost model."""
+
+    # ---- derived values: computed here once, never re-derived elsewhere ----
+    @property
+    def weight_slices(self) -> int:
+        """Cells per weight magnitude: ceil((weight_bits - 1) / cell_bits) for differential,
+        ceil(weight_bits / cell_bits) for offset (the offset value needs the full width)."""
+        mag = self.quant.weight_bits - 1 if self.quant.mapping == "differential" else \
+            self.quant.weight_bits
+        return math.ceil(mag / self.crossbar.cell_bits)
+
+    @property
+    def signs(self) -> int:
+        """Physical columns per weight slice: 2 for a differential pair, 1 for offset."""
+        return 2 if self.quant.mapping == "differential" else 1
+
+    @property
+    def input_cycles(self) -> int:
+        """DAC cycles per MVM: ceil(input_bits / dac_bits)."""
+        return math.ceil(self.quant.input_bits / self.dac.bits)
+
+    @property
+    def max_partial_sum(self) -> int:
+        """Largest value one column can sum in one cycle: rows*(2^dac-1)*(2^cell-1)."""
+        return self.crossbar.rows * (2**self.dac.bits - 1) * (2**self.crossbar.cell_bits - 1)
+
+    @property
+    def adc_lossless(self) -> bool:
+        """True when a full-range ADC resolves every partial sum exactly."""
+        return 2**self.adc.bits - 1 >= self.max_partial_sum
+
+    @property
+    def crossbars(self) -> int:
+        return self.chip.crossbars
+
+    def with_overrides(self, **kw: Any) -> Target:
+        """A copy with `section.key` overrides, e.g. with_overrides(**{"adc.bits": 6})."""
+        data = self.to_dict()
+        for dotted, value in kw.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            data.setdefault(section, {})[key] = value
+        return Target.from_dict(data, source="overrides")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML-shaped dict this target was built from (with defaults filled in)."""
+        out: dict[str, Any] = {"target": {"name": self.name, "description": self.description}}
+        for sec in SECTIONS:
+            spec = getattr(self, sec)
+            out[sec] = {f.name: getattr(spec, f.name) for f in fields(spec)}
+        for sec, vals in self.costs.items():
+            out[sec] = dict(vals)
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], source: str = "<dict>") -> Target:
+        """Validate a TOML-shaped dict and build the Target; ConfigError on any bad key/value."""
+        known = ["target", *SECTIONS, *COST_SECTIONS]
+        for sec in data:
+            if sec not in known:
+                raise ConfigError(f"{source}: unknown section [{sec}]{_suggest(sec, known)}")
+        head = data.get("target", {})
+        _check_keys(head, ["name", "description"], "target", source)
+        if "name" not in head:
+            raise ConfigError(f"{source}: [target] needs a name")
+        specs = {}
+        for sec, cls in SECTIONS.items():
+            vals = data.get(sec, {})
+            _check_keys(vals, [f.name for f in fields(cls)], sec, source)
+            for f in fields(cls):
+                if f.name in vals:
+                    _check_type(vals[f.name], type(getattr(cls(), f.name)), sec, f.name, source)
+            specs[sec] = cls(**vals)
+        costs = {sec: dict(data[sec]) for sec in COST_SECTIONS if sec in data}
+        target = Target(name=str(head["name"]), description=str(head.get("description", "")),
+                        costs=costs, **specs)
+        _check_ranges(target, source)
+        return target
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(vals: dict, allowed: list[str], section: str, source: str) -> None:
+    for key in vals:
+        if key not in allowed:
+            raise ConfigError(f"{source}: unknown key {key!r} in [{section}]"
+                              f"{_suggest(key, allowed)}")
+
+
+def _check_type(value: Any, want: type, section: str, key: str, source: str) -> None:
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(f"{source}: [{section}] {key} = {value!r} must be {want.__name__}")
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _check_ranges(t: Target, source: str) -> None:
+    def bad(section: str, key: str, value: Any, rule: str) -> ConfigError:
+        return ConfigError(f"{source}: [{section}] {key} = {value!r} {rule}")
+
+    xb = t.crossbar
+    for key in ("rows", "cols"):
+        v = getattr(xb, key)
+        if not (_pow2(v) and 8 <= v <= 4096):
+            raise bad("crossbar", key, v, "must be a power of two in 8..4096")
+    if not 1 <= xb.cell_bits <= 8:
+        raise bad("crossbar", "cell_bits", xb.cell_bits, "must be in 1..8")
+    if not 1 <= t.dac.bits <= 8:
+        raise bad("dac", "bits", t.dac.bits, "must be in 1..8")
+    if not 1 <= t.adc.bits <= 16:
+        raise bad("adc", "bits", t.adc.bits, "must be in 1..16")
+    if t.adc.range not in ("full", "calibrated"):
+        raise bad("adc", "range", t.adc.range, "must be 'full' or 'calibrated'")
+    if t.adc.columns_per_adc < 1:
+        raise bad("adc", "columns_per_adc", t.adc.columns_per_adc, "must be >= 1")
+    q = t.quant
+    if not 2 <= q.weight_bits <= 16:
+        raise bad("quant", "weight_bits", q.weight_bits, "must be in 2..16")
+    if not 2 <= q.input_bits <= 16:
+        raise bad("quant", "input_bits", q.input_bits, "must be in 2..16")
+    if q.mapping not in ("differential", "offset"):
+        raise bad("quant", "mapping", q.mapping, "must be 'differential' or 'offset'")
+    if q.calibration not in ("max", "percentile"):
+        raise bad("quant", "calibration", q.calibration, "must be 'max' or 'percentile'")
+    if not 50.0 < q.percentile <= 100.0:
+        raise bad("quant", "percentile", q.percentile, "must be in (50, 100]")
+    for key in ("tiles", "imas_per_tile", "crossbars_per_ima"):
+        if getattr(t.chip, key) < 1:
+            raise bad("chip", key, getattr(t.chip, key), "must be >= 1")
+
+
+def list_targets() -> list[str]:
+    """Names of the targets shipped in targets/*.toml."""
+    return sorted(p.stem for p in TARGET_DIR.glob("*.toml"))
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """Load a shipped target by name ('isaac') or any TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = TARGET_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            raise ConfigError(f"unknown target {str(name_or_path)!r}; shipped targets: "
+                              f"{', '.join(list_targets())} (or give a .toml path)")
+    if not path.exists():
+        raise ConfigError(f"target file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return Target.from_dict(data, source=str(path))
