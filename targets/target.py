@@ -14,6 +14,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from farc.targets.cost_specs import (
+    COST_SPECS,
+    POSITIVE,
+    AreaSpec,
+    DigitalSpec,
+    EnergySpec,
+    LatencySpec,
+    WriteSpec,
+)
+
 from farc.errors import ConfigError
 
 TARGET_DIR = Path(__file__).parent
@@ -84,8 +94,9 @@ SECTIONS: dict[str, type] = {
     "adc": AdcSpec,
     "quant": QuantSpec,
 }
-# Sections the cost model owns; validated by farc.targets.cost (free-form here).
-COST_SECTIONS = ("latency", "energy", "area", "write", "digital")
+# Sections the cost model reads (typed, see cost_specs.py); validated here like the others.
+COST_SECTIONS = tuple(COST_SPECS)
+ALL_SECTIONS: dict[str, type] = {**SECTIONS, **COST_SPECS}
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,19 @@ class Target:
     dac: DacSpec = field(default_factory=DacSpec)
     adc: AdcSpec = field(default_factory=AdcSpec)
     quant: QuantSpec = field(default_factory=QuantSpec)
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    """Per-event latencies (crossbar read, ADC rate, pipeline, buffer bandwidth)."""
+    energy: EnergySpec = field(default_factory=EnergySpec)
+    """Per-event energies of the analog datapath, buffers and interconnect."""
+    area: AreaSpec = field(default_factory=AreaSpec)
+    """Component areas, for the area of the crossbars and periphery a program uses."""
+    write: WriteSpec = field(default_factory=WriteSpec)
+    """Crossbar programming cost and endurance (attention costed as crossbar rewrites)."""
+    digital: DigitalSpec = field(default_factory=DigitalSpec)
+    """Digital vector units and the digital matmul unit."""
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Raw cost sections (latency, energy, area, write, digital) for the cost model."""
+    """The cost sections as given in the file (raw dicts; kept for older readers; the typed
+    sections above are authoritative)."""
 
     # ---- derived values: computed here once, never re-derived elsewhere ----
     @property
@@ -148,26 +170,26 @@ class Target:
     def to_dict(self) -> dict[str, Any]:
         """The TOML-shaped dict this target was built from (with defaults filled in)."""
         out: dict[str, Any] = {"target": {"name": self.name, "description": self.description}}
-        for sec in SECTIONS:
+        for sec in ALL_SECTIONS:
             spec = getattr(self, sec)
             out[sec] = {f.name: getattr(spec, f.name) for f in fields(spec)}
-        for sec, vals in self.costs.items():
-            out[sec] = dict(vals)
         return out
 
     @staticmethod
     def from_dict(data: dict[str, Any], source: str = "<dict>") -> Target:
         """Validate a TOML-shaped dict and build the Target; ConfigError on any bad key/value."""
-        known = ["target", *SECTIONS, *COST_SECTIONS]
+        known = ["target", *ALL_SECTIONS]
         for sec in data:
             if sec not in known:
                 raise ConfigError(f"{source}: unknown section [{sec}]{_suggest(sec, known)}")
+            if sec != "target" and not isinstance(data[sec], dict):
+                raise ConfigError(f"{source}: [{sec}] must be a table, got {data[sec]!r}")
         head = data.get("target", {})
         _check_keys(head, ["name", "description"], "target", source)
         if "name" not in head:
             raise ConfigError(f"{source}: [target] needs a name")
         specs = {}
-        for sec, cls in SECTIONS.items():
+        for sec, cls in ALL_SECTIONS.items():
             vals = data.get(sec, {})
             _check_keys(vals, [f.name for f in fields(cls)], sec, source)
             for f in fields(cls):
@@ -178,6 +200,7 @@ class Target:
         target = Target(name=str(head["name"]), description=str(head.get("description", "")),
                         costs=costs, **specs)
         _check_ranges(target, source)
+        _check_costs(target, source)
         return target
 
 
@@ -238,6 +261,17 @@ def _check_ranges(t: Target, source: str) -> None:
     for key in ("tiles", "imas_per_tile", "crossbars_per_ima"):
         if getattr(t.chip, key) < 1:
             raise bad("chip", key, getattr(t.chip, key), "must be >= 1")
+
+
+def _check_costs(t: Target, source: str) -> None:
+    for sec in COST_SECTIONS:
+        spec = getattr(t, sec)
+        for f in fields(spec):
+            v = getattr(spec, f.name)
+            if (sec, f.name) in POSITIVE and not v > 0:
+                raise ConfigError(f"{source}: [{sec}] {f.name} = {v!r} must be > 0")
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"{source}: [{sec}] {f.name} = {v!r} must be finite and >= 0")
 
 
 def list_targets() -> list[str]:
