@@ -1,0 +1,257 @@
+"""Crossbar MVM numerics of docs/numerics.md: DAC cycles, analog partial sums, ADC,
+shift-and-add, digital corrections and rescale.
+
+Two paths compute the same integers:
+- the bit-level path builds every (row tile, input cycle, physical column) partial sum and
+  digitises it with the ADC rule; it is the definition and the only path that can carry
+  device non-idealities;
+- the fast path computes `x_int @ q` with one matmul, with `q` rebuilt from the codes once.
+  It is used only where it is provably identical: every ADC step of the layer is 1 and the
+  largest partial sum any input can produce on the programmed codes fits the ADC.
+
+Everything here is numpy; arrays are prepared once per layer (`PreparedLayer`) so a run
+spends its time in BLAS, never in Python loops over rows, columns or vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+# Largest integer magnitude below which float32 arithmetic on integers is exact.
+F32_EXACT = 2**24
+# Elements of the [row_tiles, cycles, vectors, columns] partial-sum block built at once.
+CHUNK_ELEMENTS = 2**22
+
+
+# ---------------------------------------------------------------- closed-form numerics
+def weight_slices(weight_bits: int, cell_bits: int, mapping: str) -> int:
+    """Cells per weight magnitude: the sign bit is not stored by a differential pair."""
+    mag = weight_bits - 1 if mapping == "differential" else weight_bits
+    return math.ceil(mag / cell_bits)
+
+
+def mapping_signs(mapping: str) -> int:
+    """Physical columns per weight slice: 2 (G+, G-) for differential, 1 for offset."""
+    return 2 if mapping == "differential" else 1
+
+
+def input_cycles(input_bits: int, dac_bits: int) -> int:
+    """DAC cycles per MVM: the offset input u has input_bits bits, dac_bits per cycle."""
+    return math.ceil(input_bits / dac_bits)
+
+
+def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int) -> int:
+    """The physical largest partial sum of one column in one cycle."""
+    return rows * (2**dac_bits - 1) * (2**cell_bits - 1)
+
+
+def adc_step_for(pmax: float, adc_bits: int) -> int:
+    """Smallest power-of-two step with (2**adc_bits - 1) * step >= pmax (1 when pmax <= top)."""
+    top = 2**adc_bits - 1
+    step = 1
+    while top * step < pmax:
+        step *= 2
+    return step
+
+
+# ---------------------------------------------------------------- elementary rules
+def quantize_input(x: np.ndarray, in_scale: float, input_bits: int) -> np.ndarray:
+    """x_int = clip(rint(x / s_x), -Qx, Qx), divided in float32 as ONNX QuantizeLinear does."""
+    qx = 2 ** (input_bits - 1) - 1
+    xi = np.rint(x.astype(np.float32, copy=False) / np.float32(in_scale))
+    return np.clip(xi, -qx, qx).astype(np.int64)
+
+
+def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
+    """[vectors, K] non-negative ints -> [cycles, vectors, K]: digit c of u in base 2**dac_bits."""
+    shifts = (np.arange(cycles, dtype=np.int64) * dac_bits)[:, None, None]
+    return (u[None] >> shifts) & (2**dac_bits - 1)
+
+
+def adc(p: np.ndarray, steps: np.ndarray, adc_bits: int) -> np.ndarray:
+    """ADC of partial sums p [row_tiles, ...] with one power-of-two step per row tile:
+    clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step."""
+    st = steps.reshape((-1,) + (1,) * (p.ndim - 1)).astype(p.dtype)
+    return np.clip(np.floor(p / st + 0.5), 0, 2**adc_bits - 1) * st
+
+
+# ---------------------------------------------------------------- one layer, prepared once
+@dataclass
+class PreparedLayer:
+    """Per-layer arrays derived once from the program, so each MVM is a few BLAS calls."""
+
+    index: int
+    K: int
+    N: int
+    rows: int
+    row_tiles: int
+    col_tiles: int
+    cols: int
+    J: int
+    """Used expanded columns: N * slices * signs."""
+    cycles: int
+    dac_bits: int
+    adc_bits: int
+    input_bits: int
+    in_scale: float
+    in_zero: int
+    offset_qw: int
+    """Qw for the offset mapping (its digital correction), 0 for differential."""
+    steps: np.ndarray
+    """ADC step per row tile, int64 [row_tiles]."""
+    levels: np.ndarray
+    """Conductance level per cell, [row_tiles, rows, J] float32 (float64 if sums need it)."""
+    order: np.ndarray
+    """Expanded columns sorted by output: [N * slices * signs] int64."""
+    colw: np.ndarray
+    """Shift-add weight of each sorted column, sign * 2**(slice*cell_bits): [N, slices*signs]."""
+    cycle_w: np.ndarray
+    """Shift-add weight of each cycle, 2**(c*dac_bits): [cycles] float64."""
+    colsum: np.ndarray
+    scale: np.ndarray
+    """s_x * s_w[n] in float32."""
+    bias: np.ndarray | None
+    q: np.ndarray
+    """Signed weights rebuilt from the codes, [K, N] (float32 when sums stay exact)."""
+    lossless: bool
+    """True when the ADC can never change a partial sum: the fast path is exact."""
+    crossbars: list[list[int]]
+    used_rows: np.ndarray
+    """Driven rows of each row tile, [row_tiles]."""
+    used_cols: np.ndarray
+    """Used columns of each column tile, [col_tiles]."""
+
+
+def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> PreparedLayer:
+    """Derive a PreparedLayer from a validated layer dict and the program's arrays."""
+    names = layer["arrays"]
+    codes = arrays[names["codes"]]
+    rt, ct, rows, cols = codes.shape
+    S, signs, N, K = layer["slices"], layer["signs"], layer["N"], layer["K"]
+    J = N * S * signs
+    cb, db = layer["cell_bits"], layer["dac_bits"]
+    flat = codes.transpose(0, 2, 1, 3).reshape(rt, rows, ct * cols)[:, :, :J]
+    col_out = arrays[names["col_out"]].astype(np.int64)
+    order = np.argsort(col_out, kind="stable")
+    shift = arrays[names["col_slice"]].astype(np.int64) * cb
+    sign = 1 - 2 * arrays[names["col_sign"]].astype(np.int64)
+    colw = (sign * (2.0 ** shift))[order].reshape(N, S * signs)
+    offset_qw = 2 ** (layer["weight_bits"] - 1) - 1 if layer["mapping"] == "offset" else 0
+    q_all = flat.reshape(rt * rows, J)[:K].astype(np.float64)
+    q = np.einsum("knm,nm->kn", q_all[:, order].reshape(K, N, S * signs), colw) - offset_qw
+    qx = 2 ** (layer["input_bits"] - 1) - 1
+    exact32 = qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
+    steps = np.asarray(layer["adc_step"], dtype=np.int64)
+    col_peak = flat.astype(np.int64).sum(axis=1).max(initial=0) * (2**db - 1)
+    lossless = bool(np.all(steps == 1)) and col_peak <= 2 ** layer["adc_bits"] - 1
+    pmax = full_scale_pmax(rows, db, cb)
+    w_scale = arrays[names["w_scale"]].astype(np.float32)
+    bias = arrays[names["bias"]].astype(np.float32) if names.get("bias") else None
+    used_rows = np.minimum(rows, K - np.arange(rt) * rows)
+    used_cols = np.minimum(cols, J - np.arange(ct) * cols)
+    return PreparedLayer(
+        index=index, K=K, N=N, rows=rows, row_tiles=rt, col_tiles=ct, cols=cols, J=J,
+        cycles=input_cycles(layer["input_bits"], db), dac_bits=db,
+        adc_bits=layer["adc_bits"], input_bits=layer["input_bits"],
+        in_scale=float(layer["in_scale"]), in_zero=int(layer["in_zero"]), offset_qw=offset_qw,
+        steps=steps, levels=flat.astype(np.float32 if pmax < F32_EXACT else np.float64),
+        order=order, colw=colw,
+        cycle_w=2.0 ** (np.arange(input_cycles(layer["input_bits"], db)) * db),
+        colsum=arrays[names["colsum"]].astype(np.int64),
+        scale=(np.float32(layer["in_scale"]) * w_scale).astype(np.float32), bias=bias,
+        q=q.astype(np.float32 if exact32 else np.float64), lossless=lossless,
+        crossbars=[list(c) for c in layer["crossbars"]],
+        used_rows=used_rows, used_cols=used_cols)
+
+
+# ---------------------------------------------------------------- the two paths
+def mvm_fast(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
+    """y_int = x_int @ q in one matmul (exact: every partial sum is a representable integer)."""
+    return (x_int.astype(pl.q.dtype) @ pl.q).astype(np.float64)
+
+
+PartialSums = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(planes [cycles, vectors, row_tiles, rows], sumsq [row_tiles, cycles, vectors]) -> P."""
+
+
+def ideal_partial_sums(pl: PreparedLayer) -> PartialSums:
+    """Analog partial sums on the ideal programmed levels: one batched matmul per chunk."""
+
+    def run(planes: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
+        c, v, rt, rows = planes.shape
+        lhs = planes.transpose(2, 0, 1, 3).reshape(rt, c * v, rows).astype(pl.levels.dtype)
+        return (lhs @ pl.levels).reshape(rt, c, v, pl.J)
+
+    return run
+
+
+def offset_inputs(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
+    """u = x_int + z on the K real rows, 0 on padded rows: [vectors, row_tiles * rows]."""
+    u = np.zeros((x_int.shape[0], pl.row_tiles * pl.rows), dtype=np.int64)
+    u[:, : pl.K] = x_int + pl.in_zero
+    return u
+
+
+def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
+                 partial_sums: PartialSums | None = None) -> np.ndarray:
+    """The definition: per row tile, cycle and physical column, ADC then shift-and-add,
+    then the digital corrections. Returns y_int [vectors, N] as float64 (integers)."""
+    ps = partial_sums or ideal_partial_sums(pl)
+    per_vec = pl.row_tiles * pl.cycles * max(pl.J, 1)
+    chunk = max(1, CHUNK_ELEMENTS // per_vec)
+    out = np.empty((x_int.shape[0], pl.N), dtype=np.float64)
+    for lo in range(0, x_int.shape[0], chunk):
+        out[lo:lo + chunk] = _bitlevel_chunk(pl, x_int[lo:lo + chunk], ps)
+    return out
+
+
+def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums) -> np.ndarray:
+    u = offset_inputs(pl, x_int)
+    planes = bit_planes(u, pl.cycles, pl.dac_bits).reshape(
+        pl.cycles, len(u), pl.row_tiles, pl.rows)
+    sumsq = np.einsum("cvrk,cvrk->rcv", planes, planes).astype(np.float64)
+    digit = adc(ps(planes, sumsq), pl.steps, pl.adc_bits)
+    acc = shift_add(pl, digit)
+    return acc - pl.offset_qw * u.sum(axis=1, dtype=np.int64)[:, None] - pl.in_zero * pl.colsum
+
+
+def shift_add(pl: PreparedLayer, digit: np.ndarray) -> np.ndarray:
+    """ADC outputs [row_tiles, cycles, vectors, J] -> acc [vectors, N]: digital add across row
+    tiles, shift-add across cycles, then across slices (and the G+ - G- subtraction)."""
+    per_cycle = digit.sum(axis=0, dtype=np.float64)
+    per_col = np.tensordot(pl.cycle_w, per_cycle, axes=(0, 0))
+    v = per_col.shape[0]
+    return np.einsum("vnm,nm->vn", per_col[:, pl.order].reshape(v, pl.N, -1), pl.colw)
+
+
+def dequantize(pl: PreparedLayer, y_int: np.ndarray) -> np.ndarray:
+    """y = float32(y_int) * (s_x * s_w[n]) + b[n]."""
+    y = y_int.astype(np.float32) * pl.scale
+    return y + pl.bias if pl.bias is not None else y
+
+
+def dac_pulses(pl: PreparedLayer, x_int: np.ndarray) -> int:
+    """Non-zero DAC digits applied, summed over every crossbar that receives them."""
+    u = x_int + pl.in_zero
+    mask = 2**pl.dac_bits - 1
+    nz = sum(int(np.count_nonzero((u >> (c * pl.dac_bits)) & mask)) for c in range(pl.cycles))
+    return nz * pl.col_tiles
+
+
+def partial_sum_max(pl: PreparedLayer, x: np.ndarray) -> int:
+    """Largest analog partial sum the ideal crossbars produce on float inputs x [..., K]:
+    what a 'calibrated' ADC range is set from (the compiler may call this)."""
+    x_int = quantize_input(x.reshape(-1, pl.K), pl.in_scale, pl.input_bits)
+    per_vec = pl.row_tiles * pl.cycles * max(pl.J, 1)
+    chunk = max(1, CHUNK_ELEMENTS // per_vec)
+    best = 0.0
+    for lo in range(0, len(x_int), chunk):
+        u = offset_inputs(pl, x_int[lo:lo + chunk])
+        planes = bit_planes(u, pl.cycles, pl.dac_bits).reshape(
+            pl.cycles, len(u), pl.row_tiles, pl.rows)
+        best = max(best, float(ideal_partial_sums(pl)(planes, None).max(initial=0.0)))
+    return int(best)

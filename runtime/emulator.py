@@ -1,0 +1,317 @@
+"""The functional ReRAM emulator: the executable meaning of every opcode.
+
+One small handler per opcode (HANDLERS); the crossbar arithmetic lives in crossbar.py and
+the device models in noise.py. Per-layer arrays are prepared once at construction, so a run
+is a walk over the instructions with numpy doing the work. Registers are float32 tensors
+whose first axis is the batch; a loop body runs once per step for every LSTM it holds
+(all heads and directions of a block in lockstep)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from farc.errors import EmulatorError
+
+from . import crossbar as xb
+from .counters import Counters, LayerGeometry, record, record_move
+from .noise import NoiseConfig, noisy_partial_sums, program_conductances
+from .program import Program
+
+Handler = Callable[["Emulator", dict[str, Any], list[np.ndarray]], np.ndarray | None]
+HANDLERS: dict[str, Handler] = {}
+MVM_PATHS = ("auto", "bitlevel", "fast")
+
+
+def handler(*ops: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for op in ops:
+            HANDLERS[op] = fn
+        return fn
+    return register
+
+
+class Emulator:
+    """Runs a validated Program.
+
+    Parameters
+    ----------
+    program: the tile program.
+    noise: device non-idealities; None (or an all-ideal config) is bit-exact to the numerics.
+    seed: seeds programming-time draws and read noise; same seed, same outputs.
+    mvm_path: 'auto' (fast path on layers where it is provably exact), 'bitlevel' (always the
+        per-cycle/per-column ADC path) or 'fast' (refused unless every layer is lossless).
+    """
+
+    def __init__(self, program: Program, noise: NoiseConfig | None = None, seed: int = 0,
+                 mvm_path: str = "auto") -> None:
+        if mvm_path not in MVM_PATHS:
+            raise EmulatorError(f"mvm_path {mvm_path!r} not in {MVM_PATHS}")
+        program.validate()
+        self.program = program
+        self.noise = noise if noise is not None and noise.enabled else None
+        self.mvm_path = mvm_path
+        self.layers = [xb.prepare_layer(i, L, program.arrays)
+                       for i, L in enumerate(program.layers)]
+        self.geoms = [LayerGeometry.of(L) for L in program.layers]
+        self.consts = {k: program.arrays[v] for k, v in program.manifest["constants"].items()}
+        if mvm_path == "fast":
+            lossy = [pl.index for pl in self.layers if not pl.lossless]
+            if lossy or self.noise:
+                raise EmulatorError(f"mvm_path 'fast' is not exact here: layers {lossy} have a "
+                                    "lossy ADC" if lossy else "mvm_path 'fast' ignores noise")
+        prog_seed, read_seed = np.random.SeedSequence(seed).spawn(2)
+        self._read_rng = np.random.default_rng(read_seed)
+        self._devices = self._program_devices(np.random.default_rng(prog_seed))
+        self.counters = Counters()
+        self._inputs: dict[str, np.ndarray] = {}
+        self._outputs: dict[str, np.ndarray] = {}
+
+    def _program_devices(self, rng: np.random.Generator) -> list[list[np.ndarray]] | None:
+        """Conductances of every replica of every layer, drawn once (programming time)."""
+        if self.noise is None:
+            return None
+        return [[program_conductances(pl.levels, L["cell_bits"], self.noise, rng)
+                 for _ in range(L["replicas"])]
+                for pl, L in zip(self.layers, self.program.layers)]
+
+    def reset_counters(self) -> None:
+        self.counters = Counters()
+
+    # ---- running
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute the program once on a batch; counters accumulate across runs."""
+        self._inputs = self._check_inputs(inputs)
+        self._outputs = {}
+        self._block(self.program.instructions, {}, "")
+        return self._outputs
+
+    def _check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        specs = {s["name"]: s for s in self.program.inputs}
+        extra = sorted(set(inputs) - set(specs))
+        if extra:
+            raise EmulatorError(f"unknown inputs {extra}; the program takes {sorted(specs)}")
+        out = {}
+        for name, spec in specs.items():
+            if name not in inputs:
+                raise EmulatorError(f"missing input {name!r}")
+            x = np.asarray(inputs[name])
+            if not np.issubdtype(x.dtype, np.floating):
+                raise EmulatorError(f"input {name!r} has dtype {x.dtype}, expected float32")
+            want = spec["shape"]
+            if x.ndim != len(want) or any(w is not None and w != d
+                                          for w, d in zip(want, x.shape)):
+                shown = ["batch" if w is None else w for w in want]
+                raise EmulatorError(f"input {name!r} has shape {list(x.shape)}, expected "
+                                    f"{shown}")
+            out[name] = x.astype(np.float32, copy=False)
+        return out
+
+    def _block(self, block: list[dict[str, Any]], regs: dict[str, np.ndarray],
+               prefix: str) -> None:
+        for i, ins in enumerate(block):
+            if ins["op"] == "loop":
+                self._loop(ins, regs, f"{prefix}{i}.")
+                continue
+            xs = [regs[r] for r in ins.get("in", [])]
+            try:
+                out = HANDLERS[ins["op"]](self, ins, xs)
+            except EmulatorError as exc:
+                raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}): {exc}") from None
+            except (ValueError, IndexError) as exc:
+                shapes = [list(x.shape) for x in xs]
+                raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}) in={ins.get('in')} "
+                                    f"shapes {shapes}: {exc}") from None
+            geom = self.geoms[ins["layer"]] if ins["op"] == "mvm" else None
+            record(self.counters, ins, [x.shape for x in xs],
+                   None if out is None else out.shape, geom)
+            if out is not None:
+                regs[ins["out"]] = out
+
+    def _loop(self, ins: dict[str, Any], regs: dict[str, np.ndarray], prefix: str) -> None:
+        """Run the body once per step; carry registers persist, body temporaries do not."""
+        T = regs[ins["count"]["reg"]].shape[ins["count"]["axis"]]
+        local = dict(regs)
+        outs: dict[str, np.ndarray] = {}
+        for t in range(T):
+            for g in ins["gather"]:
+                i = T - 1 - t if g.get("reverse") else t
+                local[g["dst"]] = np.take(regs[g["src"]], i, axis=g["axis"])
+                record_move(self.counters, local[g["dst"]].shape)
+            self._block(ins["body"], local, prefix)
+            for s in ins["scatter"]:
+                self._scatter(s, local[s["src"]], t, T, outs)
+        for reg in ins["carry"]:
+            regs[reg] = local[reg]
+        regs.update(outs)
+        self.counters.instructions += 1
+
+    def _scatter(self, s: dict[str, Any], src: np.ndarray, t: int, T: int,
+                 outs: dict[str, np.ndarray]) -> None:
+        axis = s["axis"] % (src.ndim + 1)
+        if t == 0:
+            outs[s["dst"]] = np.zeros((*src.shape[:axis], T, *src.shape[axis:]), np.float32)
+        i = T - 1 - t if s.get("reverse") else t
+        outs[s["dst"]][(slice(None),) * axis + (i,)] = src
+        record_move(self.counters, src.shape)
+
+    # ---- crossbar MVM
+    def mvm(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Crossbar layer `layer` applied to x [..., K] -> [..., N] float32."""
+        pl = self.layers[layer]
+        if x.shape[-1] != pl.K:
+            raise EmulatorError(f"layer {layer} takes K = {pl.K} inputs, register has "
+                                f"{x.shape[-1]}")
+        x_int = xb.quantize_input(x.reshape(-1, pl.K), pl.in_scale, pl.input_bits)
+        y_int = self._mvm_int(pl, x_int)
+        self.counters.dac_pulses += xb.dac_pulses(pl, x_int)
+        return xb.dequantize(pl, y_int).reshape(*x.shape[:-1], pl.N)
+
+    def _mvm_int(self, pl: xb.PreparedLayer, x_int: np.ndarray) -> np.ndarray:
+        if self._devices is not None:
+            return self._mvm_noisy(pl, x_int)
+        if pl.lossless and self.mvm_path != "bitlevel":
+            return xb.mvm_fast(pl, x_int)
+        return xb.mvm_bitlevel(pl, x_int)
+
+    def _mvm_noisy(self, pl: xb.PreparedLayer, x_int: np.ndarray) -> np.ndarray:
+        """Vectors are shared among replicas in contiguous blocks, each replica its own
+        programmed conductances."""
+        cell_bits = self.program.layers[pl.index]["cell_bits"]
+        reps = self._devices[pl.index]
+        parts = np.array_split(np.arange(len(x_int)), len(reps))
+        out = np.empty((len(x_int), pl.N), dtype=np.float64)
+        for g, idx in zip(reps, parts):
+            if idx.size:
+                ps = noisy_partial_sums(pl, g, cell_bits, self.noise, self._read_rng)
+                out[idx] = xb.mvm_bitlevel(pl, x_int[idx], ps)
+        return out
+
+
+# ---------------------------------------------------------------- handlers, one per opcode
+@handler("input")
+def _input(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return emu._inputs[ins["name"]]
+
+
+@handler("output")
+def _output(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> None:
+    emu._outputs[ins["name"]] = np.asarray(xs[0], dtype=np.float32)
+
+
+@handler("const")
+def _const(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return emu.consts[ins["name"]]
+
+
+@handler("mvm")
+def _mvm(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return emu.mvm(ins["layer"], xs[0])
+
+
+@handler("add")
+def _add(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.add(xs[0], xs[1], dtype=np.float32)
+
+
+@handler("sub")
+def _sub(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.subtract(xs[0], xs[1], dtype=np.float32)
+
+
+@handler("mul")
+def _mul(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.multiply(xs[0], xs[1], dtype=np.float32)
+
+
+@handler("sigmoid")
+def _sigmoid(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return sigmoid(xs[0])
+
+
+@handler("tanh")
+def _tanh(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.tanh(xs[0], dtype=np.float32)
+
+
+@handler("gelu")
+def _gelu(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return gelu(xs[0])
+
+
+@handler("layernorm")
+def _layernorm(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    x, gamma, beta = xs
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float32)
+    d = x - mean
+    var = (d * d).mean(axis=-1, keepdims=True, dtype=np.float32)
+    return (d / np.sqrt(var + np.float32(ins["eps"])) * gamma + beta).astype(np.float32)
+
+
+@handler("softmax")
+def _softmax(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    e = np.exp(xs[0] - xs[0].max(axis=ins["axis"], keepdims=True))
+    return (e / e.sum(axis=ins["axis"], keepdims=True)).astype(np.float32)
+
+
+@handler("matmul")
+def _matmul(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.matmul(xs[0], xs[1], dtype=np.float32)
+
+
+@handler("scale")
+def _scale(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return xs[0] * np.float32(ins["value"])
+
+
+@handler("reshape")
+def _reshape(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return xs[0].reshape(xs[0].shape[0], *ins["shape"])
+
+
+@handler("transpose")
+def _transpose(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return xs[0].transpose(ins["perm"])
+
+
+@handler("concat")
+def _concat(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(xs, axis=ins["axis"])
+
+
+@handler("slice")
+def _slice(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    axis = ins["axis"] % xs[0].ndim
+    return xs[0][(slice(None),) * axis + (slice(ins["start"], ins["stop"]),)]
+
+
+@handler("zeros")
+def _zeros(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.zeros((xs[0].shape[0], *ins["shape"]), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- float32 math helpers
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow warnings for large |x|."""
+    e = np.exp(-np.abs(x, dtype=np.float32))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+
+
+def erfc_nonneg(z: np.ndarray) -> np.ndarray:
+    """erfc(z) for z >= 0 with relative error < 1.2e-7 (Numerical Recipes' Chebyshev fit):
+    numpy has no erf, and runtime/ may not import scipy."""
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    return t * np.exp(-z * z + poly)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU, erf form: 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)."""
+    x64 = x.astype(np.float64)
+    y = -x64 / np.sqrt(2.0)
+    r = erfc_nonneg(np.abs(y))
+    return (0.5 * x64 * np.where(y >= 0, r, 2.0 - r)).astype(np.float32)

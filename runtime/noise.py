@@ -1,0 +1,127 @@
+"""Device non-idealities (opt-in, seeded); the model and its units are in docs/emulator.md.
+
+Conductances are kept in *level units*: one unit is the conductance step between adjacent
+levels, Δ = (g_on - g_off) / (2**cell_bits - 1), so an ideal cell at level l conducts l and an
+ideal partial sum is exactly the integer of docs/numerics.md. Non-idealities turn the
+programmed levels into real conductances once, when the emulator "programs" the crossbars
+(finite on/off ratio, programming variation, drift, stuck-at faults), and add read noise on
+every analog partial sum."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from farc.errors import ConfigError
+
+from .crossbar import PartialSums, PreparedLayer
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Which non-idealities to apply, and how strongly. All zero / infinite = ideal."""
+
+    prog_sigma: float = 0.0
+    """Programming variation: std of a Gaussian added to every cell once, as a fraction of
+    the conductance range g_on - g_off (0.02 = 2 %)."""
+    read_sigma: float = 0.0
+    """Read noise: std of an independent Gaussian per cell and per read (per DAC cycle), as
+    a fraction of g_on - g_off."""
+    sa0_rate: float = 0.0
+    """Fraction of cells stuck at g_off (level 0), independent of the programmed level."""
+    sa1_rate: float = 0.0
+    """Fraction of cells stuck at g_on (the top level)."""
+    on_off_ratio: float = math.inf
+    """g_on / g_off; finite values make level 0 conduct g_off = g_on / ratio (not 0)."""
+    drift_nu: float = 0.0
+    """Drift exponent: G(t) = G(t0) * (t / t0) ** -nu."""
+    drift_t: float = 1.0
+    """Seconds since programming at which the crossbars are read."""
+    drift_t0: float = 1.0
+    """Reference time of the programmed conductances, seconds."""
+
+    @property
+    def enabled(self) -> bool:
+        return (self.prog_sigma > 0 or self.read_sigma > 0 or self.sa0_rate > 0
+                or self.sa1_rate > 0 or math.isfinite(self.on_off_ratio)
+                or (self.drift_nu > 0 and self.drift_t != self.drift_t0))
+
+    def __post_init__(self) -> None:
+        for name in ("prog_sigma", "read_sigma", "drift_nu"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be >= 0")
+        for name in ("sa0_rate", "sa1_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be in [0, 1]")
+        if self.sa0_rate + self.sa1_rate > 1:
+            raise ConfigError(f"noise sa0_rate + sa1_rate = {self.sa0_rate + self.sa1_rate} "
+                              "exceeds 1")
+        if not self.on_off_ratio > 1:
+            raise ConfigError(f"noise on_off_ratio = {self.on_off_ratio!r} must be > 1")
+        if not (self.drift_t0 > 0 and self.drift_t >= self.drift_t0):
+            raise ConfigError(f"noise drift_t = {self.drift_t!r} must be >= drift_t0 = "
+                              f"{self.drift_t0!r} > 0")
+
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> NoiseConfig:
+        """From KEY=VALUE strings (the CLI's --noise), e.g. ["read_sigma=0.01"]."""
+        known = [f.name for f in fields(cls)]
+        kw = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in known:
+                raise ConfigError(f"bad --noise {item!r}: expected KEY=VALUE with KEY one of "
+                                  f"{', '.join(known)}")
+            try:
+                kw[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"bad --noise {item!r}: {value!r} is not a number") from None
+        return cls(**kw)
+
+
+def g_off_units(cell_bits: int, cfg: NoiseConfig) -> float:
+    """Conductance of level 0 in level units: (L-1) / (ratio - 1)."""
+    return 0.0 if math.isinf(cfg.on_off_ratio) else (2**cell_bits - 1) / (cfg.on_off_ratio - 1)
+
+
+def program_conductances(levels: np.ndarray, cell_bits: int, cfg: NoiseConfig,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Programmed levels -> the conductances the crossbar actually holds, in level units."""
+    span = 2**cell_bits - 1
+    off = g_off_units(cell_bits, cfg)
+    g = levels.astype(np.float64) + off
+    if cfg.prog_sigma > 0:
+        g = np.maximum(g + rng.normal(0.0, cfg.prog_sigma * span, size=g.shape), 0.0)
+    if cfg.drift_nu > 0:
+        g = g * (cfg.drift_t / cfg.drift_t0) ** -cfg.drift_nu
+    if cfg.sa0_rate > 0 or cfg.sa1_rate > 0:
+        draw = rng.random(size=g.shape)
+        g = np.where(draw < cfg.sa0_rate, off, g)
+        g = np.where((draw >= cfg.sa0_rate) & (draw < cfg.sa0_rate + cfg.sa1_rate),
+                     off + span, g)
+    return g.astype(np.float32)
+
+
+def noisy_partial_sums(pl: PreparedLayer, g: np.ndarray, cell_bits: int, cfg: NoiseConfig,
+                       rng: np.random.Generator) -> PartialSums:
+    """Partial sums on the real conductances g [row_tiles, rows, J], plus read noise.
+
+    Independent per-cell read noise of std σ on a read with digits u_c sums to a Gaussian of
+    std σ * sqrt(sum_k u_c[k]**2) per column, which is what is drawn (same distribution,
+    one draw per partial sum instead of one per cell)."""
+    sigma = cfg.read_sigma * (2**cell_bits - 1)
+
+    def run(planes: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
+        c, v, rt, rows = planes.shape
+        lhs = planes.transpose(2, 0, 1, 3).reshape(rt, c * v, rows).astype(np.float32)
+        p = (lhs @ g).reshape(rt, c, v, pl.J)
+        if sigma > 0:
+            p = p + (sigma * np.sqrt(sumsq))[..., None].astype(np.float32) * \
+                rng.standard_normal(size=p.shape, dtype=np.float32)
+        return p
+
+    return run

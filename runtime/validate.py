@@ -1,0 +1,372 @@
+"""Validation of a tile program's manifest and arrays against docs/tile-program.md.
+
+A program may come from a stranger, so nothing is trusted: every field the emulator reads
+is type-checked here, every array referenced must exist with the documented dtype and shape,
+layer geometry must follow the closed forms of docs/numerics.md, codes must be valid levels,
+and every register must be written before it is read (loops included). Each failure is one
+`ProgramError` line naming the place (instruction index and opcode, layer id), the offending
+value and the limit."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from farc.errors import ProgramError
+
+from .crossbar import adc_step_for, full_scale_pmax, mapping_signs, weight_slices
+from .isa import FORMAT, OPS, VERSION
+
+ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
+LAYER_KINDS = ("linear", "patch_embed", "lstm_cell", "classifier")
+LAYER_INTS = ("id", "K", "N", "weight_bits", "input_bits", "cell_bits", "dac_bits", "adc_bits",
+              "slices", "signs", "rows", "cols", "row_tiles", "col_tiles", "in_zero", "replicas")
+
+
+def validate_program(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Raise ProgramError on the first inconsistency; return None when the program is sound."""
+    check_header(manifest)
+    _check_array_table(manifest, arrays)
+    for key in ("inputs", "outputs", "layers", "instructions"):
+        _need(manifest, key, list, "manifest")
+    _check_specs(manifest["inputs"], "inputs")
+    _check_specs(manifest["outputs"], "outputs")
+    _check_constants(manifest, arrays)
+    for i, layer in enumerate(manifest["layers"]):
+        _check_layer(i, layer, arrays)
+    _check_instructions(manifest)
+
+
+def check_header(manifest: Any) -> None:
+    """Format string and version first: a wrong version must not read as a corrupt file."""
+    if not isinstance(manifest, dict):
+        raise ProgramError("manifest is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise ProgramError(f"not a farc tile program: format {manifest.get('format')!r}, "
+                           f"expected {FORMAT!r}")
+    version = manifest.get("version")
+    if version != VERSION:
+        raise ProgramError(f"unsupported program version {version!r}; this farc reads "
+                           f"version {VERSION} (recompile the model with this farc)")
+
+
+def _need(d: dict, key: str, typ: type | tuple, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise ProgramError(f"{where}: missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, typ) or (isinstance(v, bool) and typ in (int, (int, float))):
+        raise ProgramError(f"{where}: field {key!r} = {v!r} has the wrong type")
+    return v
+
+
+# ---------------------------------------------------------------- arrays and specs
+def _check_array_table(manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    table = _need(manifest, "arrays", dict, "manifest")
+    for name in table:
+        if not ARRAY_NAME.match(name):
+            raise ProgramError(f"array name {name!r} is not allowed (letters, digits, _ . -)")
+        if name not in arrays:
+            raise ProgramError(f"array {name!r} is listed in the manifest but missing")
+    for name, arr in arrays.items():
+        if name not in table:
+            raise ProgramError(f"array {name!r} is present but not listed in the manifest")
+        entry = table[name]
+        if not isinstance(entry, dict):
+            raise ProgramError(f"array {name!r}: manifest entry is not an object")
+        if str(arr.dtype) not in ARRAY_DTYPES or entry.get("dtype") != str(arr.dtype):
+            raise ProgramError(f"array {name!r}: dtype {arr.dtype} but manifest says "
+                               f"{entry.get('dtype')!r} (allowed: {', '.join(ARRAY_DTYPES)})")
+        if entry.get("shape") != list(arr.shape):
+            raise ProgramError(f"array {name!r}: shape {list(arr.shape)} but manifest says "
+                               f"{entry.get('shape')!r}")
+
+
+def _check_specs(specs: list, which: str) -> None:
+    seen = set()
+    for i, spec in enumerate(specs):
+        where = f"{which}[{i}]"
+        name = _need(spec, "name", str, where)
+        shape = _need(spec, "shape", list, where)
+        if name in seen:
+            raise ProgramError(f"{where}: duplicate name {name!r}")
+        seen.add(name)
+        if not shape or shape[0] is not None:
+            raise ProgramError(f"{where} {name!r}: shape {shape} must start with null (batch)")
+        if any(not (d is None or (type(d) is int and d >= 1)) for d in shape[1:]):
+            raise ProgramError(f"{where} {name!r}: shape {shape} has a bad dimension")
+        if spec.get("dtype", "float32") != "float32":
+            raise ProgramError(f"{where} {name!r}: dtype {spec['dtype']!r}, only float32")
+
+
+def _check_constants(manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    consts = manifest.get("constants", {})
+    if not isinstance(consts, dict):
+        raise ProgramError("manifest: field 'constants' must be an object")
+    for name, arr_name in consts.items():
+        if arr_name not in arrays:
+            raise ProgramError(f"constant {name!r}: array {arr_name!r} does not exist")
+        if arrays[arr_name].dtype != np.float32:
+            raise ProgramError(f"constant {name!r}: dtype {arrays[arr_name].dtype}, "
+                               "constants must be float32")
+
+
+# ---------------------------------------------------------------- layers
+def _check_layer(i: int, layer: dict, arrays: dict[str, np.ndarray]) -> None:
+    where = f"layer {i}"
+    if not isinstance(layer, dict):
+        raise ProgramError(f"{where}: not an object")
+    for key in LAYER_INTS:
+        _need(layer, key, int, where)
+    if layer["id"] != i:
+        raise ProgramError(f"{where}: id {layer['id']} must equal its index {i}")
+    where = f"layer {i} ({layer.get('name', '?')})"
+    if layer.get("kind") not in LAYER_KINDS:
+        raise ProgramError(f"{where}: kind {layer.get('kind')!r} not in {LAYER_KINDS}")
+    _check_layer_geometry(layer, where)
+    _check_layer_adc(layer, where)
+    _check_layer_arrays(layer, arrays, where)
+    _check_layer_crossbars(layer, where)
+
+
+def _check_range(where: str, key: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise ProgramError(f"{where}: {key} = {value} out of range {lo}..{hi}")
+
+
+def _check_layer_geometry(L: dict, where: str) -> None:
+    for key, lo, hi in (("K", 1, 2**24), ("N", 1, 2**24), ("weight_bits", 2, 16),
+                        ("input_bits", 2, 16), ("cell_bits", 1, 8), ("dac_bits", 1, 8),
+                        ("adc_bits", 1, 16), ("rows", 1, 4096), ("cols", 1, 4096),
+                        ("replicas", 1, 2**20)):
+        _check_range(where, key, L[key], lo, hi)
+    if L.get("mapping") not in ("differential", "offset"):
+        raise ProgramError(f"{where}: mapping {L.get('mapping')!r} must be 'differential' "
+                           "or 'offset'")
+    expect = {
+        "slices": weight_slices(L["weight_bits"], L["cell_bits"], L["mapping"]),
+        "signs": mapping_signs(L["mapping"]),
+        "row_tiles": math.ceil(L["K"] / L["rows"]),
+        "in_zero": 2 ** (L["input_bits"] - 1),
+    }
+    expect["col_tiles"] = math.ceil(L["N"] * expect["slices"] * expect["signs"] / L["cols"])
+    for key, want in expect.items():
+        if L[key] != want:
+            raise ProgramError(f"{where}: {key} = {L[key]} inconsistent with its geometry "
+                               f"(expected {want})")
+    s_x = _need(L, "in_scale", (int, float), where)
+    if not (math.isfinite(s_x) and s_x > 0):
+        raise ProgramError(f"{where}: in_scale = {s_x!r} must be finite and > 0")
+
+
+def _check_layer_adc(L: dict, where: str) -> None:
+    if L.get("adc_range") not in ("full", "calibrated"):
+        raise ProgramError(f"{where}: adc_range {L.get('adc_range')!r} must be 'full' or "
+                           "'calibrated'")
+    steps = _need(L, "adc_step", list, where)
+    if len(steps) != L["row_tiles"]:
+        raise ProgramError(f"{where}: adc_step has {len(steps)} entries, expected one per "
+                           f"row tile ({L['row_tiles']})")
+    full = adc_step_for(full_scale_pmax(L["rows"], L["dac_bits"], L["cell_bits"]),
+                        L["adc_bits"])
+    for r, st in enumerate(steps):
+        if type(st) is not int or st < 1 or st & (st - 1):
+            raise ProgramError(f"{where}: adc_step[{r}] = {st!r} must be a power of two >= 1")
+        if L["adc_range"] == "full" and st != full:
+            raise ProgramError(f"{where}: adc_step[{r}] = {st} but a full-range "
+                               f"{L['adc_bits']}-bit ADC needs step {full}")
+        if st > full:
+            raise ProgramError(f"{where}: adc_step[{r}] = {st} exceeds the full-range step "
+                               f"{full}")
+
+
+def _layer_array(L: dict, arrays: dict, key: str, dtype: str, shape: tuple,
+                 where: str) -> np.ndarray:
+    names = L["arrays"]
+    name = names.get(key)
+    if not isinstance(name, str) or name not in arrays:
+        raise ProgramError(f"{where}: array {key!r} ({name!r}) does not exist")
+    arr = arrays[name]
+    if str(arr.dtype) != dtype or arr.shape != shape:
+        raise ProgramError(f"{where}: {key} is {arr.dtype}{list(arr.shape)}, expected "
+                           f"{dtype}{list(shape)}")
+    return arr
+
+
+def _check_layer_arrays(L: dict, arrays: dict, where: str) -> None:
+    _need(L, "arrays", dict, where)
+    N, S, sg = L["N"], L["slices"], L["signs"]
+    J = N * S * sg
+    codes = _layer_array(L, arrays, "codes", "uint8",
+                         (L["row_tiles"], L["col_tiles"], L["rows"], L["cols"]), where)
+    top = 2 ** L["cell_bits"] - 1
+    if codes.size and int(codes.max()) > top:
+        raise ProgramError(f"{where}: conductance code {int(codes.max())} exceeds the "
+                           f"largest level {top} of a {L['cell_bits']}-bit cell")
+    w_scale = _layer_array(L, arrays, "w_scale", "float32", (N,), where)
+    if not np.all(np.isfinite(w_scale) & (w_scale > 0)):
+        raise ProgramError(f"{where}: w_scale must be finite and > 0")
+    if L["arrays"].get("bias") is not None:
+        bias = _layer_array(L, arrays, "bias", "float32", (N,), where)
+        if not np.all(np.isfinite(bias)):
+            raise ProgramError(f"{where}: bias has non-finite values")
+    colsum = _layer_array(L, arrays, "colsum", "int64", (N,), where)
+    col_out = _layer_array(L, arrays, "col_out", "int32", (J,), where)
+    col_slice = _layer_array(L, arrays, "col_slice", "int32", (J,), where)
+    col_sign = _layer_array(L, arrays, "col_sign", "int32", (J,), where)
+    _check_colmap(col_out, col_slice, col_sign, N, S, sg, where)
+    _check_codes_content(L, codes, colsum, col_out, col_slice, col_sign, where)
+
+
+def _check_colmap(out: np.ndarray, sl: np.ndarray, sg: np.ndarray, N: int, S: int,
+                  signs: int, where: str) -> None:
+    for name, arr, hi in (("col_out", out, N), ("col_slice", sl, S), ("col_sign", sg, signs)):
+        if arr.size and (arr.min() < 0 or arr.max() >= hi):
+            raise ProgramError(f"{where}: {name} value out of range 0..{hi - 1}")
+    key = (out.astype(np.int64) * signs + sg) * S + sl
+    if np.unique(key).size != key.size:
+        raise ProgramError(f"{where}: column map holds a (output, sign, slice) twice; every "
+                           f"one of the {N * S * signs} must appear exactly once")
+
+
+def _check_codes_content(L: dict, codes: np.ndarray, colsum: np.ndarray, col_out: np.ndarray,
+                         col_slice: np.ndarray, col_sign: np.ndarray, where: str) -> None:
+    rt, ct, rows, cols = codes.shape
+    K, J = L["K"], col_out.size
+    flat = codes.transpose(0, 2, 1, 3).reshape(rt * rows, ct * cols)
+    if flat[K:].any() or flat[:, J:].any():
+        raise ProgramError(f"{where}: unused rows (>= {K}) or columns (>= {J}) hold "
+                           "non-zero codes")
+    w = (1 - 2 * col_sign.astype(np.int64)) << (col_slice.astype(np.int64) * L["cell_bits"])
+    order = np.argsort(col_out, kind="stable")  # each output owns slices*signs columns
+    m = (flat[:K, :J].astype(np.int64) * w)[:, order].reshape(K, L["N"], -1).sum(axis=2)
+    qw = 2 ** (L["weight_bits"] - 1) - 1
+    q = m - qw if L["mapping"] == "offset" else m
+    if q.size and np.abs(q).max() > qw:
+        raise ProgramError(f"{where}: a weight decodes to {int(np.abs(q).max())}, beyond "
+                           f"Qw = {qw} of {L['weight_bits']}-bit weights")
+    bad = np.flatnonzero(q.sum(axis=0) != colsum)
+    if bad.size:
+        n = int(bad[0])
+        raise ProgramError(f"{where}: colsum[{n}] = {int(colsum[n])} but the codes sum to "
+                           f"{int(q[:, n].sum())}")
+
+
+def _check_layer_crossbars(L: dict, where: str) -> None:
+    xbars = _need(L, "crossbars", list, where)
+    per = L["row_tiles"] * L["col_tiles"]
+    if len(xbars) != L["replicas"]:
+        raise ProgramError(f"{where}: {len(xbars)} crossbar lists for {L['replicas']} "
+                           "replicas")
+    for rep, ids in enumerate(xbars):
+        if not isinstance(ids, list) or len(ids) != per or \
+                any(type(x) is not int or x < 0 for x in ids):
+            raise ProgramError(f"{where}: replica {rep} needs {per} crossbar ids (ints >= 0), "
+                               f"got {ids!r}")
+
+
+# ---------------------------------------------------------------- instructions
+def _check_instructions(manifest: dict) -> None:
+    names = {s["name"] for s in manifest["inputs"]}
+    ctx = {"inputs": names, "consts": set(manifest.get("constants", {})),
+           "layers": len(manifest["layers"]), "outputs": set()}
+    _check_block(manifest["instructions"], set(), ctx, "")
+    missing = {s["name"] for s in manifest["outputs"]} - ctx["outputs"]
+    if missing:
+        raise ProgramError(f"outputs {sorted(missing)} are never written by an output "
+                           "instruction")
+
+
+def _check_block(block: list, defined: set[str], ctx: dict, prefix: str) -> None:
+    for i, ins in enumerate(block):
+        where = f"instruction {prefix}{i}"
+        if not isinstance(ins, dict):
+            raise ProgramError(f"{where}: not an object")
+        op = ins.get("op")
+        if op not in OPS:
+            raise ProgramError(f"{where}: unknown opcode {op!r}")
+        where = f"{where} ({op})"
+        if op == "loop":
+            _check_loop(ins, defined, ctx, f"{prefix}{i}.", where)
+            continue
+        _check_plain(ins, op, defined, ctx, where)
+
+
+def _check_plain(ins: dict, op: str, defined: set[str], ctx: dict, where: str) -> None:
+    spec = OPS[op]
+    ins_regs = ins.get("in", [])
+    if not isinstance(ins_regs, list) or any(not isinstance(r, str) for r in ins_regs):
+        raise ProgramError(f"{where}: 'in' must be a list of register names")
+    n = len(ins_regs)
+    if (spec.n_in is None and n < 1) or (spec.n_in is not None and n != spec.n_in):
+        raise ProgramError(f"{where}: takes {spec.n_in or 'one or more'} inputs, got {n}")
+    for reg in ins_regs:
+        if reg not in defined:
+            raise ProgramError(f"{where}: reads register {reg!r} before it is written")
+    for key, typ in spec.attrs.items():
+        _need(ins, key, typ, where)
+    _check_attr_values(ins, op, ctx, where)
+    if spec.has_out:
+        defined.add(_need(ins, "out", str, where))
+
+
+def _check_attr_values(ins: dict, op: str, ctx: dict, where: str) -> None:
+    if op == "input" and ins["name"] not in ctx["inputs"]:
+        raise ProgramError(f"{where}: no program input named {ins['name']!r}")
+    if op == "const" and ins["name"] not in ctx["consts"]:
+        raise ProgramError(f"{where}: no constant named {ins['name']!r}")
+    if op == "output":
+        ctx["outputs"].add(ins["name"])
+    if op == "mvm" and not 0 <= ins["layer"] < ctx["layers"]:
+        raise ProgramError(f"{where}: layer {ins['layer']} out of range, program has "
+                           f"{ctx['layers']} layers")
+    if op in ("reshape", "zeros") and any(type(d) is not int for d in ins["shape"]):
+        raise ProgramError(f"{where}: shape {ins['shape']!r} must be a list of ints")
+    if op == "transpose":
+        perm = ins["perm"]
+        if sorted(perm) != list(range(len(perm))) or perm[:1] != [0]:
+            raise ProgramError(f"{where}: perm {perm!r} must be a permutation keeping axis 0 "
+                               "(batch) first")
+    if op in ("concat", "slice") and ins["axis"] == 0:
+        raise ProgramError(f"{where}: axis 0 is the batch axis")
+
+
+def _check_loop(ins: dict, defined: set[str], ctx: dict, prefix: str, where: str) -> None:
+    for key, typ in OPS["loop"].attrs.items():
+        _need(ins, key, typ, where)
+    count = ins["count"]
+    _need(count, "axis", int, f"{where} count")
+    if _need(count, "reg", str, f"{where} count") not in defined:
+        raise ProgramError(f"{where}: trip count register {count['reg']!r} is not written "
+                           "before the loop")
+    for reg in ins["carry"]:
+        if reg not in defined:
+            raise ProgramError(f"{where}: carry register {reg!r} is not written before the "
+                               "loop")
+    body_defined = set(defined)
+    for j, g in enumerate(ins["gather"]):
+        _check_move(g, f"{where} gather[{j}]")
+        if g["src"] not in defined:
+            raise ProgramError(f"{where} gather[{j}]: source {g['src']!r} is not written "
+                               "before the loop")
+        body_defined.add(g["dst"])
+    _check_block(ins["body"], body_defined, ctx, prefix)
+    for j, s in enumerate(ins["scatter"]):
+        _check_move(s, f"{where} scatter[{j}]")
+        if s["src"] not in body_defined:
+            raise ProgramError(f"{where} scatter[{j}]: source {s['src']!r} is not written in "
+                               "the loop body")
+        defined.add(s["dst"])
+    # Carry registers stay live after the loop; other body registers are step-local.
+
+
+def _check_move(m: Any, where: str) -> None:
+    for key, typ in (("src", str), ("dst", str), ("axis", int), ("reverse", bool)):
+        if key == "reverse" and isinstance(m, dict) and "reverse" not in m:
+            continue
+        _need(m, key, typ, where)
+    if m["axis"] == 0:
+        raise ProgramError(f"{where}: axis 0 is the batch axis")
