@@ -17,8 +17,7 @@ import numpy as np
 
 from farc.errors import ProgramError
 
-from .crossbar import (adc_step_for, full_scale_pmax, input_cycles, mapping_signs,
-                       weight_slices)
+from .crossbar import adc_step_for, full_scale_pmax, input_cycles, mapping_signs, weight_slices
 from .program import Program
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from farc.errors import ProgramError
 
 from .isa import FORMAT, VERSION
-from .validate import ARRAY_NAME, check_header, validate_program
+from .validate import ARRAY_DTYPES, ARRAY_NAME, check_header, validate_program
 
 MANIFEST = "manifest.json"
 NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
@@ -167,6 +167,9 @@ def _read_arrays(zf: zipfile.ZipFile, manifest: dict, path: Path) -> dict[str, n
 
 def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, entry: dict,
                 path: Path) -> np.ndarray:
+    if entry.get("dtype") not in ARRAY_DTYPES:
+        raise ProgramError(f"{path}: array {name!r}: dtype {entry.get('dtype')!r} not allowed "
+                           f"({', '.join(ARRAY_DTYPES)})")
     try:
         dtype = np.dtype(entry.get("dtype"))
         nbytes = dtype.itemsize * int(np.prod(entry.get("shape"), dtype=np.int64))
