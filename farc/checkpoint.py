@@ -100,7 +100,7 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except FarcError:
         raise
     except Exception as exc:  # safetensors raises its own error types; all mean "bad file"

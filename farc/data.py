@@ -161,9 +161,8 @@ def _load_image(path: Path, img_size: int, in_chans: int) -> np.ndarray:
     if in_chans not in (1, 3):
         raise DataError(f"in_chans must be 1 or 3 for image folders, got {in_chans}")
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if in_chans == 3 else "L")
-            im = _resize_center_crop(im, img_size)
+        with Image.open(path) as raw:
+            im = _resize_center_crop(raw.convert("RGB" if in_chans == 3 else "L"), img_size)
             a = np.asarray(im, dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
