@@ -1,0 +1,229 @@
+"""The cost model: a tile program (its manifest) + a Target -> latency, energy and area.
+
+Per executed instruction (`dataflow.walk`), the same events the emulator counts (MVMs per
+layer, input cycles, ADC conversions, DAC pulses, digital ops by kind, bytes moved) are
+counted statically and multiplied by the target's per-event costs; latency is the critical
+path of the dataflow (`timeline.critical_path`). Attention's activation x activation
+`matmul` is costed under a stated assumption, `attention`:
+- "digital": a digital matmul unit ([digital] matmul_mac_pj, matmul_macs_per_cycle);
+- "rewrite": the right operand is programmed into crossbars each time ([write] row_ns,
+  cell_pj, endurance), then the left operand's rows stream through them as MVMs.
+See docs/cost-model.md for every assumption."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from farc.targets.dataflow import Step, manifest_of, numel, walk
+from farc.targets.events import (
+    DIGITAL_KEY,
+    accumulate,
+    finalize,
+    instruction_events,
+    loop_events,
+    mvm_layer_events,
+    new_events,
+    price,
+)
+from farc.targets.mvm import Geometry, mvm_latency_ns, write_cells, write_latency_ns
+from farc.targets.target import Target
+from farc.targets.timeline import Span, critical_path
+
+from farc.errors import ConfigError
+
+COMPONENTS = ("crossbar", "dac", "adc", "shift_add", "digital", "buffer", "interconnect",
+              "write")
+ATTENTION_MODES = ("digital", "rewrite")
+FREE = ("reshape", "const", "output")  # no data-movement latency (views, program I/O)
+
+
+@dataclass
+class OpCost:
+    """Cost of one instruction for ONE execution (multiply by `trips`)."""
+
+    kind: str
+    """Op kind for the per-kind breakdown (mvm, add, matmul, move, ...)."""
+    group: str
+    """Row of the per-layer breakdown: the crossbar layer's name, or the digital group."""
+    latency_ns: float = 0.0
+    energy_pj: dict[str, float] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    rewrite_crossbars: int = 0
+
+
+@dataclass
+class CostReport:
+    """Everything `farc report` shows, for one inference (batch 1)."""
+
+    target: str
+    attention: str
+    latency_ns: float
+    """Critical path of one inference."""
+    energy_pj: dict[str, float]
+    """Energy by component."""
+    area_mm2: dict[str, float]
+    """Area of the crossbars and periphery the program uses, by component."""
+    by_layer: dict[str, dict[str, float]]
+    """group -> {energy_pj, busy_ns, <component>...}."""
+    by_kind: dict[str, dict[str, float]]
+    """op kind -> {energy_pj, busy_ns, count}."""
+    events: dict[str, Any]
+    """Static event counts (same names as the emulator's counters)."""
+    timeline: list[Span]
+    crossbars_used: int
+    rewrite: dict[str, float] = field(default_factory=dict)
+    """attention = rewrite: cell_writes, writes_per_cell, lifetime_inferences, crossbars."""
+
+    @property
+    def energy_total_pj(self) -> float:
+        return sum(self.energy_pj.values())
+
+    @property
+    def area_total_mm2(self) -> float:
+        return sum(self.area_mm2.values())
+
+
+def cost_program(program: Any, target: Target, attention: str = "digital") -> CostReport:
+    """Latency, energy and area of one inference of `program` (Program or manifest dict)."""
+    if attention not in ATTENTION_MODES:
+        raise ConfigError(f"attention = {attention!r} must be one of {', '.join(ATTENTION_MODES)}")
+    manifest = manifest_of(program)
+    layers = {int(lay["id"]): lay for lay in manifest["layers"]}
+    steps = list(walk(manifest))
+    costs = {s.path: op_cost(s, target, layers, attention) for s in steps}
+    latency, spans = critical_path(manifest["instructions"], steps, costs)
+    return _assemble(manifest, target, attention, steps, costs, latency, spans)
+
+
+def static_events(program: Any, target: Target | None = None) -> dict[str, Any]:
+    """Event counts of one inference derived from the program alone (the emulator's counters
+    must agree; DAC pulses here are slots, an upper bound of the emulator's non-zero
+    digits). `target` only sets bytes per activation (default: the program's target)."""
+    manifest = manifest_of(program)
+    target = target or Target.from_dict(manifest["target"], source="program target")
+    return cost_program(manifest, target).events
+
+
+# ---------------------------------------------------------------- one instruction
+def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str) -> OpCost:
+    """Events, energy and latency of one execution of `step`."""
+    op = step.instr["op"]
+    if op == "loop":
+        ev = loop_events(step.loop_io * step.count)
+        ev["instructions"] = 1
+        # the gathers/scatters of all T steps; timeline spreads them over the steps
+        lat = step.loop_io * step.count * _act_bytes(target) / target.latency.buffer_bytes_per_ns
+        return _priced(OpCost("move", f"loop@{step.path[-1]} digital", lat, events=ev), target)
+    layer = layers[int(step.instr["layer"])] if op == "mvm" else None
+    ev = instruction_events(step.instr, step.in_shapes, step.out_shape, layer)
+    if op == "mvm":
+        g = Geometry.from_layer(layer)
+        lat = mvm_latency_ns(target, g, numel(step.in_shapes[0][:-1]))
+        return _priced(OpCost("mvm", str(layer["name"]), lat, events=ev), target)
+    if op == "matmul":
+        return _priced(_matmul_cost(step, target, attention, ev), target)
+    if op in DIGITAL_KEY:
+        d = target.digital
+        n = sum(ev["digital_ops"].values())
+        cycles = n * getattr(d, f"{DIGITAL_KEY[op]}_cycles") / d.vector_lanes
+        return _priced(OpCost(op, _group(step), cycles / d.clock_ghz, events=ev), target)
+    lat = 0.0 if op in FREE else \
+        numel(step.out_shape) * _act_bytes(target) / target.latency.buffer_bytes_per_ns
+    return _priced(OpCost("move", _group(step), lat, events=ev), target)
+
+
+def _priced(c: OpCost, target: Target) -> OpCost:
+    c.energy_pj = {k: v for k, v in price(c.events, target).items() if v}
+    return c
+
+
+def _act_bytes(target: Target) -> int:
+    return math.ceil(target.quant.input_bits / 8)
+
+
+def _group(step: Step) -> str:
+    ins = step.instr
+    if "group" in ins:
+        return str(ins["group"])
+    return f"loop@{step.path[-2]} digital" if len(step.path) > 1 else "digital"
+
+
+def _matmul_cost(step: Step, target: Target, attention: str, ev: dict) -> OpCost:
+    a, b = step.in_shapes
+    m, k, n = a[-2], a[-1], b[-1]
+    instances = numel(step.out_shape[:-2])
+    if attention == "digital":
+        d = target.digital
+        macs = ev["digital_ops"]["matmul_mac"]
+        return OpCost("matmul", "attention matmul",
+                      macs / d.matmul_macs_per_cycle / d.clock_ghz, events=ev)
+    # rewrite: program b [k, n] into crossbars, then stream a's m rows through them
+    g = Geometry.for_matrix(target, k, n)
+    ev["digital_ops"].pop("matmul_mac")
+    accumulate(ev, mvm_layer_events(g, m), times=instances)
+    ev["mvms_per_layer"].clear()
+    ev["mvms_per_crossbar"].clear()
+    ev["cell_writes"] = instances * write_cells(g)
+    latency = write_latency_ns(target, g) + mvm_latency_ns(target, g, m)
+    return OpCost("matmul", "attention matmul", latency, events=ev,
+                  rewrite_crossbars=instances * g.crossbars)
+
+
+# ---------------------------------------------------------------- totals
+def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
+              costs: dict[tuple, OpCost], latency: float, spans: list[Span]) -> CostReport:
+    energy: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)
+    by_layer: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    by_kind: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    events = new_events()
+    for s in steps:
+        c = costs[s.path]
+        for comp, pj in c.energy_pj.items():
+            energy[comp] += pj * s.trips
+            by_layer[c.group][comp] += pj * s.trips
+            by_layer[c.group]["energy_pj"] += pj * s.trips
+            by_kind[c.kind]["energy_pj"] += pj * s.trips
+        by_layer[c.group]["busy_ns"] += c.latency_ns * s.trips
+        by_kind[c.kind]["busy_ns"] += c.latency_ns * s.trips
+        by_kind[c.kind]["count"] += s.trips
+        accumulate(events, c.events, s.trips)
+    used = sum(len(r) for lay in manifest["layers"] for r in lay.get("crossbars", [])) or \
+        sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
+            for lay in manifest["layers"])
+    rewrite = _rewrite_summary(steps, costs, target) if attention == "rewrite" else {}
+    area = area_mm2(target, manifest["layers"], int(rewrite.get("crossbars", 0)))
+    return CostReport(target.name, attention, latency, energy, area,
+                      {k: dict(v) for k, v in by_layer.items()},
+                      {k: dict(v) for k, v in by_kind.items()}, finalize(events), spans, used,
+                      rewrite)
+
+
+def _rewrite_summary(steps: list[Step], costs: dict, target: Target) -> dict[str, float]:
+    mm = [(s, costs[s.path]) for s in steps if s.instr["op"] == "matmul"]
+    if not mm:
+        return {"cell_writes": 0, "writes_per_cell": 0, "lifetime_inferences": math.inf,
+                "crossbars": 0}
+    per_cell = max(s.trips for s, _ in mm)  # each matmul has its own crossbars
+    return {"cell_writes": sum(c.events["cell_writes"] * s.trips for s, c in mm),
+            "writes_per_cell": per_cell,
+            "lifetime_inferences": target.write.endurance / per_cell,
+            "crossbars": sum(c.rewrite_crossbars for _, c in mm)}
+
+
+def area_mm2(target: Target, layers: list[dict], extra_crossbars: int = 0) -> dict[str, float]:
+    """Area of the crossbars a program occupies and their periphery, by component: each used
+    crossbar with its DACs (one per row), ADCs and sample-and-holds, plus the IMAs and tiles
+    the crossbars fill (packed densely) and the chip-level periphery."""
+    a, c = target.area, target.crossbar
+    n = extra_crossbars + sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
+                              for lay in layers)
+    adcs = math.ceil(c.cols / target.adc.columns_per_adc)
+    imas = math.ceil(n / target.chip.crossbars_per_ima)
+    tiles = math.ceil(imas / target.chip.imas_per_tile)
+    return {"crossbar": n * a.crossbar_mm2, "dac": n * c.rows * a.dac_mm2,
+            "adc": n * adcs * a.adc_mm2, "sample_hold": n * c.cols * a.sample_hold_mm2,
+            "ima": imas * a.ima_overhead_mm2, "tile": tiles * a.tile_overhead_mm2,
+            "chip": a.chip_overhead_mm2}

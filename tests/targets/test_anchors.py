@@ -1,0 +1,47 @@
+"""The literature anchors of docs/cost-model.md, computed by the cost-model functions from
+the shipped target files (never from hard-coded results)."""
+
+from __future__ import annotations
+
+import pytest
+from farc.targets import load_target
+from farc.targets.events import mvm_layer_events, price
+from farc.targets.mvm import Geometry, cycle_ns, mvm_latency_ns
+
+
+def test_isaac_16bit_mvm_takes_1_6_us():
+    t = load_target("isaac")
+    g = Geometry.for_matrix(t, 128, 128)
+    assert (g.slices, g.cycles, g.crossbars) == (8, 16, 8)  # 16-bit weights in 2-bit cells
+    assert cycle_ns(t, g) == pytest.approx(100.0)  # 128 columns / 1.28 GS/s = crossbar read
+    assert mvm_latency_ns(t, g) == pytest.approx(1600.0)
+
+
+def test_isaac_16bit_mvm_adc_energy_is_27_4_nj():
+    t = load_target("isaac")
+    ev = mvm_layer_events(Geometry.for_matrix(t, 128, 128))
+    assert ev["adc_conversions"] == 16_384  # 16 cycles x 8 crossbars x 128 columns
+    assert price(ev, t)["adc"] == pytest.approx(16_384 * 1.67)
+    assert price(ev, t)["adc"] / 1000 == pytest.approx(27.4, abs=0.05)  # nJ
+
+
+def test_puma_16bit_mvm_takes_1_8_us():
+    t = load_target("puma")
+    g = Geometry.for_matrix(t, 128, 128)
+    assert g.cycles == 16 and t.latency.mvm_pipeline_cycles == 2
+    assert mvm_latency_ns(t, g) == pytest.approx(100.0 * (16 + 2))
+
+
+def test_adc_sharing_bounds_column_throughput():
+    # neurosim_rram: 8 columns per 0.5 GS/s ADC = 16 ns > the 10 ns read
+    t = load_target("neurosim_rram")
+    g = Geometry.for_matrix(t, 128, 128)
+    assert cycle_ns(t, g) == pytest.approx(8 / 0.5)
+    assert cycle_ns(t.with_overrides(**{"adc.columns_per_adc": 4}), g) == pytest.approx(10.0)
+
+
+def test_replicas_divide_the_vectors():
+    t = load_target("isaac")
+    one = Geometry.for_matrix(t, 128, 128, replicas=1)
+    four = Geometry.for_matrix(t, 128, 128, replicas=4)
+    assert mvm_latency_ns(t, one, 16) == pytest.approx(4 * mvm_latency_ns(t, four, 16))

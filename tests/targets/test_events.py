@@ -1,0 +1,59 @@
+"""The cost model counts what the emulator counts: its static events equal
+farc.runtime.counters.static_counts and the emulator's counters on hand-built FAR-like and
+attention programs (the compiler's digits FAR program is checked in test_digits.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import D, T, attention_program, far_program
+from farc.runtime.counters import static_counts
+from farc.runtime.emulator import Emulator
+from farc.targets import load_target
+from farc.targets.cost import cost_program, static_events
+
+COUNTER_KEYS = ("mvms_per_layer", "mvms_per_crossbar", "dac_cycles", "dac_conversions",
+                "adc_conversions", "digital_ops", "bytes_moved", "instructions")
+
+
+def _ours(program, target):
+    ev = static_events(program, target)
+    return {k: ev[k] for k in COUNTER_KEYS}
+
+
+def _emulated(program):
+    emu = Emulator(program)
+    emu.run({"x": np.random.default_rng(1).normal(size=(1, T, D)).astype(np.float32)})
+    return emu.counters
+
+
+@pytest.mark.parametrize("build", [far_program, attention_program])
+@pytest.mark.parametrize("name", ["isaac", "neurosim_rram"])
+def test_static_events_equal_runtime_static_counts(build, name):
+    t = load_target(name)
+    p = build(t)
+    assert _ours(p, t) == static_counts(p, batch=1).static_part()
+
+
+@pytest.mark.parametrize("build", [far_program, attention_program])
+def test_static_events_equal_emulator_counters(build, isaac):
+    p = build(isaac)
+    counters = _emulated(p)
+    assert _ours(p, isaac) == counters.static_part()
+    # DAC pulses are data dependent: the static slots bound them from above
+    assert 0 < counters.dac_pulses <= static_events(p, isaac)["dac_conversions"]
+
+
+def test_replicated_layer_shares_vectors(isaac):
+    p = far_program(isaac, replicas=2)
+    ev = static_events(p, isaac)
+    assert ev == {**ev, **{k: v for k, v in static_counts(p, 1).static_part().items()}}
+    pre = [int(x) for x in p.manifest["layers"][0]["crossbars"][0]]
+    rep = [int(x) for x in p.manifest["layers"][0]["crossbars"][1]]
+    assert [ev["mvms_per_crossbar"][str(x)] for x in pre + rep] == [3] * len(pre) + [2] * len(rep)
+
+
+def test_cost_uses_the_same_events(far_prog, isaac):
+    r = cost_program(far_prog, isaac)
+    assert r.energy_pj["adc"] == pytest.approx(r.events["adc_conversions"] *
+                                               isaac.energy.adc_conversion_pj)
