@@ -1,0 +1,228 @@
+"""Import a DeiT or FAR model into a Relax IRModule, one node per LSTM.
+
+`torch.export` traces the model with every LSTM (each head and direction) replaced by the
+custom op `farc::lstm`, so neither export nor import unrolls time. Custom converters then
+map three ops to Relax in the form the passes expect:
+
+- `farc::lstm` -> `R.call_dps_packed("farc.lstm", (x, W_ih, W_hh, b_ih, b_hh, reverse))`:
+  one recurrence node, weights as visible constants (PyTorch layout, gates i, f, g, o),
+  `reverse` a `R.prim_value` flag (1 = the backward direction: the LSTM reads the sequence
+  from its end, and its outputs are written back in the original time order);
+- `aten.linear` -> `R.matmul(x, W^T) + b` with `W^T` as a `[K, N]` constant;
+- `aten.conv2d` with stride == kernel (the patch embedding) -> patches `[B, P, C*kh*kw]`
+  `@ W [C*kh*kw, D] + b`, reshaped back to the conv's `[B, D, Hp, Wp]`.
+
+Every weight and bias constant carries its parameter name in its span
+(`SourceName("<kind>:<layer>")`, kind one of linear, patch_embed, lstm, classifier), which
+survives the Relax passes and names the crossbar layers, the calibration statistics and the
+tile program. The batch is exported as 1; the tile program treats axis 0 as the batch."""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+from tvm.relax import _ffi_api as _relax_ffi
+
+from farc.errors import PassError
+
+LSTM_EXTERN = "farc.lstm"
+"""The extern symbol of the recurrence node the importer emits."""
+
+
+@torch.library.custom_op("farc::lstm", mutates_args=())
+def lstm_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+            b_hh: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """One single-layer LSTM over x [B, T, I] with zero initial state -> h [B, T, H].
+    `reverse` runs it from the last step back; outputs stay in the original time order."""
+    hidden = w_hh.shape[1]
+    h = x.new_zeros(x.shape[0], hidden)
+    c = x.new_zeros(x.shape[0], hidden)
+    steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    out = x.new_zeros(x.shape[0], x.shape[1], hidden)
+    for t in steps:
+        i, f, g, o = (x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out[:, t] = h
+    return out
+
+
+@lstm_op.register_fake
+def _lstm_fake(x, w_ih, w_hh, b_ih, b_hh, reverse):
+    return x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1])
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """The Relax module plus what the later stages need to know about its interface."""
+
+    mod: tvm.IRModule
+    input_shape: tuple[int, ...]
+    """Shape of the image input, batch first (batch 1 as exported)."""
+    output_shape: tuple[int, ...]
+
+
+def import_model(model: nn.Module) -> ImportedModel:
+    """Export `model` (DeiT or FAR, eval mode) and import it into Relax.
+
+    Parameters
+    ----------
+    model : DeiT or FAR (anything with `.cfg` holding a DeiTConfig or a FARConfig)
+
+    Returns
+    -------
+    ImportedModel with `mod["main"](x: [1, C, H, W]) -> logits [1, classes]`."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    cfg = getattr(model.cfg, "deit", model.cfg)
+    x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)
+    model = model.eval()
+    with torch.no_grad(), _lstms_as_custom_op(model):
+        ep = torch.export.export(model, (x,))
+    names = _param_names(ep)
+    convert = {
+        "lstm.default": lambda node, imp: _convert_lstm(node, imp, names, ep),
+        "linear.default": lambda node, imp: _convert_linear(node, imp, names, ep),
+        "conv2d.default": lambda node, imp: _convert_conv(node, imp, names, ep),
+    }
+    mod = from_exported_program(ep, custom_convert_map=convert, run_ep_decomposition=False)
+    mod = relax.transform.DeadCodeElimination(["main"])(mod)
+    out = mod["main"].ret_ty
+    shape = tuple(int(s) for s in out.shape) if hasattr(out, "shape") else ()
+    return ImportedModel(mod, tuple(x.shape), shape)
+
+
+# ---- export-time view of the model: LSTMs as farc::lstm ----
+
+@contextlib.contextmanager
+def _lstms_as_custom_op(model: nn.Module) -> Iterator[None]:
+    """Temporarily route every FAR mixer's LSTMs through `farc::lstm`."""
+    from farc.models.far import FARMixer
+
+    mixers = [m for m in model.modules() if isinstance(m, FARMixer)]
+    for m in mixers:
+        m.heads_out = types.MethodType(_heads_out_export, m)
+    try:
+        yield
+    finally:
+        for m in mixers:
+            del m.heads_out
+
+
+def _heads_out_export(self, x: torch.Tensor) -> torch.Tensor:
+    """FARMixer.heads_out with each LSTM as one `farc::lstm` call (same maths)."""
+    x = self.pre_proj(x)
+    d = self.head_dim
+    outs = []
+    for h in range(self.num_heads):
+        xh = x[:, :, h * d : (h + 1) * d]
+        fwd = _call_lstm(self.lstm_fwd[h], xh, reverse=False)
+        bwd = _call_lstm(self.lstm_bwd[h], xh, reverse=True)
+        outs.append(self.head_proj[h](torch.cat([fwd, bwd], dim=-1)))
+    return torch.stack(outs, dim=2)
+
+
+def _call_lstm(lstm: nn.LSTM, x: torch.Tensor, reverse: bool) -> torch.Tensor:
+    if lstm.num_layers != 1 or lstm.bidirectional or not lstm.bias or lstm.proj_size:
+        raise PassError("only single-layer, unidirectional LSTMs with bias can be compiled")
+    return lstm_op(x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+                   lstm.bias_hh_l0, reverse)
+
+
+# ---- converters ----
+
+def _param_names(ep: torch.export.ExportedProgram) -> dict[str, str]:
+    """Placeholder name in the exported graph -> parameter name in the state dict."""
+    kinds = (torch.export.graph_signature.InputKind.PARAMETER,
+             torch.export.graph_signature.InputKind.BUFFER)
+    return {s.arg.name: s.target for s in ep.graph_signature.input_specs if s.kind in kinds}
+
+
+def _param(node, names: dict[str, str], ep) -> tuple[str, np.ndarray]:
+    """(parameter name, float32 value) of an fx argument that must be a model parameter."""
+    if not hasattr(node, "name") or node.name not in names:
+        raise PassError(f"weight {node} is computed, not a model parameter; "
+                        "only constant weights can be mapped to crossbars")
+    name = names[node.name]
+    return name, ep.state_dict[name].detach().float().numpy()
+
+
+def named_const(value: np.ndarray, kind: str, name: str) -> relax.Expr:
+    """A float32 constant whose span records `kind:name` (see the module docstring)."""
+    span = tvm.ir.Span(tvm.ir.SourceName(f"{kind}:{name}"), 0, 0, 0, 0)
+    data = tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
+    return _relax_ffi.MakeTensorConst(data, None, span)
+
+
+def const_label(const: relax.Expr) -> tuple[str, str] | None:
+    """(kind, layer name) recorded by `named_const`, or None for an anonymous constant."""
+    span = getattr(const, "span", None)
+    if span is None or span.source_name is None or ":" not in span.source_name.name:
+        return None
+    kind, _, name = span.source_name.name.partition(":")
+    return kind, name
+
+
+def _layer_of(param: str) -> str:
+    return param.rsplit(".", 1)[0]
+
+
+def _convert_linear(node, imp, names, ep) -> relax.Var:
+    x = imp.env[node.args[0]]
+    wname, w = _param(node.args[1], names, ep)
+    layer = _layer_of(wname)
+    kind = "classifier" if layer == "head" else "linear"
+    bb = imp.block_builder
+    y = bb.emit(relax.op.matmul(x, named_const(w.T, kind, layer)))
+    if len(node.args) > 2 and node.args[2] is not None:
+        _, b = _param(node.args[2], names, ep)
+        y = bb.emit(relax.op.add(y, named_const(b, kind, layer + ".bias")))
+    return y
+
+
+def _convert_conv(node, imp, names, ep) -> relax.Var:
+    """A conv with stride == kernel, no padding/dilation/groups: a matmul over patches."""
+    args = list(node.args) + [None] * (7 - len(node.args))
+    x_node, w_node, b_node, stride, padding, dilation, groups = args[:7]
+    wname, w = _param(w_node, names, ep)
+    d, c, kh, kw = w.shape
+    if list(stride or [1, 1]) != [kh, kw] or any(padding or [0]) or \
+            any(v != 1 for v in (dilation or [1])) or (groups or 1) != 1:
+        raise PassError(f"{_layer_of(wname)}: only patch-embedding convolutions "
+                        "(stride == kernel, no padding) can be compiled")
+    x = imp.env[x_node]
+    b_, _, hh, ww = (int(s) for s in x.ty.shape)
+    hp, wp = hh // kh, ww // kw
+    bb = imp.block_builder
+    layer = _layer_of(wname)
+    p = bb.emit(relax.op.reshape(x, (b_, c, hp, kh, wp, kw)))
+    p = bb.emit(relax.op.permute_dims(p, [0, 2, 4, 1, 3, 5]))
+    p = bb.emit(relax.op.reshape(p, (b_, hp * wp, c * kh * kw)))
+    y = bb.emit(relax.op.matmul(p, named_const(w.reshape(d, -1).T, "patch_embed", layer)))
+    if b_node is not None:
+        _, b = _param(b_node, names, ep)
+        y = bb.emit(relax.op.add(y, named_const(b, "patch_embed", layer + ".bias")))
+    y = bb.emit(relax.op.permute_dims(y, [0, 2, 1]))
+    return bb.emit(relax.op.reshape(y, (b_, d, hp, wp)))
+
+
+def _convert_lstm(node, imp, names, ep) -> relax.Var:
+    x = imp.env[node.args[0]]
+    params = [_param(n, names, ep) for n in node.args[1:5]]
+    layer = _layer_of(params[0][0])
+    reverse = bool(node.args[5])
+    consts = [named_const(v, "lstm", n) for n, v in params]
+    b_, t, _ = (int(s) for s in x.ty.shape)
+    hidden = params[1][1].shape[1]
+    out = relax.TensorType((b_, t, hidden), "float32")
+    call = relax.call_dps_packed(
+        LSTM_EXTERN, relax.Tuple([x, *consts, relax.prim_value(int(reverse))]), out)
+    return imp.block_builder.emit(call, name_hint=layer.replace(".", "_"))
