@@ -1,0 +1,109 @@
+"""`farc verify model.farc`: emulator vs QDQ and float onnxruntime on the same inputs.
+
+Prints one table of pairwise errors, the accuracies and the checks; exits 1 with one line
+naming the failed checks when a documented tolerance fails (docs/verify.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from farc.verify import Tolerances
+
+
+@click.command("verify")
+@click.argument("program_path", metavar="MODEL.farc", type=click.Path(dir_okay=False))
+@click.option("--samples", type=int, default=256, show_default=True,
+              help="Images to run (the first N of the split; 0 = all of it).")
+@click.option("--data", default="digits", show_default=True,
+              help="'digits' or an ImageNet-style folder.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True)
+@click.option("--float-onnx", type=click.Path(dir_okay=False), default=None,
+              help="Float golden model (default: MODEL.float.onnx beside the program, else "
+                   "exported from the checkpoint named in its provenance).")
+@click.option("--qdq-onnx", type=click.Path(dir_okay=False), default=None,
+              help="QDQ reference (default: MODEL.qdq.onnx beside the program, else built "
+                   "from the program).")
+@click.option("--noise", multiple=True, metavar="KEY=VALUE",
+              help="Device non-ideality for the emulator, e.g. read_sigma=0.01 (repeatable). "
+                   "Disables the exactness checks.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--min-agreement", type=float, default=Tolerances.min_agreement,
+              show_default=True, help="Minimum emulator vs float top-1 agreement (0..1).")
+@click.option("--max-rel", type=float, default=Tolerances.exact_rel, show_default=True,
+              help="Largest emulator vs QDQ logit error relative to the QDQ peak "
+                   "(checked only with a lossless ADC and no noise).")
+@click.option("--max-acc-drop", type=float, default=None,
+              help="Largest emulator accuracy drop below float, in points (off by default).")
+def command(program_path, samples, data, split, float_onnx, qdq_onnx, noise, seed, batch_size,
+            min_agreement, max_rel, max_acc_drop) -> None:
+    """Check the emulator running MODEL.farc against onnxruntime (float and QDQ)."""
+    import tempfile
+
+    from farc.errors import ConfigError
+    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.program import Program
+    from farc.verify import VerifyError, resolve_references
+
+    if samples < 0 or batch_size < 1 or not 0 <= min_agreement <= 1:
+        raise ConfigError("--samples must be >= 0, --batch-size >= 1 and --min-agreement "
+                          "in [0, 1]")
+    program = Program.load(program_path)
+    tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
+    noise_cfg = NoiseConfig.parse(list(noise)) if noise else None
+    x, y = _inputs(program, data, split, samples)
+    with tempfile.TemporaryDirectory(prefix="farc-verify-") as tmp:
+        refs = resolve_references(program, program_path, float_onnx=float_onnx,
+                                  qdq_onnx=qdq_onnx, workdir=tmp)
+        report = _run(program, x, y, refs, noise_cfg, seed, tol, batch_size)
+    _print(report, Path(program_path).name, data, split)
+    if not report.ok:
+        raise VerifyError(f"verify failed: {report.failure_line()}")
+
+
+def _inputs(program, data: str, split: str, samples: int):
+    """The first `samples` images of the split, shaped like the program's input."""
+    from farc.data import load_split
+    from farc.errors import DataError
+
+    shape = program.manifest["inputs"][0]["shape"]
+    if len(shape) != 4:
+        raise DataError(f"program input has shape {shape}; verify feeds images [N, C, H, W]")
+    x, y = load_split(data, split, img_size=shape[2], in_chans=shape[1])
+    n = len(x) if samples == 0 else min(samples, len(x))
+    return x[:n].numpy().astype("float32"), y[:n].numpy()
+
+
+def _run(program, x, y, refs, noise, seed, tol, batch_size):
+    from farc.progress import make_progress
+    from farc.verify import verify
+
+    with make_progress() as bar:
+        task = bar.add_task("emulator", total=len(x), info="")
+        return verify(program, x, y, refs, noise=noise, seed=seed, tol=tol,
+                      batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+
+
+def _print(report, name: str, data: str, split: str) -> None:
+    from farc.progress import make_table, out_console, print_table
+
+    table = make_table(f"{name}: {report.samples} images of {data}/{split}",
+                       ["pair", "max err", "avg err", "rel err", "cosine", "min cos",
+                        "top-1"],
+                       [(p.name, f"{p.max_abs:.3g}", f"{p.mean_abs:.3g}", f"{p.rel:.3g}",
+                         f"{p.cosine:.4f}", f"{p.min_cosine:.4f}", f"{100 * p.agreement:.1f}%")
+                        for p in report.pairs.values()])
+    for col in table.columns:
+        col.no_wrap = True
+    out_console.print(table)
+    if report.accuracy is not None:
+        print_table("Accuracy", ["model", "accuracy"],
+                    [(k, f"{100 * v:.2f}%") for k, v in report.accuracy.items()])
+    status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]skip[/]"}
+    print_table("Checks (docs/verify.md)", ["check", "result", "detail"],
+                [(c.name, status[c.passed], c.detail) for c in report.checks])
+    for model, src in report.sources.items():
+        out_console.print(f"[dim]{model}: {src}[/]", highlight=False)

@@ -1,0 +1,264 @@
+"""farc.verify and `farc verify`: metrics, tolerances, reference lookup, the CLI.
+
+Hand-built programs (farc.runtime.builder) keep these fast; the compiled digits FAR / DeiT
+checks live at the end and use the session fixtures of tests/conftest.py when present."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+import numpy as np
+import onnx
+import pytest
+from farc.runtime import builder
+from onnx import TensorProto, helper, numpy_helper
+
+from farc.errors import ConfigError
+from farc.qdq import build_qdq_onnx, reference_paths, save_onnx
+from farc.verify import (
+    EMULATOR,
+    FLOAT,
+    QDQ,
+    Tolerances,
+    compare,
+    evaluate,
+    program_is_lossless,
+    resolve_references,
+)
+
+RNG = np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_compare_identical_outputs():
+    a = RNG.normal(size=(6, 10)).astype(np.float32)
+    s = compare("a", a, "b", a.copy())
+    assert (s.max_abs, s.mean_abs, s.rel, s.agreement) == (0.0, 0.0, 0.0, 1.0)
+    assert s.cosine == pytest.approx(1.0) and s.min_cosine == pytest.approx(1.0)
+
+
+def test_compare_measures_error_against_reference_peak():
+    b = np.array([[1.0, 4.0], [2.0, -1.0]], np.float32)
+    a = b + np.array([[0.0, 0.2], [0.0, 0.0]], np.float32)
+    s = compare("a", a, "b", b)
+    assert s.max_abs == pytest.approx(0.2) and s.rel == pytest.approx(0.05)
+    assert s.mean_abs == pytest.approx(0.05)
+    flipped = compare("a", b[:, ::-1].copy(), "b", b)
+    assert flipped.agreement == 0.0
+
+
+def test_compare_refuses_shape_mismatch():
+    from farc.verify import VerifyError
+
+    with pytest.raises(VerifyError, match=r"emulator output shape \[2, 3\] differs"):
+        compare("emulator", np.zeros((2, 3)), "qdq", np.zeros((2, 4)))
+
+
+def _outs(emu_shift: float = 0.0, float_flip: int = 0) -> dict[str, np.ndarray]:
+    q = RNG.normal(size=(100, 10)).astype(np.float32)
+    f = q.copy()
+    f[:float_flip] = -f[:float_flip]
+    return {EMULATOR: q + emu_shift, QDQ: q, FLOAT: f}
+
+
+def test_evaluate_lossless_passes_when_exact():
+    r = evaluate(_outs(), None, lossless=True, noise=False, tol=Tolerances())
+    assert r.ok and r.failure_line() == ""
+    assert [c.passed for c in r.checks] == [True, True, True]
+
+
+def test_evaluate_fails_emulator_vs_qdq_beyond_tolerance():
+    r = evaluate(_outs(emu_shift=0.05), None, lossless=True, noise=False, tol=Tolerances())
+    assert not r.ok
+    assert r.failure_line().startswith("emulator vs qdq logits: relative error")
+
+
+@pytest.mark.parametrize(("lossless", "noise", "why"),
+                         [(False, False, "ADC not lossless"), (True, True, "noise enabled")])
+def test_evaluate_skips_exactness_when_not_expected(lossless, noise, why):
+    r = evaluate(_outs(emu_shift=0.05), None, lossless=lossless, noise=noise, tol=Tolerances())
+    assert r.ok
+    assert r.checks[0].passed is None and why in r.checks[0].detail
+
+
+def test_evaluate_fails_low_agreement_with_float():
+    r = evaluate(_outs(float_flip=5), None, lossless=True, noise=False,
+                 tol=Tolerances(min_agreement=0.99))
+    assert not r.ok
+    assert "emulator vs float top-1: agreement 95.00% (limit 99.00%" in r.failure_line()
+
+
+def test_evaluate_accuracy_drop_check():
+    o = _outs(float_flip=0)
+    labels = o[QDQ].argmax(1)
+    o[EMULATOR] = o[EMULATOR].copy()
+    o[EMULATOR][:2] = -o[EMULATOR][:2]  # two wrong: 2 pt drop
+    r = evaluate(o, labels, lossless=False, noise=False,
+                 tol=Tolerances(min_agreement=0.9, max_acc_drop=0.5))
+    assert r.accuracy == {EMULATOR: 0.98, QDQ: 1.0, FLOAT: 1.0}
+    assert "accuracy drop: emulator 98.00% vs float 100.00%: 2.00 pt" in r.failure_line()
+    r = evaluate(o, labels, lossless=False, noise=False,
+                 tol=Tolerances(min_agreement=0.9, max_acc_drop=2.0))
+    assert r.ok
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+def ridge_classifier() -> tuple[np.ndarray, np.ndarray]:
+    """A linear digits classifier (ridge regression on one-hot labels): real margins, so
+    8-bit quantization rarely flips a decision, unlike random weights."""
+    from farc.data import load_split
+
+    x, y = load_split("digits", "train")
+    a = np.concatenate([x.numpy().reshape(len(x), -1), np.ones((len(x), 1))], 1)
+    sol = np.linalg.solve(a.T @ a + 1.0 * np.eye(65), a.T @ np.eye(10)[y.numpy()])
+    return sol[:64].astype(np.float32), sol[64].astype(np.float32)
+
+
+def classifier_program(adc_bits: int = 16, adc_range: str = "full",
+                       provenance: dict | None = None):
+    """digits image [1, 8, 8] -> reshape [64] -> crossbar layer -> 10 logits."""
+    w, b = ridge_classifier()
+    p = builder.XbarParams(rows=32, cols=32, cell_bits=2, dac_bits=1, adc_bits=adc_bits,
+                           adc_range=adc_range)
+    layer = builder.pack_layer(w, b, 1.0 / 127, p, name="head", kind="classifier",
+                               adc_pmax=63 if adc_range == "calibrated" else None)
+    ins = [dict(op="input", name="x", out="x"),
+           dict(op="reshape", shape=[64], **{"in": ["x"]}, out="v"),
+           dict(op="mvm", layer=0, **{"in": ["v"]}, out="logits"),
+           dict(op="output", name="logits", **{"in": ["logits"]})]
+    model = {"kind": "handmade", "name": "digits-linear", "config": {},
+             "provenance": provenance or {}}
+    prog = builder.make_program(ins, {"x": [1, 8, 8]}, {"logits": [10]}, [layer], model=model)
+    return prog, w, b
+
+
+def float_classifier_onnx(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["v"]),
+             helper.make_node("MatMul", ["v", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["logits"])]
+    g = helper.make_graph(nodes, "float", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", 1, 8, 8])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array(np.array([-1, 64], np.int64), "shape"),
+         numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    return m
+
+
+def test_lossless_detection_follows_adc_bits():
+    assert program_is_lossless(classifier_program(adc_bits=16)[0])
+    assert not program_is_lossless(classifier_program(adc_bits=4)[0])
+
+
+def test_lossless_detection_uses_programmed_codes():
+    # calibrated 6-bit ADC at step 1: 63 levels < the full-scale 32 * 3 = 96, yet lossless
+    # exactly when no column of these codes sums past 63
+    prog, *_ = classifier_program(adc_bits=6, adc_range="calibrated")
+    codes = prog.arrays[prog.layers[0]["arrays"]["codes"]].astype(int)
+    assert codes.sum(axis=2).max() <= 63 < 96
+    assert program_is_lossless(prog)
+    codes[0, 0, :, 0] = 3  # one column now sums to 96
+    prog.arrays[prog.layers[0]["arrays"]["codes"]] = codes.astype(np.uint8)
+    assert not program_is_lossless(prog)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    prog, w, b = classifier_program()
+    path = tmp_path / "model.farc"
+    prog.save(path)
+    return prog, path, w, b
+
+
+def test_references_beside_the_program_are_used(saved):
+    prog, path, w, b = saved
+    fpath, qpath = reference_paths(path)
+    save_onnx(float_classifier_onnx(w, b), fpath)
+    save_onnx(build_qdq_onnx(prog), qpath)
+    refs = resolve_references(prog, path)
+    assert (refs.float_model, refs.qdq_model) == (fpath, qpath)
+
+
+def test_stale_qdq_is_rebuilt_and_missing_float_is_an_error(saved):
+    prog, path, *_ = saved
+    _, qpath = reference_paths(path)
+    save_onnx(build_qdq_onnx(prog), qpath)
+    old = time.time() - 3600
+    os.utime(qpath, (old, old))
+    with pytest.raises(ConfigError, match="no float ONNX model: none beside the program "
+                                          r"\(model.float.onnx\).*pass --float-onnx"):
+        resolve_references(prog, path)
+    refs = resolve_references(prog, path, float_onnx=qpath)
+    assert isinstance(refs.qdq_model, onnx.ModelProto)
+    assert refs.notes[QDQ] == "built from the program"
+
+
+def test_missing_explicit_reference_is_an_error(saved):
+    prog, path, *_ = saved
+    with pytest.raises(ConfigError, match=r"--float-onnx .*nope.onnx: no such file"):
+        resolve_references(prog, path, float_onnx=path.parent / "nope.onnx")
+
+
+# ----------------------------------------------------------------------------- with the emulator
+needs_emulator = pytest.mark.skipif(importlib.util.find_spec("farc.runtime.emulator") is None,
+                                    reason="farc.runtime.emulator is not built yet")
+
+
+def _digits(n: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    from farc.data import load_split
+
+    x, y = load_split("digits", "test")
+    return x[:n].numpy(), y[:n].numpy()
+
+
+@needs_emulator
+def test_verify_hand_built_lossless_program_is_exact(saved):
+    from farc.verify import References, verify
+
+    prog, _, w, b = saved
+    x, y = _digits()
+    r = verify(prog, x, y, References(float_classifier_onnx(w, b), build_qdq_onnx(prog)))
+    eq = r.pairs[(EMULATOR, QDQ)]
+    assert r.lossless and r.ok, r.failure_line()
+    assert eq.agreement == 1.0 and eq.rel <= 1e-6
+
+
+@needs_emulator
+def test_cli_passes_and_prints_the_table(saved, capsys):
+    from farc.cli import main
+
+    _, path, w, b = saved
+    save_onnx(float_classifier_onnx(w, b), reference_paths(path)[0])
+    main(["verify", str(path), "--samples", "64"])
+    out = capsys.readouterr().out
+    for text in ("emulator vs qdq", "emulator vs float", "qdq vs float", "Checks", "pass"):
+        assert text in out
+
+
+@needs_emulator
+def test_cli_exits_nonzero_with_one_line_naming_the_check(saved, capsys):
+    from farc.cli import main
+
+    _, path, w, b = saved
+    save_onnx(float_classifier_onnx(-w, -b), reference_paths(path)[0])  # a different model
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(path), "--samples", "64"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("farc: error: verify failed: emulator vs float top-1: agreement")
+
+
+@needs_emulator
+def test_cli_noise_skips_exactness(saved, capsys):
+    from farc.cli import main
+
+    _, path, w, b = saved
+    save_onnx(float_classifier_onnx(w, b), reference_paths(path)[0])
+    main(["verify", str(path), "--samples", "32", "--noise", "read_sigma=0.001",
+          "--min-agreement", "0.5"])
+    assert "not checked: noise enabled" in capsys.readouterr().out
