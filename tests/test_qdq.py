@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from farc.runtime import builder
+from farc.runtime.emulator import Emulator
 
 from farc.errors import ProgramError
 from farc.qdq import build_qdq_onnx, integer_weights, reference_paths
@@ -22,10 +24,11 @@ RNG = np.random.default_rng(0)
 
 # ----------------------------------------------------------------------------- packing
 def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, symmetric; rounds w / float32(s_w) in float64 like the compiler does."""
     qw = 2 ** (bits - 1) - 1
-    s = np.abs(w).max(axis=0) / qw
+    s = np.abs(w.astype(np.float64)).max(axis=0) / qw
     s = np.where(s == 0, 1.0, s).astype(np.float32)
-    return np.clip(np.rint(w / s), -qw, qw).astype(np.int64), s
+    return np.clip(np.rint(w / s.astype(np.float64)), -qw, qw).astype(np.int64), s
 
 
 def pack(q: np.ndarray, *, weight_bits: int, cell_bits: int, mapping: str, rows: int,
@@ -82,8 +85,22 @@ class Builder:
             row_tiles=p["row_tiles"], col_tiles=p["col_tiles"], in_scale=float(s_x),
             in_zero=2 ** (input_bits - 1), adc_range="full", adc_step=[1] * p["row_tiles"],
             arrays=names))
-        self.refs[lid] = dict(q=q, s_w=s_w, b=b, s_x=np.float32(s_x), input_bits=input_bits)
+        self.refs[lid] = dict(q=q, s_w=s_w, b=b, s_x=np.float32(s_x), input_bits=input_bits,
+                              w=w, params=dict(weight_bits=weight_bits, input_bits=input_bits,
+                                               cell_bits=cell_bits, mapping=mapping,
+                                               rows=rows, cols=cols))
         return lid
+
+    def validated(self, instructions: list[dict], in_shape: list, out_shape: list):
+        """The same program, packed by farc.runtime.builder and validated, for the emulator."""
+        layers = []
+        for lid, r in self.refs.items():
+            p = builder.XbarParams(dac_bits=1, adc_bits=16, **r["params"])
+            layers.append(builder.pack_layer(r["w"], r["b"], float(r["s_x"]), p, layer_id=lid,
+                                             first_crossbar=100 * lid))
+        consts = {k: self.arrays[v] for k, v in self.constants.items()}
+        return builder.make_program(instructions, {"x": in_shape}, {"y": out_shape}, layers,
+                                    consts)
 
     def const(self, name: str, value: np.ndarray) -> None:
         self.constants[name] = self._array(f"const.{name}", value.astype(np.float32))
@@ -126,10 +143,24 @@ def assert_close(got: np.ndarray, want: np.ndarray, rel: float = 1e-5) -> None:
     assert float(np.abs(got - want).max()) <= rel * scale
 
 
+def wrap(body: list[dict], out_reg: str = "y") -> list[dict]:
+    return [dict(op="input", name="x", out="x"), *body,
+            dict(op="output", name="y", **{"in": [out_reg]})]
+
+
 def prog1(b: Builder, body: list[dict], in_shape: list, out_shape: list, out_reg: str = "y"):
-    ins = [dict(op="input", name="x", out="x"), *body,
-           dict(op="output", name="y", **{"in": [out_reg]})]
-    return b.program(ins, in_shape, out_shape)
+    return b.program(wrap(body, out_reg), in_shape, out_shape)
+
+
+def assert_emulator_equals_qdq(b: Builder, body: list[dict], in_shape: list, out_shape: list,
+                               x: np.ndarray, rel: float = 1e-5) -> None:
+    """The lossless emulator and ORT(QDQ) agree on the same (builder-packed) program, and
+    the QDQ of the builder's packing equals the QDQ of this file's packing."""
+    prog = b.validated(wrap(body), in_shape, out_shape)
+    want = Emulator(prog).run({"x": x})["y"]
+    got = run_onnx(build_qdq_onnx(prog), x)
+    assert_close(got, want, rel)
+    assert_close(run_onnx(build_qdq_onnx(prog1(b, body, in_shape, out_shape)), x), got, 0)
 
 
 # ----------------------------------------------------------------------------- mvm
@@ -143,8 +174,10 @@ def test_mvm_matches_quantized_matmul(mapping, weight_bits, input_bits, cell_bit
     lid = b.layer(w, bias, s_x=0.013, weight_bits=weight_bits, input_bits=input_bits,
                   cell_bits=cell_bits, mapping=mapping)
     x = RNG.normal(size=(5, 3, 37)).astype(np.float32)
-    p = prog1(b, [dict(op="mvm", layer=lid, **{"in": ["x"]}, out="y")], [3, 37], [3, 11])
-    assert_close(run_onnx(build_qdq_onnx(p), x), b.mvm_ref(lid, x))
+    body = [dict(op="mvm", layer=lid, **{"in": ["x"]}, out="y")]
+    assert_close(run_onnx(build_qdq_onnx(prog1(b, body, [3, 37], [3, 11])), x),
+                 b.mvm_ref(lid, x))
+    assert_emulator_equals_qdq(b, body, [3, 37], [3, 11], x)
 
 
 def test_rebuilt_weights_equal_packed_integers():
@@ -228,8 +261,8 @@ DIGITAL_CASES = {
                lambda x: np.concatenate([x, x], 2)),
     "slice": ([dict(op="slice", axis=1, start=1, stop=4, **{"in": ["x"]}, out="y")], [3, 6],
               lambda x: x[:, 1:4]),
-    "slice_to_end": ([dict(op="slice", axis=-1, start=-2, stop=None, **{"in": ["x"]}, out="y")],
-                     [5, 2], lambda x: x[..., -2:]),
+    "slice_last_axis": ([dict(op="slice", axis=-1, start=4, stop=6, **{"in": ["x"]}, out="y")],
+                        [5, 2], lambda x: x[..., 4:6]),
     "zeros": ([dict(op="zeros", shape=[2, 3], **{"in": ["x"]}, out="y")], [2, 3],
               lambda x: np.zeros((len(x), 2, 3))),
 }
@@ -244,6 +277,7 @@ def test_digital_op_matches_numpy(case):
     p = prog1(b, body, [5, 6], out_shape)
     got = run_onnx(build_qdq_onnx(p), X)
     assert_close(got, np.asarray(ref(X.astype(np.float64)), np.float32), rel=2e-6)
+    assert_emulator_equals_qdq(b, body, [5, 6], out_shape, X, rel=2e-6)
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -286,7 +320,7 @@ def lstm_program(b: Builder, d: int, hidden: dict[str, int], s_x: float, seed: i
     loop = dict(op="loop", count=dict(reg="x", axis=1), carry=carry, gather=gather, body=body,
                 scatter=scatter)
     cat = dict(op="concat", axis=2, **{"in": [f"seq_{n}" for n in hidden]}, out="y")
-    return prog1(b, [*zeros, loop, cat], [None, d], [None, sum(hidden.values())])
+    return [*zeros, loop, cat], [None, d], [None, sum(hidden.values())]
 
 
 def lstm_ref(b: Builder, x: np.ndarray, hidden: dict[str, int]) -> np.ndarray:
@@ -311,16 +345,31 @@ def lstm_ref(b: Builder, x: np.ndarray, hidden: dict[str, int]) -> np.ndarray:
 @pytest.mark.parametrize("hidden", [{"fwd": 5}, {"bwd": 4}, {"fwd": 6, "bwd": 3}])
 def test_lstm_loop_matches_numpy(hidden):
     b = Builder()
-    p = lstm_program(b, d=4, hidden=hidden, s_x=0.02)
+    body, in_shape, out_shape = lstm_program(b, d=4, hidden=hidden, s_x=0.02)
     x = RNG.normal(size=(3, 7, 4)).astype(np.float32)
-    model = build_qdq_onnx(p)
+    model = build_qdq_onnx(prog1(b, body, in_shape, out_shape))
     assert [n.op_type for n in model.graph.node].count("Loop") == 1
     assert_close(run_onnx(model, x), lstm_ref(b, x, hidden), rel=1e-5)
+    assert_emulator_equals_qdq(b, body, in_shape, out_shape, x, rel=1e-5)
+
+
+def test_far_block_emulator_equals_qdq():
+    """runtime.handmade's FAR block: pre_proj, per-head BiLSTMs of unequal sizes in one loop,
+    head_proj, post_proj, residual. Lossless 8-bit: ORT(QDQ) equals the emulator."""
+    from farc.runtime.handmade import FarBlockWeights, far_block_program
+
+    w = FarBlockWeights.random(D=16, heads=2, hidden=[(5, 3), (4, 4)], seed=3)
+    x = RNG.normal(size=(3, 9, 16)).astype(np.float32)
+    p = builder.XbarParams(rows=32, cols=32, adc_bits=12)
+    prog = far_block_program(w, T=9, p=p, calib=x)
+    assert all(pl.lossless for pl in Emulator(prog).layers)
+    assert_close(run_onnx(build_qdq_onnx(prog), x), Emulator(prog).run({"x": x})["y"], 1e-5)
 
 
 def test_loop_size_does_not_grow_with_sequence_length():
     b = Builder()
-    model = build_qdq_onnx(lstm_program(b, d=4, hidden={"fwd": 3, "bwd": 3}, s_x=0.02))
+    model = build_qdq_onnx(prog1(b, *lstm_program(b, d=4, hidden={"fwd": 3, "bwd": 3},
+                                                  s_x=0.02)))
     for t in (1, 17):
         x = RNG.normal(size=(2, t, 4)).astype(np.float32)
         assert run_onnx(model, x).shape == (2, t, 6)
