@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from _rt_util import linear_program, one_op_program, run1
+from _rt_util import linear_program, one_op_program, ref_linear, ref_quantize_weights, run1
 from farc.runtime.builder import XbarParams
 from farc.runtime.emulator import Emulator
 from hypothesis import given, settings
@@ -22,70 +22,6 @@ RNG = np.random.default_rng(1234)
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.normal(size=shape).astype(np.float32)
-
-
-# ---------------------------------------------------------------- independent reference
-def ref_quantize_weights(W: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    qw = 2 ** (bits - 1) - 1
-    s_w = np.array([max(float(np.abs(W[:, n]).max()) / qw, 0.0) or 1.0
-                    for n in range(W.shape[1])], dtype=np.float32)
-    return np.clip(np.rint(W.astype(np.float64) / s_w), -qw, qw).astype(np.int64), s_w
-
-
-def ref_step(pmax: float, adc_bits: int) -> int:
-    e = 0
-    while (2**adc_bits - 1) * 2**e < pmax:
-        e += 1
-    return 2**e
-
-
-def ref_column_levels(q: np.ndarray, p: XbarParams) -> list[tuple[int, int, np.ndarray]]:
-    """[(sign, slice, levels [K, N])] of every physical column group."""
-    qw = 2 ** (p.weight_bits - 1) - 1
-    if p.mapping == "differential":
-        mags = [(+1, np.maximum(q, 0)), (-1, np.maximum(-q, 0))]
-        nslices = math.ceil((p.weight_bits - 1) / p.cell_bits)
-    else:
-        mags = [(+1, q + qw)]
-        nslices = math.ceil(p.weight_bits / p.cell_bits)
-    return [(sign, s, (m >> (s * p.cell_bits)) & (2**p.cell_bits - 1))
-            for sign, m in mags for s in range(nslices)]
-
-
-def ref_partial_sums(x_int: np.ndarray, q: np.ndarray, p: XbarParams):
-    """Yield (row tile, cycle, sign, slice, P [vectors, N]) straight from the definition."""
-    u = x_int + 2 ** (p.input_bits - 1)
-    cycles = math.ceil(p.input_bits / p.dac_bits)
-    for r0 in range(0, q.shape[0], p.rows):
-        for c in range(cycles):
-            uc = (u[:, r0:r0 + p.rows] >> (c * p.dac_bits)) & (2**p.dac_bits - 1)
-            for sign, s, g in ref_column_levels(q, p):
-                yield r0 // p.rows, c, sign, s, uc @ g[r0:r0 + p.rows]
-
-
-def ref_mvm_int(x_int: np.ndarray, q: np.ndarray, p: XbarParams, pmax: float) -> np.ndarray:
-    step = ref_step(pmax, p.adc_bits)
-    acc = np.zeros((x_int.shape[0], q.shape[1]), dtype=np.int64)
-    for _, c, sign, s, P in ref_partial_sums(x_int, q, p):
-        digit = np.clip((2 * P + step) // (2 * step), 0, 2**p.adc_bits - 1) * step
-        acc += sign * digit << (c * p.dac_bits + s * p.cell_bits)
-    u = x_int + 2 ** (p.input_bits - 1)
-    if p.mapping == "offset":
-        acc -= (2 ** (p.weight_bits - 1) - 1) * u.sum(axis=1, keepdims=True)
-    return acc - 2 ** (p.input_bits - 1) * q.sum(axis=0)
-
-
-def ref_linear(W, b, x, p: XbarParams, calibrated: bool) -> tuple[np.ndarray, float | None]:
-    """(y, calibrated pmax or None) per the numerics, with the input scale of policy max."""
-    qx = 2 ** (p.input_bits - 1) - 1
-    s_x = float(np.abs(x).max()) / qx
-    x_int = np.clip(np.rint(x / np.float32(s_x)), -qx, qx).astype(np.int64)
-    q, s_w = ref_quantize_weights(W, p.weight_bits)
-    pmax = max(int(P.max()) for *_, P in ref_partial_sums(x_int, q, p)) if calibrated else \
-        p.rows * (2**p.dac_bits - 1) * (2**p.cell_bits - 1)
-    y_int = ref_mvm_int(x_int, q, p, pmax)
-    y = y_int.astype(np.float32) * (np.float32(s_x) * s_w).astype(np.float32) + b
-    return y, (pmax if calibrated else None)
 
 
 # ---------------------------------------------------------------- mvm
