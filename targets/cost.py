@@ -116,7 +116,7 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str)
         ev["instructions"] = 1
         # the gathers/scatters of all T steps; timeline spreads them over the steps
         lat = step.loop_io * step.count * _act_bytes(target) / target.latency.buffer_bytes_per_ns
-        return _priced(OpCost("move", f"loop@{step.path[-1]} digital", lat, events=ev), target)
+        return _priced(OpCost("move", f"loop@{step.path[-1]} gates+moves", lat, events=ev), target)
     layer = layers[int(step.instr["layer"])] if op == "mvm" else None
     ev = instruction_events(step.instr, step.in_shapes, step.out_shape, layer)
     if op == "mvm":
@@ -148,7 +148,7 @@ def _group(step: Step) -> str:
     ins = step.instr
     if "group" in ins:
         return str(ins["group"])
-    return f"loop@{step.path[-2]} digital" if len(step.path) > 1 else "digital"
+    return f"loop@{step.path[-2]} gates+moves" if len(step.path) > 1 else "digital"
 
 
 def _matmul_cost(step: Step, target: Target, attention: str, ev: dict) -> OpCost:
@@ -216,7 +216,8 @@ def _rewrite_summary(steps: list[Step], costs: dict, target: Target) -> dict[str
 def area_mm2(target: Target, layers: list[dict], extra_crossbars: int = 0) -> dict[str, float]:
     """Area of the crossbars a program occupies and their periphery, by component: each used
     crossbar with its DACs (one per row), ADCs and sample-and-holds, plus the IMAs and tiles
-    the crossbars fill (packed densely) and the chip-level periphery."""
+    the crossbars fill (packed densely). Chip-level periphery ([area] chip_overhead_mm2) is
+    not part of it (see `chip_area_mm2`)."""
     a, c = target.area, target.crossbar
     n = extra_crossbars + sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
                               for lay in layers)
@@ -225,5 +226,9 @@ def area_mm2(target: Target, layers: list[dict], extra_crossbars: int = 0) -> di
     tiles = math.ceil(imas / target.chip.imas_per_tile)
     return {"crossbar": n * a.crossbar_mm2, "dac": n * c.rows * a.dac_mm2,
             "adc": n * adcs * a.adc_mm2, "sample_hold": n * c.cols * a.sample_hold_mm2,
-            "ima": imas * a.ima_overhead_mm2, "tile": tiles * a.tile_overhead_mm2,
-            "chip": a.chip_overhead_mm2}
+            "ima": imas * a.ima_overhead_mm2, "tile": tiles * a.tile_overhead_mm2}
+
+
+def chip_area_mm2(target: Target) -> float:
+    """Area of the whole chip: every crossbar with its periphery plus the chip-level part."""
+    return sum(area_mm2(target, [], target.crossbars).values()) + target.area.chip_overhead_mm2

@@ -35,7 +35,7 @@ class EnergySpec:
     adc_conversion_pj: float = 1.67
     """Energy of one ADC conversion, pJ."""
     shift_add_pj: float = 0.02
-    """Energy of one shift-and-add of an ADC output (and of one row-tile partial-sum add), pJ."""
+    """Energy of one shift-and-add of an ADC output, pJ."""
     buffer_pj_per_byte: float = 0.54
     """Buffer (eDRAM/SRAM) access energy per byte read or written, pJ/B."""
     interconnect_pj_per_byte: float = 1.1

@@ -274,6 +274,24 @@ def _check_costs(t: Target, source: str) -> None:
                 raise ConfigError(f"{source}: [{sec}] {f.name} = {v!r} must be finite and >= 0")
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a section dataclass (unit, range), read from the
+    source: what `farc targets NAME` and docs/targets.md show."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
 def list_targets() -> list[str]:
     """Names of the targets shipped in targets/*.toml."""
     return sorted(p.stem for p in TARGET_DIR.glob("*.toml"))

@@ -1,0 +1,31 @@
+"""`farc inspect MODEL.farc [--plot map.png]`: the tiling of every crossbar layer (weight
+shape, row x column tiles, crossbars, utilization, slices, signs, replicas) with totals,
+the units and crossbars pruning saved (when the provenance records the unpruned sizes),
+and optionally a PNG map of crossbar occupancy."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("inspect")
+@click.argument("program_path", metavar="MODEL.farc", type=click.Path(dir_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG map of crossbar occupancy here.")
+def command(program_path: str, plot_path: str | None) -> None:
+    """Show how MODEL.farc is tiled onto crossbars."""
+    from rich.console import Console
+
+    from farc.report.tiling import occupancy_png, pruning_rows, pruning_table, tiling_table
+    from farc.runtime.program import Program
+
+    program = Program.load(program_path)
+    console = Console()
+    console.print(tiling_table(program))
+    rows = pruning_rows(program)
+    if rows:
+        console.print(pruning_table(rows))
+    else:
+        console.print("pruning: the provenance does not record unpruned LSTM sizes")
+    if plot_path:
+        console.print(f"occupancy map: {occupancy_png(program, plot_path)}")

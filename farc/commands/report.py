@@ -1,0 +1,54 @@
+"""`farc report MODEL.farc [--html report.html] [--compare OTHER.farc] [--attention MODE]`:
+latency, energy and area of one inference per layer and per op kind, on the target the
+program was compiled for; with --compare, two programs side by side (e.g. a FAR student and
+its DeiT teacher). Attention's activation x activation matmuls are costed under the stated
+--attention assumption (docs/cost-model.md)."""
+
+from __future__ import annotations
+
+import click
+
+from farc.targets.cost import ATTENTION_MODES
+
+
+@click.command("report")
+@click.argument("program_path", metavar="MODEL.farc", type=click.Path(dir_okay=False))
+@click.option("--compare", "compare_path", type=click.Path(dir_okay=False), default=None,
+              metavar="OTHER.farc", help="A second program to show side by side.")
+@click.option("--attention", type=click.Choice(ATTENTION_MODES), default="digital",
+              show_default=True,
+              help="How activation x activation matmuls are costed: a digital matmul unit, "
+                   "or crossbar rewrites (write latency/energy/endurance from the target).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML page (charts embedded) here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the raw cost reports as JSON here.")
+def command(program_path, compare_path, attention, html_path, json_path) -> None:
+    """Latency, energy and area report of MODEL.farc."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from farc.report.build import build_html, program_name, report_for, to_json
+    from farc.report.cost_tables import ATTENTION_NOTE, to_rich
+    from farc.runtime.program import Program
+
+    paths = [program_path] + ([compare_path] if compare_path else [])
+    programs = []
+    for p in paths:
+        prog = Program.load(p)
+        programs.append((program_name(prog, Path(p).stem), prog))
+    if len(programs) == 2 and programs[0][0] == programs[1][0]:
+        programs = [(f"{n} [{Path(p).name}]", prog) for (n, prog), p in zip(programs, paths)]
+    reports, sections = report_for(programs, attention)
+    console = Console()
+    console.print(f"[bold]assumption[/bold]: {escape(ATTENTION_NOTE[attention])}")
+    for s in sections:
+        console.print(to_rich(s))
+    if html_path:
+        Path(html_path).write_text(build_html(reports, sections), encoding="utf-8")
+        console.print(f"HTML report: {html_path}")
+    if json_path:
+        Path(json_path).write_text(to_json(reports), encoding="utf-8")
+        console.print(f"JSON: {json_path}")

@@ -1,0 +1,74 @@
+"""Assemble `farc report`: cost every program on the target it was compiled for, then the
+tables, the charts and the HTML page."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from farc.errors import ConfigError
+from farc.report.charts import energy_by_layer_png, energy_compare_png, timeline_png
+from farc.report.cost_tables import Section, report_sections
+from farc.report.html import report_html
+from farc.report.tiling import program_target
+from farc.targets.cost import CostReport, cost_program
+from farc.targets.dataflow import manifest_of
+
+
+def program_name(program: Any, fallback: str) -> str:
+    model = manifest_of(program).get("model", {})
+    kind, name = model.get("kind", ""), model.get("name", "")
+    return f"{name} ({kind})" if name and kind and kind not in name else (name or fallback)
+
+
+def cost_all(programs: list[tuple[str, Any]], attention: str) -> list[tuple[str, CostReport]]:
+    """(name, program) -> (name, report); refuses programs built for different targets."""
+    out = []
+    targets = {manifest_of(p)["target"].get("target", {}).get("name") for _, p in programs}
+    if len(targets) > 1:
+        raise ConfigError(f"--compare needs programs compiled for the same target, got "
+                          f"{', '.join(sorted(str(t) for t in targets))}")
+    for name, p in programs:
+        out.append((name, cost_program(p, program_target(manifest_of(p)), attention)))
+    return out
+
+
+def charts(reports: list[tuple[str, CostReport]]) -> list[tuple[str, bytes]]:
+    out = []
+    if len(reports) > 1:
+        out.append(("energy by component", energy_compare_png(reports)))
+    out.append(("latency timeline", timeline_png(reports)))
+    for name, r in reports:
+        out.append((f"energy by layer: {name}",
+                    energy_by_layer_png(r, f"{name}: energy by layer and component")))
+    return out
+
+
+def build_html(reports: list[tuple[str, CostReport]], sections: list[Section]) -> str:
+    names = " vs ".join(n for n, _ in reports)
+    r0 = reports[0][1]
+    return report_html(f"farc report: {names}", f"target {r0.target}", r0.attention, sections,
+                       charts(reports))
+
+
+def to_json(reports: list[tuple[str, CostReport]]) -> str:
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return str(x)
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    data = {name: {**asdict(r), "energy_total_pj": r.energy_total_pj,
+                   "area_total_mm2": r.area_total_mm2} for name, r in reports}
+    return json.dumps(clean(data), indent=1)
+
+
+def report_for(programs: list[tuple[str, Any]], attention: str
+               ) -> tuple[list[tuple[str, CostReport]], list[Section]]:
+    reports = cost_all(programs, attention)
+    return reports, report_sections(reports)

@@ -1,0 +1,162 @@
+"""The tables of `farc report`, as plain data (`Section`) rendered to the terminal (rich) or
+to HTML by html.py, so both show the same numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.table import Table
+
+from farc.report.units import count, mm2, ns, pj
+from farc.targets.cost import COMPONENTS, CostReport
+
+ATTENTION_NOTE = {
+    "digital": "attention's activation x activation matmuls run on a digital matmul unit "
+               "([digital] matmul_mac_pj, matmul_macs_per_cycle)",
+    "rewrite": "attention's activation x activation matmuls program their right operand "
+               "(K^T or V) into crossbars every time they run ([write] row_ns, cell_pj, "
+               "endurance), then stream the left operand through them as MVMs",
+}
+
+
+@dataclass
+class Section:
+    """A titled table: header and rows of formatted cells."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+def _share(x: float, total: float) -> str:
+    return f"{x / total:.1%}" if total else "-"
+
+
+def summary(report: CostReport) -> list[tuple[str, str]]:
+    rows = [("target", report.target), ("attention", report.attention),
+            ("latency (critical path)", ns(report.latency_ns)),
+            ("energy per inference", pj(report.energy_total_pj)),
+            ("area used", mm2(report.area_total_mm2)),
+            ("crossbars used", count(report.crossbars_used))]
+    if report.latency_ns:
+        rows.append(("average power", f"{report.energy_total_pj / report.latency_ns:.3g} mW"))
+    if report.attention == "rewrite":
+        rw = report.rewrite
+        rows += [("cell writes per inference", count(rw.get("cell_writes", 0))),
+                 ("writes per cell per inference", count(rw.get("writes_per_cell", 0))),
+                 ("lifetime (inferences)", count(rw.get("lifetime_inferences", 0))),
+                 ("rewrite crossbars", count(rw.get("crossbars", 0)))]
+    return rows
+
+
+def summary_section(reports: list[tuple[str, CostReport]]) -> Section:
+    names = [n for n, _ in reports]
+    keys = [k for k, _ in summary(reports[0][1])]
+    for _, r in reports[1:]:
+        keys += [k for k, _ in summary(r) if k not in keys]
+    vals = [dict(summary(r)) for _, r in reports]
+    rows = [[k, *(v.get(k, "-") for v in vals)] for k in keys]
+    if len(reports) == 2:
+        a, b = reports[0][1], reports[1][1]
+        ratio = {"latency (critical path)": (b.latency_ns, a.latency_ns),
+                 "energy per inference": (b.energy_total_pj, a.energy_total_pj),
+                 "area used": (b.area_total_mm2, a.area_total_mm2),
+                 "crossbars used": (b.crossbars_used, a.crossbars_used)}
+        for row in rows:
+            x, y = ratio.get(row[0], (None, None))
+            row.append(f"{x / y:.3g}x" if x is not None and y else "")
+        return Section("summary", ["", *names, f"{names[1]} / {names[0]}"], rows)
+    return Section("summary", ["", *names], rows)
+
+
+def layer_section(name: str, r: CostReport) -> Section:
+    total = r.energy_total_pj
+    rows = []
+    for group, v in sorted(r.by_layer.items(), key=lambda kv: -kv[1].get("energy_pj", 0)):
+        e = v.get("energy_pj", 0.0)
+        rows.append([group, ns(v.get("busy_ns", 0.0)), pj(e), _share(e, total),
+                     pj(v.get("crossbar", 0.0)), pj(v.get("adc", 0.0)),
+                     pj(v.get("digital", 0.0)), pj(v.get("buffer", 0.0) +
+                                                   v.get("interconnect", 0.0)),
+                     pj(v.get("write", 0.0))])
+    return Section(f"{name}: per layer", ["layer / group", "busy time", "energy", "share",
+                                          "crossbar", "ADC", "digital", "buffer+network",
+                                          "writes"], rows,
+                   note="busy time = summed latency of the layer's instructions; they "
+                        "overlap on the critical path")
+
+
+def kind_section(reports: list[tuple[str, CostReport]]) -> Section:
+    kinds = sorted({k for _, r in reports for k in r.by_kind},
+                   key=lambda k: -max(r.by_kind.get(k, {}).get("energy_pj", 0) for _, r in reports))
+    header = ["op kind"]
+    for n, _ in reports:
+        header += [f"{n} count", f"{n} busy", f"{n} energy", f"{n} share"]
+    rows = []
+    for k in kinds:
+        row = [k]
+        for _, r in reports:
+            v = r.by_kind.get(k, {})
+            row += [count(v.get("count", 0)), ns(v.get("busy_ns", 0.0)),
+                    pj(v.get("energy_pj", 0.0)),
+                    _share(v.get("energy_pj", 0.0), r.energy_total_pj)]
+        rows.append(row)
+    return Section("per op kind", header, rows)
+
+
+def component_section(reports: list[tuple[str, CostReport]]) -> Section:
+    header = ["component"]
+    for n, _ in reports:
+        header += [f"{n} energy", f"{n} share"]
+    rows = []
+    for c in COMPONENTS:
+        row = [c]
+        for _, r in reports:
+            row += [pj(r.energy_pj.get(c, 0.0)), _share(r.energy_pj.get(c, 0.0),
+                                                        r.energy_total_pj)]
+        rows.append(row)
+    return Section("energy by component", header, rows)
+
+
+def area_section(reports: list[tuple[str, CostReport]]) -> Section:
+    comps = list(reports[0][1].area_mm2)
+    rows = [[c, *(mm2(r.area_mm2.get(c, 0.0)) for _, r in reports)] for c in comps]
+    rows.append(["total", *(mm2(r.area_total_mm2) for _, r in reports)])
+    return Section("area of the crossbars and periphery used", ["component",
+                                                                 *(n for n, _ in reports)],
+                   rows, note="ima / tile: periphery of the IMAs and tiles the used crossbars "
+                              "fill (packed densely); chip-level periphery excluded")
+
+
+def events_section(reports: list[tuple[str, CostReport]]) -> Section:
+    keys = ("dac_cycles", "dac_conversions", "adc_conversions", "bytes_moved",
+            "interconnect_bytes", "cell_writes", "instructions")
+    rows = [[k, *(count(r.events.get(k, 0)) for _, r in reports)] for k in keys]
+    kinds = sorted({k for _, r in reports for k in r.events["digital_ops"]})
+    rows += [[f"digital_ops.{k}", *(count(r.events["digital_ops"].get(k, 0))
+                                    for _, r in reports)] for k in kinds]
+    rows.append(["MVM vectors", *(count(sum(r.events["mvms_per_layer"].values()))
+                                  for _, r in reports)])
+    return Section("event counts per inference (the emulator's counters)",
+                   ["event", *(n for n, _ in reports)], rows)
+
+
+def report_sections(reports: list[tuple[str, CostReport]]) -> list[Section]:
+    """Every table of the report, for one program or a comparison."""
+    out = [summary_section(reports), component_section(reports), kind_section(reports)]
+    out += [layer_section(n, r) for n, r in reports]
+    out += [area_section(reports), events_section(reports)]
+    return out
+
+
+def to_rich(section: Section) -> Table:
+    from rich.markup import escape
+
+    table = Table(title=escape(section.title), title_justify="left",
+                  caption=escape(section.note) if section.note else None)
+    for i, h in enumerate(section.header):
+        table.add_column(escape(h), justify="left" if i == 0 else "right")
+    for row in section.rows:
+        table.add_row(*(escape(c) for c in row))
+    return table

@@ -1,0 +1,96 @@
+"""`farc targets` views: one summary row per shipped target (raw and derived key figures)
+and the detail of one target: every key with its value, unit/meaning and cited source."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from farc.report.units import mm2, ns, pj
+from farc.targets import Target, list_targets, load_target
+from farc.targets.cost import chip_area_mm2
+from farc.targets.events import mvm_layer_events, price
+from farc.targets.mvm import Geometry, cycle_ns, mvm_latency_ns
+from farc.targets.target import ALL_SECTIONS, TARGET_DIR, field_docs
+
+
+def full_crossbar(t: Target) -> Geometry:
+    """The layer that fills one crossbar: K = rows, N = columns / (slices * signs)."""
+    return Geometry.for_matrix(t, t.crossbar.rows, max(1, t.crossbar.cols // (t.weight_slices *
+                                                                            t.signs)))
+
+
+def key_figures(t: Target) -> dict[str, str]:
+    """Raw and derived figures of one target, formatted."""
+    g = full_crossbar(t)
+    e = price(mvm_layer_events(g), t)
+    return {
+        "crossbar": f"{t.crossbar.rows}x{t.crossbar.cols} {t.crossbar.cell_bits}b",
+        "DAC/ADC": f"{t.dac.bits}b / {t.adc.bits}b {t.adc.range}",
+        "cols/ADC": str(t.adc.columns_per_adc),
+        "W/X bits": f"{t.quant.weight_bits}/{t.quant.input_bits}",
+        "mapping": t.quant.mapping,
+        "slices x signs": f"{t.weight_slices} x {t.signs}",
+        "cycles": str(t.input_cycles),
+        "ADC lossless": "yes" if t.adc_lossless else f"no (max {t.max_partial_sum})",
+        "crossbars": f"{t.crossbars:,}",
+        "cycle": ns(cycle_ns(t, g)),
+        "MVM": ns(mvm_latency_ns(t, g)),
+        "MVM energy": pj(sum(e.values())),
+        "chip area": mm2(chip_area_mm2(t)),
+    }
+
+
+def targets_table() -> Table:
+    names = list_targets()
+    figs = {n: key_figures(load_target(n)) for n in names}
+    table = Table(title="farc targets (MVM = one full crossbar, one input vector)")
+    table.add_column("")
+    for n in names:
+        table.add_column(n, justify="right", style="bold" if n == "isaac" else None)
+    for key in next(iter(figs.values())):
+        table.add_row(key, *(figs[n][key] for n in names))
+    return table
+
+
+def source_comments(path: Path) -> dict[tuple[str, str], str]:
+    """(section, key) -> the comment after `key = value` in a target TOML file."""
+    out: dict[tuple[str, str], str] = {}
+    section = ""
+    for line in path.read_text().splitlines():
+        head = re.match(r"^\s*\[([A-Za-z_]+)\]", line)
+        if head:
+            section = head.group(1)
+            continue
+        m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\"[^\"]*\"|[^#]*?)\s*#\s*(.*)$", line)
+        if m:
+            out[(section, m.group(1))] = m.group(3).strip()
+    return out
+
+
+def target_detail(t: Target, path: Path | None = None) -> list[Table]:
+    """One table per section (key, value, meaning, source) and one of derived values."""
+    path = path or TARGET_DIR / f"{t.name}.toml"
+    comments = source_comments(path) if path.exists() else {}
+    tables = []
+    for sec, cls in ALL_SECTIONS.items():
+        docs = field_docs(cls)
+        table = Table(title=escape(f"[{sec}]"), title_justify="left")
+        for col in ("key", "value", "meaning", "source"):
+            table.add_column(col, overflow="fold")
+        spec = getattr(t, sec)
+        for f in fields(spec):
+            table.add_row(f.name, str(getattr(spec, f.name)), docs.get(f.name, ""),
+                          comments.get((sec, f.name), "default"))
+        tables.append(table)
+    derived = Table(title="derived", title_justify="left")
+    derived.add_column("figure")
+    derived.add_column("value", justify="right")
+    for k, v in key_figures(t).items():
+        derived.add_row(k, v)
+    tables.append(derived)
+    return tables

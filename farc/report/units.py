@@ -1,0 +1,36 @@
+"""Engineering-unit formatting for tables and charts."""
+
+from __future__ import annotations
+
+import math
+
+
+def _eng(value: float, units: list[tuple[float, str]]) -> str:
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return f"{value:g}"
+    for scale, unit in reversed(units):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / units[0][0]:.3g} {units[0][1]}"
+
+
+def ns(value: float) -> str:
+    """A time given in ns: '1.6 us'."""
+    return _eng(value, [(1.0, "ns"), (1e3, "us"), (1e6, "ms"), (1e9, "s")])
+
+
+def pj(value: float) -> str:
+    """An energy given in pJ: '27.4 nJ'."""
+    return _eng(value, [(1e-3, "fJ"), (1.0, "pJ"), (1e3, "nJ"), (1e6, "uJ"), (1e9, "mJ")])
+
+
+def mm2(value: float) -> str:
+    return f"{value:.4g} mm²"
+
+
+def count(value: float) -> str:
+    if value == math.inf:
+        return "∞"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.3g}"

@@ -1,0 +1,76 @@
+"""`farc targets`, `farc inspect` and `farc report` on hand-built programs: tables print,
+the PNGs are PNGs, the HTML page is self-contained (charts inline, no scripts, no network)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent / "targets"))
+from conftest import attention_program, far_program  # noqa: E402
+
+from farc.cli import cli  # noqa: E402
+from farc.targets import load_target  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("progs")
+    t = load_target("isaac")
+    far, attn = far_program(t), attention_program(t)
+    far.manifest["model"]["config"] = {"deit": {"embed_dim": 8, "num_heads": 2},
+                                       "hidden": [[[3, 2], [4, 1]]]}
+    far.manifest["model"]["provenance"] = {"unpruned_hidden": [[[4, 4], [4, 4]]]}
+    return far.save(d / "far.farc"), attn.save(d / "deit.farc")
+
+
+def _run(*args):
+    res = CliRunner(env={"COLUMNS": "200"}).invoke(cli, [str(a) for a in args],
+                                                   catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_targets_lists_every_shipped_target():
+    out = _run("targets")
+    for name in ("isaac", "puma", "neurosim_rram"):
+        assert name in out
+    assert "1.6 us" in out and "1.8 us" in out  # the anchors' MVM latencies
+
+
+def test_targets_detail_shows_sources():
+    out = _run("targets", "isaac")
+    assert "adc_conversion_pj" in out and "Table 6" in out and "[energy]" in out
+
+
+def test_inspect_table_pruning_and_map(programs, tmp_path):
+    png = tmp_path / "map.png"
+    out = _run("inspect", programs[0], "--plot", png)
+    assert "pre_proj" in out and "total" in out and "units saved" in out
+    assert png.read_bytes().startswith(PNG)
+
+
+def test_report_compare_html_is_self_contained(programs, tmp_path):
+    html, js = tmp_path / "r.html", tmp_path / "r.json"
+    out = _run("report", programs[0], "--compare", programs[1], "--attention", "rewrite",
+               "--html", html, "--json", js)
+    assert "lifetime (inferences)" in out and "crossbar rewrites" not in out
+    page = html.read_text()
+    assert page.count("data:image/png;base64,") >= 3
+    assert "<script" not in page and not re.search(r"(src|href)=\"https?:", page)
+    assert "attention" in page and "program their right operand" in page
+    data = json.loads(js.read_text())
+    assert set(data) == {"far-test", "deit-test"}
+    assert data["deit-test"]["rewrite"]["cell_writes"] > 0
+
+
+def test_report_refuses_bad_attention_mode(programs):
+    res = CliRunner().invoke(cli, ["report", str(programs[0]), "--attention", "analog"])
+    assert res.exit_code != 0 and "analog" in res.output
