@@ -1,0 +1,166 @@
+"""`farc run MODEL.farc (--input X.npy | --data digits|DIR) -o OUT.npy`: run a tile program
+on the functional ReRAM emulator, in batches, with a progress bar; prints top-1 accuracy
+when labels are known. Nothing is written unless every batch succeeded (atomic rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from farc.errors import DataError
+
+
+@click.command("run")
+@click.argument("program_path", metavar="MODEL.farc", type=click.Path(dir_okay=False))
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None,
+              help="Inputs as .npy (one-input programs) or .npz (one array per input name).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), default=None,
+              help="Integer labels .npy for --input, to print accuracy.")
+@click.option("--data", "data_spec", default=None,
+              help="'digits' or an ImageNet-style folder: runs its test split.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True, help="Split of --data.")
+@click.option("--noise", multiple=True, metavar="KEY=VALUE",
+              help="Device non-ideality, e.g. read_sigma=0.01 (repeatable; see "
+                   "docs/emulator.md).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--mvm-path", type=click.Choice(["auto", "bitlevel", "fast"]), default="auto",
+              show_default=True, help="Crossbar arithmetic: auto uses one matmul where the "
+                                      "ADC is provably lossless.")
+@click.option("--counters", "counters_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the run's event counters as JSON.")
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="Outputs: .npy (one-output programs) or .npz.")
+def command(program_path, input_path, labels_path, data_spec, split, noise, seed, batch_size,
+            mvm_path, counters_path, output_path) -> None:
+    """Run MODEL.farc on the functional ReRAM emulator."""
+    from farc.errors import ConfigError
+    from farc.runtime.emulator import Emulator
+    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.program import Program
+
+    if (input_path is None) == (data_spec is None):
+        raise ConfigError("give exactly one of --input and --data")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} must be >= 1")
+    program = Program.load(program_path)
+    cfg = NoiseConfig.parse(list(noise)) if noise else None
+    inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
+                      else _data_inputs(program, data_spec, split))
+    emu = Emulator(program, noise=cfg, seed=seed, mvm_path=mvm_path)
+    outputs = _run_batches(emu, inputs, batch_size)
+    _save_atomic(outputs, Path(output_path))
+    if counters_path:
+        _save_json(emu.counters.to_dict(), Path(counters_path))
+    n = len(next(iter(inputs.values())))
+    click.echo(f"ran {n} samples -> {output_path}")
+    if labels is not None and len(outputs) == 1:
+        logits = next(iter(outputs.values()))
+        acc = float((logits.reshape(n, -1).argmax(axis=1) == labels).mean())
+        click.echo(f"top-1 accuracy: {100 * acc:.2f}% ({n} samples)")
+
+
+def _read_inputs(program, path: str, labels_path: str | None):
+    names = [s["name"] for s in program.inputs]
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such input file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy/.npz file ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        if len(names) != 1:
+            raise DataError(f"{path}: the program takes inputs {names}; give an .npz")
+        arrays = {names[0]: loaded}
+    else:
+        arrays = {k: loaded[k] for k in loaded.files}
+    labels = None
+    if labels_path:
+        try:
+            labels = np.load(labels_path, allow_pickle=False).astype(np.int64).reshape(-1)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{labels_path}: not a readable labels .npy ({exc})") from None
+    _check_arrays(program, arrays, labels, path)
+    return arrays, labels
+
+
+def _data_inputs(program, spec: str, split: str):
+    from farc.data import load_split  # torch lives there; the runtime never needs it
+
+    names = [s["name"] for s in program.inputs]
+    if len(names) != 1:
+        raise DataError(f"--data feeds one input; the program takes {names}")
+    shape = program.inputs[0]["shape"]
+    size = shape[-1] if len(shape) == 4 else None
+    chans = shape[1] if len(shape) == 4 else None
+    x, y = load_split(spec, split, img_size=size, in_chans=chans)
+    arrays = {names[0]: x.numpy().astype(np.float32)}
+    labels = y.numpy().astype(np.int64)
+    _check_arrays(program, arrays, labels, spec)
+    return arrays, labels
+
+
+def _check_arrays(program, arrays: dict[str, np.ndarray], labels, where: str) -> None:
+    """Shape and dtype before any work, so a bad input fails fast with one line."""
+    specs = {s["name"]: s["shape"] for s in program.inputs}
+    if set(arrays) != set(specs):
+        raise DataError(f"{where}: arrays {sorted(arrays)} but the program takes "
+                        f"{sorted(specs)}")
+    sizes = set()
+    for name, x in arrays.items():
+        want = specs[name]
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(f"{where}: input {name!r} has dtype {x.dtype}, expected float32")
+        if x.ndim != len(want) or any(w is not None and w != d for w, d in zip(want, x.shape)):
+            shown = ["N" if w is None else w for w in want]
+            raise DataError(f"{where}: input {name!r} has shape {list(x.shape)}, the program "
+                            f"expects {shown}")
+        sizes.add(len(x))
+    if len(sizes) != 1:
+        raise DataError(f"{where}: inputs have different sample counts {sorted(sizes)}")
+    if labels is not None and len(labels) != sizes.pop():
+        raise DataError(f"{where}: {len(labels)} labels for {len(x)} samples")
+
+
+def _run_batches(emu, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    n = len(next(iter(inputs.values())))
+    parts: dict[str, list[np.ndarray]] = {}
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("emulating", total=n)
+        for lo in range(0, n, batch_size):
+            out = emu.run({k: v[lo:lo + batch_size] for k, v in inputs.items()})
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v)
+            bar.advance(task, min(batch_size, n - lo))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _save_atomic(outputs: dict[str, np.ndarray], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if len(outputs) == 1 and path.suffix != ".npz":
+                np.save(fh, next(iter(outputs.values())), allow_pickle=False)
+            else:
+                np.savez(fh, **outputs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
