@@ -1,0 +1,152 @@
+"""Emulator throughput against onnxruntime float, measured in the same run.
+
+Until compiled models are at hand it uses hand-built FAR blocks (runtime/handmade.py):
+pre_proj -> per-head BiLSTMs in one lockstep loop -> head_proj -> post_proj -> residual,
+as a tile program for the emulator and as a float ONNX model (native LSTM nodes) for
+onnxruntime. For each shape it reports seconds per batch and the ratio emulator / ORT for
+  - lossless: an ADC wide enough that every MVM takes the one-matmul fast path;
+  - full-adc: an ISAAC-like 8-bit full-range ADC (step 2), i.e. the bit-level path with
+    every (cycle, slice, column) partial sum digitised.
+
+Run:  python bench/bench_emulator.py [--shapes digits,tiny] [--repeat 3] [--program X.farc]
+With --program, a compiled program is timed as well (emulator only, plus ORT on
+`--onnx FILE` if given)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from farc.runtime.builder import XbarParams
+from farc.runtime.emulator import Emulator
+from farc.runtime.handmade import FarBlockWeights, far_block_program
+from farc.runtime.program import Program
+
+# name -> (D, heads, hidden, tokens, batch)
+SHAPES = {
+    "digits": (64, 4, 16, 17, 64),    # deit_digits-sized FAR block, 17 tokens
+    "tiny": (192, 3, 64, 197, 8),      # FAR-Tiny-shaped block at 197 tokens
+}
+CONFIGS = {
+    "lossless": XbarParams(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=9),
+    "full-adc": XbarParams(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=8),
+}
+
+
+def onnx_block(w: FarBlockWeights, T: int) -> onnx.ModelProto:
+    """The same block in float ONNX with one LSTM node per head and direction."""
+    nodes, inits = [], []
+
+    def const(name: str, arr: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def linear(x: str, W: np.ndarray, b: np.ndarray, out: str) -> str:
+        nodes.append(helper.make_node("MatMul", [x, const(out + "_W", W)], [out + "_m"]))
+        nodes.append(helper.make_node("Add", [out + "_m", const(out + "_b", b)], [out]))
+        return out
+
+    linear("x", *w.pre, "p")
+    nodes.append(helper.make_node("Transpose", ["p"], ["pt"], perm=[1, 0, 2]))  # [T, B, D]
+    heads = []
+    for h in range(w.heads):
+        nodes.append(helper.make_node(
+            "Slice", ["pt", const(f"s{h}", np.array([h * w.d], np.int64)),
+                      const(f"e{h}", np.array([(h + 1) * w.d], np.int64)),
+                      const(f"a{h}", np.array([2], np.int64))], [f"ph{h}"]))
+        outs = []
+        for di, direction in ((0, "forward"), (1, "reverse")):
+            c, H = w.lstm[h][di], w.hidden[h][di]
+            order = np.concatenate([np.arange(0, H), np.arange(3 * H, 4 * H),
+                                    np.arange(H, 2 * H), np.arange(2 * H, 3 * H)])  # i o f c
+            tag = f"{h}{di}"
+            nodes.append(helper.make_node(
+                "LSTM", [f"ph{h}", const(f"W{tag}", c["w_ih"][order][None]),
+                         const(f"R{tag}", c["w_hh"][order][None]),
+                         const(f"B{tag}", np.concatenate([c["b"][order],
+                                                          np.zeros(4 * H, np.float32)])[None])],
+                [f"Y{tag}"], hidden_size=H, direction=direction))
+            nodes.append(helper.make_node("Squeeze", [f"Y{tag}", const(f"ax{tag}",
+                                                                       np.array([1], np.int64))],
+                                          [f"y{tag}"]))
+            outs.append(f"y{tag}")
+        nodes.append(helper.make_node("Concat", outs, [f"hc{h}"], axis=-1))
+        heads.append(linear(f"hc{h}", *w.head_proj[h], f"hp{h}"))
+    nodes.append(helper.make_node("Concat", heads, ["cat"], axis=-1))
+    linear("cat", *w.post, "proj")
+    nodes.append(helper.make_node("Transpose", ["proj"], ["projb"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Add", ["x", "projb"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "far_block", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                           ["B", T, w.D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", T, w.D])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def timeit(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_shape(name: str, repeat: int) -> list[tuple[str, float, float, float, float]]:
+    D, heads, hidden, T, B = SHAPES[name]
+    w = FarBlockWeights.random(D, heads, hidden, seed=0)
+    x = np.random.default_rng(0).normal(size=(B, T, D)).astype(np.float32)
+    sess = ort.InferenceSession(onnx_block(w, T).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {"x": x})[0]
+    t_ort = timeit(lambda: sess.run(None, {"x": x}), repeat)
+    rows = []
+    for cfg_name, p in CONFIGS.items():
+        emu = Emulator(far_block_program(w, T, p, calib=x))
+        y = emu.run({"x": x})["y"]
+        err = float(np.abs(y - ref).max() / np.abs(ref).max())
+        t_emu = timeit(lambda emu=emu: emu.run({"x": x}), repeat)
+        rows.append((f"{name} {cfg_name}", t_emu, t_ort, t_emu / t_ort, err))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="digits,tiny")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--program", default=None, help="also time a compiled .farc program")
+    ap.add_argument("--onnx", default=None, help="float ONNX of --program, for the ratio")
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    print(f"{'case':<22}{'emulator s':>12}{'ort s':>10}{'ratio':>8}{'max rel err':>13}")
+    for name in args.shapes.split(","):
+        for case, te, to, ratio, err in bench_shape(name, args.repeat):
+            print(f"{case:<22}{te:>12.4f}{to:>10.4f}{ratio:>8.2f}{err:>13.2e}")
+    if args.program:
+        bench_program(args.program, args.onnx, args.batch, args.repeat)
+
+
+def bench_program(path: str, onnx_path: str | None, batch: int, repeat: int) -> None:
+    prog = Program.load(path)
+    spec = prog.inputs[0]
+    x = np.random.default_rng(0).normal(size=(batch, *spec["shape"][1:])).astype(np.float32)
+    emu = Emulator(prog)
+    t_emu = timeit(lambda: emu.run({spec["name"]: x}), repeat)
+    line = f"{path:<22}{t_emu:>12.4f}"
+    if onnx_path:
+        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        t_ort = timeit(lambda: sess.run(None, {name: x}), repeat)
+        line += f"{t_ort:>10.4f}{t_emu / t_ort:>8.2f}"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
