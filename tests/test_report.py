@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent / "targets"))
-from conftest import attention_program, far_program  # noqa: E402
+from farc.targets import load_target
+from handmade_programs import attention_program, far_program
 
-from farc.cli import cli  # noqa: E402
-from farc.targets import load_target  # noqa: E402
+from farc.cli import cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import HIDDEN, T
 from farc.targets.cost import COMPONENTS, cost_program
 from farc.targets.mvm import Geometry, mvm_latency_ns
+from handmade_programs import HIDDEN, T
 
 from farc.errors import ConfigError
 

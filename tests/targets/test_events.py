@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import D, T, attention_program, far_program
 from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.targets import load_target
 from farc.targets.cost import cost_program, static_events
+from handmade_programs import D, T, attention_program, far_program
 
 COUNTER_KEYS = ("mvms_per_layer", "mvms_per_crossbar", "dac_cycles", "dac_conversions",
                 "adc_conversions", "digital_ops", "bytes_moved", "instructions")
@@ -42,6 +42,20 @@ def test_static_events_equal_emulator_counters(build, isaac):
     assert _ours(p, isaac) == counters.static_part()
     # DAC pulses are data dependent: the static slots bound them from above
     assert 0 < counters.dac_pulses <= static_events(p, isaac)["dac_conversions"]
+
+
+def test_digits_shaped_far_block_counts_match_emulator(isaac):
+    # the digits FAR shape (docs/architecture.md: D = 64, 4 heads, 17 tokens), pruned
+    # hidden sizes; compiled digits programs are checked in test_digits.py
+    hidden = [(16, 12), (9, 16), (5, 3), (16, 1)]
+    p = far_program(isaac, tokens=17, dim=64, hidden=hidden, name="far-digits-block")
+    emu = Emulator(p)
+    emu.run({"x": np.random.default_rng(2).normal(size=(2, 17, 64)).astype(np.float32)})
+    ev = static_events(p, isaac)
+    # the emulator ran a batch of 2: every count doubles except the instruction count
+    twice = {k: ({n: 2 * v for n, v in ev[k].items()} if isinstance(ev[k], dict)
+                 else ev[k] if k == "instructions" else 2 * ev[k]) for k in COUNTER_KEYS}
+    assert emu.counters.static_part() == twice
 
 
 def test_replicated_layer_shares_vectors(isaac):
