@@ -159,6 +159,7 @@ class _Scope:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # register -> current ONNX value name
     rank: dict[str, int] = field(default_factory=dict)  # register -> rank (batch included)
+    inner: dict[str, str] = field(default_factory=dict)  # register -> loop that last wrote it
 
 
 class _Translator:
@@ -201,11 +202,15 @@ class _Translator:
         return out
 
     def read(self, reg: str, where: str) -> str:
+        if reg in self.scope.inner:
+            raise ProgramError(f"{where}: register {reg!r} was last written inside the loop at "
+                               f"{self.scope.inner[reg]} without being carried or scattered")
         if reg not in self.scope.env:
             raise ProgramError(f"{where}: register {reg!r} is read before it is written")
         return self.scope.env[reg]
 
     def write(self, reg: str, value: str, rank: int) -> None:
+        self.scope.inner.pop(reg, None)
         self.scope.env[reg] = value
         self.scope.rank[reg] = rank
 
@@ -409,7 +414,7 @@ def _op_loop(t: _Translator, ins: dict, where: str) -> None:
     carry = list(ins.get("carry", []))
     carry_init = [t.read(r, f"{where} carry") for r in carry]
 
-    body = _Scope(env=dict(outer.env), rank=dict(outer.rank))
+    body = _Scope(env=dict(outer.env), rank=dict(outer.rank), inner=dict(outer.inner))
     it, cond_in = t.fresh("loop/t"), t.fresh("loop/cond")
     carry_in = [t.fresh(f"loop/{r}") for r in carry]
     for reg, name in zip(carry, carry_in):
@@ -431,6 +436,9 @@ def _op_loop(t: _Translator, ins: dict, where: str) -> None:
     true = t.init(np.array(True), "true")
     outer.nodes.append(helper.make_node("Loop", [trip, true, *carry_init], results,
                                         name=t.fresh("loop"), body=graph))
+    for reg in body.env:  # body-only values do not exist outside an ONNX Loop
+        if body.env[reg] != outer.env.get(reg) and reg not in carry:
+            outer.inner[reg] = where
     for reg, name in zip(carry, results):
         t.write(reg, name, outer.rank.get(reg, 0))
     for s, stacked, rank in zip(scat, results[len(carry):], scat_rank):

@@ -388,6 +388,15 @@ def test_read_before_write_is_refused():
         build_qdq_onnx(p)
 
 
+def test_body_value_read_after_loop_is_refused():
+    b = Builder()
+    body, in_shape, out_shape = lstm_program(b, d=4, hidden={"fwd": 3}, s_x=0.02)
+    body[-1] = dict(op="tanh", **{"in": ["fwd/z"]}, out="y")  # a body temporary
+    with pytest.raises(ProgramError, match=r"register 'fwd/z' was last written inside the "
+                                           r"loop at instructions\[3\] loop without being"):
+        build_qdq_onnx(prog1(b, body, in_shape, out_shape))
+
+
 def test_missing_layer_is_refused():
     p = prog1(Builder(), [dict(op="mvm", layer=3, **{"in": ["x"]}, out="y")], [4], [4])
     with pytest.raises(ProgramError, match="layer 3 is not in the program"):
