@@ -100,20 +100,27 @@ def loop_events(io_elements: int) -> dict[str, Any]:
 def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
     """Energy by component (pJ) of an event record on `target`: each count times its
     per-event energy. Register bytes are float32 in the emulator; the hardware holds
-    activations at the DAC precision, so bytes are scaled by ceil(input_bits/8) / 4."""
+    activations at the DAC precision, so bytes are scaled by ceil(input_bits/8) / 4.
+
+    Also prices the emulator's own counters (`Counters.to_dict()`): their measured
+    `dac_pulses` (non-zero digits) replace the slot count `dac_conversions` when present;
+    they carry no `interconnect_bytes` or `cell_writes` (those components are then 0)."""
     e, d = target.energy, target.digital
+    pulses = ev.get("dac_pulses")
+    pulses = ev["dac_conversions"] if pulses is None else pulses
     byte_scale = math.ceil(target.quant.input_bits / 8) / BYTES_PER_ELEMENT
     ops = ev["digital_ops"]
     digital = sum(n * _digital_pj(kind, d) for kind, n in ops.items() if kind != "shift_add")
     return {
         "crossbar": ev["dac_cycles"] * e.crossbar_cycle_pj,
-        "dac": ev["dac_conversions"] * e.dac_pulse_pj,
+        "dac": pulses * e.dac_pulse_pj,
         "adc": ev["adc_conversions"] * e.adc_conversion_pj,
         "shift_add": ops.get("shift_add", 0) * e.shift_add_pj,
         "digital": digital,
         "buffer": ev["bytes_moved"] * byte_scale * e.buffer_pj_per_byte,
-        "interconnect": ev["interconnect_bytes"] * byte_scale * e.interconnect_pj_per_byte,
-        "write": ev["cell_writes"] * target.write.cell_pj,
+        "interconnect": ev.get("interconnect_bytes", 0) * byte_scale *
+        e.interconnect_pj_per_byte,
+        "write": ev.get("cell_writes", 0) * target.write.cell_pj,
     }
 
 

@@ -157,6 +157,16 @@ class Target:
     def crossbars(self) -> int:
         return self.chip.crossbars
 
+    def __str__(self) -> str:
+        """`Target(name, [section] key=value ...)` with only the non-default values."""
+        default = Target(name=self.name)
+        diffs = []
+        for sec in ALL_SECTIONS:
+            mine, base = getattr(self, sec), getattr(default, sec)
+            diffs += [f"{sec}.{f.name}={getattr(mine, f.name)!r}" for f in fields(mine)
+                      if getattr(mine, f.name) != getattr(base, f.name)]
+        return f"Target({self.name!r}{', ' if diffs else ''}{', '.join(diffs)})"
+
     def with_overrides(self, **kw: Any) -> Target:
         """A copy with `section.key` overrides, e.g. with_overrides(**{"adc.bits": 6})."""
         data = self.to_dict()

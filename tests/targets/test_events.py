@@ -10,6 +10,7 @@ from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.targets import load_target
 from farc.targets.cost import cost_program, static_events
+from farc.targets.events import price
 from handmade_programs import D, T, attention_program, far_program
 
 COUNTER_KEYS = ("mvms_per_layer", "mvms_per_crossbar", "dac_cycles", "dac_conversions",
@@ -65,6 +66,15 @@ def test_replicated_layer_shares_vectors(isaac):
     pre = [int(x) for x in p.manifest["layers"][0]["crossbars"][0]]
     rep = [int(x) for x in p.manifest["layers"][0]["crossbars"][1]]
     assert [ev["mvms_per_crossbar"][str(x)] for x in pre + rep] == [3] * len(pre) + [2] * len(rep)
+
+
+def test_emulator_counters_priced_directly(far_prog, isaac):
+    counters = _emulated(far_prog).to_dict()
+    measured = price(counters, isaac)
+    static = cost_program(far_prog, isaac).energy_pj
+    for comp in ("crossbar", "adc", "shift_add", "digital", "buffer"):
+        assert measured[comp] == pytest.approx(static[comp]), comp
+    assert 0 < measured["dac"] <= static["dac"]  # measured pulses <= slots
 
 
 def test_cost_uses_the_same_events(far_prog, isaac):

@@ -72,3 +72,10 @@ def test_file_error_names_file(tmp_path):
     f.write_text('[target]\nname = "bad"\n[digital]\nvector_lanes = -4\n')
     with pytest.raises(ConfigError, match=r"bad.toml: \[digital\] vector_lanes = -4 must be > 0"):
         load_target(f)
+
+
+def test_str_shows_only_non_default_values():
+    assert str(load_target("isaac").with_overrides(**{"adc.bits": 6})).startswith(
+        "Target('isaac', ")
+    assert "adc.bits=6" in str(load_target("isaac").with_overrides(**{"adc.bits": 6}))
+    assert str(Target(name="plain")) == "Target('plain')"
