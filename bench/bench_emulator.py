@@ -8,25 +8,45 @@ onnxruntime. For each shape it reports seconds per batch and the ratio emulator 
   - full-adc: an ISAAC-like 8-bit full-range ADC (step 2), i.e. the bit-level path with
     every (cycle, slice, column) partial sum digitised.
 
-Run:  python bench/bench_emulator.py [--shapes digits,tiny] [--repeat 3] [--program X.farc]
+Run:  python bench/bench_emulator.py [--shapes digits,tiny] [--repeat 3] [--threads 1]
+      [--program X.farc [--onnx X.float.onnx]]
+Both sides get the same thread count (numpy's BLAS via OPENBLAS_NUM_THREADS, onnxruntime
+via intra_op_num_threads); it must be set before numpy loads, hence the early parse.
 With --program, a compiled program is timed as well (emulator only, plus ORT on
 `--onnx FILE` if given)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
-from farc.runtime.builder import XbarParams
-from farc.runtime.emulator import Emulator
-from farc.runtime.handmade import FarBlockWeights, far_block_program
-from farc.runtime.program import Program
+def _threads_from_argv(default: int = 1) -> int:
+    """--threads N, read before numpy is imported (BLAS reads its thread count at load)."""
+    argv = sys.argv
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return default
+
+
+THREADS = _threads_from_argv()
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(THREADS))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from farc.runtime.builder import XbarParams  # noqa: E402
+from farc.runtime.emulator import Emulator  # noqa: E402
+from farc.runtime.handmade import FarBlockWeights, far_block_program  # noqa: E402
+from farc.runtime.program import Program  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 # name -> (D, heads, hidden, tokens, batch)
 SHAPES = {
@@ -89,6 +109,13 @@ def onnx_block(w: FarBlockWeights, T: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def ort_session(model: bytes | str) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
 def timeit(fn, repeat: int) -> float:
     fn()  # warm-up
     times = []
@@ -103,8 +130,7 @@ def bench_shape(name: str, repeat: int) -> list[tuple[str, float, float, float, 
     D, heads, hidden, T, B = SHAPES[name]
     w = FarBlockWeights.random(D, heads, hidden, seed=0)
     x = np.random.default_rng(0).normal(size=(B, T, D)).astype(np.float32)
-    sess = ort.InferenceSession(onnx_block(w, T).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_block(w, T).SerializeToString())
     ref = sess.run(None, {"x": x})[0]
     t_ort = timeit(lambda: sess.run(None, {"x": x}), repeat)
     rows = []
@@ -124,7 +150,9 @@ def main() -> None:
     ap.add_argument("--program", default=None, help="also time a compiled .farc program")
     ap.add_argument("--onnx", default=None, help="float ONNX of --program, for the ratio")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="threads for both sides")
     args = ap.parse_args()
+    print(f"threads: {THREADS}")
     print(f"{'case':<22}{'emulator s':>12}{'ort s':>10}{'ratio':>8}{'max rel err':>13}")
     for name in args.shapes.split(","):
         for case, te, to, ratio, err in bench_shape(name, args.repeat):
@@ -141,7 +169,7 @@ def bench_program(path: str, onnx_path: str | None, batch: int, repeat: int) -> 
     t_emu = timeit(lambda: emu.run({spec["name"]: x}), repeat)
     line = f"{path:<22}{t_emu:>12.4f}"
     if onnx_path:
-        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        sess = ort_session(onnx_path)
         name = sess.get_inputs()[0].name
         t_ort = timeit(lambda: sess.run(None, {name: x}), repeat)
         line += f"{t_ort:>10.4f}{t_emu / t_ort:>8.2f}"

@@ -66,6 +66,20 @@ def quantize_input(x: np.ndarray, in_scale: float, input_bits: int) -> np.ndarra
     return np.clip(xi, -qx, qx).astype(np.int64)
 
 
+def quantize_input_f32(x: np.ndarray, in_scale: float, input_bits: int) -> np.ndarray:
+    """quantize_input, kept in float32 (exact: |x_int| < 2**15) for the fast path."""
+    qx = np.float32(2 ** (input_bits - 1) - 1)
+    xi = np.rint(x.astype(np.float32, copy=False) / np.float32(in_scale))
+    return np.clip(xi, -qx, qx, out=xi)
+
+
+def digit_counts(input_bits: int, dac_bits: int) -> np.ndarray:
+    """Non-zero DAC digits of every offset input u in [0, 2**input_bits): a lookup table."""
+    u = np.arange(2**input_bits, dtype=np.int64)
+    cycles = input_cycles(input_bits, dac_bits)
+    return (bit_planes(u[None], cycles, dac_bits)[:, 0] != 0).sum(axis=0)
+
+
 def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
     """[vectors, K] non-negative ints -> [cycles, vectors, K]: digit c of u in base 2**dac_bits."""
     shifts = (np.arange(cycles, dtype=np.int64) * dac_bits)[:, None, None]
@@ -73,9 +87,11 @@ def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
 
 
 def adc(p: np.ndarray, steps: np.ndarray, adc_bits: int) -> np.ndarray:
-    """ADC of partial sums p [row_tiles, ...] with one power-of-two step per row tile:
+    """ADC of partial sums p [row_tiles or 1, ...] with one power-of-two step per row tile:
     clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step."""
     st = steps.reshape((-1,) + (1,) * (p.ndim - 1)).astype(p.dtype)
+    if np.all(st == 1):
+        return np.clip(np.floor(p + 0.5), 0, 2**adc_bits - 1)
     return np.clip(np.floor(p / st + 0.5), 0, 2**adc_bits - 1) * st
 
 
@@ -124,6 +140,8 @@ class PreparedLayer:
     """Driven rows of each row tile, [row_tiles]."""
     used_cols: np.ndarray
     """Used columns of each column tile, [col_tiles]."""
+    pulse_table: np.ndarray
+    """Non-zero DAC digits per offset input value (see digit_counts)."""
 
 
 def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> PreparedLayer:
@@ -165,35 +183,33 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         scale=(np.float32(layer["in_scale"]) * w_scale).astype(np.float32), bias=bias,
         q=q.astype(np.float32 if exact32 else np.float64), lossless=lossless,
         crossbars=[list(c) for c in layer["crossbars"]],
-        used_rows=used_rows, used_cols=used_cols)
+        used_rows=used_rows, used_cols=used_cols,
+        pulse_table=digit_counts(layer["input_bits"], db))
 
 
 # ---------------------------------------------------------------- the two paths
-def mvm_fast(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
-    """y_int = x_int @ q in one matmul (exact: every partial sum is a representable integer)."""
-    return (x_int.astype(pl.q.dtype) @ pl.q).astype(np.float64)
+def mvm_fast(pl: PreparedLayer, x_q: np.ndarray) -> np.ndarray:
+    """y_int = x_int @ q in one matmul (exact: every partial sum is a representable integer).
+    x_q holds the integers x_int in any float dtype; the result has q's dtype."""
+    return x_q.astype(pl.q.dtype, copy=False) @ pl.q
 
 
-PartialSums = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""(planes [cycles, vectors, row_tiles, rows], sumsq [row_tiles, cycles, vectors]) -> P."""
+PartialSums = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+"""(row tile r, digits [C*V, rows_r] float32, sum of squared digits [C*V]) -> P [C*V, J]."""
 
 
 def ideal_partial_sums(pl: PreparedLayer) -> PartialSums:
-    """Analog partial sums on the ideal programmed levels: one batched matmul per chunk."""
+    """Analog partial sums on the ideal programmed levels: one matmul per row tile."""
 
-    def run(planes: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
-        c, v, rt, rows = planes.shape
-        lhs = planes.transpose(2, 0, 1, 3).reshape(rt, c * v, rows).astype(pl.levels.dtype)
-        return (lhs @ pl.levels).reshape(rt, c, v, pl.J)
+    def run(r: int, lhs: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
+        return lhs @ pl.levels[r, : lhs.shape[1]]
 
     return run
 
 
 def offset_inputs(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
-    """u = x_int + z on the K real rows, 0 on padded rows: [vectors, row_tiles * rows]."""
-    u = np.zeros((x_int.shape[0], pl.row_tiles * pl.rows), dtype=np.int64)
-    u[:, : pl.K] = x_int + pl.in_zero
-    return u
+    """u = x_int + z on the K real rows: [vectors, K] int64."""
+    return x_int.astype(np.int64) + pl.in_zero
 
 
 def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
@@ -201,7 +217,7 @@ def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
     """The definition: per row tile, cycle and physical column, ADC then shift-and-add,
     then the digital corrections. Returns y_int [vectors, N] as float64 (integers)."""
     ps = partial_sums or ideal_partial_sums(pl)
-    per_vec = pl.row_tiles * pl.cycles * max(pl.J, 1)
+    per_vec = pl.cycles * max(pl.J, 1) * 2
     chunk = max(1, CHUNK_ELEMENTS // per_vec)
     out = np.empty((x_int.shape[0], pl.N), dtype=np.float64)
     for lo in range(0, x_int.shape[0], chunk):
@@ -210,48 +226,54 @@ def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
 
 
 def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums) -> np.ndarray:
+    """Row tiles one at a time (only their rows in use), all cycles and vectors at once;
+    the digits of all row tiles are summed as they come (the digital row-tile add)."""
     u = offset_inputs(pl, x_int)
-    planes = bit_planes(u, pl.cycles, pl.dac_bits).reshape(
-        pl.cycles, len(u), pl.row_tiles, pl.rows)
-    sumsq = np.einsum("cvrk,cvrk->rcv", planes, planes).astype(np.float64)
-    digit = adc(ps(planes, sumsq), pl.steps, pl.adc_bits)
-    acc = shift_add(pl, digit)
+    planes = bit_planes(u, pl.cycles, pl.dac_bits).astype(np.float32)
+    cv = pl.cycles * len(u)
+    total = None
+    for r in range(pl.row_tiles):
+        lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows].reshape(cv, -1)
+        sumsq = np.einsum("ij,ij->i", lhs, lhs)
+        digit = adc(ps(r, lhs, sumsq), pl.steps[r:r + 1], pl.adc_bits)
+        total = digit.astype(np.float64) if total is None else total + digit
+    acc = shift_add(pl, total.reshape(pl.cycles, len(u), pl.J))
     return acc - pl.offset_qw * u.sum(axis=1, dtype=np.int64)[:, None] - pl.in_zero * pl.colsum
 
 
 def shift_add(pl: PreparedLayer, digit: np.ndarray) -> np.ndarray:
-    """ADC outputs [row_tiles, cycles, vectors, J] -> acc [vectors, N]: digital add across row
-    tiles, shift-add across cycles, then across slices (and the G+ - G- subtraction)."""
-    per_cycle = digit.sum(axis=0, dtype=np.float64)
-    per_col = np.tensordot(pl.cycle_w, per_cycle, axes=(0, 0))
+    """Summed ADC outputs [cycles, vectors, J] -> acc [vectors, N]: shift-add across
+    cycles, then across slices (and the G+ - G- subtraction)."""
+    per_col = np.tensordot(pl.cycle_w, digit, axes=(0, 0))
     v = per_col.shape[0]
     return np.einsum("vnm,nm->vn", per_col[:, pl.order].reshape(v, pl.N, -1), pl.colw)
 
 
 def dequantize(pl: PreparedLayer, y_int: np.ndarray) -> np.ndarray:
     """y = float32(y_int) * (s_x * s_w[n]) + b[n]."""
-    y = y_int.astype(np.float32) * pl.scale
-    return y + pl.bias if pl.bias is not None else y
+    y = y_int.astype(np.float32, copy=False) * pl.scale
+    if pl.bias is not None:
+        y += pl.bias
+    return y
 
 
 def dac_pulses(pl: PreparedLayer, x_int: np.ndarray) -> int:
     """Non-zero DAC digits applied, summed over every crossbar that receives them."""
-    u = x_int + pl.in_zero
-    mask = 2**pl.dac_bits - 1
-    nz = sum(int(np.count_nonzero((u >> (c * pl.dac_bits)) & mask)) for c in range(pl.cycles))
-    return nz * pl.col_tiles
+    u = (x_int + pl.in_zero).astype(np.intp, copy=False)
+    return int(pl.pulse_table[u].sum()) * pl.col_tiles
 
 
 def partial_sum_max(pl: PreparedLayer, x: np.ndarray) -> int:
     """Largest analog partial sum the ideal crossbars produce on float inputs x [..., K]:
     what a 'calibrated' ADC range is set from (the compiler may call this)."""
     x_int = quantize_input(x.reshape(-1, pl.K), pl.in_scale, pl.input_bits)
-    per_vec = pl.row_tiles * pl.cycles * max(pl.J, 1)
-    chunk = max(1, CHUNK_ELEMENTS // per_vec)
+    chunk = max(1, CHUNK_ELEMENTS // (pl.cycles * max(pl.J, 1)))
+    ps = ideal_partial_sums(pl)
     best = 0.0
     for lo in range(0, len(x_int), chunk):
         u = offset_inputs(pl, x_int[lo:lo + chunk])
-        planes = bit_planes(u, pl.cycles, pl.dac_bits).reshape(
-            pl.cycles, len(u), pl.row_tiles, pl.rows)
-        best = max(best, float(ideal_partial_sums(pl)(planes, None).max(initial=0.0)))
+        planes = bit_planes(u, pl.cycles, pl.dac_bits).astype(np.float32)
+        for r in range(pl.row_tiles):
+            lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows]
+            best = max(best, float(ps(r, lhs.reshape(-1, lhs.shape[-1]), None).max(initial=0.0)))
     return int(best)

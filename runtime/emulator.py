@@ -66,6 +66,8 @@ class Emulator:
         self._read_rng = np.random.default_rng(read_seed)
         self._devices = self._program_devices(np.random.default_rng(prog_seed))
         self.counters = Counters()
+        self._pulses = 0
+        self._record = True
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
 
@@ -85,7 +87,11 @@ class Emulator:
         """Execute the program once on a batch; counters accumulate across runs."""
         self._inputs = self._check_inputs(inputs)
         self._outputs = {}
-        self._block(self.program.instructions, {}, "")
+        self._pulses = 0
+        self._record = True
+        with np.errstate(over="ignore"):  # exp overflow in sigmoid/softmax is handled
+            self._block(self.program.instructions, {}, "")
+        self.counters.dac_pulses += self._pulses
         return self._outputs
 
     def _check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -124,29 +130,40 @@ class Emulator:
                 shapes = [list(x.shape) for x in xs]
                 raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}) in={ins.get('in')} "
                                     f"shapes {shapes}: {exc}") from None
-            geom = self.geoms[ins["layer"]] if ins["op"] == "mvm" else None
-            record(self.counters, ins, [x.shape for x in xs],
-                   None if out is None else out.shape, geom)
+            if self._record:
+                geom = self.geoms[ins["layer"]] if ins["op"] == "mvm" else None
+                record(self.counters, ins, [x.shape for x in xs],
+                       None if out is None else out.shape, geom)
             if out is not None:
                 regs[ins["out"]] = out
 
     def _loop(self, ins: dict[str, Any], regs: dict[str, np.ndarray], prefix: str) -> None:
-        """Run the body once per step; carry registers persist, body temporaries do not."""
+        """Run the body once per step; carry registers persist, body temporaries do not.
+        Events are recorded on the first step and multiplied by the trip count (every step
+        sees the same shapes); only the data-dependent DAC pulses are counted every step."""
         T = regs[ins["count"]["reg"]].shape[ins["count"]["axis"]]
         local = dict(regs)
         outs: dict[str, np.ndarray] = {}
+        outer, recording = self.counters, self._record
+        step = Counters()
+        self.counters = step
         for t in range(T):
             for g in ins["gather"]:
                 i = T - 1 - t if g.get("reverse") else t
                 local[g["dst"]] = np.take(regs[g["src"]], i, axis=g["axis"])
-                record_move(self.counters, local[g["dst"]].shape)
+                if self._record:
+                    record_move(step, local[g["dst"]].shape)
             self._block(ins["body"], local, prefix)
             for s in ins["scatter"]:
                 self._scatter(s, local[s["src"]], t, T, outs)
+            self._record = False
+        self.counters, self._record = outer, recording
+        if recording:
+            outer.add(step, times=T)
+            outer.instructions += 1
         for reg in ins["carry"]:
             regs[reg] = local[reg]
         regs.update(outs)
-        self.counters.instructions += 1
 
     def _scatter(self, s: dict[str, Any], src: np.ndarray, t: int, T: int,
                  outs: dict[str, np.ndarray]) -> None:
@@ -155,7 +172,8 @@ class Emulator:
             outs[s["dst"]] = np.zeros((*src.shape[:axis], T, *src.shape[axis:]), np.float32)
         i = T - 1 - t if s.get("reverse") else t
         outs[s["dst"]][(slice(None),) * axis + (i,)] = src
-        record_move(self.counters, src.shape)
+        if self._record:
+            record_move(self.counters, src.shape)
 
     # ---- crossbar MVM
     def mvm(self, layer: int, x: np.ndarray) -> np.ndarray:
@@ -164,17 +182,16 @@ class Emulator:
         if x.shape[-1] != pl.K:
             raise EmulatorError(f"layer {layer} takes K = {pl.K} inputs, register has "
                                 f"{x.shape[-1]}")
-        x_int = xb.quantize_input(x.reshape(-1, pl.K), pl.in_scale, pl.input_bits)
-        y_int = self._mvm_int(pl, x_int)
-        self.counters.dac_pulses += xb.dac_pulses(pl, x_int)
+        flat = x.reshape(-1, pl.K)
+        if self._devices is None and pl.lossless and self.mvm_path != "bitlevel":
+            x_q = xb.quantize_input_f32(flat, pl.in_scale, pl.input_bits)
+            y_int = xb.mvm_fast(pl, x_q)
+        else:
+            x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits)
+            y_int = (self._mvm_noisy(pl, x_q) if self._devices is not None
+                     else xb.mvm_bitlevel(pl, x_q))
+        self._pulses += xb.dac_pulses(pl, x_q)
         return xb.dequantize(pl, y_int).reshape(*x.shape[:-1], pl.N)
-
-    def _mvm_int(self, pl: xb.PreparedLayer, x_int: np.ndarray) -> np.ndarray:
-        if self._devices is not None:
-            return self._mvm_noisy(pl, x_int)
-        if pl.lossless and self.mvm_path != "bitlevel":
-            return xb.mvm_fast(pl, x_int)
-        return xb.mvm_bitlevel(pl, x_int)
 
     def _mvm_noisy(self, pl: xb.PreparedLayer, x_int: np.ndarray) -> np.ndarray:
         """Vectors are shared among replicas in contiguous blocks, each replica its own
@@ -294,9 +311,10 @@ def _zeros(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
 
 # ---------------------------------------------------------------- float32 math helpers
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) without overflow warnings for large |x|."""
-    e = np.exp(-np.abs(x, dtype=np.float32))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+    """1 / (1 + exp(-x)) in float32; exp overflowing to inf gives the right limit 0."""
+    e = np.exp(-x, dtype=np.float32)
+    e += 1
+    return np.reciprocal(e, out=e)
 
 
 def erfc_nonneg(z: np.ndarray) -> np.ndarray:

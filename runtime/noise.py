@@ -115,12 +115,10 @@ def noisy_partial_sums(pl: PreparedLayer, g: np.ndarray, cell_bits: int, cfg: No
     one draw per partial sum instead of one per cell)."""
     sigma = cfg.read_sigma * (2**cell_bits - 1)
 
-    def run(planes: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
-        c, v, rt, rows = planes.shape
-        lhs = planes.transpose(2, 0, 1, 3).reshape(rt, c * v, rows).astype(np.float32)
-        p = (lhs @ g).reshape(rt, c, v, pl.J)
+    def run(r: int, lhs: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
+        p = lhs @ g[r, : lhs.shape[1]]
         if sigma > 0:
-            p = p + (sigma * np.sqrt(sumsq))[..., None].astype(np.float32) * \
+            p += (sigma * np.sqrt(sumsq, dtype=np.float32))[:, None] * \
                 rng.standard_normal(size=p.shape, dtype=np.float32)
         return p
 
