@@ -1,0 +1,121 @@
+"""`farc distill TEACHER -o STUDENT`: DeiT -> FAR by block-wise distillation + fine-tune.
+
+Runs as is on one process, or under `torchrun --nproc-per-node N farc distill ...`
+(DDP; gloo on CPU, nccl on GPU). Only rank 0 prints and writes files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import click
+import torch
+
+from farc.distill import SIMILARITIES, DistillOptions, TrainOptions
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def print_accuracy(rows: list[tuple[str, float | None, float | None]]) -> None:
+    """Accuracy table: model, val and test accuracy in percent (blank when unknown)."""
+    from farc.progress import print_table
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{100 * v:.2f}%"
+
+    print_table("Accuracy", ["model", "val", "test"], [(m, pct(v), pct(t)) for m, v, t in rows])
+
+
+def print_preservation(fp: dict) -> None:
+    """Per-block function preservation: mean and per-head cosine similarity."""
+    from farc.progress import print_table
+
+    heads = len(fp["per_head"][0])
+    rows = [(b, f"{m:.4f}", *(f"{c:.4f}" for c in fp["per_head"][b]))
+            for b, m in enumerate(fp["per_block"])]
+    print_table(f"Function preservation (cosine, student vs teacher head outputs, {fp['split']})",
+                ["block", "mean", *(f"head {h}" for h in range(heads))], rows)
+
+
+@click.command("distill")
+@click.argument("teacher", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Student checkpoint to write (resume state goes to OUTPUT.resume).")
+@click.option("--data", default="digits", show_default=True,
+              help="'digits' or an ImageNet-style folder.")
+@click.option("--similarity", type=click.Choice(SIMILARITIES), default="mse", show_default=True,
+              help="Head-output similarity of stage 1: MSE or 1 - cosine.")
+@click.option("--sim-weight", type=float, default=DistillOptions.sim_weight, show_default=True)
+@click.option("--epochs", type=int, default=DistillOptions.epochs, show_default=True,
+              help="Block-wise distillation epochs (mixers only).")
+@click.option("--ft-epochs", type=int, default=DistillOptions.ft_epochs, show_default=True,
+              help="End-to-end fine-tune epochs (all parameters).")
+@click.option("--kd/--no-kd", default=DistillOptions.kd, show_default=True,
+              help="Logit distillation from the teacher during the fine-tune.")
+@click.option("--lr", type=float, default=DistillOptions.lr, show_default=True)
+@click.option("--ft-lr", type=float, default=DistillOptions.ft_lr, show_default=True)
+@click.option("--batch-size", type=int, default=TrainOptions.batch_size, show_default=True,
+              help="Global batch size (split over torchrun processes).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT.resume if it exists.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (default: 1 for models under 1M parameters).")
+def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd, lr, ft_lr,
+            batch_size, seed, resume, device, threads) -> None:
+    """Distil DeiT checkpoint TEACHER into a FAR student (block-wise, then end-to-end)."""
+    from farc import distributed as D
+
+    opts = DistillOptions(similarity=similarity, sim_weight=sim_weight, epochs=epochs,
+                          ft_epochs=ft_epochs, lr=lr, ft_lr=ft_lr, kd=kd,
+                          train=TrainOptions(batch_size=batch_size, seed=seed))
+    opts.validate()
+    world = D.setup(device)
+    try:
+        _distill(teacher, output, data, opts, resume, world, threads)
+    finally:
+        D.teardown()
+
+
+def _distill(teacher_path, output, data, opts, resume, world, threads) -> None:
+    from farc import distributed as D
+    from farc.checkpoint import load_checkpoint, save_checkpoint
+    from farc.distill import Run, freeze, run_distill, state_path_for
+    from farc.models.far import FAR
+
+    torch.manual_seed(opts.train.seed)
+    ckpt = load_checkpoint(teacher_path, expect="deit")
+    D.configure_threads(threads, ckpt.model)
+    teacher = freeze(ckpt.model.to(world.device))
+    train, val, test = _splits(data, teacher.cfg)
+    student = FAR.from_teacher(teacher).to(world.device)
+    args = {"teacher": str(Path(teacher_path).resolve()), "seed": opts.train.seed,
+            "similarity": opts.similarity, "data": data}
+    run = Run(world, train, val, opts.train, state_path_for(output), args)
+    if resume:
+        run.resume()
+    student, report = run_distill(teacher, student, run, opts, test)
+    if world.is_main:
+        prov = {"command": "distill", "teacher": {"path": args["teacher"],
+                                                  "sha256": file_sha256(teacher_path)},
+                "teacher_provenance": ckpt.provenance, "data": data, "seed": opts.train.seed,
+                **report}
+        save_checkpoint(output, student.cpu(), prov)
+        m = report["metrics"]
+        print_accuracy([("teacher (DeiT)", m["teacher_val_acc"], m["teacher_test_acc"]),
+                        ("student (FAR)", m["student_val_acc"], m["student_test_acc"])])
+        print_preservation(report["function_preservation"])
+    D.barrier(world)
+
+
+def _splits(data: str, cfg):
+    from farc.data import load_split
+
+    return tuple(load_split(data, s, img_size=cfg.img_size, in_chans=cfg.in_chans)
+                 for s in ("train", "val", "test"))
