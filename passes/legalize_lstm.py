@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+from farc.passes._crossbar_ir import (
+    LSTM_EXTERN,
+    SCAN_EXTERN,
+    const_label,
+    const_value,
+    is_extern_call,
+    named_const,
+)
 from tvm import relax
-
-from farc.compiler.importer import LSTM_EXTERN, const_label, named_const
-
-SCAN_EXTERN = "farc.lstm_scan"
-"""The extern symbol of the scan node this pass leaves."""
 
 
 @tvm.transform.module_pass(opt_level=0, name="LegalizeLSTM")
@@ -40,13 +43,6 @@ class LegalizeLSTM:
         return rewriter.builder_.get()
 
 
-def is_extern_call(expr: relax.Expr, op_name: str, symbol: str) -> bool:
-    """True when `expr` is `op_name(ExternFunc(symbol), ...)`."""
-    return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
-            and expr.op.name == op_name and isinstance(expr.args[0], relax.ExternFunc)
-            and expr.args[0].global_symbol == symbol)
-
-
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -55,16 +51,12 @@ class _Rewriter(relax.PyExprMutator):
             return call
         x, w_ih, w_hh, b_ih, b_hh, reverse = call.args[1].fields
         layer = const_label(w_ih)[1].rsplit(".", 1)[0]
-        w = np.concatenate([_value(w_ih).T, _value(w_hh).T], axis=0)
-        b = _value(b_ih) + _value(b_hh)
+        w = np.concatenate([const_value(w_ih).T, const_value(w_hh).T], axis=0)
+        b = const_value(b_ih) + const_value(b_hh)
         batch = int(x.ty.shape[0])
         cell = _cell_function(layer, batch, w, b)
         gv = self.builder_.add_func(cell, "cell_" + layer.replace(".", "_"))
         return relax.call_pure_packed(SCAN_EXTERN, x, gv, reverse, ty_args=call.ty)
-
-
-def _value(const: relax.Expr) -> np.ndarray:
-    return const.value.numpy()
 
 
 def _cell_function(layer: str, batch: int, w: np.ndarray, b: np.ndarray) -> relax.Function:

@@ -17,16 +17,14 @@ Patterns live in the TVM pattern registry under the `farc` prefix; a pattern's c
 from __future__ import annotations
 
 import tvm
+from farc.passes._crossbar_ir import CODEGEN, const_label
 from tvm import relax
 from tvm.relax.backend.pattern_registry import get_patterns_with_prefix, register_patterns
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
 
-from farc.compiler.importer import const_label
-
 CROSSBAR_KINDS = ("linear", "patch_embed", "lstm_cell", "classifier")
 """Crossbar composite kinds; each is a pattern `farc.<kind>`."""
-CODEGEN = "farc"
 DIGITAL_MATMUL = "farc.digital.matmul"
 
 

@@ -29,12 +29,9 @@ import torch
 import tvm
 from torch import nn
 from tvm import relax
-from tvm.relax import _ffi_api as _relax_ffi
 
 from farc.errors import PassError
-
-LSTM_EXTERN = "farc.lstm"
-"""The extern symbol of the recurrence node the importer emits."""
+from farc.passes._crossbar_ir import LSTM_EXTERN, named_const
 
 
 @torch.library.custom_op("farc::lstm", mutates_args=())
@@ -153,22 +150,6 @@ def _param(node, names: dict[str, str], ep) -> tuple[str, np.ndarray]:
                         "only constant weights can be mapped to crossbars")
     name = names[node.name]
     return name, ep.state_dict[name].detach().float().numpy()
-
-
-def named_const(value: np.ndarray, kind: str, name: str) -> relax.Expr:
-    """A float32 constant whose span records `kind:name` (see the module docstring)."""
-    span = tvm.ir.Span(tvm.ir.SourceName(f"{kind}:{name}"), 0, 0, 0, 0)
-    data = tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
-    return _relax_ffi.MakeTensorConst(data, None, span)
-
-
-def const_label(const: relax.Expr) -> tuple[str, str] | None:
-    """(kind, layer name) recorded by `named_const`, or None for an anonymous constant."""
-    span = getattr(const, "span", None)
-    if span is None or span.source_name is None or ":" not in span.source_name.name:
-        return None
-    kind, _, name = span.source_name.name.partition(":")
-    return kind, name
 
 
 def _layer_of(param: str) -> str:

@@ -1,0 +1,171 @@
+"""`compile_checkpoint`: every compile stage in order, one line each.
+
+    checkpoint/model -> calibrate (torch, float) -> import (torch.export -> Relax)
+      -> LegalizeLSTM -> PartitionCrossbar -> QuantizeCrossbar -> TileCrossbar
+      -> ScheduleCrossbar -> EmitTileProgram -> Program (validated)
+
+With `dump_dir`, the IR after each stage is written as numbered files (01-import.py,
+02-legalize.py, ...; TVMScript without the weight metadata) and the manifest last."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import tvm
+from torch import nn
+
+from farc.compiler.calibrate import calibrate
+from farc.compiler.importer import import_model
+from farc.errors import ConfigError
+from farc.passes._crossbar_ir import LayerStore
+from farc.passes.emit_tile_program import EmitTileProgram
+from farc.passes.legalize_lstm import LegalizeLSTM
+from farc.passes.partition_crossbar import PartitionCrossbar
+from farc.passes.quantize_crossbar import QuantizeCrossbar
+from farc.passes.schedule_crossbar import ScheduleCrossbar
+from farc.passes.tile_crossbar import TileCrossbar
+from farc.runtime.program import Program
+from farc.targets import Target
+
+
+@dataclass
+class CompileOptions:
+    """Knobs of one compile (hardware numbers come from the Target, not from here)."""
+
+    calib_samples: int = 128
+    """Calibration images (the first N of the split)."""
+    data: str | None = "digits"
+    """Calibration data: 'digits', an image folder, or None for seeded N(0, 1) images."""
+    calib_images: torch.Tensor | None = None
+    """Explicit calibration images [N, C, H, W]; overrides `data`."""
+    replicate: bool = False
+    """Give spare crossbars to the busiest layers."""
+    dump_dir: Path | None = None
+    """Write the IR after every stage here."""
+    checkpoint_path: str | None = None
+    """Recorded in the manifest's provenance."""
+    seed: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    """Filled with seconds per stage."""
+
+
+def compile_checkpoint(model_or_ckpt: Any, target: Target,
+                       options: CompileOptions | None = None) -> Program:
+    """Compile a DeiT/FAR model or a loaded Checkpoint (or a checkpoint path) for `target`.
+
+    Returns the validated tile Program (docs/tile-program.md)."""
+    opts = options or CompileOptions()
+    model, model_info = _model_and_info(model_or_ckpt, opts)
+    dump, clock = _Dumper(opts.dump_dir), _Clock(opts.timings)
+    store: LayerStore = {}
+    # Float ranges first: every later stage needs them, and they come from torch, not TVM.
+    calib = clock("calibrate", lambda: calibrate(model, _calib_images(model, opts),
+                                                 target.quant.percentile
+                                                 if target.quant.calibration == "percentile"
+                                                 else 100.0, seed=opts.seed))
+    # torch.export + Relax import, one node per LSTM: IR size independent of length.
+    mod = clock("import", lambda: import_model(model).mod)
+    dump("import", mod)
+    emit = EmitTileProgram(target, store, model_info)
+    stages = [
+        ("legalize", LegalizeLSTM()),              # LSTM -> scan over a crossbar cell
+        ("partition", PartitionCrossbar()),        # constant matmuls -> farc.* composites
+        ("quantize", QuantizeCrossbar(target, calib, store)),  # integers and input scales
+        ("tile", TileCrossbar(target, store, calib)),   # slices, signs, codes, ADC steps
+        ("schedule", ScheduleCrossbar(target, store, opts.replicate)),  # place, order
+        ("emit", emit),                            # instructions, layers, constants
+    ]
+    for name, stage in stages:
+        mod = clock(name, lambda stage=stage, mod=mod: stage(mod))
+        dump(name, mod)
+    program = clock("validate", lambda: _program(emit))
+    dump.manifest(program)
+    return program
+
+
+def _program(emit: Any) -> Program:
+    program = Program(emit.manifest, emit.arrays)
+    program.validate()
+    return program
+
+
+def _model_and_info(obj: Any, opts: CompileOptions) -> tuple[nn.Module, dict]:
+    if isinstance(obj, str | Path):
+        from farc.checkpoint import load_checkpoint
+
+        opts.checkpoint_path = opts.checkpoint_path or str(Path(obj).resolve())
+        obj = load_checkpoint(obj)
+    if isinstance(obj, nn.Module):
+        model, kind, prov = obj, obj.kind, {}
+    elif hasattr(obj, "model"):
+        model, kind, prov = obj.model, obj.kind, dict(obj.provenance or {})
+    else:
+        raise ConfigError(f"cannot compile a {type(obj).__name__}; expected a model or "
+                          "checkpoint")
+    if opts.checkpoint_path:
+        prov["checkpoint"] = opts.checkpoint_path
+    config = model.cfg.to_dict()
+    name = prov.get("name") or f"{kind}-{_shape_name(model)}"
+    return model.eval(), {"kind": kind, "name": str(name), "config": config,
+                          "provenance": _jsonable(prov)}
+
+
+def _shape_name(model: nn.Module) -> str:
+    d = getattr(model.cfg, "deit", model.cfg)
+    return f"D{d.embed_dim}-L{d.depth}-H{d.num_heads}-T{d.num_tokens}"
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _calib_images(model: nn.Module, opts: CompileOptions) -> torch.Tensor:
+    d = getattr(model.cfg, "deit", model.cfg)
+    if opts.calib_images is not None:
+        return opts.calib_images[: opts.calib_samples].float()
+    if opts.data is None:
+        g = torch.Generator().manual_seed(opts.seed)
+        return torch.randn(opts.calib_samples, d.in_chans, d.img_size, d.img_size, generator=g)
+    from farc.data import load_split
+
+    x, _ = load_split(opts.data, "train", img_size=d.img_size, in_chans=d.in_chans)
+    return x[: opts.calib_samples].float()
+
+
+class _Clock:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    def __call__(self, name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        self.timings[name] = time.perf_counter() - t
+        return out
+
+
+class _Dumper:
+    """Numbered IR files after each stage, when a dump directory is given."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = Path(root) if root else None
+        self.n = 0
+        if self.root:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, stage: str, mod: tvm.IRModule) -> None:
+        if not self.root:
+            return
+        self.n += 1
+        text = mod.script(show_meta=False)
+        (self.root / f"{self.n:02d}-{stage}.py").write_text(text)
+
+    def manifest(self, program: Program) -> None:
+        if self.root:
+            self.n += 1
+            (self.root / f"{self.n:02d}-program.json").write_text(
+                json.dumps(program.manifest, indent=1, default=str))

@@ -1,0 +1,494 @@
+"""EmitTileProgram: the scheduled Relax module -> the tile program of docs/tile-program.md.
+
+Expects: Relax after ScheduleCrossbar (crossbar functions placed, LSTM scans of one block
+adjacent) and the completed LayerStore. `main` takes one image tensor whose axis 0 is the
+batch (exported as 1) and returns a tuple of tensors.
+
+Leaves: the module unchanged; the program is in `.manifest` and `.arrays` of the pass
+instance after it runs. One emitter per Relax op (`_op_<name>`), each mirroring one
+emulator handler:
+- a call to a crossbar function -> `mvm`; a `farc.digital.matmul` composite -> `matmul`;
+- each run of adjacent, mutually independent LSTM scans -> ONE `loop` whose body holds
+  every cell (gather x_t, concat [x_t ; h], mvm, gate math, scatter h), so all heads and
+  directions of a block step in lockstep; h and c are carry registers set to zero first;
+- constants become `const` registers (broadcast against the batch); a constant used where
+  a batch axis is needed (the CLS token) is materialised with `zeros` + `add`;
+- a `permute_dims` that moves the batch axis (DeiT's qkv split) is kept pending and folded
+  into the `take`/`strided_slice` that follows it. Anything else that would move the batch
+  axis, and any op without an instruction, is a PassError naming the op."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tvm
+from farc.passes._crossbar_ir import CODEGEN, LayerStore, const_value, is_scan
+from farc.targets import Target
+from tvm import relax
+
+from farc.errors import PassError
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class Reg:
+    """A register; `shape` includes the batch axis."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """transpose(reg, perm) not yet emitted because perm moves the batch axis."""
+
+    reg: Reg
+    perm: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.reg.shape[p] for p in self.perm)
+
+
+@dataclass(frozen=True)
+class Const:
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class Tup:
+    items: tuple
+
+
+@tvm.transform.module_pass(opt_level=0, name="EmitTileProgram")
+class EmitTileProgram:
+    """Translate `main` into instructions, layers and constants.
+
+    Parameters
+    ----------
+    target : the target the program is built for (its dict goes into the manifest)
+    store : the LayerStore after ScheduleCrossbar
+    model : the manifest's `model` entry (kind, name, config, provenance)"""
+
+    def __init__(self, target: Target, store: LayerStore, model: dict[str, Any]):
+        self.target, self.store, self.model = target, store, model
+        self.manifest: dict[str, Any] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        em = _Emitter(mod, self.store)
+        main = mod["main"]
+        (image,) = main.params
+        x = em.emit("input", [], _shape(image), name=INPUT_NAME)
+        em.input_reg = x
+        em.env[image] = x
+        out = em.run_main(main)
+        outs = out.items if isinstance(out, Tup) else (out,)
+        specs = []
+        for i, o in enumerate(outs):
+            name = OUTPUT_NAME if len(outs) == 1 else f"{OUTPUT_NAME}{i}"
+            reg = em.materialise(o)
+            em.code.append({"op": "output", "in": [reg.name], "name": name})
+            specs.append({"name": name, "shape": [None, *reg.shape[1:]], "dtype": "float32"})
+        self.manifest, self.arrays = em.finish(self.target, self.model, mod)
+        self.manifest["inputs"] = [{"name": INPUT_NAME, "shape": [None, *x.shape[1:]],
+                                    "dtype": "float32"}]
+        self.manifest["outputs"] = specs
+        return mod
+
+
+def _shape(expr: relax.Expr) -> tuple[int, ...]:
+    return tuple(int(s) for s in expr.ty.shape)
+
+
+def _ints(values) -> list[int]:
+    return [int(getattr(v, "value", v)) for v in values]
+
+
+def _axis(axis: int, ndim: int) -> int:
+    return axis + ndim if axis < 0 else axis
+
+
+class _Emitter:
+    def __init__(self, mod: tvm.IRModule, store: LayerStore) -> None:
+        self.mod, self.store = mod, store
+        self.env: dict = {}
+        self.code: list[dict] = []
+        self.layer_ids: dict[str, int] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.count = 0
+        self.input_reg: Reg | None = None
+
+    # ---- registers and instructions
+    def fresh(self) -> str:
+        self.count += 1
+        return f"v{self.count}"
+
+    def emit(self, op: str, ins: list, out_shape, **attrs) -> Reg:
+        reg = Reg(self.fresh(), tuple(int(s) for s in out_shape))
+        self.code.append({"op": op, "in": [r.name for r in ins], "out": reg.name, **attrs})
+        return reg
+
+    def const_reg(self, value: np.ndarray) -> Reg:
+        name = f"c{len(self.constants)}"
+        self.constants[name] = np.ascontiguousarray(value, dtype=np.float32)
+        return self.emit("const", [], value.shape, name=name)
+
+    def materialise(self, v) -> Reg:
+        """A register with a batch axis for any value."""
+        if isinstance(v, Reg):
+            return v
+        if isinstance(v, Lazy):
+            raise PassError(f"cannot emit transpose {list(v.perm)}: it moves the batch axis")
+        if isinstance(v, Const):
+            value = v.value
+            if value.ndim == 0 or value.shape[0] != 1:
+                value = value[None]
+            c = self.const_reg(value[0])
+            z = self.emit("zeros", [self.input_reg], value.shape, shape=list(value.shape[1:]))
+            return self.emit("add", [z, c], value.shape)
+        raise PassError(f"cannot use {type(v).__name__} as a tensor")
+
+    def operand(self, v) -> Reg:
+        """A register for an elementwise operand (constants broadcast, no batch needed)."""
+        return self.const_reg(v.value) if isinstance(v, Const) else self.materialise(v)
+
+    def value(self, expr: relax.Expr):
+        if isinstance(expr, relax.Var):
+            return self.env[expr]
+        if isinstance(expr, tvm.ir.GenericConst):
+            return Const(const_value(expr))
+        if isinstance(expr, relax.Tuple):
+            return Tup(tuple(self.value(f) for f in expr.fields))
+        if isinstance(expr, tvm.tirx.IntImm | tvm.tirx.FloatImm):
+            return expr.value
+        raise PassError(f"unsupported operand {type(expr).__name__}")
+
+    # ---- functions and bindings
+    def run_main(self, main: relax.Function):
+        bindings = [b for blk in main.body.blocks for b in blk.bindings]
+        i = 0
+        while i < len(bindings):
+            if is_scan(bindings[i].value):
+                group = _scan_group(bindings, i)
+                self.loop(group)
+                i += len(group)
+                continue
+            self.bind(bindings[i])
+            i += 1
+        return self.value(main.body.body)
+
+    def run_function(self, func: relax.Function, args: list):
+        for p, a in zip(func.params, args):
+            self.env[p] = a
+        for blk in func.body.blocks:
+            for b in blk.bindings:
+                self.bind(b)
+        return self.value(func.body.body)
+
+    def bind(self, binding) -> None:
+        self.env[binding.var] = self.expr(binding.value)
+
+    def expr(self, e: relax.Expr):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar):
+            return self.call_function(e)
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+            handler = getattr(self, "_op_" + e.op.name.replace("relax.", "").replace(".", "_"),
+                              None)
+            if handler is None:
+                raise PassError(f"no tile-program instruction for Relax op {e.op.name}")
+            return handler(e, [self.value(a) for a in e.args
+                               if isinstance(a, relax.Var | tvm.ir.GenericConst | relax.Tuple)])
+        if isinstance(e, relax.TupleGetItem):
+            return self.value(e.tuple_value).items[e.index]
+        return self.value(e)
+
+    def call_function(self, call: relax.Call):
+        func = self.mod[call.op]
+        attrs = func.attrs or {}
+        args = [self.value(a) for a in call.args]
+        if attrs.get("Codegen") == CODEGEN:
+            return self.mvm(str(attrs["farc.layer"]), self.materialise(args[0]))
+        if "Composite" in attrs or "Primitive" in attrs:
+            return self.run_function(func, args)
+        raise PassError(f"call to {call.op.name_hint} has no tile-program lowering")
+
+    def mvm(self, layer: str, x: Reg) -> Reg:
+        if layer not in self.layer_ids:
+            self.layer_ids[layer] = len(self.layer_ids)
+        data = self.store[layer]
+        return self.emit("mvm", [x], (*x.shape[:-1], data.info["N"]),
+                         layer=self.layer_ids[layer])
+
+    # ---- LSTM scans -> one loop
+    def loop(self, group: list) -> None:
+        carry, gather, scatter, body = [], [], [], []
+        xs = [self.materialise(self.value(b.value.args[1])) for b in group]
+        outer, self.code = self.code, body
+        for b, x in zip(group, xs):
+            cell = self.mod[b.value.args[2]]
+            reverse = bool(int(b.value.args[3].value))
+            hidden = _shape(cell.params[1])[1]
+            h, c = self.zeros_before(outer, x, hidden), self.zeros_before(outer, x, hidden)
+            carry += [h.name, c.name]
+            xt = Reg(self.fresh(), (x.shape[0], *x.shape[2:]))
+            gather.append({"src": x.name, "axis": 1, "dst": xt.name, "reverse": reverse})
+            h2, c2 = self.run_function(cell, [xt, h, c]).items
+            self.write_carry(c2, c)
+            self.write_carry(h2, h)
+            out = Reg(self.fresh(), (x.shape[0], x.shape[1], hidden))
+            scatter.append({"src": h.name, "axis": 1, "dst": out.name, "reverse": reverse})
+            self.env[b.var] = out
+        self.code = outer
+        self.code.append({"op": "loop", "count": {"reg": xs[0].name, "axis": 1},
+                          "carry": carry, "gather": gather, "body": body, "scatter": scatter})
+
+    def zeros_before(self, code: list, x: Reg, hidden: int) -> Reg:
+        reg = Reg(self.fresh(), (x.shape[0], hidden))
+        code.append({"op": "zeros", "in": [x.name], "out": reg.name, "shape": [hidden]})
+        return reg
+
+    def write_carry(self, new: Reg, carry: Reg) -> None:
+        """Make the body leave `new` in the carry register: rename its definition when the
+        old carry value is dead by then, else copy."""
+        at = next(i for i, ins in enumerate(self.code) if ins.get("out") == new.name)
+        if any(carry.name in ins["in"] for ins in self.code[at + 1 :]):
+            self.code.append({"op": "scale", "in": [new.name], "out": carry.name, "value": 1.0})
+            return
+        for ins in self.code[at:]:
+            ins["in"] = [carry.name if r == new.name else r for r in ins["in"]]
+        self.code[at]["out"] = carry.name
+
+    # ---- per-op emitters
+    def _binary(self, op: str, call, a, b):
+        if isinstance(a, Const) and isinstance(b, Const):
+            fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[op]
+            return Const(fn(a.value, b.value))
+        if op == "mul" and isinstance(b, Const) and b.value.size == 1:
+            return self.emit("scale", [self.materialise(a)], _shape(call),
+                             value=float(b.value.reshape(())))
+        if op == "mul" and isinstance(a, Const) and a.value.size == 1:
+            return self._binary(op, call, b, a)
+        return self.emit(op, [self.operand(a), self.operand(b)], _shape(call))
+
+    def _op_add(self, call, args):
+        return self._binary("add", call, *args)
+
+    def _op_subtract(self, call, args):
+        return self._binary("sub", call, *args)
+
+    def _op_multiply(self, call, args):
+        return self._binary("mul", call, *args)
+
+    def _op_divide(self, call, args):
+        a, b = args
+        if not (isinstance(b, Const) and b.value.size == 1):
+            raise PassError("division is only supported by a scalar constant")
+        return self._binary("mul", call, a, Const(np.float32(1.0) / b.value))
+
+    def _unary(self, op: str, call, args):
+        return self.emit(op, [self.materialise(args[0])], _shape(call))
+
+    def _op_sigmoid(self, call, args):
+        return self._unary("sigmoid", call, args)
+
+    def _op_tanh(self, call, args):
+        return self._unary("tanh", call, args)
+
+    def _op_nn_gelu(self, call, args):
+        return self._unary("gelu", call, args)
+
+    def _op_nn_softmax(self, call, args):
+        return self.emit("softmax", [self.materialise(args[0])], _shape(call),
+                         axis=_axis(int(call.attrs.axis), len(_shape(call))))
+
+    def _op_nn_layer_norm(self, call, args):
+        x, gamma, beta = args
+        nd = len(_shape(call))
+        if [_axis(a, nd) for a in _ints(call.attrs.axes)] != [nd - 1]:
+            raise PassError("layer_norm is only supported over the last axis")
+        return self.emit("layernorm", [self.materialise(x), self.operand(gamma),
+                                       self.operand(beta)], _shape(call),
+                         eps=float(call.attrs.epsilon))
+
+    def _op_matmul(self, call, args):
+        a, b = args
+        if isinstance(b, Const):
+            raise PassError("a constant-weight matmul reached the emitter: it was not "
+                            "partitioned onto crossbars")
+        return self.emit("matmul", [self.materialise(a), self.materialise(b)], _shape(call))
+
+    def _op_astype(self, call, args):
+        if str(call.attrs.dtype) != "float32":
+            raise PassError(f"astype to {call.attrs.dtype} is not supported")
+        return args[0]
+
+    def _op_broadcast_to(self, call, args):
+        (x,) = args
+        if isinstance(x, Const):
+            return Const(np.broadcast_to(x.value, _shape(call)).copy())
+        raise PassError("broadcast_to of a computed tensor is not supported")
+
+    def _op_reshape(self, call, args):
+        x, shape = args[0], _shape(call)
+        if isinstance(x, Const):
+            return Const(x.value.reshape(shape))
+        x = self.materialise(x)
+        if shape[0] != x.shape[0]:
+            raise PassError(f"reshape {list(x.shape)} -> {list(shape)} moves the batch axis")
+        return x if shape == x.shape else self.emit("reshape", [x], shape,
+                                                    shape=list(shape[1:]))
+
+    _op_squeeze = _op_reshape
+    _op_expand_dims = _op_reshape
+
+    def _op_permute_dims(self, call, args):
+        (x,) = args
+        nd = len(_shape(call))
+        axes = _ints(call.attrs.axes) if call.attrs.axes is not None else \
+            list(range(nd))[::-1]
+        if isinstance(x, Const):
+            return Const(np.transpose(x.value, axes))
+        if isinstance(x, Lazy):
+            x, axes = x.reg, [x.perm[a] for a in axes]
+        return self._transpose(x, tuple(axes))
+
+    def _transpose(self, x: Reg, perm: tuple[int, ...]):
+        if perm[0] != 0:
+            return Lazy(x, perm)
+        if perm == tuple(range(len(perm))):
+            return x
+        return self.emit("transpose", [x], [x.shape[p] for p in perm], perm=list(perm))
+
+    def _slice(self, x, axis: int, start: int, stop: int):
+        """Slice a logical axis of a register or a pending transpose."""
+        if isinstance(x, Lazy):
+            real = self._slice(x.reg, x.perm[axis], start, stop)
+            return Lazy(real, x.perm)
+        x = self.materialise(x)
+        if axis == 0:
+            raise PassError("slicing the batch axis is not supported")
+        shape = list(x.shape)
+        stop = min(stop, shape[axis])
+        if (start, stop) == (0, shape[axis]):
+            return x
+        shape[axis] = stop - start
+        return self.emit("slice", [x], shape, axis=axis, start=start, stop=stop)
+
+    def _op_strided_slice(self, call, args):
+        x = args[0]
+        axes, begin, end = (_ints(a) for a in call.args[1:4])
+        strides = _ints(call.args[4]) if len(call.args) > 4 else [1] * len(axes)
+        if any(s != 1 for s in strides):
+            raise PassError("strided_slice with a stride other than 1 is not supported")
+        nd = len(x.shape)
+        for a, b, e in zip(axes, begin, end):
+            x = self._slice(x, _axis(a, nd), b, e)
+        return x
+
+    def _op_take(self, call, args):
+        x, idx = args
+        if not (isinstance(idx, Const) and idx.value.size == 1 and idx.value.ndim == 0):
+            raise PassError("take is only supported with one constant index")
+        i = int(idx.value)
+        axis = _axis(int(call.attrs.axis), len(x.shape))
+        if isinstance(x, Const):
+            return Const(np.take(x.value, i, axis=axis))
+        if isinstance(x, Lazy):
+            real_axis = x.perm[axis]
+            r = self._drop_axis(self._slice(x.reg, real_axis, i, i + 1), real_axis)
+            rest = tuple(p - (p > real_axis) for p in x.perm if p != real_axis)
+            return self._transpose(r, rest)
+        return self._drop_axis(self._slice(x, axis, i, i + 1), axis)
+
+    def _drop_axis(self, x: Reg, axis: int) -> Reg:
+        shape = x.shape[:axis] + x.shape[axis + 1 :]
+        return self.emit("reshape", [x], shape, shape=list(shape[1:]))
+
+    def _op_concat(self, call, args):
+        (tup,) = args
+        regs = [self.materialise(v) for v in tup.items]
+        axis = _axis(int(call.attrs.axis), len(_shape(call)))
+        return self.emit("concat", regs, _shape(call), axis=axis)
+
+    def _op_stack(self, call, args):
+        (tup,) = args
+        out = _shape(call)
+        axis = _axis(int(call.attrs.axis), len(out))
+        parts = []
+        for v in tup.items:
+            r = self.materialise(v)
+            shape = r.shape[:axis] + (1,) + r.shape[axis:]
+            parts.append(self.emit("reshape", [r], shape, shape=list(shape[1:])))
+        return self.emit("concat", parts, out, axis=axis)
+
+    def _op_split(self, call, args):
+        x = args[0]
+        nd = len(x.shape)
+        axis = _axis(int(call.attrs.axis), nd)
+        spec = call.attrs.indices_or_sections
+        size = x.shape[axis]
+        if isinstance(spec, int) or hasattr(spec, "value"):
+            n = int(getattr(spec, "value", spec))
+            bounds = [size * k // n for k in range(n + 1)]
+        else:
+            bounds = [0, *_ints(spec), size]
+        return Tup(tuple(self._slice(x, axis, a, b) for a, b in zip(bounds, bounds[1:])))
+
+    # ---- manifest
+    def finish(self, target: Target, model: dict, mod: tvm.IRModule):
+        arrays: dict[str, np.ndarray] = {}
+        layers = []
+        for name, lid in sorted(self.layer_ids.items(), key=lambda p: p[1]):
+            data = self.store[name]
+            prefix = f"layer{lid}"
+            arrays.update({f"{prefix}.{k}": v for k, v in data.arrays.items()})
+            layers.append({"id": lid, **data.info,
+                           "arrays": {k: f"{prefix}.{k}" for k in data.arrays}})
+        const_names = {}
+        for cname, value in self.constants.items():
+            arrays[f"const.{cname}"] = value
+            const_names[cname] = f"const.{cname}"
+        sched = dict(mod.attrs["farc.schedule"]) if mod.attrs and \
+            "farc.schedule" in mod.attrs else {}
+        manifest = {
+            "model": model, "target": target.to_dict(), "constants": const_names,
+            "layers": layers, "instructions": self.code,
+            "schedule": _schedule(sched, layers),
+        }
+        return manifest, arrays
+
+
+def _schedule(sched, layers: list[dict]) -> dict:
+    used = sum(len(L["crossbars"]) * L["row_tiles"] * L["col_tiles"] for L in layers)
+    avail = int(sched.get("crossbars_available", 0)) if sched else 0
+    return {
+        "crossbars_used": used, "crossbars_available": avail,
+        "utilization": used / avail if avail else 0.0,
+        "order": "weight-stationary; independent LSTM heads/directions share one loop",
+        "replicas": {L["name"]: L["replicas"] for L in layers if L["replicas"] > 1},
+        "loop_groups": [[str(v) for v in g] for g in sched.get("loop_groups", [])],
+        "layer_crossbars": {L["name"]: L["crossbars"] for L in layers},
+        "cells_per_crossbar": math.prod([layers[0]["rows"], layers[0]["cols"]])
+        if layers else 0,
+    }
+
+
+def _scan_group(bindings: list, start: int) -> list:
+    """Adjacent scans from `start` that do not read each other and share a length."""
+    group = [bindings[start]]
+    steps = int(bindings[start].value.args[1].ty.shape[1])
+    defined = {bindings[start].var}
+    for b in bindings[start + 1 :]:
+        if not is_scan(b.value) or int(b.value.args[1].ty.shape[1]) != steps:
+            break
+        if any(v in defined for v in relax.analysis.free_vars(b.value)):
+            break
+        group.append(b)
+        defined.add(b.var)
+    return group

@@ -1,0 +1,176 @@
+"""ScheduleCrossbar: weight-stationary placement, optional replication, overlap-friendly order.
+
+Expects: Relax after TileCrossbar (crossbar functions with `farc.row_tiles`/`farc.col_tiles`)
+and its LayerStore.
+
+Leaves:
+- every tile of every layer on its own physical crossbar, for the whole run (ids are
+  consecutive: layer by first use, then replica, row tile, column tile); a PassError naming
+  both numbers when the model needs more crossbars than the target has;
+- with `replicate`, spare crossbars given greedily to the layer with the most MVMs per
+  replica per inference (vectors through it: tokens for a linear layer, steps for an LSTM
+  cell; a replica lets the tokens of one image, or the sequences of a batch, run in
+  parallel), never more replicas than vectors;
+- `main`'s bindings reordered so that the LSTM scans that do not depend on each other (every
+  head and direction of a FAR block) are adjacent, their inputs computed before them: the
+  emitter puts each such group into one `loop`, so they run in lockstep;
+- attributes `farc.replicas`, `farc.first_crossbar`, `farc.vectors` on crossbar functions,
+  and the module attribute `farc.schedule` (crossbars used/available, loop groups).
+Run before EmitTileProgram."""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import tvm
+from farc.passes._crossbar_ir import CODEGEN, LayerStore, is_scan
+from farc.targets import Target
+from tvm import relax
+
+from farc.errors import PassError
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleCrossbar")
+class ScheduleCrossbar:
+    """Place tiles on physical crossbars and order main for overlap.
+
+    Parameters
+    ----------
+    target : the hardware target (chip section: number of crossbars)
+    store : the LayerStore after TileCrossbar; `info` gets replicas and crossbar ids
+    replicate : give spare crossbars to hot layers"""
+
+    def __init__(self, target: Target, store: LayerStore, replicate: bool = False):
+        self.target, self.store, self.replicate = target, store, replicate
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        order, vectors = _layer_uses(mod)
+        tiles = {g: _tiles(mod[g]) for g in order}
+        used = sum(tiles.values())
+        have = self.target.crossbars
+        if used > have:
+            raise PassError(f"model needs {used:,} crossbars, target "
+                            f"'{self.target.name}' has {have:,}")
+        replicas = {g: 1 for g in order}
+        if self.replicate:
+            used = _replicate(replicas, tiles, vectors, have - used) + used
+        self._place(mod, order, tiles, replicas, vectors)
+        mod, groups = _order_main(mod)
+        return mod.with_attr("farc.schedule", {
+            "crossbars_used": used, "crossbars_available": have,
+            "loop_groups": [[str(v) for v in g] for g in groups]})
+
+    def _place(self, mod, order, tiles, replicas, vectors) -> None:
+        first = 0
+        for gv in order:
+            func = mod[gv]
+            info = self.store[str(func.attrs["farc.layer"])].info
+            per = tiles[gv]
+            info["replicas"] = replicas[gv]
+            info["crossbars"] = [list(range(first + r * per, first + (r + 1) * per))
+                                 for r in range(replicas[gv])]
+            mod[gv] = func.with_attrs({"farc.replicas": replicas[gv],
+                                       "farc.first_crossbar": first,
+                                       "farc.vectors": vectors[gv]})
+            first += per * replicas[gv]
+
+
+def _tiles(func: relax.Function) -> int:
+    return int(func.attrs["farc.row_tiles"]) * int(func.attrs["farc.col_tiles"])
+
+
+def _replicate(replicas: dict, tiles: dict, vectors: dict, spare: int) -> int:
+    """Greedy: one more replica for the busiest layer that fits. Returns crossbars added."""
+    heap = [(-vectors[g], i, g) for i, g in enumerate(replicas)]
+    heapq.heapify(heap)
+    added = 0
+    while heap:
+        _, i, g = heapq.heappop(heap)
+        if tiles[g] > spare - added or replicas[g] >= vectors[g]:
+            continue
+        replicas[g] += 1
+        added += tiles[g]
+        heapq.heappush(heap, (-vectors[g] / replicas[g], i, g))
+    return added
+
+
+# ---- which crossbar layers main uses, in order, and how many vectors each sees ----
+
+def _is_crossbar_call(mod: tvm.IRModule, e: relax.Expr) -> bool:
+    return (isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar)
+            and (mod[e.op].attrs or {}).get("Codegen") == CODEGEN)
+
+
+def _layer_uses(mod: tvm.IRModule) -> tuple[list, dict]:
+    order: list = []
+    vectors: dict = {}
+
+    def use(gv, n: int) -> None:
+        if gv not in vectors:
+            order.append(gv)
+            vectors[gv] = 0
+        vectors[gv] += n
+
+    for binding in _bindings(mod["main"]):
+        v = binding.value
+        if _is_crossbar_call(mod, v):
+            use(v.op, math.prod([int(s) for s in v.args[0].ty.shape][1:-1]))
+        elif is_scan(v):
+            steps = int(v.args[1].ty.shape[1])
+            for inner in _bindings(mod[v.args[2]]):
+                if _is_crossbar_call(mod, inner.value):
+                    use(inner.value.op, steps)
+    return order, vectors
+
+
+def _bindings(func: relax.Function) -> list:
+    return [b for block in func.body.blocks for b in block.bindings]
+
+
+# ---- reorder main so independent scans are adjacent ----
+
+def _order_main(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[list]]:
+    main = mod["main"]
+    if len(main.body.blocks) != 1:
+        return mod, []
+    bindings = list(main.body.blocks[0].bindings)
+    order, groups = _grouped_order(bindings)
+    block = relax.DataflowBlock([bindings[i] for i in order])
+    body = relax.SeqExpr([block], main.body.body)
+    mod["main"] = relax.Function(main.params, body, main.ret_ty, main.is_pure, main.attrs)
+    return mod, [[bindings[i].var.name for i in g] for g in groups]
+
+
+def _grouped_order(bindings: list) -> tuple[list[int], list[list[int]]]:
+    index = {b.var: i for i, b in enumerate(bindings)}
+    anc = []
+    for b in bindings:
+        mask = 0
+        for v in relax.analysis.free_vars(b.value):
+            if v in index:
+                mask |= anc[index[v]] | (1 << index[v])
+        anc.append(mask)
+    scans = [i for i, b in enumerate(bindings) if is_scan(b.value)]
+    done, order, groups, grouped = 0, [], [], set()
+    for s in scans:
+        if s in grouped:
+            continue
+        group = [s]
+        for t in scans:
+            if t > s and t not in grouped and not any(anc[t] >> g & 1 for g in group):
+                group.append(t)
+        grouped.update(group)
+        groups.append(group)
+        need = 0
+        for g in group:
+            need |= anc[g]
+        for i in range(len(bindings)):
+            if need >> i & 1 and not done >> i & 1:
+                order.append(i)
+                done |= 1 << i
+        order.extend(group)
+        for g in group:
+            done |= 1 << g
+    order.extend(i for i in range(len(bindings)) if not done >> i & 1)
+    return order, groups
