@@ -67,8 +67,8 @@ def test_report_compare_html_is_self_contained(programs, tmp_path):
     assert "<script" not in page and not re.search(r"(src|href)=\"https?:", page)
     assert "attention" in page and "program their right operand" in page
     data = json.loads(js.read_text())
-    assert set(data) == {"far-test", "deit-test"}
-    assert data["deit-test"]["rewrite"]["cell_writes"] > 0
+    assert set(data) == {"FAR", "DeiT"}
+    assert data["DeiT"]["rewrite"]["cell_writes"] > 0
 
 
 def test_report_refuses_bad_attention_mode(programs):

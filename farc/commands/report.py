@@ -47,7 +47,8 @@ def command(program_path, compare_path, attention, html_path, json_path) -> None
     for s in sections:
         console.print(to_rich(s))
     if html_path:
-        Path(html_path).write_text(build_html(reports, sections), encoding="utf-8")
+        Path(html_path).write_text(build_html(reports, sections, [n for n, _ in programs]),
+                                   encoding="utf-8")
         console.print(f"HTML report: {html_path}")
     if json_path:
         Path(json_path).write_text(to_json(reports), encoding="utf-8")

@@ -17,10 +17,22 @@ from farc.targets.cost import CostReport, cost_program
 from farc.targets.dataflow import manifest_of
 
 
+KIND_LABEL = {"far": "FAR", "deit": "DeiT"}
+
+
 def program_name(program: Any, fallback: str) -> str:
     model = manifest_of(program).get("model", {})
     kind, name = model.get("kind", ""), model.get("name", "")
     return f"{name} ({kind})" if name and kind and kind not in name else (name or fallback)
+
+
+def short_labels(programs: list[tuple[str, Any]]) -> list[str]:
+    """Column labels: the model kinds (FAR, DeiT) when they tell the programs apart, else
+    the names."""
+    kinds = [manifest_of(p).get("model", {}).get("kind", "") for _, p in programs]
+    if len(programs) > 1 and all(kinds) and len(set(kinds)) == len(kinds):
+        return [KIND_LABEL.get(k, k) for k in kinds]
+    return [n for n, _ in programs]
 
 
 def cost_all(programs: list[tuple[str, Any]], attention: str) -> list[tuple[str, CostReport]]:
@@ -41,16 +53,19 @@ def charts(reports: list[tuple[str, CostReport]]) -> list[tuple[str, bytes]]:
         out.append(("energy by component", energy_compare_png(reports)))
     out.append(("latency timeline", timeline_png(reports)))
     for name, r in reports:
-        out.append((f"energy by layer: {name}",
-                    energy_by_layer_png(r, f"{name}: energy by layer and component")))
+        out.append((f"energy by layer role: {name}",
+                    energy_by_layer_png(r, f"{name}: energy by layer role (summed over "
+                                           "blocks) and component")))
     return out
 
 
-def build_html(reports: list[tuple[str, CostReport]], sections: list[Section]) -> str:
+def build_html(reports: list[tuple[str, CostReport]], sections: list[Section],
+               full_names: list[str] | None = None) -> str:
     names = " vs ".join(n for n, _ in reports)
     r0 = reports[0][1]
-    return report_html(f"farc report: {names}", f"target {r0.target}", r0.attention, sections,
-                       charts(reports))
+    models = f"models: {', '.join(full_names)} · " if full_names else ""
+    return report_html(f"farc report: {names}", f"{models}target {r0.target}", r0.attention,
+                       sections, charts(reports))
 
 
 def to_json(reports: list[tuple[str, CostReport]]) -> str:
@@ -70,5 +85,11 @@ def to_json(reports: list[tuple[str, CostReport]]) -> str:
 
 def report_for(programs: list[tuple[str, Any]], attention: str
                ) -> tuple[list[tuple[str, CostReport]], list[Section]]:
-    reports = cost_all(programs, attention)
-    return reports, report_sections(reports)
+    """Cost the programs and build the tables; columns carry `short_labels`, the summary
+    names the full models."""
+    labels = short_labels(programs)
+    reports = cost_all([(lab, p) for lab, (_, p) in zip(labels, programs)], attention)
+    sections = report_sections(reports)
+    sections[0].rows.insert(0, ["model", *(n for n, _ in programs)] +
+                            ([""] if len(sections[0].header) > len(programs) + 1 else []))
+    return reports, sections

@@ -4,6 +4,7 @@ per layer (or per program when comparing) and the latency timeline of one infere
 from __future__ import annotations
 
 import io
+import re
 
 import matplotlib
 
@@ -32,9 +33,26 @@ def _energy_unit(peak_pj: float) -> tuple[float, str]:
     return 1.0, "pJ"
 
 
+def role(group: str) -> str:
+    """A layer's role, summed over blocks/heads: 'blocks.3.far.lstm_fwd.2' -> 'far.lstm_fwd',
+    'loop@39 gates+moves' -> 'loop gates+moves'."""
+    name = re.sub(r"@\d+", "", group)
+    name = re.sub(r"(^|\.)\d+(?=\.|$)", "", name).lstrip(".")
+    return name.removeprefix("blocks.")
+
+
+def by_role(report: CostReport) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for group, vals in report.by_layer.items():
+        acc = out.setdefault(role(group), {})
+        for k, v in vals.items():
+            acc[k] = acc.get(k, 0.0) + v
+    return out
+
+
 def top_groups(report: CostReport, n: int = 14) -> list[tuple[str, dict[str, float]]]:
-    """The n most energetic layers/groups, the rest folded into 'other'."""
-    items = sorted(report.by_layer.items(), key=lambda kv: -kv[1].get("energy_pj", 0.0))
+    """The n most energetic layer roles (summed over blocks), the rest folded into 'other'."""
+    items = sorted(by_role(report).items(), key=lambda kv: -kv[1].get("energy_pj", 0.0))
     head, tail = items[:n], items[n:]
     if tail:
         other: dict[str, float] = {}
@@ -57,7 +75,7 @@ def energy_by_layer_png(report: CostReport, title: str = "") -> bytes:
             ax.barh([g[0] for g in groups], vals, left=left, color=COLORS[comp], label=comp)
             left = [a + b for a, b in zip(left, vals)]
     ax.set_xlabel(f"energy per inference ({unit})")
-    ax.set_title(title or f"energy by layer and component ({report.target})")
+    ax.set_title(title or f"energy by layer role and component ({report.target})")
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 

@@ -38,7 +38,9 @@ def summary(report: CostReport) -> list[tuple[str, str]]:
             ("latency (critical path)", ns(report.latency_ns)),
             ("energy per inference", pj(report.energy_total_pj)),
             ("area used", mm2(report.area_total_mm2)),
-            ("crossbars used", count(report.crossbars_used))]
+            ("crossbars used", count(report.crossbars_used)),
+            ("act x act matmuls (not weight-stationary)",
+             count(report.by_kind.get("matmul", {}).get("count", 0)))]
     if report.latency_ns:
         rows.append(("average power", f"{report.energy_total_pj / report.latency_ns:.3g} mW"))
     if report.attention == "rewrite":
@@ -85,6 +87,27 @@ def layer_section(name: str, r: CostReport) -> Section:
                                           "writes"], rows,
                    note="busy time = summed latency of the layer's instructions; they "
                         "overlap on the critical path")
+
+
+def role_section(reports: list[tuple[str, CostReport]]) -> Section:
+    """Energy and busy time per layer role (summed over blocks and heads), side by side."""
+    from farc.report.charts import by_role
+
+    roles = [by_role(r) for _, r in reports]
+    names = sorted({k for ro in roles for k in ro},
+                   key=lambda k: -max(ro.get(k, {}).get("energy_pj", 0.0) for ro in roles))
+    header = ["layer role"]
+    for n, _ in reports:
+        header += [f"{n} busy", f"{n} energy", f"{n} share"]
+    rows = []
+    for k in names:
+        row = [k]
+        for ro, (_, r) in zip(roles, reports):
+            v = ro.get(k, {})
+            row += [ns(v.get("busy_ns", 0.0)), pj(v.get("energy_pj", 0.0)),
+                    _share(v.get("energy_pj", 0.0), r.energy_total_pj)]
+        rows.append(row)
+    return Section("per layer role (summed over blocks and heads)", header, rows)
 
 
 def kind_section(reports: list[tuple[str, CostReport]]) -> Section:
@@ -144,7 +167,8 @@ def events_section(reports: list[tuple[str, CostReport]]) -> Section:
 
 def report_sections(reports: list[tuple[str, CostReport]]) -> list[Section]:
     """Every table of the report, for one program or a comparison."""
-    out = [summary_section(reports), component_section(reports), kind_section(reports)]
+    out = [summary_section(reports), component_section(reports), kind_section(reports),
+           role_section(reports)]
     out += [layer_section(n, r) for n, r in reports]
     out += [area_section(reports), events_section(reports)]
     return out
