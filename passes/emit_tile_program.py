@@ -19,6 +19,7 @@ emulator handler:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -423,7 +424,7 @@ class _Emitter:
         parts = []
         for v in tup.items:
             r = self.materialise(v)
-            shape = r.shape[:axis] + (1,) + r.shape[axis:]
+            shape = (*r.shape[:axis], 1, *r.shape[axis:])
             parts.append(self.emit("reshape", [r], shape, shape=list(shape[1:])))
         return self.emit("concat", parts, out, axis=axis)
 
@@ -438,7 +439,7 @@ class _Emitter:
             bounds = [size * k // n for k in range(n + 1)]
         else:
             bounds = [0, *_ints(spec), size]
-        return Tup(tuple(self._slice(x, axis, a, b) for a, b in zip(bounds, bounds[1:])))
+        return Tup(tuple(self._slice(x, axis, a, b) for a, b in itertools.pairwise(bounds)))
 
     # ---- manifest
     def finish(self, target: Target, model: dict, mod: tvm.IRModule):
