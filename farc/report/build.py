@@ -16,7 +16,6 @@ from farc.report.tiling import program_target
 from farc.targets.cost import CostReport, cost_program
 from farc.targets.dataflow import manifest_of
 
-
 KIND_LABEL = {"far": "FAR", "deit": "DeiT"}
 
 
