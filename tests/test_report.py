@@ -57,6 +57,19 @@ def test_inspect_table_pruning_and_map(programs, tmp_path):
     assert png.read_bytes().startswith(PNG)
 
 
+def test_pruning_from_prune_provenance_rows():
+    from farc.report.tiling import pruning_rows
+
+    far = far_program(load_target("isaac"))
+    far.manifest["model"]["config"] = {"deit": {"embed_dim": 8, "num_heads": 2},
+                                       "hidden": [[[3, 2], [4, 1]]]}
+    far.manifest["model"]["provenance"] = {"units_kept": [
+        {"block": 0, "head": h, "direction": d, "before": 4, "after": a}
+        for h, pair in enumerate([(3, 2), (4, 1)]) for d, a in zip(("fwd", "bwd"), pair)]}
+    (row,) = pruning_rows(far)
+    assert (row["units_before"], row["units_after"], row["units_saved"]) == (16, 10, 6)
+
+
 def test_report_compare_html_is_self_contained(programs, tmp_path):
     html, js = tmp_path / "r.html", tmp_path / "r.json"
     out = _run("report", programs[0], "--compare", programs[1], "--attention", "rewrite",

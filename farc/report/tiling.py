@@ -2,8 +2,9 @@
 
 `tiling_rows` gives one row per crossbar layer (weight shape, tiles, crossbars, utilization,
 slices, signs, replicas); `pruning_rows` compares the LSTM cells and head projections of a
-pruned FAR with its unpruned sizes when the program's provenance records them
-(`provenance["unpruned_hidden"]` = hidden[block][head] = [fwd, bwd], as FARConfig.hidden);
+pruned FAR with its unpruned sizes when the program's provenance records them: the
+`units_kept` rows `farc prune` writes ({block, head, direction, before, after}), or
+`unpruned_hidden` = hidden[block][head] = [fwd, bwd] (the shape of FARConfig.hidden);
 `occupancy_png` draws the physical crossbars, one row per tile."""
 
 from __future__ import annotations
@@ -70,11 +71,21 @@ def _opt(v: Any) -> str:
 
 # ---------------------------------------------------------------- pruning
 def unpruned_hidden(manifest: dict[str, Any]) -> list | None:
+    """hidden[block][head] = [fwd, bwd] before pruning, from the provenance, else None."""
     prov = manifest.get("model", {}).get("provenance", {}) or {}
     for key in PROVENANCE_KEYS:
         if key in prov:
             return prov[key]
-    return None
+    rows = prov.get("units_kept")
+    if not rows:
+        return None
+    blocks = 1 + max(int(r["block"]) for r in rows)
+    heads = 1 + max(int(r["head"]) for r in rows)
+    hidden = [[[0, 0] for _ in range(heads)] for _ in range(blocks)]
+    for r in rows:
+        hidden[int(r["block"])][int(r["head"])][0 if r["direction"] == "fwd" else 1] = \
+            int(r["before"])
+    return hidden
 
 
 def pruning_rows(program: Any) -> list[dict[str, Any]]:
