@@ -86,13 +86,22 @@ def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
     return (u[None] >> shifts) & (2**dac_bits - 1)
 
 
-def adc(p: np.ndarray, steps: np.ndarray, adc_bits: int) -> np.ndarray:
-    """ADC of partial sums p [row_tiles or 1, ...] with one power-of-two step per row tile:
-    clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step."""
-    st = steps.reshape((-1,) + (1,) * (p.ndim - 1)).astype(p.dtype)
-    if np.all(st == 1):
-        return np.clip(np.floor(p + 0.5), 0, 2**adc_bits - 1)
-    return np.clip(np.floor(p / st + 0.5), 0, 2**adc_bits - 1) * st
+def adc(p: np.ndarray, step: int, adc_bits: int, integral: bool = False) -> np.ndarray:
+    """ADC of one row tile's partial sums, in place:
+    clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step (step a power of two, so the
+    scaling is exact). `integral` says P holds integers (ideal devices): step 1 is then a
+    pure clip."""
+    top = 2**adc_bits - 1
+    if step == 1 and integral:
+        return np.minimum(p, top, out=p)
+    if step != 1:
+        p *= 1.0 / step
+    p += 0.5
+    np.floor(p, out=p)
+    np.clip(p, 0, top, out=p)
+    if step != 1:
+        p *= step
+    return p
 
 
 # ---------------------------------------------------------------- one layer, prepared once
@@ -121,8 +130,8 @@ class PreparedLayer:
     """ADC step per row tile, int64 [row_tiles]."""
     levels: np.ndarray
     """Conductance level per cell, [row_tiles, rows, J] float32 (float64 if sums need it)."""
-    order: np.ndarray
-    """Expanded columns sorted by output: [N * slices * signs] int64."""
+    order: np.ndarray | None
+    """Expanded columns sorted by output (None when already sorted, as in dense packing)."""
     colw: np.ndarray
     """Shift-add weight of each sorted column, sign * 2**(slice*cell_bits): [N, slices*signs]."""
     cycle_w: np.ndarray
@@ -142,6 +151,8 @@ class PreparedLayer:
     """Used columns of each column tile, [col_tiles]."""
     pulse_table: np.ndarray
     """Non-zero DAC digits per offset input value (see digit_counts)."""
+    sum_dtype: type
+    """float32 when the row-tile sum of ADC outputs stays below 2**24, else float64."""
 
 
 def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> PreparedLayer:
@@ -177,14 +188,16 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         adc_bits=layer["adc_bits"], input_bits=layer["input_bits"],
         in_scale=float(layer["in_scale"]), in_zero=int(layer["in_zero"]), offset_qw=offset_qw,
         steps=steps, levels=flat.astype(np.float32 if pmax < F32_EXACT else np.float64),
-        order=order, colw=colw,
+        order=None if np.array_equal(order, np.arange(J)) else order, colw=colw,
         cycle_w=2.0 ** (np.arange(input_cycles(layer["input_bits"], db)) * db),
         colsum=arrays[names["colsum"]].astype(np.int64),
         scale=(np.float32(layer["in_scale"]) * w_scale).astype(np.float32), bias=bias,
         q=q.astype(np.float32 if exact32 else np.float64), lossless=lossless,
         crossbars=[list(c) for c in layer["crossbars"]],
         used_rows=used_rows, used_cols=used_cols,
-        pulse_table=digit_counts(layer["input_bits"], db))
+        pulse_table=digit_counts(layer["input_bits"], db),
+        sum_dtype=np.float32 if rt * (2 ** layer["adc_bits"] - 1) * int(steps.max())
+        < F32_EXACT else np.float64)
 
 
 # ---------------------------------------------------------------- the two paths
@@ -194,14 +207,14 @@ def mvm_fast(pl: PreparedLayer, x_q: np.ndarray) -> np.ndarray:
     return x_q.astype(pl.q.dtype, copy=False) @ pl.q
 
 
-PartialSums = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
-"""(row tile r, digits [C*V, rows_r] float32, sum of squared digits [C*V]) -> P [C*V, J]."""
+PartialSums = Callable[[int, np.ndarray], np.ndarray]
+"""(row tile r, digits [C*V, rows_r] float32) -> analog partial sums P [C*V, J]."""
 
 
 def ideal_partial_sums(pl: PreparedLayer) -> PartialSums:
     """Analog partial sums on the ideal programmed levels: one matmul per row tile."""
 
-    def run(r: int, lhs: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
+    def run(r: int, lhs: np.ndarray) -> np.ndarray:
         return lhs @ pl.levels[r, : lhs.shape[1]]
 
     return run
@@ -215,17 +228,19 @@ def offset_inputs(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
 def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
                  partial_sums: PartialSums | None = None) -> np.ndarray:
     """The definition: per row tile, cycle and physical column, ADC then shift-and-add,
-    then the digital corrections. Returns y_int [vectors, N] as float64 (integers)."""
+    then the digital corrections. `partial_sums` replaces the ideal analog sums (noise).
+    Returns y_int [vectors, N] as float64 (integers when ideal)."""
     ps = partial_sums or ideal_partial_sums(pl)
-    per_vec = pl.cycles * max(pl.J, 1) * 2
-    chunk = max(1, CHUNK_ELEMENTS // per_vec)
+    chunk = max(1, CHUNK_ELEMENTS // (pl.cycles * max(pl.J, 1)))
     out = np.empty((x_int.shape[0], pl.N), dtype=np.float64)
     for lo in range(0, x_int.shape[0], chunk):
-        out[lo:lo + chunk] = _bitlevel_chunk(pl, x_int[lo:lo + chunk], ps)
+        out[lo:lo + chunk] = _bitlevel_chunk(pl, x_int[lo:lo + chunk], ps,
+                                             integral=partial_sums is None)
     return out
 
 
-def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums) -> np.ndarray:
+def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
+                    integral: bool) -> np.ndarray:
     """Row tiles one at a time (only their rows in use), all cycles and vectors at once;
     the digits of all row tiles are summed as they come (the digital row-tile add)."""
     u = offset_inputs(pl, x_int)
@@ -234,9 +249,11 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums) -> np
     total = None
     for r in range(pl.row_tiles):
         lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows].reshape(cv, -1)
-        sumsq = np.einsum("ij,ij->i", lhs, lhs)
-        digit = adc(ps(r, lhs, sumsq), pl.steps[r:r + 1], pl.adc_bits)
-        total = digit.astype(np.float64) if total is None else total + digit
+        digit = adc(ps(r, lhs), int(pl.steps[r]), pl.adc_bits, integral)
+        if total is None:
+            total = digit.astype(pl.sum_dtype, copy=False)
+        else:
+            total += digit
     acc = shift_add(pl, total.reshape(pl.cycles, len(u), pl.J))
     return acc - pl.offset_qw * u.sum(axis=1, dtype=np.int64)[:, None] - pl.in_zero * pl.colsum
 
@@ -245,8 +262,10 @@ def shift_add(pl: PreparedLayer, digit: np.ndarray) -> np.ndarray:
     """Summed ADC outputs [cycles, vectors, J] -> acc [vectors, N]: shift-add across
     cycles, then across slices (and the G+ - G- subtraction)."""
     per_col = np.tensordot(pl.cycle_w, digit, axes=(0, 0))
+    if pl.order is not None:
+        per_col = per_col[:, pl.order]
     v = per_col.shape[0]
-    return np.einsum("vnm,nm->vn", per_col[:, pl.order].reshape(v, pl.N, -1), pl.colw)
+    return np.einsum("vnm,nm->vn", per_col.reshape(v, pl.N, -1), pl.colw)
 
 
 def dequantize(pl: PreparedLayer, y_int: np.ndarray) -> np.ndarray:
@@ -275,5 +294,5 @@ def partial_sum_max(pl: PreparedLayer, x: np.ndarray) -> int:
         planes = bit_planes(u, pl.cycles, pl.dac_bits).astype(np.float32)
         for r in range(pl.row_tiles):
             lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows]
-            best = max(best, float(ps(r, lhs.reshape(-1, lhs.shape[-1]), None).max(initial=0.0)))
+            best = max(best, float(ps(r, lhs.reshape(-1, lhs.shape[-1])).max(initial=0.0)))
     return int(best)

@@ -115,10 +115,11 @@ def noisy_partial_sums(pl: PreparedLayer, g: np.ndarray, cell_bits: int, cfg: No
     one draw per partial sum instead of one per cell)."""
     sigma = cfg.read_sigma * (2**cell_bits - 1)
 
-    def run(r: int, lhs: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
+    def run(r: int, lhs: np.ndarray) -> np.ndarray:
         p = lhs @ g[r, : lhs.shape[1]]
         if sigma > 0:
-            p += (sigma * np.sqrt(sumsq, dtype=np.float32))[:, None] * \
+            sumsq = np.einsum("ij,ij->i", lhs, lhs)
+            p += (sigma * np.sqrt(sumsq))[:, None] * \
                 rng.standard_normal(size=p.shape, dtype=np.float32)
         return p
 
