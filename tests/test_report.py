@@ -87,3 +87,25 @@ def test_report_compare_html_is_self_contained(programs, tmp_path):
 def test_report_refuses_bad_attention_mode(programs):
     res = CliRunner().invoke(cli, ["report", str(programs[0]), "--attention", "analog"])
     assert res.exit_code != 0 and "analog" in res.output
+
+
+def test_report_set_overrides_cost_constants(programs):
+    base = _run("report", programs[0])
+    out = _run("report", programs[0], "--set", "energy.adc_conversion_pj=0")
+    assert base != out
+    res = CliRunner().invoke(cli, ["report", str(programs[0]), "--set", "adc.bits=4"])
+    assert res.exit_code != 0
+
+
+def test_parse_overrides_errors():
+    from farc.errors import ConfigError
+    from farc.report.build import parse_overrides
+
+    assert parse_overrides(["latency.mvm_pipeline_cycles=2"]) == {
+        "latency.mvm_pipeline_cycles": 2}
+    with pytest.raises(ConfigError, match=r"only cost sections .* not \[adc\]"):
+        parse_overrides(["adc.bits=4"])
+    with pytest.raises(ConfigError, match=r"expected SECTION\.KEY=VALUE"):
+        parse_overrides(["energy"])
+    with pytest.raises(ConfigError, match="'fast' is not a number"):
+        parse_overrides(["latency.crossbar_read_ns=fast"])

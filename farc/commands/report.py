@@ -21,16 +21,19 @@ from farc.targets.cost import ATTENTION_MODES
                    "or crossbar rewrites (write latency/energy/endurance from the target).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Write a self-contained HTML page (charts embedded) here.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Change a cost constant of the program's target for this report, e.g. "
+                   "energy.adc_conversion_pj=1.5625 (repeatable; cost sections only).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the raw cost reports as JSON here.")
-def command(program_path, compare_path, attention, html_path, json_path) -> None:
+def command(program_path, compare_path, attention, html_path, overrides, json_path) -> None:
     """Latency, energy and area report of MODEL.farc."""
     from pathlib import Path
 
     from rich.console import Console
     from rich.markup import escape
 
-    from farc.report.build import build_html, program_name, report_for, to_json
+    from farc.report.build import build_html, parse_overrides, program_name, report_for, to_json
     from farc.report.cost_tables import ATTENTION_NOTE, to_rich
     from farc.runtime.program import Program
 
@@ -41,7 +44,7 @@ def command(program_path, compare_path, attention, html_path, json_path) -> None
         programs.append((program_name(prog, Path(p).stem), prog))
     if len(programs) == 2 and programs[0][0] == programs[1][0]:
         programs = [(f"{n} [{Path(p).name}]", prog) for (n, prog), p in zip(programs, paths)]
-    reports, sections = report_for(programs, attention)
+    reports, sections = report_for(programs, attention, parse_overrides(overrides))
     console = Console()
     console.print(f"[bold]assumption[/bold]: {escape(ATTENTION_NOTE[attention])}")
     for s in sections:

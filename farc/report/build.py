@@ -15,6 +15,7 @@ from farc.report.html import report_html
 from farc.report.tiling import program_target
 from farc.targets.cost import CostReport, cost_program
 from farc.targets.dataflow import manifest_of
+from farc.targets.target import COST_SECTIONS
 
 KIND_LABEL = {"far": "FAR", "deit": "DeiT"}
 
@@ -34,15 +35,39 @@ def short_labels(programs: list[tuple[str, Any]]) -> list[str]:
     return [n for n, _ in programs]
 
 
-def cost_all(programs: list[tuple[str, Any]], attention: str) -> list[tuple[str, CostReport]]:
-    """(name, program) -> (name, report); refuses programs built for different targets."""
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """'energy.adc_conversion_pj=1.5625' -> {'energy.adc_conversion_pj': 1.5625}. Only the
+    cost sections may change: the architecture is fixed by the compiled program."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section = key.partition(".")[0]
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        if section not in COST_SECTIONS:
+            raise ConfigError(f"--set {item!r}: only cost sections can be changed after "
+                              f"compiling ({', '.join(COST_SECTIONS)}), not [{section}]")
+        try:
+            out[key] = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+        except ValueError:
+            raise ConfigError(f"--set {item!r}: {raw!r} is not a number") from None
+    return out
+
+
+def cost_all(programs: list[tuple[str, Any]], attention: str,
+             overrides: dict[str, Any] | None = None) -> list[tuple[str, CostReport]]:
+    """(name, program) -> (name, report) on each program's own target (with cost-section
+    `overrides`); refuses programs built for different targets."""
     out = []
     targets = {manifest_of(p)["target"].get("target", {}).get("name") for _, p in programs}
     if len(targets) > 1:
         raise ConfigError(f"--compare needs programs compiled for the same target, got "
                           f"{', '.join(sorted(str(t) for t in targets))}")
     for name, p in programs:
-        out.append((name, cost_program(p, program_target(manifest_of(p)), attention)))
+        target = program_target(manifest_of(p))
+        if overrides:
+            target = target.with_overrides(**overrides)
+        out.append((name, cost_program(p, target, attention)))
     return out
 
 
@@ -82,12 +107,14 @@ def to_json(reports: list[tuple[str, CostReport]]) -> str:
     return json.dumps(clean(data), indent=1)
 
 
-def report_for(programs: list[tuple[str, Any]], attention: str
+def report_for(programs: list[tuple[str, Any]], attention: str,
+               overrides: dict[str, Any] | None = None
                ) -> tuple[list[tuple[str, CostReport]], list[Section]]:
     """Cost the programs and build the tables; columns carry `short_labels`, the summary
     names the full models."""
     labels = short_labels(programs)
-    reports = cost_all([(lab, p) for lab, (_, p) in zip(labels, programs)], attention)
+    reports = cost_all([(lab, p) for lab, (_, p) in zip(labels, programs)], attention,
+                       overrides)
     sections = report_sections(reports)
     sections[0].rows.insert(0, ["model", *(n for n, _ in programs)] +
                             ([""] if len(sections[0].header) > len(programs) + 1 else []))
