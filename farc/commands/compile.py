@@ -1,0 +1,113 @@
+"""`farc compile CKPT --target T -o model.farc`: compile a checkpoint into a tile program.
+
+Bit widths, mapping and ADC range override the target file's values for this compile
+(the program records the target it was actually built for). `--emit-onnx` writes
+MODEL.float.onnx (the float golden model) and MODEL.qdq.onnx (the same quantization as the
+program, the emulator's exact reference) beside the program, where `farc verify` finds them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import click
+
+OVERRIDES = {
+    "weight_bits": "quant.weight_bits", "input_bits": "quant.input_bits",
+    "mapping": "quant.mapping", "calibration": "quant.calibration",
+    "adc_bits": "adc.bits", "adc_range": "adc.range", "cell_bits": "crossbar.cell_bits",
+    "dac_bits": "dac.bits",
+}
+
+
+@click.command("compile")
+@click.argument("checkpoint", metavar="CKPT", type=click.Path(dir_okay=False))
+@click.option("--target", "target_name", default="isaac", show_default=True,
+              help="Shipped target name or a .toml file.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Program path (default: CKPT with suffix .farc).")
+@click.option("--weight-bits", type=int, default=None, help="Override quant.weight_bits.")
+@click.option("--input-bits", type=int, default=None, help="Override quant.input_bits.")
+@click.option("--adc-bits", type=int, default=None, help="Override adc.bits.")
+@click.option("--cell-bits", type=int, default=None, help="Override crossbar.cell_bits.")
+@click.option("--dac-bits", type=int, default=None, help="Override dac.bits.")
+@click.option("--mapping", type=click.Choice(["differential", "offset"]), default=None,
+              help="Override quant.mapping (signed weights).")
+@click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default=None,
+              help="Override adc.range.")
+@click.option("--calibration", type=click.Choice(["max", "percentile"]), default=None,
+              help="Override quant.calibration (input-range policy).")
+@click.option("--calib-samples", type=int, default=128, show_default=True,
+              help="Calibration images (the first N of the training split).")
+@click.option("--data", default="digits", show_default=True,
+              help="Calibration data: 'digits' or an ImageNet-style folder.")
+@click.option("--replicate/--no-replicate", default=False, show_default=True,
+              help="Give spare crossbars to the busiest layers.")
+@click.option("--emit-onnx", is_flag=True, help="Also write MODEL.float.onnx and MODEL.qdq.onnx.")
+@click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
+              help="Write the IR after every stage here (numbered files).")
+def command(checkpoint, target_name, output, calib_samples, data, replicate, emit_onnx,
+            dump_dir, **overrides) -> None:
+    """Compile a DeiT or FAR checkpoint into a crossbar tile program (.farc)."""
+    from farc.checkpoint import load_checkpoint
+    from farc.compiler.driver import CompileOptions, compile_checkpoint
+    from farc.errors import ConfigError
+    from farc.targets import load_target
+
+    if calib_samples < 1:
+        raise ConfigError(f"--calib-samples must be >= 1, got {calib_samples}")
+    target = load_target(target_name).with_overrides(
+        **{OVERRIDES[k]: v for k, v in overrides.items()})
+    ckpt = load_checkpoint(checkpoint)
+    out = Path(output) if output else Path(checkpoint).with_suffix(".farc")
+    opts = CompileOptions(calib_samples=calib_samples, data=data, replicate=replicate,
+                          dump_dir=Path(dump_dir) if dump_dir else None,
+                          checkpoint_path=str(Path(checkpoint).resolve()))
+    program = compile_checkpoint(ckpt, target, opts)
+    program.save(out)
+    written = [out]
+    if emit_onnx:
+        written += _emit_onnx(ckpt.model, program, out)
+    _summary(program, target, opts.timings, written)
+
+
+def _emit_onnx(model, program, out: Path) -> list[Path]:
+    import onnx
+
+    from farc.onnx_export import export_onnx
+    from farc.qdq import build_qdq_onnx
+
+    float_path = out.with_suffix(".float.onnx")
+    qdq_path = out.with_suffix(".qdq.onnx")
+    export_onnx(model, float_path)
+    onnx.save(build_qdq_onnx(program), qdq_path)
+    return [float_path, qdq_path]
+
+
+def op_counts(instructions: list[dict]) -> Counter:
+    """Instructions by opcode, loop bodies included (counted once, not per step)."""
+    c: Counter = Counter()
+    for ins in instructions:
+        c[ins["op"]] += 1
+        if ins["op"] == "loop":
+            c.update(op_counts(ins["body"]))
+    return c
+
+
+def _summary(program, target, timings: dict, written: list[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    sched = program.manifest["schedule"]
+    used, avail = sched["crossbars_used"], sched["crossbars_available"]
+    kinds = Counter(L["kind"] for L in program.layers)
+    ops = op_counts(program.instructions)
+    table = Table(title=f"{program.manifest['model']['name']} on {target.name}",
+                  show_header=False, box=None)
+    table.add_row("crossbars", f"{used:,} used / {avail:,} available "
+                               f"({100 * used / max(avail, 1):.1f}% utilization)")
+    table.add_row("layers", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    table.add_row("ops", ", ".join(f"{op} {n}" for op, n in ops.most_common()))
+    table.add_row("compile", f"{sum(timings.values()):.2f} s")
+    table.add_row("wrote", ", ".join(str(p) for p in written))
+    Console().print(table)
