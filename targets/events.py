@@ -20,6 +20,8 @@ from typing import Any
 from farc.targets.mvm import Geometry
 from farc.targets.target import Target
 
+from farc.errors import ConfigError
+
 BYTES_PER_ELEMENT = 4  # emulator registers are float32
 DIGITAL = ("add", "sub", "mul", "sigmoid", "tanh", "gelu", "scale", "softmax", "layernorm")
 SCALARS = ("dac_cycles", "dac_conversions", "adc_conversions", "bytes_moved", "instructions",
@@ -133,4 +135,7 @@ DIGITAL_KEY = {"add": "add", "sub": "add", "scale": "add", "mul": "mul", "sigmoi
 def _digital_pj(kind: str, d: Any) -> float:
     if kind == "matmul_mac":
         return d.matmul_mac_pj
+    if kind not in DIGITAL_KEY:
+        raise ConfigError(f"no [digital] energy for digital op kind {kind!r}; known: "
+                          f"{', '.join(sorted([*DIGITAL_KEY, 'matmul_mac']))}")
     return getattr(d, f"{DIGITAL_KEY[kind]}_pj")

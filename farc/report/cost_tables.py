@@ -48,6 +48,8 @@ def summary(report: CostReport) -> list[tuple[str, str]]:
         rows += [("cell writes per inference", count(rw.get("cell_writes", 0))),
                  ("writes per cell per inference", count(rw.get("writes_per_cell", 0))),
                  ("lifetime (inferences)", count(rw.get("lifetime_inferences", 0))),
+                 ("lifetime at back-to-back inferences",
+                  ns(rw.get("lifetime_inferences", 0) * report.latency_ns)),
                  ("rewrite crossbars", count(rw.get("crossbars", 0)))]
     return rows
 

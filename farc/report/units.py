@@ -18,6 +18,11 @@ def _eng(value: float, units: list[tuple[float, str]]) -> str:
 
 def ns(value: float) -> str:
     """A time given in ns: '1.6 us'."""
+    if math.isfinite(value) and 60e9 <= value < 3600e9:
+        return f"{value / 60e9:.3g} min"
+    if math.isfinite(value) and value >= 3600e9:
+        return f"{value / 3600e9:.3g} h" if value < 86400e9 * 2 else \
+            f"{value / 86400e9:.3g} days"
     return _eng(value, [(1.0, "ns"), (1e3, "us"), (1e6, "ms"), (1e9, "s")])
 
 

@@ -69,3 +69,12 @@ def test_far_program_has_no_rewrites(far_prog, isaac):
 def test_unknown_attention_mode(far_prog, isaac):
     with pytest.raises(ConfigError, match="attention = 'analog' must be one of digital, rewrite"):
         cost_program(far_prog, isaac, attention="analog")
+
+
+def test_unknown_digital_kind_is_refused(isaac):
+    from farc.targets.events import new_events, price
+
+    ev = new_events()
+    ev["digital_ops"]["cosine"] = 3
+    with pytest.raises(ConfigError, match="no \\[digital\\] energy for digital op kind 'cosine'"):
+        price(ev, isaac)
