@@ -43,7 +43,8 @@ def report_html(title: str, subtitle: str, attention: str, sections: list[Sectio
     """The page: title, the stated attention assumption, charts, then every table."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     figs = "".join(f"<h2>{html.escape(name)}</h2>{png_img(png, name)}" for name, png in charts)
-    tables = "".join(section_html(s) for s in sections)
+    head = section_html(sections[0]) if sections else ""  # the summary, above the charts
+    tables = "".join(section_html(s) for s in sections[1:])
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class='meta'>{html.escape(subtitle)} · "

@@ -18,6 +18,8 @@ def _eng(value: float, units: list[tuple[float, str]]) -> str:
 
 def ns(value: float) -> str:
     """A time given in ns: '1.6 us'."""
+    if value == math.inf:
+        return "∞"
     if math.isfinite(value) and 60e9 <= value < 3600e9:
         return f"{value / 60e9:.3g} min"
     if math.isfinite(value) and value >= 3600e9:
