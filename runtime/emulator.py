@@ -17,6 +17,7 @@ from farc.errors import EmulatorError
 
 from . import crossbar as xb
 from .counters import Counters, LayerGeometry, record, record_move
+from .lockstep import Group, mvm_stacked, plan_body
 from .noise import NoiseConfig, noisy_partial_sums, program_conductances
 from .program import Program
 
@@ -43,10 +44,12 @@ class Emulator:
     seed: seeds programming-time draws and read noise; same seed, same outputs.
     mvm_path: 'auto' (fast path on layers where it is provably exact), 'bitlevel' (always the
         per-cycle/per-column ADC path) or 'fast' (refused unless every layer is lossless).
+    lockstep: run the same instruction of every LSTM in a loop body as one numpy call
+        (runtime/lockstep.py); False runs the body one instruction at a time.
     """
 
     def __init__(self, program: Program, noise: NoiseConfig | None = None, seed: int = 0,
-                 mvm_path: str = "auto") -> None:
+                 mvm_path: str = "auto", lockstep: bool = True) -> None:
         if mvm_path not in MVM_PATHS:
             raise EmulatorError(f"mvm_path {mvm_path!r} not in {MVM_PATHS}")
         program.validate()
@@ -65,6 +68,9 @@ class Emulator:
         prog_seed, read_seed = np.random.SeedSequence(seed).spawn(2)
         self._read_rng = np.random.default_rng(read_seed)
         self._devices = self._program_devices(np.random.default_rng(prog_seed))
+        self._plans = {id(ins): plan for ins in program.instructions if ins["op"] == "loop"
+                       and lockstep and (plan := plan_body(ins["body"], self.layers,
+                                                           fast_mvm=self._fast_ok())) is not None}
         self.counters = Counters()
         self._pulses = 0
         self._record = True
@@ -78,6 +84,9 @@ class Emulator:
         return [[program_conductances(pl.levels, L["cell_bits"], self.noise, rng)
                  for _ in range(L["replicas"])]
                 for pl, L in zip(self.layers, self.program.layers)]
+
+    def _fast_ok(self) -> bool:
+        return self._devices is None and self.mvm_path != "bitlevel"
 
     def reset_counters(self) -> None:
         self.counters = Counters()
@@ -120,22 +129,73 @@ class Emulator:
         for i, ins in enumerate(block):
             if ins["op"] == "loop":
                 self._loop(ins, regs, f"{prefix}{i}.")
-                continue
-            xs = [regs[r] for r in ins.get("in", [])]
-            try:
-                out = HANDLERS[ins["op"]](self, ins, xs)
-            except EmulatorError as exc:
-                raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}): {exc}") from None
-            except (ValueError, IndexError) as exc:
-                shapes = [list(x.shape) for x in xs]
-                raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}) in={ins.get('in')} "
-                                    f"shapes {shapes}: {exc}") from None
+            else:
+                self._exec(i, ins, regs, prefix)
+
+    def _exec(self, i: int, ins: dict[str, Any], regs: dict[str, np.ndarray],
+              prefix: str) -> None:
+        """One instruction: handler, one-line error naming it, events."""
+        xs = [regs[r] for r in ins.get("in", [])]
+        try:
+            out = HANDLERS[ins["op"]](self, ins, xs)
+        except EmulatorError as exc:
+            raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}): {exc}") from None
+        except (ValueError, IndexError) as exc:
+            shapes = [list(x.shape) for x in xs]
+            raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}) in={ins.get('in')} "
+                                f"shapes {shapes}: {exc}") from None
+        if self._record:
+            geom = self.geoms[ins["layer"]] if ins["op"] == "mvm" else None
+            record(self.counters, ins, [x.shape for x in xs],
+                   None if out is None else out.shape, geom)
+        if out is not None:
+            regs[ins["out"]] = out
+
+    # ---- lockstep loop bodies (runtime/lockstep.py)
+    def _run_plan(self, plan: list[list[Group]], regs: dict[str, np.ndarray], prefix: str,
+                  origin: dict[int, tuple]) -> None:
+        for level in plan:
+            for g in level:
+                if len(g.members) > 1 and self._stackable(g, regs):
+                    self._exec_group(g, regs, prefix, origin)
+                else:
+                    for i, ins in g.members:
+                        self._exec(i, ins, regs, prefix)
+
+    @staticmethod
+    def _stackable(g: Group, regs: dict[str, np.ndarray]) -> bool:
+        """Same shape per input position across members, one rank across positions."""
+        n_in = len(g.members[0][1].get("in", []))
+        ranks = set()
+        for k in range(n_in):
+            shapes = {regs[ins["in"][k]].shape for _, ins in g.members}
+            if len(shapes) != 1:
+                return False
+            ranks.add(len(next(iter(shapes))))
+        return len(ranks) == 1
+
+    def _exec_group(self, g: Group, regs: dict[str, np.ndarray], prefix: str,
+                    origin: dict[int, tuple]) -> None:
+        n_in = len(g.members[0][1].get("in", []))
+        xs = [_stack([regs[ins["in"][k]] for _, ins in g.members], origin)
+              for k in range(n_in)]
+        first_i, first = g.members[0]
+        try:
+            if g.mvm is not None:
+                out, pulses = mvm_stacked(g.mvm, xs[0])
+                self._pulses += pulses
+            else:
+                out = HANDLERS[g.op](self, g.axis_ins or first, xs)
+        except (ValueError, IndexError) as exc:
+            raise EmulatorError(f"instruction {prefix}{first_i} ({g.op}, lockstep group of "
+                                f"{len(g.members)}): {exc}") from None
+        for k, (_, ins) in enumerate(g.members):
+            view = out[k]
+            regs[ins["out"]] = view
+            origin[id(view)] = (out, k, view, ins["out"])
             if self._record:
-                geom = self.geoms[ins["layer"]] if ins["op"] == "mvm" else None
-                record(self.counters, ins, [x.shape for x in xs],
-                       None if out is None else out.shape, geom)
-            if out is not None:
-                regs[ins["out"]] = out
+                geom = self.geoms[ins["layer"]] if g.op == "mvm" else None
+                record(self.counters, ins, [x.shape[1:] for x in xs], view.shape, geom)
 
     def _loop(self, ins: dict[str, Any], regs: dict[str, np.ndarray], prefix: str) -> None:
         """Run the body once per step; carry registers persist, body temporaries do not.
@@ -147,13 +207,20 @@ class Emulator:
         outer, recording = self.counters, self._record
         step = Counters()
         self.counters = step
+        origin: dict[int, tuple] = {}
         for t in range(T):
             for g in ins["gather"]:
                 i = T - 1 - t if g.get("reverse") else t
-                local[g["dst"]] = np.take(regs[g["src"]], i, axis=g["axis"])
+                src = regs[g["src"]]
+                local[g["dst"]] = src[(slice(None),) * (g["axis"] % src.ndim) + (i,)]
                 if self._record:
                     record_move(step, local[g["dst"]].shape)
-            self._block(ins["body"], local, prefix)
+            plan = self._plans.get(id(ins))
+            if plan is None:
+                self._block(ins["body"], local, prefix)
+            else:
+                origin = {k: e for k, e in origin.items() if local.get(e[3]) is e[2]}
+                self._run_plan(plan, local, prefix, origin)
             for s in ins["scatter"]:
                 self._scatter(s, local[s["src"]], t, T, outs)
             self._record = False
@@ -309,7 +376,19 @@ def _zeros(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
     return np.zeros((xs[0].shape[0], *ins["shape"]), dtype=np.float32)
 
 
-# ---------------------------------------------------------------- float32 math helpers
+# ---------------------------------------------------------------- helpers
+def _stack(arrays: list[np.ndarray], origin: dict[int, tuple]) -> np.ndarray:
+    """np.stack, or the stacked array the inputs are already views of (same order)."""
+    e = origin.get(id(arrays[0]))
+    if e is not None and e[2] is arrays[0] and e[1] == 0 and len(e[0]) == len(arrays):
+        base = e[0]
+        if all((o := origin.get(id(a))) is not None and o[2] is a and o[0] is base
+               and o[1] == k for k, a in enumerate(arrays)):
+            return base
+    return np.stack(arrays)
+
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) in float32; exp overflowing to inf gives the right limit 0."""
     e = np.exp(-x, dtype=np.float32)

@@ -148,3 +148,28 @@ def test_runtime_imports_numpy_only() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("path", ["auto", "bitlevel"])
+def test_lockstep_changes_nothing(block, path) -> None:
+    """Grouping the LSTMs of a loop body gives the same outputs and the same events."""
+    _, x, prog = block
+    a = Emulator(prog, mvm_path=path, lockstep=True)
+    b = Emulator(prog, mvm_path=path, lockstep=False)
+    assert any(len(g.members) > 1 for plan in a._plans.values() for lv in plan for g in lv)
+    np.testing.assert_allclose(a.run({"x": x})["y"], b.run({"x": x})["y"], rtol=1e-6,
+                               atol=1e-6)
+    assert a.counters.to_dict() == b.counters.to_dict()
+
+
+def test_lockstep_groups_equal_lstms() -> None:
+    """Unpruned heads: each chain instruction of the 4 LSTMs joins a group of >= 4 (the
+    three sigmoid gates of all LSTMs even form one group of 12)."""
+    w = FarBlockWeights.random(D=8, heads=2, hidden=3, seed=1)
+    x = np.random.default_rng(2).normal(size=(2, 4, 8)).astype(np.float32)
+    emu = Emulator(far_block_program(w, T=4, p=P, calib=x))
+    (plan,) = emu._plans.values()
+    assert all(len(g.members) >= 4 for lv in plan for g in lv)
+    assert [len(g.members) for lv in plan for g in lv if g.op == "mvm"] == [4]
+    ref = Emulator(far_block_program(w, T=4, p=P, calib=x), lockstep=False)
+    np.testing.assert_array_equal(emu.run({"x": x})["y"], ref.run({"x": x})["y"])
