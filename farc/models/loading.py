@@ -34,8 +34,9 @@ def load_deit_state_dict(
     config: a preset name from DEIT_PRESETS or a DeiTConfig to check the file against;
     None infers the shape from the file. num_heads overrides the head count."""
     path = Path(path)
+    named = None if config is None else _named_config(config)
     state = read_state_dict(path)
-    cfg = infer_deit_config(state, path) if config is None else _named_config(config)
+    cfg = infer_deit_config(state, path) if named is None else named
     if num_heads is not None:
         cfg = replace(cfg, num_heads=num_heads)
     model = DeiT(cfg)
@@ -119,9 +120,15 @@ def _check_keys(path: Path, expected: dict, state: dict) -> None:
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
+            parts.append(f"missing keys: {_listed(missing, ', ')}")
         if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+            parts.append(f"unexpected keys: {_listed(unexpected, ', ')}")
         if shapes:
-            parts.append(f"shape mismatches (file vs model): {'; '.join(shapes)}")
+            parts.append(f"shape mismatches (file vs model): {_listed(shapes, '; ')}")
         raise CheckpointError(f"{path}: not a DeiT state dict of this shape; {'; '.join(parts)}")
+
+
+def _listed(items: list[str], sep: str, limit: int = 12) -> str:
+    """Up to `limit` items and a count of the rest, so a wholly wrong file stays readable."""
+    more = f"{sep}... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
