@@ -40,7 +40,8 @@ def section_html(s: Section) -> str:
 
 def report_html(title: str, subtitle: str, attention: str, sections: list[Section],
                 charts: list[tuple[str, bytes]]) -> str:
-    """The page: title, the stated attention assumption, charts, then every table."""
+    """The page: title, the stated attention assumption, the summary, charts, then the
+    other tables."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     figs = "".join(f"<h2>{html.escape(name)}</h2>{png_img(png, name)}" for name, png in charts)
     head = section_html(sections[0]) if sections else ""  # the summary, above the charts
@@ -52,4 +53,4 @@ def report_html(title: str, subtitle: str, attention: str, sections: list[Sectio
             f"<div class='assume'><b>Assumption.</b> {html.escape(ATTENTION_NOTE[attention])}."
             f" Costs are per inference (batch 1), from static event counts times the "
             f"target's per-event costs; latency is the critical path of the program's "
-            f"dataflow (docs/cost-model.md).</div>{figs}{tables}</body></html>")
+            f"dataflow (docs/cost-model.md).</div>{head}{figs}{tables}</body></html>")
