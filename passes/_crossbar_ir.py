@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax import _ffi_api as _relax_ffi
+
+from farc.errors import ConfigError, PassError
+
+# Errors raised inside a pass cross TVM's FFI; registered, they come back as themselves.
+tvm_ffi.register_error(PassError)
+tvm_ffi.register_error(ConfigError)
 
 LSTM_EXTERN = "farc.lstm"
 """Recurrence node left by the importer: call_dps_packed(farc.lstm, (x, W_ih, W_hh, b_ih,
