@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -109,3 +110,27 @@ def test_parse_overrides_errors():
         parse_overrides(["energy"])
     with pytest.raises(ConfigError, match="'fast' is not a number"):
         parse_overrides(["latency.crossbar_read_ns=fast"])
+
+
+def test_tiling_rows_full_crossbar_is_fully_used():
+    from farc.runtime.builder import XbarParams, make_program, pack_layer
+
+    from farc.report.tiling import tiling_rows
+
+    t = load_target("isaac")
+    w = np.random.default_rng(0).normal(size=(128, 16)).astype(np.float32)
+    lay = pack_layer(w, None, 0.01, XbarParams.from_target(t), name="fc", replicas=2)
+    prog = make_program([{"op": "input", "in": [], "out": "x", "name": "x"},
+                         {"op": "mvm", "in": ["x"], "out": "y", "layer": 0},
+                         {"op": "output", "in": ["y"], "name": "y"}],
+                        {"x": [128]}, {"y": [16]}, [lay], target=t.to_dict())
+    fc, total = tiling_rows(prog)
+    assert (fc["row_tiles"], fc["col_tiles"], fc["crossbars"], fc["replicas"]) == (1, 1, 2, 2)
+    assert fc["utilization"] == total["utilization"] == 1.0  # 16 outputs x 8 slices = 128
+
+
+def test_targets_detail_of_a_toml_file(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text('[target]\nname = "mine"\n[adc]\nbits = 6  # my ADC\n')
+    out = _run("targets", f)
+    assert "my ADC" in out and "mine" in out
