@@ -128,8 +128,10 @@ class PreparedLayer:
     """Qw for the offset mapping (its digital correction), 0 for differential."""
     steps: np.ndarray
     """ADC step per row tile, int64 [row_tiles]."""
-    levels: np.ndarray
-    """Conductance level per cell, [row_tiles, rows, J] float32 (float64 if sums need it)."""
+    codes: np.ndarray
+    """Conductance level per cell in matmul layout, [row_tiles, rows, J] uint8 (a view)."""
+    levels_dtype: type
+    """float32 when partial sums stay below 2**24, else float64."""
     order: np.ndarray | None
     """Expanded columns sorted by output (None when already sorted, as in dense packing)."""
     colw: np.ndarray
@@ -153,6 +155,15 @@ class PreparedLayer:
     """Non-zero DAC digits per offset input value (see digit_counts)."""
     sum_dtype: type
     """float32 when the row-tile sum of ADC outputs stays below 2**24, else float64."""
+    _levels: np.ndarray | None = None
+
+    @property
+    def levels(self) -> np.ndarray:
+        """codes as floats for the bit-level matmuls; built on first use only, since layers
+        on the fast path never need them (they are 4-8x the size of the codes)."""
+        if self._levels is None:
+            self._levels = self.codes.astype(self.levels_dtype)
+        return self._levels
 
 
 def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> PreparedLayer:
@@ -170,12 +181,14 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     sign = 1 - 2 * arrays[names["col_sign"]].astype(np.int64)
     colw = (sign * (2.0 ** shift))[order].reshape(N, S * signs)
     offset_qw = 2 ** (layer["weight_bits"] - 1) - 1 if layer["mapping"] == "offset" else 0
-    q_all = flat.reshape(rt * rows, J)[:K].astype(np.float64)
-    q = np.einsum("knm,nm->kn", q_all[:, order].reshape(K, N, S * signs), colw) - offset_qw
+    # float32 is exact here: every level * 2**shift and every column sum stays < 2**24
+    q_all = flat.reshape(rt * rows, J)[:K].astype(np.float32)
+    q = np.einsum("knm,nm->kn", q_all[:, order].reshape(K, N, S * signs),
+                  colw.astype(np.float32)).astype(np.float64) - offset_qw
     qx = 2 ** (layer["input_bits"] - 1) - 1
     exact32 = qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
     steps = np.asarray(layer["adc_step"], dtype=np.int64)
-    col_peak = flat.astype(np.int64).sum(axis=1).max(initial=0) * (2**db - 1)
+    col_peak = int(flat.sum(axis=1, dtype=np.int64).max(initial=0)) * (2**db - 1)
     lossless = bool(np.all(steps == 1)) and col_peak <= 2 ** layer["adc_bits"] - 1
     pmax = full_scale_pmax(rows, db, cb)
     w_scale = arrays[names["w_scale"]].astype(np.float32)
@@ -187,7 +200,8 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         cycles=input_cycles(layer["input_bits"], db), dac_bits=db,
         adc_bits=layer["adc_bits"], input_bits=layer["input_bits"],
         in_scale=float(layer["in_scale"]), in_zero=int(layer["in_zero"]), offset_qw=offset_qw,
-        steps=steps, levels=flat.astype(np.float32 if pmax < F32_EXACT else np.float64),
+        steps=steps, codes=flat,
+        levels_dtype=np.float32 if pmax < F32_EXACT else np.float64,
         order=None if np.array_equal(order, np.arange(J)) else order, colw=colw,
         cycle_w=2.0 ** (np.arange(input_cycles(layer["input_bits"], db)) * db),
         colsum=arrays[names["colsum"]].astype(np.int64),

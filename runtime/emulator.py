@@ -52,7 +52,8 @@ class Emulator:
                  mvm_path: str = "auto", lockstep: bool = True) -> None:
         if mvm_path not in MVM_PATHS:
             raise EmulatorError(f"mvm_path {mvm_path!r} not in {MVM_PATHS}")
-        program.validate()
+        if not program.validated:
+            program.validate()
         self.program = program
         self.noise = noise if noise is not None and noise.enabled else None
         self.mvm_path = mvm_path
@@ -164,15 +165,16 @@ class Emulator:
 
     @staticmethod
     def _stackable(g: Group, regs: dict[str, np.ndarray]) -> bool:
-        """Same shape per input position across members, one rank across positions."""
-        n_in = len(g.members[0][1].get("in", []))
-        ranks = set()
-        for k in range(n_in):
-            shapes = {regs[ins["in"][k]].shape for _, ins in g.members}
-            if len(shapes) != 1:
-                return False
-            ranks.add(len(next(iter(shapes))))
-        return len(ranks) == 1
+        """Same shape per input position across members, one rank across positions.
+        Remembered per group and shapes of its first member (steps repeat the shapes)."""
+        first = g.members[0][1].get("in", [])
+        key = tuple(regs[r].shape for r in first)
+        ok = g.stackable.get(key)
+        if ok is None:
+            same = all(regs[ins["in"][k]].shape == key[k] for _, ins in g.members
+                       for k in range(len(first)))
+            ok = g.stackable[key] = same and len({len(s) for s in key}) <= 1
+        return ok
 
     def _exec_group(self, g: Group, regs: dict[str, np.ndarray], prefix: str,
                     origin: dict[int, tuple]) -> None:
@@ -207,7 +209,6 @@ class Emulator:
         outer, recording = self.counters, self._record
         step = Counters()
         self.counters = step
-        origin: dict[int, tuple] = {}
         for t in range(T):
             for g in ins["gather"]:
                 i = T - 1 - t if g.get("reverse") else t
@@ -219,8 +220,7 @@ class Emulator:
             if plan is None:
                 self._block(ins["body"], local, prefix)
             else:
-                origin = {k: e for k, e in origin.items() if local.get(e[3]) is e[2]}
-                self._run_plan(plan, local, prefix, origin)
+                self._run_plan(plan, local, prefix, {})
             for s in ins["scatter"]:
                 self._scatter(s, local[s["src"]], t, T, outs)
             self._record = False

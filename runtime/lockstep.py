@@ -50,6 +50,8 @@ class Group:
     mvm: MvmStack | None = None
     axis_ins: dict[str, Any] = field(default_factory=dict)
     """The first member with its axis shifted past the stacking axis (slice, concat)."""
+    stackable: dict[tuple, bool] = field(default_factory=dict)
+    """Memo of the emulator's shape check, keyed by the first member's input shapes."""
 
 
 def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer],

@@ -56,6 +56,8 @@ class Program:
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
         if "arrays" not in self.manifest:
             self.manifest["arrays"] = {k: array_entry(v) for k, v in self.arrays.items()}
+        self.validated = False
+        """Set by a successful validate(); edit manifest/arrays only before validating."""
 
     # ---- views
     @property
@@ -80,6 +82,7 @@ class Program:
     def validate(self) -> None:
         """Raise ProgramError unless the program satisfies docs/tile-program.md."""
         validate_program(self.manifest, self.arrays)
+        self.validated = True
 
     # ---- I/O
     def save(self, path: str | Path) -> Path:
