@@ -6,9 +6,11 @@ Every pair is compared (max / mean absolute error, error relative to the referen
 cosine similarity, top-1 agreement), plus accuracy when labels exist. The checks, and why
 their thresholds are what they are, are documented in docs/verify.md:
 
-- emulator vs QDQ, only when the program's ADC is lossless and no noise is enabled: logits
-  within `exact_rel` (1e-3) of the QDQ logits' peak and 100 % top-1 agreement. With a
-  lossless ADC both compute the same integers, so any larger gap is a bug;
+- emulator vs QDQ, only when the program's ADC is lossless and no noise is enabled: at least
+  99 % of the samples have logits within `exact_rel` (1e-3) of their QDQ peak, and top-1
+  agreement is 100 %. With a lossless ADC both compute the same integers; the only allowed
+  gap is an activation sitting on a rounding boundary, which float kernels that differ by
+  an ulp may round either way (rare, per sample). A bug shows up in most samples;
 - emulator vs float: top-1 agreement >= `min_agreement` (0.99): quantization may move
   logits, but should rarely change a decision;
 - optionally, emulator accuracy no more than `max_acc_drop` points below float's.
@@ -43,7 +45,13 @@ class Tolerances:
     """The thresholds `farc verify` applies (docs/verify.md says why these values)."""
 
     exact_rel: float = 1e-3
-    """Emulator vs QDQ (lossless ADC, no noise): max |a - b| / max |b| over all logits."""
+    """Emulator vs QDQ (lossless ADC, no noise): a sample matches when max |a - b| over its
+    logits is at most exact_rel * max |b| (its own peak)."""
+    exact_samples: float = 0.99
+    """Emulator vs QDQ: minimum fraction of matching samples. Not 1.0: when an activation
+    lies within float32 rounding of a quantization boundary, numpy's and onnxruntime's
+    digital kernels (which differ by an ulp) can round it to neighbouring integers, and
+    that one-LSB difference then travels to the logits (docs/verify.md)."""
     exact_agreement: float = 1.0
     """Emulator vs QDQ (lossless ADC, no noise): minimum top-1 agreement."""
     min_agreement: float = 0.99
@@ -62,6 +70,8 @@ class PairStats:
     mean_abs: float
     rel: float
     """max |a - b| / max |b|: the error against the reference's peak magnitude."""
+    sample_rel: tuple[float, ...]
+    """Per sample: max |a - b| / max |b| over that sample's outputs."""
     cosine: float
     """Mean over samples of the cosine similarity of the output vectors."""
     min_cosine: float
@@ -71,6 +81,10 @@ class PairStats:
     @property
     def name(self) -> str:
         return f"{self.a} vs {self.b}"
+
+    def within(self, rel: float) -> float:
+        """Fraction of samples whose outputs are within `rel` of their own peak."""
+        return float(np.mean(np.asarray(self.sample_rel) <= rel)) if self.sample_rel else 1.0
 
 
 @dataclass(frozen=True)
@@ -121,9 +135,16 @@ def compare(a_name: str, a: np.ndarray, b_name: str, b: np.ndarray) -> PairStats
     cos = np.where(both_zero, 1.0, (a64 * b64).sum(1) / np.maximum(na * nb, 1e-300))
     max_abs = float(err.max(initial=0.0))
     return PairStats(a=a_name, b=b_name, max_abs=max_abs, mean_abs=float(err.mean()),
-                     rel=max_abs / peak if peak > 0 else (0.0 if max_abs == 0 else math.inf),
+                     rel=_ratio(max_abs, peak),
+                     sample_rel=tuple(_ratio(float(e), float(p)) for e, p in
+                                      zip(err.max(1, initial=0.0),
+                                          np.abs(b64).max(1, initial=0.0))),
                      cosine=float(cos.mean()), min_cosine=float(cos.min()),
                      agreement=float((top1(a) == top1(b)).mean()))
+
+
+def _ratio(err: float, peak: float) -> float:
+    return err / peak if peak > 0 else (0.0 if err == 0 else math.inf)
 
 
 def accuracy(out: np.ndarray, labels: np.ndarray) -> float:
@@ -149,8 +170,12 @@ def _checks(r: VerifyReport, tol: Tolerances) -> list[Check]:
         checks.append(Check("emulator vs qdq logits", None, f"not checked: {why_not}"))
         checks.append(Check("emulator vs qdq top-1", None, f"not checked: {why_not}"))
     else:
-        checks.append(Check("emulator vs qdq logits", eq.rel <= tol.exact_rel,
-                            f"relative error {eq.rel:.3g} (limit {tol.exact_rel:g})"))
+        ok = eq.within(tol.exact_rel)
+        n_ok = round(ok * r.samples)
+        checks.append(Check("emulator vs qdq logits", ok >= tol.exact_samples,
+                            f"{n_ok}/{r.samples} samples within {tol.exact_rel:g} of their "
+                            f"peak (limit {tol.exact_samples:.0%}); worst "
+                            f"{max(eq.sample_rel, default=0.0):.3g}"))
         checks.append(Check("emulator vs qdq top-1", eq.agreement >= tol.exact_agreement,
                             f"agreement {eq.agreement:.2%} (limit {tol.exact_agreement:.2%})"))
     checks.append(Check("emulator vs float top-1", fl.agreement >= tol.min_agreement,
