@@ -1,0 +1,76 @@
+"""ScheduleCrossbar: weight-stationary placement, capacity error, replication, loop groups."""
+
+import pytest
+from _pass_models import TINY, calibrated, partitioned
+from farc.passes._crossbar_ir import is_scan
+from farc.passes.partition_crossbar import crossbar_functions
+from farc.passes.quantize_crossbar import QuantizeCrossbar
+from farc.passes.schedule_crossbar import ScheduleCrossbar
+from farc.passes.tile_crossbar import TileCrossbar
+from farc.targets import load_target
+
+from farc.errors import PassError
+
+pytestmark = pytest.mark.tvm
+
+
+def _target(crossbars: int):
+    return load_target("isaac").with_overrides(**{
+        "crossbar.rows": 8, "crossbar.cols": 16, "quant.weight_bits": 4,
+        "chip.tiles": crossbars, "chip.imas_per_tile": 1, "chip.crossbars_per_ima": 1})
+
+
+def _schedule(kind, target, replicate=False):
+    store, calib = {}, calibrated(kind)
+    mod = QuantizeCrossbar(target, calib, store)(partitioned(kind))
+    mod = TileCrossbar(target, store, calib)(mod)
+    return ScheduleCrossbar(target, store, replicate)(mod), store
+
+
+def _needed(kind) -> int:
+    _, store = _schedule(kind, _target(100_000))
+    return sum(len(d.info["crossbars"][0]) for d in store.values())
+
+
+def test_capacity_error_names_both_numbers():
+    need = _needed("far")
+    with pytest.raises(PassError, match=rf"model needs {need:,} crossbars, target 'isaac' "
+                                        rf"has {need - 1:,}"):
+        _schedule("far", _target(need - 1))
+
+
+def test_every_tile_gets_its_own_crossbar():
+    need = _needed("far")
+    mod, store = _schedule("far", _target(need))  # exactly fits
+    ids = [i for d in store.values() for rep in d.info["crossbars"] for i in rep]
+    assert sorted(ids) == list(range(need))
+    assert int(mod.attrs["farc.schedule"]["crossbars_used"]) == need
+
+
+def test_replication_uses_spare_capacity_for_busy_layers():
+    need = _needed("far")
+    mod, store = _schedule("far", _target(3 * need), replicate=True)
+    ids = [i for d in store.values() for rep in d.info["crossbars"] for i in rep]
+    assert len(ids) == len(set(ids)) <= 3 * need
+    assert len(ids) > need
+    tokens = TINY.num_tokens
+    for _, f in crossbar_functions(mod):
+        assert 1 <= int(f.attrs["farc.replicas"]) <= max(int(f.attrs["farc.vectors"]), 1)
+    # the classifier sees one vector per image: never replicated
+    assert store["head"].info["replicas"] == 1
+    assert max(d.info["replicas"] for d in store.values()) <= tokens
+
+
+def test_do_not_replicate_without_the_flag():
+    _, store = _schedule("far", _target(10 * _needed("far")))
+    assert all(d.info["replicas"] == 1 for d in store.values())
+
+
+def test_independent_lstms_of_a_block_are_adjacent():
+    mod, _ = _schedule("far", _target(100_000))
+    groups = mod.attrs["farc.schedule"]["loop_groups"]
+    assert len(groups) == TINY.depth
+    assert all(len(g) == 2 * TINY.num_heads for g in groups)
+    flags = [is_scan(b.value) for b in mod["main"].body.blocks[0].bindings]
+    runs = "".join("s" if f else "." for f in flags).split(".")
+    assert sorted(len(r) for r in runs if r) == [2 * TINY.num_heads] * TINY.depth
