@@ -4,9 +4,14 @@ numerics check; tests that need a trained model train their own tiny one on purp
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from farc.checkpoint import FORMAT_VERSION, weights_digest
 from farc.models.deit import DEIT_PRESETS, DeiT
 from farc.models.far import FAR, FARConfig
 
@@ -69,3 +74,57 @@ def pruned_far_checkpoint(ckpt_dir, pruned_far_digits):
     path = ckpt_dir / "far_pruned.pt"
     save_checkpoint(path, pruned_far_digits, {"note": "random FAR, unequal hidden sizes"})
     return path
+
+
+@pytest.fixture(scope="session")
+def bad_checkpoints(deit_checkpoint, tmp_path_factory) -> dict:
+    """name -> (path, regex of the expected CheckpointError): every way a file can be bad."""
+    return _bad_files(deit_checkpoint, tmp_path_factory.mktemp("bad_checkpoints"))
+
+
+def _rewrite(src, dst, *, meta=None, tensors=None, redigest=True) -> None:
+    """Copy checkpoint src to dst with edited metadata / tensors (a deliberate tamper)."""
+    with safe_open(str(src), framework="pt") as f:
+        m = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    m.update(meta or {})
+    t.update(tensors or {})
+    if redigest:
+        m["weights_sha256"] = weights_digest(t)
+    save_file(t, str(dst), metadata=m)
+
+
+def _bad_files(src, d) -> dict:
+    """name -> (path, expected error regex); every way a checkpoint can be wrong."""
+    data = src.read_bytes()
+    out = {}
+    (d / "truncated.pt").write_bytes(data[: len(data) // 2])
+    out["truncated"] = (d / "truncated.pt", "truncated or corrupt")
+    (d / "garbage.pt").write_bytes(b"\x89 this is not a checkpoint \x00" * 40)
+    out["garbage"] = (d / "garbage.pt", "truncated or corrupt")
+    (d / "empty.pt").write_bytes(b"")
+    out["empty"] = (d / "empty.pt", "truncated or corrupt")
+    flipped = bytearray(data)
+    flipped[-7] ^= 0x5A  # a byte inside the last tensor
+    (d / "bitflip.pt").write_bytes(bytes(flipped))
+    out["bitflip"] = (d / "bitflip.pt", r"do not match their stored sha256 \(file tampered\)")
+    _rewrite(src, d / "version.pt", meta={"format_version": str(FORMAT_VERSION + 1)})
+    out["version"] = (d / "version.pt", f"format version '{FORMAT_VERSION + 1}' is not supported")
+    _rewrite(src, d / "foreign.pt", meta={"format": "something-else"})
+    out["foreign"] = (d / "foreign.pt", "not a farc checkpoint")
+    cfg = json.loads(_meta(src)["config"])
+    cfg["embed_dim"] = 32
+    cfg["num_heads"] = 2
+    _rewrite(src, d / "config.pt", meta={"config": json.dumps(cfg)})
+    out["config_vs_shape"] = (d / "config.pt", r"tensor \S+ has shape \(.*\), config says")
+    _rewrite(src, d / "extra.pt", tensors={"blocks.9.extra": torch.zeros(2)})
+    out["extra_tensor"] = (d / "extra.pt", "unexpected blocks.9.extra")
+    out["missing"] = (d / "nope.pt", "no such checkpoint file")
+    return out
+
+
+def _meta(path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata())
+
+

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from farc.checkpoint import (
-    FORMAT_VERSION,
     Checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -71,59 +66,14 @@ def test_save_refuses_a_non_farc_model(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad files
-def _rewrite(src, dst, *, meta=None, tensors=None, redigest=True) -> None:
-    """Copy checkpoint src to dst with edited metadata / tensors (a deliberate tamper)."""
-    with safe_open(str(src), framework="pt") as f:
-        m = dict(f.metadata())
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    m.update(meta or {})
-    t.update(tensors or {})
-    if redigest:
-        m["weights_sha256"] = weights_digest(t)
-    save_file(t, str(dst), metadata=m)
-
-
-def bad_files(src, d) -> dict:
-    """name -> (path, expected error regex); every way a checkpoint can be wrong."""
-    data = src.read_bytes()
-    out = {}
-    (d / "truncated.pt").write_bytes(data[: len(data) // 2])
-    out["truncated"] = (d / "truncated.pt", "truncated or corrupt")
-    (d / "garbage.pt").write_bytes(b"\x89 this is not a checkpoint \x00" * 40)
-    out["garbage"] = (d / "garbage.pt", "truncated or corrupt")
-    (d / "empty.pt").write_bytes(b"")
-    out["empty"] = (d / "empty.pt", "truncated or corrupt")
-    flipped = bytearray(data)
-    flipped[-7] ^= 0x5A  # a byte inside the last tensor
-    (d / "bitflip.pt").write_bytes(bytes(flipped))
-    out["bitflip"] = (d / "bitflip.pt", r"do not match their stored sha256 \(file tampered\)")
-    _rewrite(src, d / "version.pt", meta={"format_version": str(FORMAT_VERSION + 1)})
-    out["version"] = (d / "version.pt", f"format version '{FORMAT_VERSION + 1}' is not supported")
-    _rewrite(src, d / "foreign.pt", meta={"format": "something-else"})
-    out["foreign"] = (d / "foreign.pt", "not a farc checkpoint")
-    cfg = json.loads(_meta(src)["config"])
-    cfg["embed_dim"] = 32
-    cfg["num_heads"] = 2
-    _rewrite(src, d / "config.pt", meta={"config": json.dumps(cfg)})
-    out["config_vs_shape"] = (d / "config.pt", r"tensor \S+ has shape \(.*\), config says")
-    _rewrite(src, d / "extra.pt", tensors={"blocks.9.extra": torch.zeros(2)})
-    out["extra_tensor"] = (d / "extra.pt", "unexpected blocks.9.extra")
-    out["missing"] = (d / "nope.pt", "no such checkpoint file")
-    return out
-
-
-def _meta(path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata())
-
-
-CASES = ["truncated", "garbage", "empty", "bitflip", "version", "foreign", "config_vs_shape",
+CASES = [  # every key of the bad_checkpoints fixture (tests/conftest.py)
+   "truncated", "garbage", "empty", "bitflip", "version", "foreign", "config_vs_shape",
          "extra_tensor", "missing"]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_file_is_one_line_checkpoint_error(case, deit_checkpoint, tmp_path):
-    path, pattern = bad_files(deit_checkpoint, tmp_path)[case]
+def test_bad_file_is_one_line_checkpoint_error(case, bad_checkpoints):
+    path, pattern = bad_checkpoints[case]
     with pytest.raises(CheckpointError, match=pattern) as info:
         load_checkpoint(path)
     assert "\n" not in str(info.value)
