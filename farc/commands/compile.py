@@ -37,7 +37,7 @@ OVERRIDES = {
               help="Override adc.range.")
 @click.option("--calibration", type=click.Choice(["max", "percentile"]), default=None,
               help="Override quant.calibration (input-range policy).")
-@click.option("--calib-samples", type=int, default=128, show_default=True,
+@click.option("--calib-samples", type=int, default=64, show_default=True,
               help="Calibration images (the first N of the training split).")
 @click.option("--data", default="digits", show_default=True,
               help="Calibration data: 'digits' or an ImageNet-style folder.")

@@ -1,6 +1,6 @@
 """`compile_checkpoint`: every compile stage in order, one line each.
 
-    checkpoint/model -> calibrate (torch, float) -> import (torch.export -> Relax)
+    checkpoint/model -> load data -> calibrate (torch, float) -> import (torch.export -> Relax)
       -> LegalizeLSTM -> PartitionCrossbar -> QuantizeCrossbar -> TileCrossbar
       -> ScheduleCrossbar -> EmitTileProgram -> Program (validated)
 
@@ -37,7 +37,7 @@ from farc.targets import Target
 class CompileOptions:
     """Knobs of one compile (hardware numbers come from the Target, not from here)."""
 
-    calib_samples: int = 128
+    calib_samples: int = 64
     """Calibration images (the first N of the split)."""
     data: str | None = "digits"
     """Calibration data: 'digits', an image folder, or None for seeded N(0, 1) images."""
@@ -64,10 +64,9 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     dump, clock = _Dumper(opts.dump_dir), _Clock(opts.timings)
     store: LayerStore = {}
     # Float ranges first: every later stage needs them, and they come from torch, not TVM.
-    calib = clock("calibrate", lambda: calibrate(model, _calib_images(model, opts),
-                                                 target.quant.percentile
-                                                 if target.quant.calibration == "percentile"
-                                                 else 100.0, seed=opts.seed))
+    images = clock("load data", lambda: _calib_images(model, opts))
+    pct = target.quant.percentile if target.quant.calibration == "percentile" else 100.0
+    calib = clock("calibrate", lambda: calibrate(model, images, pct, seed=opts.seed))
     # torch.export + Relax import, one node per LSTM: IR size independent of length.
     mod = clock("import", lambda: import_model(model).mod)
     dump("import", mod)
