@@ -86,20 +86,23 @@ def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
     return (u[None] >> shifts) & (2**dac_bits - 1)
 
 
-def adc(p: np.ndarray, step: int, adc_bits: int, integral: bool = False) -> np.ndarray:
+def adc(p: np.ndarray, step: int, adc_bits: int, integral: bool = False,
+        no_clip: bool = False, scaled: bool = True) -> np.ndarray:
     """ADC of one row tile's partial sums, in place:
     clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step (step a power of two, so the
-    scaling is exact). `integral` says P holds integers (ideal devices): step 1 is then a
-    pure clip."""
+    scaling is exact). Shortcuts that change no value: `integral` (P holds integers, ideal
+    devices) makes step 1 a pure clip; `no_clip` (P provably within [0, top*step]) skips the
+    clip; `scaled=False` returns the code (in units of step) for the caller to scale."""
     top = 2**adc_bits - 1
     if step == 1 and integral:
-        return np.minimum(p, top, out=p)
+        return p if no_clip else np.minimum(p, top, out=p)
     if step != 1:
         p *= 1.0 / step
     p += 0.5
     np.floor(p, out=p)
-    np.clip(p, 0, top, out=p)
-    if step != 1:
+    if not no_clip:
+        np.clip(p, 0, top, out=p)
+    if step != 1 and scaled:
         p *= step
     return p
 
@@ -155,6 +158,13 @@ class PreparedLayer:
     """Non-zero DAC digits per offset input value (see digit_counts)."""
     sum_dtype: type
     """float32 when the row-tile sum of ADC outputs stays below 2**24, else float64."""
+    no_clip: np.ndarray
+    """Per row tile: the largest ideal partial sum fits the ADC, so it never clips."""
+    fold_step: int
+    """The common ADC step of all row tiles (applied after the shift-add), else 0."""
+    pattern: np.ndarray | None
+    """Shift-add weight per column of an output when every output has the same pattern
+    (dense packing), in the dtype that keeps the column reduction exact; else None."""
     _levels: np.ndarray | None = None
 
     @property
@@ -189,7 +199,14 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     exact32 = qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
     steps = np.asarray(layer["adc_step"], dtype=np.int64)
     col_peak = int(flat.sum(axis=1, dtype=np.int64).max(initial=0)) * (2**db - 1)
-    lossless = bool(np.all(steps == 1)) and col_peak <= 2 ** layer["adc_bits"] - 1
+    top = 2 ** layer["adc_bits"] - 1
+    lossless = bool(np.all(steps == 1)) and col_peak <= top
+    tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * (2**db - 1)
+    fold = int(steps[0]) if np.all(steps == steps[0]) else 0
+    pattern = None
+    if np.array_equal(order, np.arange(J)) and np.all(colw == colw[:1]):
+        bound = rt * top * (1 if fold else int(steps.max())) * float(np.abs(colw[0]).sum())
+        pattern = colw[0].astype(np.float32 if bound < F32_EXACT else np.float64)
     pmax = full_scale_pmax(rows, db, cb)
     w_scale = arrays[names["w_scale"]].astype(np.float32)
     bias = arrays[names["bias"]].astype(np.float32) if names.get("bias") else None
@@ -211,7 +228,8 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         used_rows=used_rows, used_cols=used_cols,
         pulse_table=digit_counts(layer["input_bits"], db),
         sum_dtype=np.float32 if rt * (2 ** layer["adc_bits"] - 1) * int(steps.max())
-        < F32_EXACT else np.float64)
+        < F32_EXACT else np.float64,
+        no_clip=tile_peak <= top * steps, fold_step=fold, pattern=pattern)
 
 
 # ---------------------------------------------------------------- the two paths
@@ -263,18 +281,26 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
     total = None
     for r in range(pl.row_tiles):
         lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows].reshape(cv, -1)
-        digit = adc(ps(r, lhs), int(pl.steps[r]), pl.adc_bits, integral)
+        digit = adc(ps(r, lhs), int(pl.steps[r]), pl.adc_bits, integral,
+                    no_clip=integral and bool(pl.no_clip[r]), scaled=not pl.fold_step)
         if total is None:
             total = digit.astype(pl.sum_dtype, copy=False)
         else:
             total += digit
     acc = shift_add(pl, total.reshape(pl.cycles, len(u), pl.J))
+    if pl.fold_step > 1:
+        acc *= pl.fold_step
     return acc - pl.offset_qw * u.sum(axis=1, dtype=np.int64)[:, None] - pl.in_zero * pl.colsum
 
 
 def shift_add(pl: PreparedLayer, digit: np.ndarray) -> np.ndarray:
     """Summed ADC outputs [cycles, vectors, J] -> acc [vectors, N]: shift-add across
     cycles, then across slices (and the G+ - G- subtraction)."""
+    if pl.pattern is not None:  # columns first (exact in pattern's dtype), then cycles
+        c, v = digit.shape[:2]
+        m = pl.pattern.size
+        per_n = digit.reshape(-1, m).astype(pl.pattern.dtype, copy=False) @ pl.pattern
+        return (pl.cycle_w @ per_n.reshape(c, -1)).reshape(v, pl.N)
     per_col = np.tensordot(pl.cycle_w, digit, axes=(0, 0))
     if pl.order is not None:
         per_col = per_col[:, pl.order]

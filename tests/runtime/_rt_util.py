@@ -71,12 +71,13 @@ def ref_partial_sums(x_int: np.ndarray, q: np.ndarray, p: XbarParams):
                 yield r0 // p.rows, c, sign, s, uc @ g[r0:r0 + p.rows]
 
 
-def ref_mvm_int(x_int: np.ndarray, q: np.ndarray, p: XbarParams, pmax: float,
+def ref_mvm_int(x_int: np.ndarray, q: np.ndarray, p: XbarParams, pmax: float | list,
                 gain: float = 1.0) -> np.ndarray:
-    """The integer MVM; `gain` scales every conductance (drift) before the ADC."""
-    step = ref_step(pmax, p.adc_bits)
+    """The integer MVM; `pmax` per layer or per row tile; `gain` scales every conductance
+    (drift) before the ADC."""
     acc = np.zeros((x_int.shape[0], q.shape[1]), dtype=np.int64)
-    for _, c, sign, s, P in ref_partial_sums(x_int, q, p):
+    for r, c, sign, s, P in ref_partial_sums(x_int, q, p):
+        step = ref_step(pmax[r] if isinstance(pmax, list) else pmax, p.adc_bits)
         if gain == 1.0:
             digit = np.clip((2 * P + step) // (2 * step), 0, 2**p.adc_bits - 1) * step
         else:

@@ -47,6 +47,24 @@ def test_mvm_matches_definition(p: XbarParams) -> None:
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+def test_mvm_adc_step_per_row_tile(mapping) -> None:
+    """Calibrated ranges may differ per row tile: steps 1, 4 and 8 on three row tiles."""
+    from _rt_util import ref_mvm_int
+
+    p = XbarParams(rows=8, cols=16, adc_bits=2, adc_range="calibrated", mapping=mapping)
+    W, x = rand(20, 3), rand(6, 20)
+    pmax = [2, 10, 24]
+    prog = linear_program(W, None, x, p, adc_pmax=pmax)
+    assert prog.layers[0]["adc_step"] == [1, 4, 8]
+    emu = Emulator(prog)
+    pl = emu.layers[0]
+    x_int = np.clip(np.rint(x / np.float32(pl.in_scale)), -127, 127).astype(np.int64)
+    q, _ = ref_quantize_weights(W, 8)
+    want = ref_mvm_int(x_int, q, p, pmax).astype(np.float32) * pl.scale
+    np.testing.assert_array_equal(emu.run({"x": x})["y"], want)
+
+
 def test_mvm_fast_and_bitlevel_paths_identical() -> None:
     """Lossless layer: the one-matmul path and the per-cycle ADC path agree bit for bit."""
     p = XbarParams(rows=16, cols=32, adc_bits=8)  # 16 * 1 * 3 = 48 <= 255
