@@ -70,7 +70,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, provenance: dict)
         "provenance": prov,
         "weights_sha256": weights_digest(state),
     }
-    _atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def load_checkpoint(path: str | os.PathLike, expect: str | None = None) -> Checkpoint:
@@ -166,7 +166,7 @@ def _short(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call write(tmp) on a temp file beside `path`, then rename it over `path`.
 
     A crash or an error mid-write never leaves a half-written file under the final name."""

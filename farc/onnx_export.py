@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from farc.checkpoint import _atomic_write
+from farc.checkpoint import atomic_write
 from farc.errors import PassError
 
 INPUT_NAME = "image"
@@ -39,7 +39,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
     was_training = model.training
     model.eval()
     try:
-        _atomic_write(path, lambda tmp: _torchscript_export(model, example, tmp, opset))
+        atomic_write(path, lambda tmp: _torchscript_export(model, example, tmp, opset))
     finally:
         model.train(was_training)
     _check_lstm_nodes(onnx.load(str(path), load_external_data=False), model, path)

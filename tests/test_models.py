@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from dataclasses import replace
 
@@ -158,3 +159,51 @@ def test_missing_and_garbage_files(tmp_path):
         load_deit_state_dict(tmp_path / "junk.safetensors")
     with pytest.raises(CheckpointError, match="unknown DeiT preset 'deit_huge'"):
         load_deit_state_dict(tmp_path / "junk.safetensors", "deit_huge")
+
+
+# ----------------------------------------------------------------------------- training helpers
+def test_warmup_cosine_schedule():
+    from farc.train import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(1.0) and lrs[-1] < 0.05
+    assert all(a >= b for a, b in itertools.pairwise(lrs[2:]))
+
+
+def test_random_shift_moves_whole_images_and_is_seeded():
+    from farc.train import random_shift
+
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4)
+    a = random_shift(x, 1, torch.Generator().manual_seed(0))
+    b = random_shift(x, 1, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert torch.equal(random_shift(x, 0, torch.Generator()), x)
+    # interior pixels stay a translated copy of the original
+    inner = {tuple(a[i, 0, 1:3, 1:3].flatten().tolist()) for i in range(2)}
+    windows = {tuple(x[i, 0, r : r + 2, c : c + 2].flatten().tolist())
+               for i in range(2) for r in range(3) for c in range(3)}
+    assert inner <= windows
+
+
+def test_training_learns_a_separable_toy_problem():
+    from farc.train import TrainConfig, evaluate, train_classifier
+
+    torch.manual_seed(0)
+    cfg = DeiTConfig(img_size=4, patch_size=2, in_chans=1, num_classes=2, embed_dim=16,
+                     depth=1, num_heads=2, mlp_ratio=1.0)
+    x = torch.randn(128, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = (x[:, 0, 0, 0] > 0).long()
+    x[:, 0, 0, 0] += torch.where(y == 1, 2.0, -2.0)
+    model = DeiT(cfg)
+    r = train_classifier(model, (x[:96], y[:96]), (x[96:], y[96:]),
+                         TrainConfig(epochs=8, lr=5e-3, warmup_epochs=1, seed=0))
+    assert r.best_val_acc >= 0.9 and len(r.history) == 8
+    assert evaluate(model, x[96:], y[96:]) == pytest.approx(r.best_val_acc)
+    assert not model.training
