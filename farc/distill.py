@@ -315,6 +315,8 @@ class DistillOptions:
     kd: bool = True
     kd_temperature: float = 2.0
     label_smoothing: float = 0.1
+    value_init: bool = True
+    """Start pre_proj as the teacher's value projection (see `init_pre_proj_from_values`)."""
     train: TrainOptions = field(default_factory=TrainOptions)
 
     def validate(self) -> None:
@@ -381,6 +383,19 @@ def distill_stages(teacher: nn.Module, opts: DistillOptions) -> list[Stage]:
     ]
 
 
+def init_pre_proj_from_values(student: FAR, teacher: nn.Module) -> None:
+    """Copy each teacher block's value projection (the V third of attn.qkv) into pre_proj.
+
+    Head h of pre_proj then hands its LSTMs exactly the teacher's V_h, the vectors the
+    teacher's attention averages, so stage 1 starts from the right features at the right
+    scale instead of from a near-zero random projection."""
+    with torch.no_grad():
+        for t_blk, s_blk in zip(teacher.blocks, student.blocks):
+            dim = t_blk.attn.qkv.in_features
+            s_blk.far.pre_proj.weight.copy_(t_blk.attn.qkv.weight[2 * dim :])
+            s_blk.far.pre_proj.bias.copy_(t_blk.attn.qkv.bias[2 * dim :])
+
+
 @torch.no_grad()
 def function_preservation(student: nn.Module, teacher: nn.Module, x: torch.Tensor,
                           world: D.World, batch: int = 256) -> dict:
@@ -422,6 +437,8 @@ def run_distill(teacher: nn.Module, student: FAR, run: Run, opts: DistillOptions
     The report holds accuracies (teacher and student, val and test), per-block function
     preservation on the validation split and the epoch history."""
     opts.validate()
+    if opts.value_init:
+        init_pre_proj_from_values(student, teacher)
     student = run.model_from_state(student)
     for i, stage in enumerate(distill_stages(teacher, opts)):
         t0 = time.perf_counter()
