@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -117,13 +116,26 @@ def ort_session(model: bytes | str) -> ort.InferenceSession:
 
 
 def timeit(fn, repeat: int) -> float:
-    fn()  # warm-up
+    """Best of `repeat` runs after a warm-up: the least disturbed by other load."""
+    fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
+
+
+def time_pair(a, b, repeat: int) -> tuple[float, float]:
+    """Best-of times of two functions measured alternately, so both see the same load."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeat):
+        for fn, acc in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return min(ta), min(tb)
 
 
 def bench_shape(name: str, repeat: int) -> list[tuple[str, float, float, float, float]]:
@@ -132,13 +144,13 @@ def bench_shape(name: str, repeat: int) -> list[tuple[str, float, float, float, 
     x = np.random.default_rng(0).normal(size=(B, T, D)).astype(np.float32)
     sess = ort_session(onnx_block(w, T).SerializeToString())
     ref = sess.run(None, {"x": x})[0]
-    t_ort = timeit(lambda: sess.run(None, {"x": x}), repeat)
     rows = []
     for cfg_name, p in CONFIGS.items():
         emu = Emulator(far_block_program(w, T, p, calib=x))
         y = emu.run({"x": x})["y"]
         err = float(np.abs(y - ref).max() / np.abs(ref).max())
-        t_emu = timeit(lambda emu=emu: emu.run({"x": x}), repeat)
+        t_emu, t_ort = time_pair(lambda emu=emu: emu.run({"x": x}),
+                                 lambda: sess.run(None, {"x": x}), repeat)
         rows.append((f"{name} {cfg_name}", t_emu, t_ort, t_emu / t_ort, err))
     return rows
 
@@ -166,13 +178,14 @@ def bench_program(path: str, onnx_path: str | None, batch: int, repeat: int) -> 
     spec = prog.inputs[0]
     x = np.random.default_rng(0).normal(size=(batch, *spec["shape"][1:])).astype(np.float32)
     emu = Emulator(prog)
-    t_emu = timeit(lambda: emu.run({spec["name"]: x}), repeat)
-    line = f"{path:<22}{t_emu:>12.4f}"
-    if onnx_path:
-        sess = ort_session(onnx_path)
-        name = sess.get_inputs()[0].name
-        t_ort = timeit(lambda: sess.run(None, {name: x}), repeat)
-        line += f"{t_ort:>10.4f}{t_emu / t_ort:>8.2f}"
+    run_emu = lambda: emu.run({spec["name"]: x})  # noqa: E731
+    if not onnx_path:
+        print(f"{path:<22}{timeit(run_emu, repeat):>12.4f}")
+        return
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    t_emu, t_ort = time_pair(run_emu, lambda: sess.run(None, {name: x}), repeat)
+    line = f"{path:<22}{t_emu:>12.4f}{t_ort:>10.4f}{t_emu / t_ort:>8.2f}"
     print(line)
 
 
