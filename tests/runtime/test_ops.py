@@ -274,3 +274,18 @@ def test_loop_gather_carry_scatter(reverse) -> None:
         want[:, t] = acc
     np.testing.assert_array_equal(out["y"], want)
     np.testing.assert_array_equal(out["last"], acc)
+
+
+def test_partial_sum_max_matches_definition() -> None:
+    """The calibration helper returns the largest analog partial sum of the definition."""
+    from _rt_util import ref_partial_sums
+    from farc.runtime.crossbar import partial_sum_max
+
+    p = XbarParams(rows=8, cols=16, dac_bits=2, cell_bits=3)
+    W, x = rand(19, 4), rand(7, 19)
+    emu = Emulator(linear_program(W, None, x, p))
+    pl = emu.layers[0]
+    x_int = np.clip(np.rint(x / np.float32(pl.in_scale)), -127, 127).astype(np.int64)
+    q, _ = ref_quantize_weights(W, 8)
+    want = max(int(P.max()) for *_, P in ref_partial_sums(x_int, q, p))
+    assert partial_sum_max(pl, x) == want
