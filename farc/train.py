@@ -29,7 +29,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], object]
 class TrainConfig:
     """Hyper-parameters; the defaults reach >= 95% on digits with deit_digits."""
 
-    epochs: int = 30
+    epochs: int = 50
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
