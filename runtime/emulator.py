@@ -204,6 +204,10 @@ class Emulator:
         Events are recorded on the first step and multiplied by the trip count (every step
         sees the same shapes); only the data-dependent DAC pulses are counted every step."""
         T = regs[ins["count"]["reg"]].shape[ins["count"]["axis"]]
+        plan = self._plans.get(id(ins))
+        if plan is not None:
+            self._loop_lockstep(ins, regs, prefix, plan, T)
+            return
         local = dict(regs)
         outs: dict[str, np.ndarray] = {}
         outer, recording = self.counters, self._record
@@ -216,11 +220,7 @@ class Emulator:
                 local[g["dst"]] = src[(slice(None),) * (g["axis"] % src.ndim) + (i,)]
                 if self._record:
                     record_move(step, local[g["dst"]].shape)
-            plan = self._plans.get(id(ins))
-            if plan is None:
-                self._block(ins["body"], local, prefix)
-            else:
-                self._run_plan(plan, local, prefix, {})
+            self._block(ins["body"], local, prefix)
             for s in ins["scatter"]:
                 self._scatter(s, local[s["src"]], t, T, outs)
             self._record = False
@@ -231,6 +231,52 @@ class Emulator:
         for reg in ins["carry"]:
             regs[reg] = local[reg]
         regs.update(outs)
+
+    def _loop_lockstep(self, ins: dict[str, Any], regs: dict[str, np.ndarray], prefix: str,
+                       plan: list[list[Group]], T: int) -> None:
+        """_loop with grouped body, gathers and scatters: sources of gathers with the same
+        axis, direction and shape are stacked once per loop, so a step gathers every LSTM's
+        x_t with one view; scatters write one stacked step slice. Same values, same events."""
+        local = dict(regs)
+        outer, recording = self.counters, self._record
+        step = Counters()
+        self.counters = step
+        gathers = [(axis, rev, np.stack([regs[m["src"]] for m in ms]), ms)
+                   for (axis, rev, _), ms in _move_groups(ins["gather"], regs, 0).items()]
+        scatters: list[tuple[int, bool, np.ndarray, list[dict]]] = []
+        origin: dict[int, tuple] = {}
+        for t in range(T):
+            origin = {id(a): origin[id(a)] for a in (local[r] for r in ins["carry"])
+                      if id(a) in origin and origin[id(a)][2] is a}
+            for axis, rev, stack, ms in gathers:
+                view = stack[(slice(None),) * (axis + 1) + (T - 1 - t if rev else t,)]
+                for k, m in enumerate(ms):
+                    local[m["dst"]] = v = view[k]
+                    origin[id(v)] = (view, k, v, m["dst"])
+                    if self._record:
+                        record_move(step, v.shape)
+            self._run_plan(plan, local, prefix, origin)
+            if t == 0:
+                scatters = [(axis, rev, np.zeros((len(ms), *shape[:axis], T, *shape[axis:]),
+                                                 np.float32), ms)
+                            for (axis, rev, shape), ms in
+                            _move_groups(ins["scatter"], local, 1).items()]
+            for axis, rev, dst, ms in scatters:
+                src = _stack([local[m["src"]] for m in ms], origin)
+                dst[(slice(None),) * (axis + 1) + (T - 1 - t if rev else t,)] = src
+                if self._record:
+                    for _ in ms:
+                        record_move(step, src.shape[1:])
+            self._record = False
+        self.counters, self._record = outer, recording
+        if recording:
+            outer.add(step, times=T)
+            outer.instructions += 1
+        for reg in ins["carry"]:
+            regs[reg] = local[reg]
+        for _, _, dst, ms in scatters:
+            for k, m in enumerate(ms):
+                regs[m["dst"]] = dst[k]
 
     def _scatter(self, s: dict[str, Any], src: np.ndarray, t: int, T: int,
                  outs: dict[str, np.ndarray]) -> None:
@@ -377,6 +423,17 @@ def _zeros(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- helpers
+def _move_groups(moves: list[dict[str, Any]], regs: dict[str, np.ndarray],
+                 extra_rank: int) -> dict[tuple, list[dict[str, Any]]]:
+    """Gathers (extra_rank 0) or scatters (1) keyed by (axis, reverse, source shape)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for m in moves:
+        shape = regs[m["src"]].shape
+        axis = m["axis"] % (len(shape) + extra_rank)
+        groups.setdefault((axis, bool(m.get("reverse")), shape), []).append(m)
+    return groups
+
+
 def _stack(arrays: list[np.ndarray], origin: dict[int, tuple]) -> np.ndarray:
     """np.stack, or the stacked array the inputs are already views of (same order)."""
     e = origin.get(id(arrays[0]))
