@@ -13,11 +13,11 @@ import argparse
 import time
 
 import torch
+from farc.targets import load_target
 
 from farc.compiler.driver import CompileOptions, compile_checkpoint
 from farc.models.deit import DEIT_PRESETS, DeiT
 from farc.models.far import FAR, FARConfig
-from farc.targets import load_target
 
 # DeiT-Base needs more crossbars than one ISAAC chip: ISAAC cells and converters, 8-bit
 # weights on offset columns, and enough tiles to hold every weight once.
@@ -29,9 +29,9 @@ def _cases() -> dict:
         "digits-far": (lambda: FAR(FARConfig.dense(DEIT_PRESETS["deit_digits"])),
                        {}, CompileOptions(calib_samples=64, data="digits")),
         "far-base": (lambda: FAR(FARConfig.dense(DEIT_PRESETS["deit_base_patch16_224"])),
-                     BASE_TARGET, CompileOptions(calib_samples=4, data=None)),
+                     BASE_TARGET, CompileOptions(calib_samples=2, data=None)),
         "deit-base": (lambda: DeiT(DEIT_PRESETS["deit_base_patch16_224"]),
-                      BASE_TARGET, CompileOptions(calib_samples=4, data=None)),
+                      BASE_TARGET, CompileOptions(calib_samples=2, data=None)),
     }
 
 

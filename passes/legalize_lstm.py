@@ -37,14 +37,21 @@ class LegalizeLSTM:
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function) and "Codegen" not in (func.attrs or {}):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        funcs = {}
+        for gv, func in mod.functions.items():
+            legal = isinstance(func, relax.Function) and "Codegen" not in (func.attrs or {})
+            funcs[gv] = rewriter.visit_expr(func) if legal else func
+        funcs.update(rewriter.cells)
+        # One new module (not add_func per cell: that dedups against every function, O(n^2)).
+        return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.cells: dict[tvm.ir.GlobalVar, relax.Function] = {}
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if not is_extern_call(call, "relax.call_dps_packed", LSTM_EXTERN):
@@ -55,7 +62,9 @@ class _Rewriter(relax.PyExprMutator):
         b = const_value(b_ih) + const_value(b_hh)
         batch = int(x.ty.shape[0])
         cell = _cell_function(layer, batch, w, b)
-        gv = self.builder_.add_func(cell, "cell_" + layer.replace(".", "_"))
+        gv = tvm.ir.GlobalVar("cell_" + layer.replace(".", "_"))
+        relax.expr._update_type(gv, cell.ty)
+        self.cells[gv] = cell
         return relax.call_pure_packed(SCAN_EXTERN, x, gv, reverse, ty_args=call.ty)
 
 

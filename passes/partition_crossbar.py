@@ -5,8 +5,10 @@ Expects: Relax after LegalizeLSTM, weights as `[K, N]` constants named in their 
 
 Leaves: each `matmul(x, W) [+ b]` with constant W (and constant b) fused into a function
 with `Codegen = "farc"` (FuseOpsByPattern(annotate_codegen=True)) wrapping a composite
-named `farc.<kind>` (linear, patch_embed, lstm_cell, classifier). The outer function gets
-the attributes the later passes read: `farc.layer` (name), `farc.kind`, `farc.K`, `farc.N`.
+named `farc.crossbar` (or `farc.crossbar.nobias`). The outer function gets the attributes
+the later passes read: `farc.layer` (name), `farc.kind` (linear, patch_embed, lstm_cell,
+classifier, from the weight's name), `farc.K`, `farc.N`. (One pattern pair for every kind:
+FuseOpsByPattern's cost grows with the number of patterns.)
 Matmuls of two activations (DeiT attention: QK^T and AV) cannot be weight-stationary; they
 are fused into composites named `farc.digital.matmul` without a codegen, so they stay on
 the digital units and are visible as such in the IR.
@@ -24,7 +26,8 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
 
 CROSSBAR_KINDS = ("linear", "patch_embed", "lstm_cell", "classifier")
-"""Crossbar composite kinds; each is a pattern `farc.<kind>`."""
+"""Crossbar layer kinds (from the weight's name; the `farc.kind` attribute)."""
+CROSSBAR = "farc.crossbar"
 DIGITAL_MATMUL = "farc.digital.matmul"
 
 
@@ -38,23 +41,20 @@ def _matmul_pattern(with_bias: bool):
     return add, {"weight": weight, "bias": bias, "root": add}
 
 
-def _check_kind(kind: str):
-    def check(ctx: PatternCheckContext) -> bool:
-        weight = ctx.annotated_expr["weight"]
-        label = const_label(weight)
-        ty = weight.ty
-        return (label is not None and label[0] == kind and ty.dtype == "float32"
-                and len(ty.shape) == 2)
-    return check
+def _check_named_weight(ctx: PatternCheckContext) -> bool:
+    """Host fallback unless W is a named 2-D float32 constant of a crossbar kind."""
+    weight = ctx.annotated_expr["weight"]
+    label = const_label(weight)
+    ty = weight.ty
+    return (label is not None and label[0] in CROSSBAR_KINDS and ty.dtype == "float32"
+            and len(ty.shape) == 2)
 
 
 def _register() -> None:
     table = []
-    for kind in CROSSBAR_KINDS:
-        for bias in (True, False):
-            pat, ann = _matmul_pattern(bias)
-            table.append((f"farc.{kind}" + ("" if bias else ".nobias"), pat, ann,
-                          _check_kind(kind)))
+    for bias in (True, False):
+        pat, ann = _matmul_pattern(bias)
+        table.append((CROSSBAR + ("" if bias else ".nobias"), pat, ann, _check_named_weight))
     register_patterns(table)
 
 
@@ -62,8 +62,8 @@ _register()
 
 
 def crossbar_patterns() -> list:
-    """The registered crossbar patterns (biased forms first, so they win)."""
-    pats = [p for p in get_patterns_with_prefix("farc.") if p.name != DIGITAL_MATMUL]
+    """The registered crossbar patterns (the biased form first, so it wins)."""
+    pats = [p for p in get_patterns_with_prefix(CROSSBAR)]
     return sorted(pats, key=lambda p: p.name.endswith(".nobias"))
 
 

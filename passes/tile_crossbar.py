@@ -23,7 +23,7 @@ import numpy as np
 import tvm
 from farc.passes._crossbar_ir import LayerCalib, LayerData, LayerStore
 from farc.passes.partition_crossbar import crossbar_functions
-from farc.runtime.builder import XbarParams, adc_steps, column_map, encode_columns, tile_codes
+from farc.runtime.builder import XbarParams, adc_steps, column_map, tile_codes
 from farc.runtime.crossbar import bit_planes, quantize_input
 from farc.targets import Target
 
@@ -59,7 +59,7 @@ class TileCrossbar:
     def _tile(self, data: LayerData) -> None:
         p = self.params
         k, n = data.q.shape
-        codes = tile_codes(encode_columns(data.q, p), p)
+        codes = tile_codes(encode_levels(data.q, p), p)
         rt, ct = codes.shape[:2]
         data.arrays = {"codes": codes, "w_scale": data.w_scale,
                        "colsum": data.q.sum(axis=0).astype(np.int64), **column_map(n, p)}
@@ -91,6 +91,20 @@ class TileCrossbar:
             part = planes[:, :, r * p.rows : (r + 1) * p.rows] @ g
             out.append(float(part.max()) if part.size else 0.0)
         return out
+
+
+def encode_levels(q: np.ndarray, p: XbarParams) -> np.ndarray:
+    """farc.runtime.builder.encode_columns without its [K, N, signs, slices] int64
+    temporary (gigabytes for a Base model): one uint8 plane per (sign, slice)."""
+    k, n = q.shape
+    out = np.empty((k, n, p.signs, p.slices), dtype=np.uint8)
+    mags = [np.maximum(q, 0), np.maximum(-q, 0)] if p.mapping == "differential" else [q + p.qw]
+    mask = 2**p.cell_bits - 1
+    for sign, m in enumerate(mags):
+        m32 = m.astype(np.int32)
+        for s in range(p.slices):
+            out[:, :, sign, s] = (m32 >> (s * p.cell_bits)) & mask
+    return out.reshape(k, -1)
 
 
 def crossbars_needed(k: int, n: int, target: Target) -> int:
