@@ -120,7 +120,6 @@ def test_teacher_one_epoch_is_saved_with_provenance_and_repeatable(tmp_path, cap
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-    (["--preset", "deit_huge"], "unknown preset 'deit_huge'"),
     (["--data", "/no/such/dir"], "'/no/such/dir' not found"),
 ])
 def test_teacher_bad_options(args, message, tmp_path, capsys):
@@ -128,3 +127,8 @@ def test_teacher_bad_options(args, message, tmp_path, capsys):
     assert _main(["teacher", "-o", str(out), *args]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_teacher_preset_is_a_choice(tmp_path, capsys):
+    assert _main(["teacher", "-o", str(tmp_path / "t.pt"), "--preset", "deit_huge"]) == 2
+    assert "'deit_huge' is not one of 'deit_tiny_patch16_224'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import time
 
 import click
 
+from farc.models.deit import DEIT_PRESETS
 from farc.train import TrainConfig
 
 DEFAULT_PRESET = "deit_digits"
@@ -21,8 +22,8 @@ DEFAULT_PRESET = "deit_digits"
               help="Checkpoint file to write.")
 @click.option("--data", default="digits", show_default=True,
               help="'digits' (bundled) or an ImageNet-style folder of class subfolders.")
-@click.option("--preset", default=DEFAULT_PRESET, show_default=True,
-              help="DeiT shape from farc.models.deit.DEIT_PRESETS.")
+@click.option("--preset", type=click.Choice(list(DEIT_PRESETS)), default=DEFAULT_PRESET,
+              show_default=True, help="DeiT shape (farc.models.deit.DEIT_PRESETS).")
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
 @click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
@@ -73,11 +74,7 @@ def _model_config(preset: str, data: str):
     from dataclasses import replace
 
     from farc.data import num_classes
-    from farc.errors import ConfigError
-    from farc.models.deit import DEIT_PRESETS
 
-    if preset not in DEIT_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(DEIT_PRESETS)}")
     return replace(DEIT_PRESETS[preset], num_classes=num_classes(data))
 
 
