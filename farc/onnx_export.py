@@ -35,7 +35,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
 
     path = Path(path)
     cfg = _deit_config(model)
-    example = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    device = next(model.parameters()).device
+    example = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
     was_training = model.training
     model.eval()
     try:
