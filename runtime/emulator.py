@@ -71,7 +71,8 @@ class Emulator:
         self._devices = self._program_devices(np.random.default_rng(prog_seed))
         self._plans = {id(ins): plan for ins in program.instructions if ins["op"] == "loop"
                        and lockstep and (plan := plan_body(ins["body"], self.layers,
-                                                           fast_mvm=self._fast_ok())) is not None}
+                                                           fast_mvm=self._fast_ok(),
+                                                           gathers=ins["gather"])) is not None}
         self.counters = Counters()
         self._pulses = 0
         self._record = True
@@ -167,37 +168,33 @@ class Emulator:
     def _stackable(g: Group, regs: dict[str, np.ndarray]) -> bool:
         """Same shape per input position across members, one rank across positions.
         Remembered per group and shapes of its first member (steps repeat the shapes)."""
-        first = g.members[0][1].get("in", [])
-        key = tuple(regs[r].shape for r in first)
+        key = tuple(regs[names[0]].shape for names in g.inputs)
         ok = g.stackable.get(key)
         if ok is None:
-            same = all(regs[ins["in"][k]].shape == key[k] for _, ins in g.members
-                       for k in range(len(first)))
+            same = all(regs[r].shape == key[k] for k, names in enumerate(g.inputs)
+                       for r in names)
             ok = g.stackable[key] = same and len({len(s) for s in key}) <= 1
         return ok
 
     def _exec_group(self, g: Group, regs: dict[str, np.ndarray], prefix: str,
                     origin: dict[int, tuple]) -> None:
-        n_in = len(g.members[0][1].get("in", []))
-        xs = [_stack([regs[ins["in"][k]] for _, ins in g.members], origin)
-              for k in range(n_in)]
-        first_i, first = g.members[0]
+        xs = [_stack([regs[r] for r in names], origin) for names in g.inputs]
         try:
             if g.mvm is not None:
                 out, pulses = mvm_stacked(g.mvm, xs[0])
                 self._pulses += pulses
             else:
-                out = HANDLERS[g.op](self, g.axis_ins or first, xs)
+                out = HANDLERS[g.op](self, g.axis_ins or g.members[0][1], xs)
         except (ValueError, IndexError) as exc:
-            raise EmulatorError(f"instruction {prefix}{first_i} ({g.op}, lockstep group of "
-                                f"{len(g.members)}): {exc}") from None
-        for k, (_, ins) in enumerate(g.members):
-            view = out[k]
-            regs[ins["out"]] = view
-            origin[id(view)] = (out, k, view, ins["out"])
-            if self._record:
+            raise EmulatorError(f"instruction {prefix}{g.members[0][0]} ({g.op}, lockstep group "
+                                f"of {len(g.members)}): {exc}") from None
+        for k, (name, view) in enumerate(zip(g.outs, out)):
+            regs[name] = view
+            origin[id(view)] = (out, k, view, name)
+        if self._record:
+            for _, ins in g.members:
                 geom = self.geoms[ins["layer"]] if g.op == "mvm" else None
-                record(self.counters, ins, [x.shape[1:] for x in xs], view.shape, geom)
+                record(self.counters, ins, [x.shape[1:] for x in xs], out.shape[1:], geom)
 
     def _loop(self, ins: dict[str, Any], regs: dict[str, np.ndarray], prefix: str) -> None:
         """Run the body once per step; carry registers persist, body temporaries do not.
@@ -435,15 +432,19 @@ def _move_groups(moves: list[dict[str, Any]], regs: dict[str, np.ndarray],
 
 
 def _stack(arrays: list[np.ndarray], origin: dict[int, tuple]) -> np.ndarray:
-    """np.stack, or the stacked array the inputs are already views of (same order)."""
-    e = origin.get(id(arrays[0]))
-    if e is not None and e[2] is arrays[0] and e[1] == 0 and len(e[0]) == len(arrays):
-        base = e[0]
-        if all((o := origin.get(id(a))) is not None and o[2] is a and o[0] is base
-               and o[1] == k for k, a in enumerate(arrays)):
-            return base
-    return np.stack(arrays)
-
+    """np.stack(arrays), built from slices of the stacked arrays they are views of when
+    they all are (consecutive members of one stack are one slice, no copy)."""
+    runs: list[list] = []
+    for a in arrays:
+        o = origin.get(id(a))
+        if o is None or o[2] is not a:
+            return np.stack(arrays)
+        if runs and runs[-1][0] is o[0] and runs[-1][2] == o[1]:
+            runs[-1][2] += 1
+        else:
+            runs.append([o[0], o[1], o[1] + 1])
+    parts = [base[lo:hi] for base, lo, hi in runs]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

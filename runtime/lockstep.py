@@ -52,22 +52,49 @@ class Group:
     """The first member with its axis shifted past the stacking axis (slice, concat)."""
     stackable: dict[tuple, bool] = field(default_factory=dict)
     """Memo of the emulator's shape check, keyed by the first member's input shapes."""
+    inputs: list[list[str]] = field(default_factory=list)
+    """Input registers by position: inputs[k][m] is member m's k-th input."""
+    outs: list[str] = field(default_factory=list)
+    """Output register of each member."""
+
+    def __post_init__(self) -> None:
+        n_in = len(self.members[0][1].get("in", []))
+        self.inputs = [[ins["in"][k] for _, ins in self.members] for k in range(n_in)]
+        self.outs = [ins.get("out") for _, ins in self.members]
 
 
-def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer],
-              fast_mvm: bool) -> list[list[Group]] | None:
-    """Dependency levels of grouped instructions, or None when the body holds a loop."""
+def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer], fast_mvm: bool,
+              gathers: list[dict[str, Any]] = ()) -> list[list[Group]] | None:
+    """Dependency levels of grouped instructions, or None when the body holds a loop.
+
+    Members of a group are ordered like the producers of their first input (gathers first,
+    forward before reverse, then earlier groups), so a group's stacked inputs are mostly
+    slices of one earlier stacked output and need no copy."""
     if any(ins["op"] == "loop" for ins in body):
         return None
     levels = _levels(body)
+    pos: dict[str, tuple] = {g["dst"]: (-1, int(bool(g.get("reverse"))), j)
+                             for j, g in enumerate(gathers)}
     plan: list[list[Group]] = []
     for lv in range(max(levels, default=-1) + 1):
         buckets: dict[Any, list[tuple[int, dict]]] = {}
         for i, ins in enumerate(body):
             if levels[i] == lv:
                 buckets.setdefault(_signature(i, ins, layers, fast_mvm), []).append((i, ins))
-        plan.append([_group(members, layers) for members in buckets.values()])
+        groups = []
+        for bucket in buckets.values():
+            members = sorted(bucket, key=lambda m: _producer(m[1], pos))
+            groups.append(_group(members, layers))
+            for k, (_, ins) in enumerate(members):
+                if ins.get("out"):
+                    pos[ins["out"]] = (len(plan), len(groups), k)
+        plan.append(groups)
     return plan
+
+
+def _producer(ins: dict[str, Any], pos: dict[str, tuple]) -> tuple:
+    ins_regs = ins.get("in", [])
+    return pos.get(ins_regs[0], (1 << 30,)) if ins_regs else (1 << 30,)
 
 
 def _levels(body: list[dict[str, Any]]) -> list[int]:
