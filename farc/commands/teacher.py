@@ -29,12 +29,14 @@ DEFAULT_PRESET = "deit_digits"
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--shift", type=int, default=TrainConfig.shift, show_default=True,
               help="Random-translation augmentation in pixels (0: off).")
+@click.option("--noise", type=float, default=TrainConfig.noise, show_default=True,
+              help="Std of Gaussian pixel-noise augmentation (0: off).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds init, shuffling and augmentation: same seed, same checkpoint.")
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads (default 1: the digits model is too small to gain "
                    "from more, and extra threads spin when cores are shared).")
-def command(output, data, preset, epochs, lr, batch_size, shift, seed, threads) -> None:
+def command(output, data, preset, epochs, lr, batch_size, shift, noise, seed, threads) -> None:
     """Train a DeiT on a dataset's train split; pick by val; report test accuracy."""
     import torch
 
@@ -44,7 +46,8 @@ def command(output, data, preset, epochs, lr, batch_size, shift, seed, threads) 
     from farc.train import evaluate, train_classifier
 
     cfg = _model_config(preset, data)
-    tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, shift=shift, seed=seed)
+    tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, shift=shift, noise=noise,
+                       seed=seed)
     _check_options(tcfg)
     threads = threads or 1
     torch.set_num_threads(threads)
@@ -88,6 +91,8 @@ def _check_options(cfg: TrainConfig) -> None:
         raise ConfigError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.shift < 0:
         raise ConfigError(f"--shift must be >= 0, got {cfg.shift}")
+    if cfg.noise < 0:
+        raise ConfigError(f"--noise must be >= 0, got {cfg.noise}")
 
 
 def _provenance(data: str, preset: str, cfg: TrainConfig, threads: int, metrics: dict) -> dict:
