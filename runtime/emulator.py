@@ -17,7 +17,7 @@ from farc.errors import EmulatorError
 
 from . import crossbar as xb
 from .counters import Counters, LayerGeometry, record, record_move
-from .lockstep import Group, mvm_stacked, plan_body
+from .lockstep import Group, HoistedInputs, hoist_inputs, mvm_hoisted, mvm_stacked, plan_body
 from .noise import NoiseConfig, noisy_partial_sums, program_conductances
 from .program import Program
 
@@ -46,10 +46,12 @@ class Emulator:
         per-cycle/per-column ADC path) or 'fast' (refused unless every layer is lossless).
     lockstep: run the same instruction of every LSTM in a loop body as one numpy call
         (runtime/lockstep.py); False runs the body one instruction at a time.
+    hoist: with lockstep, move the x_t part of fast-path LSTM cell MVMs out of the loop
+        (one matmul over all steps; exact, see lockstep.Hoist).
     """
 
     def __init__(self, program: Program, noise: NoiseConfig | None = None, seed: int = 0,
-                 mvm_path: str = "auto", lockstep: bool = True) -> None:
+                 mvm_path: str = "auto", lockstep: bool = True, hoist: bool = True) -> None:
         if mvm_path not in MVM_PATHS:
             raise EmulatorError(f"mvm_path {mvm_path!r} not in {MVM_PATHS}")
         if not program.validated:
@@ -76,6 +78,9 @@ class Emulator:
         self.counters = Counters()
         self._pulses = 0
         self._record = True
+        self._hoist = hoist
+        self._hoisted: dict[int, HoistedInputs] = {}
+        self._step = 0
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
 
@@ -158,7 +163,7 @@ class Emulator:
                   origin: dict[int, tuple]) -> None:
         for level in plan:
             for g in level:
-                if len(g.members) > 1 and self._stackable(g, regs):
+                if (len(g.members) > 1 or g.mvm is not None) and self._stackable(g, regs):
                     self._exec_group(g, regs, prefix, origin)
                 else:
                     for i, ins in g.members:
@@ -180,7 +185,12 @@ class Emulator:
                     origin: dict[int, tuple]) -> None:
         xs = [_stack([regs[r] for r in names], origin) for names in g.inputs]
         try:
-            if g.mvm is not None:
+            hx = self._hoisted.get(id(g))
+            if hx is not None:
+                h = _stack([regs[r] for r in g.hoist.others], origin)
+                out, pulses = mvm_hoisted(g.mvm, hx, self._step, h)
+                self._pulses += pulses
+            elif g.mvm is not None:
                 out, pulses = mvm_stacked(g.mvm, xs[0])
                 self._pulses += pulses
             else:
@@ -242,7 +252,15 @@ class Emulator:
                    for (axis, rev, _), ms in _move_groups(ins["gather"], regs, 0).items()]
         scatters: list[tuple[int, bool, np.ndarray, list[dict]]] = []
         origin: dict[int, tuple] = {}
+        self._hoisted = {}
+        if self._hoist:
+            for g in (g for level in plan for g in level if g.hoist is not None):
+                hx, pulses = hoist_inputs(g, regs, T)
+                if hx is not None:
+                    self._hoisted[id(g)] = hx
+                    self._pulses += pulses
         for t in range(T):
+            self._step = t
             origin = {id(a): origin[id(a)] for a in (local[r] for r in ins["carry"])
                       if id(a) in origin and origin[id(a)][2] is a}
             for axis, rev, stack, ms in gathers:
@@ -274,6 +292,7 @@ class Emulator:
         for _, _, dst, ms in scatters:
             for k, m in enumerate(ms):
                 regs[m["dst"]] = dst[k]
+        self._hoisted = {}
 
     def _scatter(self, s: dict[str, Any], src: np.ndarray, t: int, T: int,
                  outs: dict[str, np.ndarray]) -> None:

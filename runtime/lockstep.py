@@ -42,6 +42,22 @@ class MvmStack:
 
 
 @dataclass
+class Hoist:
+    """An LSTM input projection moved out of its loop. For a member mvm(concat([x_t, h])),
+    x_t gathered from `src`, the integer result splits exactly into x_int_t @ q_x +
+    h_int @ q_h: the x part is one large matmul over all steps before the loop, only the
+    h part runs per step. Same integers, same quantization, same events."""
+
+    gathers: list[dict[str, Any]]
+    """Per member, the gather that produces x_t."""
+    others: list[str]
+    """Per member, the register concatenated with x_t (h)."""
+    concat_axes: list[int]
+    x_first: bool
+    """x_t comes first in the concat (it holds the first rows of the layer)."""
+
+
+@dataclass
 class Group:
     """Instructions (with their body indices) run as one call."""
 
@@ -56,6 +72,7 @@ class Group:
     """Input registers by position: inputs[k][m] is member m's k-th input."""
     outs: list[str] = field(default_factory=list)
     """Output register of each member."""
+    hoist: Hoist | None = None
 
     def __post_init__(self) -> None:
         n_in = len(self.members[0][1].get("in", []))
@@ -84,12 +101,48 @@ def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer], fast_mvm:
         groups = []
         for bucket in buckets.values():
             members = sorted(bucket, key=lambda m: _producer(m[1], pos))
-            groups.append(_group(members, layers))
+            sig = _signature(members[0][0], members[0][1], layers, fast_mvm)
+            groups.append(_group(members, layers, stack_mvm=sig[0] != "single"))
             for k, (_, ins) in enumerate(members):
                 if ins.get("out"):
                     pos[ins["out"]] = (len(plan), len(groups), k)
         plan.append(groups)
+    for groups in plan:
+        for g in groups:
+            if g.mvm is not None:
+                g.hoist = _find_hoist(g, body, levels, gathers)
     return plan
+
+
+def _find_hoist(g: Group, body: list[dict[str, Any]], levels: list[int],
+                gathers: list[dict[str, Any]]) -> Hoist | None:
+    """A Hoist when every member reads concat([gathered x_t, h]) (or [h, x_t], the same
+    order for all) and nothing rewrites x_t or h between the concat and the mvm."""
+    gdst = {gt["dst"]: gt for gt in gathers}
+    writers: dict[str, list[int]] = {}
+    for i, ins in enumerate(body):
+        if ins.get("out"):
+            writers.setdefault(ins["out"], []).append(i)
+    found = []
+    for i, ins in g.members:
+        cat = [j for j in writers.get(ins["in"][0], []) if j < i]
+        if len(writers.get(ins["in"][0], [])) != 1 or not cat:
+            return None
+        c = body[cat[0]]
+        if c["op"] != "concat" or len(c["in"]) != 2:
+            return None
+        xs = [k for k, r in enumerate(c["in"]) if r in gdst]
+        if len(xs) != 1:
+            return None
+        x_reg, other = c["in"][xs[0]], c["in"][1 - xs[0]]
+        if x_reg in writers or any(levels[w] <= levels[i] for w in writers.get(other, [])
+                                   if w > cat[0]):
+            return None
+        found.append((gdst[x_reg], other, c["axis"], xs[0] == 0))
+    if len({f[3] for f in found}) != 1:
+        return None
+    return Hoist(gathers=[f[0] for f in found], others=[f[1] for f in found],
+                 concat_axes=[f[2] for f in found], x_first=found[0][3])
 
 
 def _producer(ins: dict[str, Any], pos: dict[str, tuple]) -> tuple:
@@ -130,10 +183,11 @@ def _signature(i: int, ins: dict[str, Any], layers: list[PreparedLayer],
             str(pl.q.dtype), pl.bias is None)
 
 
-def _group(members: list[tuple[int, dict[str, Any]]], layers: list[PreparedLayer]) -> Group:
+def _group(members: list[tuple[int, dict[str, Any]]], layers: list[PreparedLayer],
+           stack_mvm: bool) -> Group:
     first = members[0][1]
     g = Group(op=first["op"], members=members)
-    if len(members) > 1 and g.op == "mvm":
+    if stack_mvm and g.op == "mvm":
         pls = [layers[ins["layer"]] for _, ins in members]
         g.mvm = MvmStack(
             q=np.stack([pl.q for pl in pls]),
@@ -164,3 +218,57 @@ def mvm_stacked(st: MvmStack, x: np.ndarray) -> tuple[np.ndarray, int]:
         y += st.bias
     pulses = int(pl.pulse_table[(xq + pl.in_zero).astype(np.intp)].sum()) * pl.col_tiles
     return y.reshape(*x.shape[:-1], pl.N), pulses
+
+
+@dataclass
+class HoistedInputs:
+    """The x part of a hoisted group for one loop run: y_x[t] is [G, ..., N] for step t."""
+
+    y_x: np.ndarray
+    q_h: np.ndarray
+    """[G, K - d, N] weights of the per-step part."""
+
+
+def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
+                 ) -> tuple[HoistedInputs | None, int]:
+    """Quantize every gathered x of the loop and multiply it by its rows of q at once.
+    Returns (None, 0) when run-time shapes do not fit the pattern; else the hoisted part and
+    the DAC pulses of all the x digits (their share of the loop's pulses)."""
+    st, h = g.mvm, g.hoist
+    parts, pulses, d = [], 0, None
+    for m, (gt, axis) in enumerate(zip(h.gathers, h.concat_axes)):
+        src = regs[gt["src"]]
+        ga = gt["axis"] % src.ndim
+        if ga == src.ndim - 1 or axis % (src.ndim - 1) != src.ndim - 2 or \
+                (d is not None and src.shape[-1] != d):
+            return None, 0
+        d = src.shape[-1]
+        pl = st.layers[m]
+        rows = slice(0, d) if h.x_first else slice(pl.K - d, pl.K)
+        qx = np.float32(2 ** (pl.input_bits - 1) - 1)
+        xq = np.clip(np.rint(src / st.in_scale[m]), -qx, qx)
+        pulses += int(pl.pulse_table[(xq + pl.in_zero).astype(np.intp)].sum()) * pl.col_tiles
+        steps = np.arange(T)
+        idx = src.shape[ga] - 1 - steps if gt.get("reverse") else steps
+        parts.append((np.moveaxis(xq, ga, 0)[idx]).astype(st.q.dtype) @ st.q[m, rows])
+    other = slice(d, None) if h.x_first else slice(0, st.q.shape[1] - d)
+    return HoistedInputs(y_x=np.stack(parts, axis=1),
+                         q_h=np.ascontiguousarray(st.q[:, other])), pulses
+
+
+def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray
+                ) -> tuple[np.ndarray, int]:
+    """Step t of a hoisted group: y_int = y_x[t] + h_int @ q_h (exact), then the rescale.
+    Element for element the same float32 operations as mvm_stacked."""
+    pl = st.layers[0]
+    G, K = h.shape[0], h.shape[-1]
+    flat = h.reshape(G, -1, K)
+    qx = np.float32(2 ** (pl.input_bits - 1) - 1)
+    hq = np.rint(flat / st.in_scale)
+    np.clip(hq, -qx, qx, out=hq)
+    y_int = hx.y_x[t].reshape(G, -1, pl.N) + hq.astype(st.q.dtype, copy=False) @ hx.q_h
+    y = y_int.astype(np.float32, copy=False) * st.scale
+    if st.bias is not None:
+        y += st.bias
+    pulses = int(pl.pulse_table[(hq + pl.in_zero).astype(np.intp)].sum()) * pl.col_tiles
+    return y.reshape(*h.shape[:-1], pl.N), pulses

@@ -173,3 +173,41 @@ def test_lockstep_groups_equal_lstms() -> None:
     assert [len(g.members) for lv in plan for g in lv if g.op == "mvm"] == [4]
     ref = Emulator(far_block_program(w, T=4, p=P, calib=x), lockstep=False)
     np.testing.assert_array_equal(emu.run({"x": x})["y"], ref.run({"x": x})["y"])
+
+
+def test_hoisted_input_projection_changes_nothing(block) -> None:
+    """Moving x_t @ q_x out of the loop gives the same integers: identical outputs and
+    identical events (DAC pulses included)."""
+    _, x, prog = block
+    a = Emulator(prog, hoist=True)
+    b = Emulator(prog, hoist=False)
+    c = Emulator(prog, lockstep=False)
+    assert any(g.hoist is not None for plan in a._plans.values() for lv in plan for g in lv)
+    ya, yb, yc = (e.run({"x": x})["y"] for e in (a, b, c))
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(ya, yc)
+    assert a.counters.to_dict() == b.counters.to_dict() == c.counters.to_dict()
+
+
+def test_hoist_refused_when_h_changes_before_the_mvm() -> None:
+    """If the body rewrites the concatenated register before the MVM, no hoisting."""
+    from farc.runtime.builder import input_scale, make_program, pack_layer
+    from farc.runtime.lockstep import plan_body
+    W = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32)
+    layer, arrays = pack_layer(W, None, input_scale(np.ones(1), 8), P)
+    body = [{"op": "concat", "in": ["xt", "h"], "axis": -1, "out": "z"},
+            {"op": "scale", "in": ["h"], "value": 2.0, "out": "h"},
+            {"op": "mvm", "layer": 0, "in": ["z"], "out": "y"},
+            {"op": "slice", "in": ["y"], "axis": -1, "start": 0, "stop": 2, "out": "h"}]
+    ins = [{"op": "input", "name": "x", "out": "x"},
+           {"op": "zeros", "in": ["x"], "shape": [2], "out": "h"},
+           {"op": "loop", "count": {"reg": "x", "axis": 1}, "carry": ["h"],
+            "gather": [{"src": "x", "axis": 1, "dst": "xt"}], "body": body, "scatter": []},
+           {"op": "output", "name": "y", "in": ["h"]}]
+    prog = make_program(ins, {"x": [3, 2]}, {"y": [2]}, [(layer, arrays)])
+    emu = Emulator(prog)
+    plan = plan_body(body, emu.layers, True, prog.instructions[2]["gather"])
+    assert all(g.hoist is None for lv in plan for g in lv)
+    x = np.random.default_rng(1).normal(size=(2, 3, 2)).astype(np.float32)
+    np.testing.assert_array_equal(emu.run({"x": x})["y"],
+                                  Emulator(prog, lockstep=False).run({"x": x})["y"])
