@@ -12,7 +12,9 @@ is kept per layer for the calibrated ADC range (TileCrossbar)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import types
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ def calibrate(model: nn.Module, images: torch.Tensor, percentile: float = 100.0,
     hooks = [_hook(mod, name, seen) for name, mod in model.named_modules()]
     hooks = [h for h in hooks if h is not None]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _batched_lstms(model, seen):
             for i in range(0, len(images), batch):
                 model(images[i : i + batch])
     finally:
@@ -84,3 +86,71 @@ def _stacked(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """[x_t ; h_{t-1}] for every step of a batch_first LSTM run, h_{-1} = 0."""
     prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
     return torch.cat([x, prev], dim=-1)
+
+
+# ---- FAR mixers: every head and direction of a block stepped together ----
+# nn.LSTM runs one (head, direction) at a time: 2H * T small steps per block, which made a
+# FAR-Base calibration take most of the compile. Stepping all of a block's LSTMs as one
+# batched matmul per step is the same maths (hidden sizes are padded with zero weights:
+# a padded unit stays exactly 0 and feeds nothing).
+
+@contextlib.contextmanager
+def _batched_lstms(model: nn.Module, seen: dict) -> Iterator[None]:
+    from farc.models.far import FARMixer
+
+    names = {id(m): n for n, m in model.named_modules()}
+    mixers = [m for m in model.modules() if isinstance(m, FARMixer)]
+    for m in mixers:
+        m.heads_out = types.MethodType(_heads_out_recording(names, seen), m)
+    try:
+        yield
+    finally:
+        for m in mixers:
+            del m.heads_out
+
+
+def _heads_out_recording(names: dict, seen: dict):
+    def heads_out(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre_proj(x)
+        d, heads = self.head_dim, self.num_heads
+        lstms = [*self.lstm_fwd, *self.lstm_bwd]
+        xs = [x[:, :, h * d : (h + 1) * d] for h in range(heads)]
+        inputs = xs + [xh.flip(1) for xh in xs]
+        outs = _run_lstms(lstms, inputs)
+        for lstm, xi, hi in zip(lstms, inputs, outs):
+            _recorder(names[id(lstm)], seen)(_stacked(xi, hi))
+        res = []
+        for h in range(heads):
+            cat = torch.cat([outs[h], outs[heads + h].flip(1)], dim=-1)
+            res.append(self.head_proj[h](cat))
+        return torch.stack(res, dim=2)
+    return heads_out
+
+
+def _run_lstms(lstms: list[nn.LSTM], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run L single-layer LSTMs (zero state) on their inputs [B, T, I] in lockstep."""
+    hmax = max(m.hidden_size for m in lstms)
+    w_ih = torch.stack([_pad_gates(m.weight_ih_l0, hmax) for m in lstms])     # [L, 4Hm, I]
+    w_hh = torch.stack([_pad_gates(torch.nn.functional.pad(
+        m.weight_hh_l0, (0, hmax - m.hidden_size)), hmax) for m in lstms])    # [L, 4Hm, Hm]
+    bias = torch.stack([_pad_gates((m.bias_ih_l0 + m.bias_hh_l0)[:, None], hmax)[:, 0]
+                        for m in lstms])                                      # [L, 4Hm]
+    x = torch.stack(inputs)                                                   # [L, B, T, I]
+    xp = torch.einsum("lbti,lgi->tlbg", x, w_ih) + bias[None, :, None]        # [T, L, B, 4Hm]
+    h = x.new_zeros(len(lstms), x.shape[1], hmax)
+    c = torch.zeros_like(h)
+    steps = []
+    for t in range(x.shape[2]):
+        i, f, g, o = (xp[t] + torch.bmm(h, w_hh.transpose(1, 2))).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        steps.append(h)
+    out = torch.stack(steps, dim=2)                                           # [L, B, T, Hm]
+    return [out[k, :, :, : m.hidden_size] for k, m in enumerate(lstms)]
+
+
+def _pad_gates(w: torch.Tensor, hmax: int) -> torch.Tensor:
+    """[4H, X] in gate blocks i, f, g, o -> [4*hmax, X], each block zero-padded."""
+    blocks = w.reshape(4, -1, w.shape[-1])
+    return torch.nn.functional.pad(blocks, (0, 0, 0, hmax - blocks.shape[1])).reshape(
+        4 * hmax, -1)
