@@ -62,7 +62,8 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
     out = Path(output) if output else Path(checkpoint).with_suffix(".farc")
     opts = CompileOptions(calib_samples=calib_samples, data=data, replicate=replicate,
                           dump_dir=Path(dump_dir) if dump_dir else None,
-                          checkpoint_path=str(Path(checkpoint).resolve()))
+                          checkpoint_path=str(Path(checkpoint).resolve()),
+                          validate=False)  # save() validates before writing
     program = compile_checkpoint(ckpt, target, opts)
     program.save(out)
     written = [out]

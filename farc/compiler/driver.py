@@ -50,6 +50,8 @@ class CompileOptions:
     checkpoint_path: str | None = None
     """Recorded in the manifest's provenance."""
     seed: int = 0
+    validate: bool = True
+    """Validate the program on exit (Program.save validates again before writing)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Filled with seconds per stage."""
 
@@ -82,14 +84,15 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     for name, stage in stages:
         mod = clock(name, lambda stage=stage, mod=mod: stage(mod))
         dump(name, mod)
-    program = clock("validate", lambda: _program(emit))
+    program = clock("validate", lambda: _program(emit, opts.validate))
     dump.manifest(program)
     return program
 
 
-def _program(emit: Any) -> Program:
+def _program(emit: Any, validate: bool) -> Program:
     program = Program(emit.manifest, emit.arrays)
-    program.validate()
+    if validate:
+        program.validate()
     return program
 
 
