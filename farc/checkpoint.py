@@ -97,6 +97,7 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
+    _refuse_torch_save(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -109,6 +110,19 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             f"{path}: not a readable farc checkpoint (truncated or corrupt: {msg})"
         ) from None
     return meta, state
+
+
+def _refuse_torch_save(path: Path) -> None:
+    """A torch.save file (zip or raw pickle) gets a pointer to the importer, not a parse error."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{":  # safetensors: 8-byte header length, then the JSON header
+        return
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path}: is a torch.save/pickle file, not a farc checkpoint; import timm or "
+            "facebookresearch weights with farc.models.loading.load_deit_state_dict"
+        )
 
 
 def _check_header(path: Path, meta: dict) -> None:

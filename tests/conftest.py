@@ -120,6 +120,8 @@ def _bad_files(src, d) -> dict:
     _rewrite(src, d / "extra.pt", tensors={"blocks.9.extra": torch.zeros(2)})
     out["extra_tensor"] = (d / "extra.pt", "unexpected blocks.9.extra")
     out["missing"] = (d / "nope.pt", "no such checkpoint file")
+    torch.save({"model": {"w": torch.zeros(2)}}, d / "torch_save.pt")
+    out["torch_save"] = (d / "torch_save.pt", "is a torch.save/pickle file, not a farc checkpoint")
     return out
 
 

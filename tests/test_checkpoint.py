@@ -68,7 +68,7 @@ def test_save_refuses_a_non_farc_model(tmp_path):
 # ----------------------------------------------------------------------------- bad files
 CASES = [  # every key of the bad_checkpoints fixture (tests/conftest.py)
    "truncated", "garbage", "empty", "bitflip", "version", "foreign", "config_vs_shape",
-         "extra_tensor", "missing"]
+         "extra_tensor", "missing", "torch_save"]
 
 
 @pytest.mark.parametrize("case", CASES)

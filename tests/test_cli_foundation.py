@@ -67,7 +67,7 @@ def test_export_writes_a_checked_onnx(fixture, request, tmp_path, capsys):
 
 
 CASES = ["truncated", "garbage", "empty", "bitflip", "version", "foreign", "config_vs_shape",
-         "extra_tensor", "missing"]
+         "extra_tensor", "missing", "torch_save"]
 
 
 @pytest.mark.parametrize("case", CASES)
