@@ -119,7 +119,8 @@ def test_teacher_one_epoch_is_saved_with_provenance_and_repeatable(tmp_path, cap
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--epochs", "0"], "--epochs must be >= 1 (0 only with --weights), got 0"),
+    (["--noise", "-1"], "--noise must be >= 0, got -1.0"),
     (["--data", "/no/such/dir"], "'/no/such/dir' not found"),
 ])
 def test_teacher_bad_options(args, message, tmp_path, capsys):
@@ -132,3 +133,34 @@ def test_teacher_bad_options(args, message, tmp_path, capsys):
 def test_teacher_preset_is_a_choice(tmp_path, capsys):
     assert _main(["teacher", "-o", str(tmp_path / "t.pt"), "--preset", "deit_huge"]) == 2
     assert "'deit_huge' is not one of 'deit_tiny_patch16_224'" in capsys.readouterr().err
+
+
+def test_teacher_imports_timm_weights_and_trains_on_a_folder(tmp_path, capsys, deit_digits):
+    """--weights + --epochs 0 imports and evaluates; a folder dataset feeds the same command."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(10):  # 10 classes so the digits-shaped weights fit
+        (tmp_path / "imgs" / f"c{label}").mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+                tmp_path / "imgs" / f"c{label}" / f"{i}.png")
+    weights = tmp_path / "digits.pth"
+    torch.save({"model": deit_digits.state_dict()}, weights)
+    out = tmp_path / "t.pt"
+    argv = ["teacher", "-o", str(out), "--weights", str(weights), "--preset", "deit_digits",
+            "--epochs", "0", "--data", str(tmp_path / "imgs")]
+    assert _main(argv) == 0
+    ckpt = load_checkpoint(out, expect="deit")
+    assert ckpt.model.cfg == deit_digits.cfg
+    assert weights_digest(ckpt.model.state_dict()) == weights_digest(deit_digits.state_dict())
+    assert ckpt.provenance["weights"]["path"] == str(weights.resolve())
+    assert ckpt.provenance["metrics"]["best_epoch"] is None
+    capsys.readouterr()
+    assert _main(["teacher", "-o", str(out), "--epochs", "1", "--data",
+                  str(tmp_path / "imgs")]) == 0
+    trained = load_checkpoint(out)
+    assert trained.provenance["data"] == str(tmp_path / "imgs")
+    assert trained.provenance["train_config"]["epochs"] == 1

@@ -1,8 +1,10 @@
-"""`farc teacher -o teacher.pt`: train a small DeiT teacher and save it with provenance.
+"""`farc teacher -o teacher.pt`: train (or import) a DeiT teacher and save it with provenance.
 
 Trains on the train split, keeps the epoch with the best validation accuracy, reports test
 accuracy once at the end (test never steers training), and records everything needed to
-reproduce the run (data spec, seed, hyper-parameters, threads, seconds) in the checkpoint."""
+reproduce the run (data spec, seed, hyper-parameters, threads, seconds) in the checkpoint.
+`--weights FILE` starts from a timm / facebookresearch state dict instead of random init;
+with `--epochs 0` that just imports and evaluates the weights."""
 
 from __future__ import annotations
 
@@ -24,7 +26,11 @@ DEFAULT_PRESET = "deit_digits"
               help="'digits' (bundled) or an ImageNet-style folder of class subfolders.")
 @click.option("--preset", type=click.Choice(list(DEIT_PRESETS)), default=DEFAULT_PRESET,
               show_default=True, help="DeiT shape (farc.models.deit.DEIT_PRESETS).")
-@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Start from a timm/facebookresearch DeiT state dict (.pth/.safetensors); "
+                   "its shape comes from the file, its heads from an explicit --preset.")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True,
+              help="Training epochs (0 only with --weights: import and evaluate).")
 @click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--shift", type=int, default=TrainConfig.shift, show_default=True,
@@ -36,57 +42,99 @@ DEFAULT_PRESET = "deit_digits"
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads (default 1: the digits model is too small to gain "
                    "from more, and extra threads spin when cores are shared).")
-def command(output, data, preset, epochs, lr, batch_size, shift, noise, seed, threads) -> None:
+@click.pass_context
+def command(ctx, output, data, preset, weights, epochs, lr, batch_size, shift, noise, seed,
+            threads) -> None:
     """Train a DeiT on a dataset's train split; pick by val; report test accuracy."""
     import torch
 
     from farc.checkpoint import save_checkpoint
-    from farc.data import load_split
-    from farc.progress import log, print_table
-    from farc.train import evaluate, train_classifier
+    from farc.progress import log
 
-    cfg = _model_config(preset, data)
     tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, shift=shift, noise=noise,
                        seed=seed)
-    _check_options(tcfg)
+    _check_options(tcfg, weights)
     threads = threads or 1
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    train, val, test = (load_split(data, s, img_size=cfg.img_size, in_chans=cfg.in_chans)
-                        for s in ("train", "val", "test"))
-    from farc.models.deit import DeiT
-
-    model = DeiT(cfg)
-    log(f"teacher: {preset}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"data {data} (train {len(train[0])} / val {len(val[0])} / test {len(test[0])})")
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = train_classifier(model, train, val, tcfg, description="teacher")
-    test_acc = evaluate(model, *test)
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    metrics = {"val_acc": result.best_val_acc, "test_acc": test_acc,
-               "best_epoch": result.best_epoch, "train_seconds": wall, "train_cpu_seconds": cpu}
-    save_checkpoint(output, model, _provenance(data, preset, tcfg, threads, metrics))
-    print_table("Teacher", ["model", "val acc", "test acc", "best epoch", "wall s", "CPU s"],
-                [(preset, f"{result.best_val_acc:.2%}", f"{test_acc:.2%}",
-                  result.best_epoch + 1, f"{wall:.1f}", f"{cpu:.1f}")])
+    explicit = ctx.get_parameter_source("preset") != click.core.ParameterSource.DEFAULT
+    model = _build(preset, data, weights, explicit)
+    splits = _splits(data, model.cfg)
+    log(f"teacher: {_describe(preset, weights)}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, data {data} "
+        f"(train {len(splits[0][0])} / val {len(splits[1][0])} / test {len(splits[2][0])})")
+    metrics = _fit(model, splits, tcfg)
+    prov = _provenance(data, preset, weights, tcfg, threads, metrics)
+    save_checkpoint(output, model, prov)
+    _print_result(_describe(preset, weights), metrics)
     log(f"wrote {output}")
 
 
-def _model_config(preset: str, data: str):
-    """The preset's config with num_classes set from the dataset."""
+def _build(preset: str, data: str, weights: str | None, explicit_preset: bool):
+    """A fresh preset DeiT with the dataset's class count, or the imported weights."""
     from dataclasses import replace
 
     from farc.data import num_classes
+    from farc.errors import ConfigError
+    from farc.models.deit import DeiT
 
-    return replace(DEIT_PRESETS[preset], num_classes=num_classes(data))
+    classes = num_classes(data)
+    if weights is None:
+        return DeiT(replace(DEIT_PRESETS[preset], num_classes=classes))
+    from farc.models.loading import load_deit_state_dict
+
+    heads = DEIT_PRESETS[preset].num_heads if explicit_preset else None
+    model = load_deit_state_dict(weights, num_heads=heads)
+    if model.cfg.num_classes != classes:
+        raise ConfigError(f"--weights {weights} classify {model.cfg.num_classes} classes, "
+                          f"dataset {data} has {classes}")
+    return model
 
 
-def _check_options(cfg: TrainConfig) -> None:
+def _splits(data: str, cfg):
+    from farc.data import load_split
+
+    return tuple(load_split(data, s, img_size=cfg.img_size, in_chans=cfg.in_chans)
+                 for s in ("train", "val", "test"))
+
+
+def _fit(model, splits, tcfg: TrainConfig) -> dict:
+    """Train (unless epochs == 0), then evaluate; metrics with CPU and wall seconds."""
+    from farc.train import evaluate, train_classifier
+
+    train, val, test = splits
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if tcfg.epochs > 0:
+        result = train_classifier(model, train, val, tcfg, description="teacher")
+        val_acc, best_epoch = result.best_val_acc, result.best_epoch
+    else:
+        val_acc, best_epoch = evaluate(model, *val), None
+    test_acc = evaluate(model.eval(), *test)
+    return {"val_acc": val_acc, "test_acc": test_acc, "best_epoch": best_epoch,
+            "train_seconds": time.perf_counter() - wall0,
+            "train_cpu_seconds": time.process_time() - cpu0}
+
+
+def _print_result(name: str, m: dict) -> None:
+    from farc.progress import print_table
+
+    best = "" if m["best_epoch"] is None else m["best_epoch"] + 1
+    print_table("Teacher", ["model", "val acc", "test acc", "best epoch", "wall s", "CPU s"],
+                [(name, f"{m['val_acc']:.2%}", f"{m['test_acc']:.2%}", best,
+                  f"{m['train_seconds']:.1f}", f"{m['train_cpu_seconds']:.1f}")])
+
+
+def _describe(preset: str, weights: str | None) -> str:
+    return preset if weights is None else f"weights {weights}"
+
+
+def _check_options(cfg: TrainConfig, weights: str | None) -> None:
     from farc.errors import ConfigError
 
-    for name in ("epochs", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.epochs < 0 or (cfg.epochs == 0 and weights is None):
+        raise ConfigError(f"--epochs must be >= 1 (0 only with --weights), got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.shift < 0:
@@ -95,14 +143,30 @@ def _check_options(cfg: TrainConfig) -> None:
         raise ConfigError(f"--noise must be >= 0, got {cfg.noise}")
 
 
-def _provenance(data: str, preset: str, cfg: TrainConfig, threads: int, metrics: dict) -> dict:
+def _provenance(data: str, preset: str, weights: str | None, cfg: TrainConfig, threads: int,
+                metrics: dict) -> dict:
     from dataclasses import asdict
+    from pathlib import Path
 
     import torch
 
     from farc import __version__
 
-    return {"command": "teacher", "data": data, "preset": preset, "seed": cfg.seed,
+    prov = {"command": "teacher", "data": data, "preset": preset, "seed": cfg.seed,
             "train_config": asdict(cfg), "threads": threads, "metrics": metrics,
             "farc_version": __version__, "torch_version": torch.__version__,
             "machine": platform.machine(), "created_unix": int(time.time())}
+    if weights is not None:
+        prov["weights"] = {"path": str(Path(weights).resolve()), "sha256": _sha256(weights)}
+        del prov["preset"]
+    return prov
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
