@@ -8,7 +8,10 @@ whose crossbar input is the stacked `[x_t ; h_{t-1}]` over every step (h_{-1} = 
 
 Policy (docs/numerics.md): `max` uses max |x|; `percentile` the target's percentile of |x|
 over every input element of every calibration sample. A seeded subsample of input vectors
-is kept per layer for the calibrated ADC range (TileCrossbar)."""
+is kept per layer for the calibrated ADC range (TileCrossbar).
+
+Torch runs single-threaded here: the recurrence is thousands of tiny ops, and on a busy
+2-core machine the intra-op thread pool made calibration 10x slower (measured)."""
 
 from __future__ import annotations
 
@@ -37,11 +40,14 @@ def calibrate(model: nn.Module, images: torch.Tensor, percentile: float = 100.0,
     seen: dict[str, list[np.ndarray]] = {}
     hooks = [_hook(mod, name, seen) for name, mod in model.named_modules()]
     hooks = [h for h in hooks if h is not None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-step ops: a thread pool costs more than it gives
     try:
         with torch.no_grad(), _batched_lstms(model, seen):
             for i in range(0, len(images), batch):
                 model(images[i : i + batch])
     finally:
+        torch.set_num_threads(threads)
         for h in hooks:
             h.remove()
     rng = np.random.default_rng(seed)
