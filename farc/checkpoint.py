@@ -44,7 +44,7 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
     return h.hexdigest()
 
 
@@ -57,7 +57,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, provenance: dict)
     kind = getattr(model, "kind", None)
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"cannot save a {type(model).__name__}: not a farc model")
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     try:
         prov = json.dumps(provenance, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -149,9 +149,13 @@ def _json_field(path: Path, meta: dict, key: str) -> dict:
 
 
 def _build(path: Path, kind: str, config: dict, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild the model from its config and load the weights, strictly."""
+    """Rebuild the model from its config and load the weights, strictly.
+
+    The model is built on the meta device (no memory, no random init: DeiT-B's init alone
+    takes seconds) and the loaded tensors are assigned into it."""
     try:
-        model = build_model(kind, config)
+        with torch.device("meta"):
+            model = build_model(kind, config)
     except FarcError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     expected = model.state_dict()
@@ -168,7 +172,7 @@ def _build(path: Path, kind: str, config: dict, state: dict[str, torch.Tensor]) 
                 f"{path}: tensor {name} has shape {tuple(state[name].shape)}, "
                 f"config says {tuple(t.shape)}"
             )
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)
     return model
 
 
