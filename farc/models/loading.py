@@ -39,9 +39,10 @@ def load_deit_state_dict(
     cfg = infer_deit_config(state, path) if named is None else named
     if num_heads is not None:
         cfg = replace(cfg, num_heads=num_heads)
-    model = DeiT(cfg)
+    with torch.device("meta"):  # no memory and no random init; the file's tensors go in
+        model = DeiT(cfg)
     _check_keys(path, model.state_dict(), state)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
     return model.eval()
 
 
