@@ -350,6 +350,9 @@ def blockwise_loss(teacher: nn.Module, opts: DistillOptions) -> LossFn:
             teacher(x, collect=t_heads)
         s_heads: list[torch.Tensor] = []
         logits = student(x, collect=s_heads)
+        if not s_heads or len(s_heads) != len(t_heads):  # e.g. a wrapper that copied the list
+            raise ConfigError(f"collected {len(s_heads)} student and {len(t_heads)} teacher "
+                              "head outputs; block-wise distillation needs one per block")
         sim = sum(similarity_loss(s, t, opts.similarity) for s, t in zip(s_heads, t_heads))
         ce = F.cross_entropy(logits, y, label_smoothing=opts.label_smoothing)
         return ce + opts.sim_weight * sim, logits

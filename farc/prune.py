@@ -194,10 +194,10 @@ class PruneOptions:
 
     target_sparsity: float | None = 0.5
     threshold: float | None = None
-    hoyer_weight: float = 2e-3
-    epochs: int = 10
-    ft_epochs: int = 10
-    lr: float = 1e-3
+    hoyer_weight: float = 5e-2
+    epochs: int = 5
+    ft_epochs: int = 5
+    lr: float = 3e-3
     ft_lr: float = 5e-4
     kd: bool = True
     """Logit distillation from the unpruned student in both stages."""

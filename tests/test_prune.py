@@ -139,3 +139,32 @@ def test_prune_command_rejects_both_criteria(tmp_path, capsys):
               "--threshold", "0.1", "--target-sparsity", "0.5"])
     assert exc.value.code == 1
     assert "exactly one of --threshold and --target-sparsity" in capsys.readouterr().err
+
+
+def test_prune_resume_after_removal_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from farc.distill import Run
+
+    save_checkpoint(tmp_path / "s.pt", _far(), {})
+    args = ["prune", str(tmp_path / "s.pt"), "--epochs", "1", "--ft-epochs", "2",
+            "--batch-size", "256", "--seed", "2"]
+    main([*args, "-o", str(tmp_path / "full.pt")])
+
+    real_log = Run._log
+    calls = []
+
+    def crash_in_fine_tune(self, *a, **k):
+        real_log(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 2:  # hoyer epoch 1, then fine-tune epoch 1 of the pruned model
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "_log", crash_in_fine_tune)
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(tmp_path / "cut.pt")])
+    monkeypatch.setattr(Run, "_log", real_log)
+    main([*args, "-o", str(tmp_path / "cut.pt"), "--resume"])
+    a, b = load_file(tmp_path / "full.pt"), load_file(tmp_path / "cut.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
