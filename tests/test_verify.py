@@ -43,8 +43,9 @@ def test_compare_measures_error_against_reference_peak():
     b = np.array([[1.0, 4.0], [2.0, -1.0]], np.float32)
     a = b + np.array([[0.0, 0.2], [0.0, 0.0]], np.float32)
     s = compare("a", a, "b", b)
-    assert s.max_abs == pytest.approx(0.2) and s.rel == pytest.approx(0.05)
-    assert s.mean_abs == pytest.approx(0.05)
+    assert s.max_abs == pytest.approx(0.2) and s.max_rel == pytest.approx(0.05)
+    assert s.mean_abs == pytest.approx(0.05) and s.rel == pytest.approx(0.2 / 8)
+    assert s.sample_rel == pytest.approx((0.05, 0.0)) and s.identical == 1
     flipped = compare("a", b[:, ::-1].copy(), "b", b)
     assert flipped.agreement == 0.0
 
@@ -72,19 +73,21 @@ def test_evaluate_lossless_passes_when_exact():
 def test_evaluate_fails_emulator_vs_qdq_beyond_tolerance():
     r = evaluate(_outs(emu_shift=0.05), None, lossless=True, noise=False, tol=Tolerances())
     assert not r.ok
-    assert r.failure_line().startswith("emulator vs qdq logits: 0/100 samples within 0.001")
+    assert r.failure_line().startswith("emulator vs qdq logits: relative error 0.0")
+    assert "0/100 samples identical" in r.failure_line()
 
 
-def test_evaluate_tolerates_one_rounding_tie_per_hundred_samples():
-    """One sample off by a propagated one-LSB rounding tie passes at 99 %, not at 100 %."""
+def test_evaluate_tolerates_a_rounding_tie_in_one_sample():
+    """A propagated one-LSB rounding tie moves one sample's logits by ~1 %: normwise that
+    is 1e-4, well inside 1e-3, while a 1 % error on every sample is not."""
     o = _outs()
     o[EMULATOR] = o[EMULATOR].copy()
-    o[EMULATOR][7] *= 1.03
+    o[EMULATOR][7] *= 1.01
     r = evaluate(o, None, lossless=True, noise=False, tol=Tolerances())
     assert r.ok, r.failure_line()
-    assert r.checks[0].detail.startswith("99/100 samples within 0.001 of their peak")
-    r = evaluate(o, None, lossless=True, noise=False, tol=Tolerances(exact_samples=1.0))
-    assert "emulator vs qdq logits: 99/100 samples" in r.failure_line()
+    assert "99/100 samples identical, worst sample 0.01" in r.checks[0].detail
+    o[EMULATOR] = o[QDQ] * 1.01
+    assert not evaluate(o, None, lossless=True, noise=False, tol=Tolerances()).ok
 
 
 @pytest.mark.parametrize(("lossless", "noise", "why"),
@@ -237,7 +240,7 @@ def test_verify_hand_built_lossless_program_is_exact(saved):
     r = verify(prog, x, y, References(float_classifier_onnx(w, b), build_qdq_onnx(prog)))
     eq = r.pairs[(EMULATOR, QDQ)]
     assert r.lossless and r.ok, r.failure_line()
-    assert eq.agreement == 1.0 and eq.rel <= 1e-6
+    assert eq.agreement == 1.0 and eq.max_rel <= 1e-6
 
 
 @needs_emulator
@@ -274,3 +277,118 @@ def test_cli_noise_skips_exactness(saved, capsys):
     main(["verify", str(path), "--samples", "32", "--noise", "read_sigma=0.001",
           "--min-agreement", "0.5"])
     assert "not checked: noise enabled" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- compiled models
+needs_compiler = pytest.mark.skipif(importlib.util.find_spec("tvm") is None,
+                                    reason="apache-tvm is not installed")
+
+
+def digits_target(adc_bits: int, adc_range: str = "full"):
+    """ISAAC's crossbars (128 x 128, 2-bit cells, 1-bit DAC) with 8-bit weights and inputs."""
+    from farc.targets import load_target
+
+    return load_target("isaac").with_overrides(**{
+        "quant.weight_bits": 8, "quant.input_bits": 8, "quant.mapping": "differential",
+        "crossbar.cell_bits": 2, "dac.bits": 1, "adc.bits": adc_bits, "adc.range": adc_range})
+
+
+def compile_with_references(model, target, folder, name: str):
+    """compile -> model.farc + model.float.onnx + model.qdq.onnx, as `--emit-onnx` lays out."""
+    from farc.compiler import CompileOptions, compile_checkpoint
+    from farc.qdq import write_reference_models
+
+    prog = compile_checkpoint(model, target, CompileOptions(calib_samples=128))
+    path = folder / f"{name}.farc"
+    prog.save(path)
+    write_reference_models(prog, model, path)
+    return prog, path
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    from farc.data import load_split
+
+    x, y = load_split("digits", "test")
+    return x.numpy(), y.numpy()
+
+
+@pytest.fixture(scope="module")
+def trained_far():
+    """A digits FAR trained for real (~30 s on 2 cores): 2 blocks, 4 x 4 patches (5 tokens),
+    4 heads of 16 hidden units per direction; about 97 % test accuracy. Trained margins make
+    the agreement and accuracy checks meaningful (random weights give near-ties)."""
+    import dataclasses
+
+    import torch
+
+    from farc.data import load_split
+    from farc.models.deit import DEIT_PRESETS
+    from farc.models.far import FAR, FARConfig
+    from farc.train import TrainConfig, train_classifier
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DEIT_PRESETS["deit_digits"], depth=2, patch_size=4)
+    model = FAR(FARConfig.dense(cfg))
+    train_classifier(model, load_split("digits", "train"), load_split("digits", "val"),
+                     TrainConfig(epochs=12, batch_size=32, lr=5e-3, warmup_epochs=1,
+                                 label_smoothing=0.0, weight_decay=0.0))
+    return model.eval()
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["far_digits", "deit_digits", "pruned_far_digits",
+                                  "trained_far"])
+def test_lossless_program_equals_qdq_onnxruntime(kind, request, test_split, tmp_path, capsys):
+    """Must show: lossless ADC -> emulator vs QDQ-onnxruntime top-1 100 %, logits within 1e-3
+    relative, through `farc verify` on the files `--emit-onnx` writes."""
+    from farc.runtime.program import Program
+
+    from farc.cli import main
+    from farc.verify import References, verify
+
+    target = digits_target(adc_bits=9)
+    assert target.adc_lossless
+    prog, path = compile_with_references(request.getfixturevalue(kind), target, tmp_path, kind)
+    assert program_is_lossless(prog)
+    x, y = test_split
+    fpath, qpath = reference_paths(path)
+    r = verify(Program.load(path), x, y, References(fpath, qpath))
+    eq = r.pairs[(EMULATOR, QDQ)]
+    with capsys.disabled():
+        print(f"\n{kind}: emulator vs qdq rel {eq.rel:.3g}, max rel {eq.max_rel:.3g}, "
+              f"{eq.identical}/{r.samples} identical, top-1 {eq.agreement:.2%}; vs float "
+              f"top-1 {r.pairs[(EMULATOR, FLOAT)].agreement:.2%}; accuracy {r.accuracy}")
+    assert eq.agreement == 1.0
+    assert eq.rel <= 1e-3
+    if kind == "trained_far":
+        assert r.ok, r.failure_line()
+    main(["verify", str(path), "--samples", "64", "--min-agreement", "0"])
+    out = capsys.readouterr().out
+    assert str(qpath.name) in out and str(fpath.name) in out
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_8bit_adc_agrees_with_float(trained_far, test_split, tmp_path):
+    """Must show: 8-bit weights, inputs and ADC, 2-bit cells -> top-1 agreement with float
+    onnxruntime >= 99 % and accuracy within 0.5 pt of float on the whole digits test split.
+
+    The ADC range is calibrated: with the full-scale range, 128 rows x 1-bit DAC x 2-bit
+    cells (Pmax 384) need 9 bits, so an 8-bit ADC steps by 2 and every partial sum of the
+    most significant cycle and slice is off by up to 2**13 (see docs/verify.md)."""
+    from farc.verify import References, verify
+
+    target = digits_target(adc_bits=8, adc_range="calibrated")
+    prog, path = compile_with_references(trained_far, target, tmp_path, "far8")
+    x, y = test_split
+    r = verify(prog, x, y, References(*reference_paths(path)),
+               tol=Tolerances(min_agreement=0.99, max_acc_drop=0.5))
+    fl = r.pairs[(EMULATOR, FLOAT)]
+    print(f"\n8-bit ADC (calibrated): lossless={r.lossless}, vs float top-1 {fl.agreement:.2%}, "
+          f"rel {fl.rel:.3g}, accuracy {r.accuracy}")
+    assert r.samples == 360
+    assert fl.agreement >= 0.99
+    assert 100 * (r.accuracy[FLOAT] - r.accuracy[EMULATOR]) <= 0.5
+    assert r.ok, r.failure_line()

@@ -34,7 +34,7 @@ from farc.verify import Tolerances
 @click.option("--min-agreement", type=float, default=Tolerances.min_agreement,
               show_default=True, help="Minimum emulator vs float top-1 agreement (0..1).")
 @click.option("--max-rel", type=float, default=Tolerances.exact_rel, show_default=True,
-              help="Largest emulator vs QDQ logit error relative to the QDQ peak "
+              help="Largest emulator vs QDQ relative logit error, sum|a-b| / sum|b| "
                    "(checked only with a lossless ADC and no noise).")
 @click.option("--max-acc-drop", type=float, default=None,
               help="Largest emulator accuracy drop below float, in points (off by default).")
@@ -106,4 +106,4 @@ def _print(report, name: str, data: str, split: str) -> None:
     print_table("Checks (docs/verify.md)", ["check", "result", "detail"],
                 [(c.name, status[c.passed], c.detail) for c in report.checks])
     for model, src in report.sources.items():
-        out_console.print(f"[dim]{model}: {src}[/]", highlight=False)
+        out_console.print(f"[dim]{model}: {src}[/]", highlight=False, soft_wrap=True)
