@@ -3,7 +3,7 @@
 Runs, in order, compile time vs model size and sequence length, emulator throughput vs
 onnxruntime, accuracy vs ADC bits and noise, and crossbars/latency vs pruning ratio, then
 writes bench/RESULTS.md (machine description first, each table with the command that made
-it) and the raw numbers to bench/.cache/results.json. Not part of the test suite: nothing
+it) and the raw numbers to bench/.cache/RESULTS.json. Not part of the test suite: nothing
 here asserts a timing. See docs/benchmarks.md."""
 
 from __future__ import annotations
@@ -61,19 +61,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     command = python_cmd()
     header = machine()
-    sections, raw, walls = [], {}, []
+    store = CACHE / f"{args.out.stem}.json"  # raw numbers + section texts of this output
+    old = _previous(store)
+    sections = dict(old.get("markdown", {}))  # suites not rerun keep their last text
+    raw, walls = {k: old[k] for k in SUITES if k in old}, dict(old.get("wall", {}))
     for name in args.only.split(","):
         print(f"[bench] {name} ...", flush=True)
         t0 = time.perf_counter()
         sec = _run_suite(name, args, command)
-        walls.append((name, f"{time.perf_counter() - t0:.0f} s"))
-        sections.append(sec)
-        raw[name] = sec.raw
+        walls[name] = f"{time.perf_counter() - t0:.0f} s"
+        sections[name], raw[name] = sec.markdown(), sec.raw
         _write(args.out, header, walls, sections, command, args)  # after each suite
-    CACHE.mkdir(parents=True, exist_ok=True)
-    (CACHE / "results.json").write_text(json.dumps(
-        {"machine": dict(header), "wall": dict(walls), **raw}, indent=1, default=_json))
+        CACHE.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(
+            {"machine": dict(header), "wall": walls, "markdown": sections, **raw},
+            indent=1, default=_json))
     print(f"[bench] wrote {args.out}", flush=True)
+
+
+def _previous(store: Path) -> dict:
+    """The last run's stored results (sections of suites not rerun are kept), or {}."""
+    try:
+        return json.loads(store.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _json(o):
@@ -89,8 +100,11 @@ def _write(out: Path, header, walls, sections, command: str, args) -> None:
             "Other jobs shared these cores during the run, so absolute seconds are noisy; "
             "each table notes the load when it was measured. Ratios against onnxruntime "
             "are taken in the same run on the same inputs.\n",
-            "Wall time per suite: " + ", ".join(f"{n} {w}" for n, w in walls) + ".\n"]
-    text += [s.markdown() for s in sections]
+            "Wall time per suite: " + ", ".join(f"{n} {walls[n]}" for n in SUITES
+                                                if n in walls) + ". "
+            "Each section gives the time it was measured; a run with `--only` remeasures "
+            "those suites and keeps the others from the previous run.\n"]
+    text += [sections[n] for n in SUITES if n in sections]
     out.write_text("\n".join(text))
 
 

@@ -38,7 +38,9 @@ class Section:
     blocks: list[str] = field(default_factory=list)
     """Markdown blocks in order (tables, notes, command listings)."""
     raw: dict = field(default_factory=dict)
-    """Machine-readable numbers (written to bench/.cache/results.json)."""
+    """Machine-readable numbers (written to bench/.cache/RESULTS.json)."""
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC",
+                                                               time.gmtime()))
 
     def add(self, text: str) -> None:
         self.blocks.append(text.rstrip() + "\n")
@@ -55,7 +57,8 @@ class Section:
         self.add(f"_Load when measured: {load_text()}._")
 
     def markdown(self) -> str:
-        head = f"## {self.title}\n\n" + (self.intro.strip() + "\n\n" if self.intro else "")
+        head = f"## {self.title}\n\n_Measured {self.started}._\n\n" + (
+            self.intro.strip() + "\n\n" if self.intro else "")
         return head + "\n".join(self.blocks)
 
 
