@@ -77,6 +77,10 @@ def model_rows(label: str, preset: str, batch: int, repeat: int, use: tuple,
     return rows
 
 
+def _ratio(r: float) -> str:
+    return f"{r:.1f}x" if r < 10 else f"{r:.0f}x"
+
+
 def block_rows(quick: bool) -> list[tuple]:
     """bench/bench_emulator.py's hand-built FAR block rows (case, emu s, ort s, ratio, err)."""
     from bench import bench_emulator
@@ -97,7 +101,7 @@ def run(quick: bool, threads: int, command: str) -> Section:
     sec.table(["model", "ADC / path", "batch", "emulator s/batch", "onnxruntime s/batch",
                "ratio emu/ORT", "top-1 agree", "max rel err"],
               [[r["model"], r["config"], r["batch"], f"{r['emu_s']:.3f}", f"{r['ort_s']:.4f}",
-                f"{r['ratio']:.0f}x", f"{100 * r['agree']:.0f}%", f"{r['rel_err']:.2e}"]
+                _ratio(r["ratio"]), f"{100 * r['agree']:.0f}%", f"{r['rel_err']:.2e}"]
                for r in rows],
               "Seconds are medians over repeats (FAR-T: one timed run). Random weights: "
               "the agreement column shows quantization + ADC error, not accuracy.")
