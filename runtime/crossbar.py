@@ -166,23 +166,6 @@ class PreparedLayer:
     """Shift-add weight per column of an output when every output has the same pattern
     (dense packing), in the dtype that keeps the column reduction exact; else None."""
     _levels: np.ndarray | None = None
-    _odd_rows: list[np.ndarray] | None = None
-
-    @property
-    def parity_path(self) -> bool:
-        """Every ADC step is 2 and no ideal partial sum can clip: then, exactly,
-        ADC(P) = 2 * floor(P/2 + 1/2) = P + (P mod 2), and only parities need per-cycle
-        work (see mvm_parity)."""
-        return bool(np.all(self.steps == 2) and np.all(self.no_clip))
-
-    @property
-    def odd_rows(self) -> list[np.ndarray]:
-        """Per row tile, the low bit of every used cell, packed along rows: [J, words]
-        uint64 (built on first use)."""
-        if self._odd_rows is None:
-            self._odd_rows = [_pack_rows(np.ascontiguousarray(
-                (self.codes[r, :used] & 1).T)) for r, used in enumerate(self.used_rows)]
-        return self._odd_rows
 
     @property
     def levels(self) -> np.ndarray:
@@ -279,8 +262,6 @@ def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
     """The definition: per row tile, cycle and physical column, ADC then shift-and-add,
     then the digital corrections. `partial_sums` replaces the ideal analog sums (noise).
     Returns y_int [vectors, N] as float64 (integers when ideal)."""
-    if partial_sums is None and pl.parity_path:
-        return mvm_parity(pl, x_int)
     ps = partial_sums or ideal_partial_sums(pl)
     chunk = max(1, CHUNK_ELEMENTS // (pl.cycles * max(pl.J, 1)))
     out = np.empty((x_int.shape[0], pl.N), dtype=np.float64)
@@ -288,41 +269,6 @@ def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
         out[lo:lo + chunk] = _bitlevel_chunk(pl, x_int[lo:lo + chunk], ps,
                                              integral=partial_sums is None)
     return out
-
-
-def _pack_rows(bits: np.ndarray) -> np.ndarray:
-    """[..., rows] 0/1 -> [..., ceil(rows/64)] uint64, rows packed little-endian."""
-    packed = np.packbits(bits.astype(np.uint8, copy=False), axis=-1, bitorder="little")
-    pad = -packed.shape[-1] % 8
-    if pad:
-        packed = np.concatenate(
-            [packed, np.zeros((*packed.shape[:-1], pad), np.uint8)], axis=-1)
-    return np.ascontiguousarray(packed).view(np.uint64)
-
-
-def mvm_parity(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
-    """The bit-level result for layers whose ADCs all step by 2 and never clip, exactly:
-    sum_c,j w_cj ADC(P_cj) = sum_c,j w_cj P_cj + sum_c,j w_cj (P_cj mod 2), and the first
-    sum with the digital corrections is x_int @ q. P mod 2 is the parity of
-    popcount(low bits of u_c AND low bits of the codes), computed on 64-row words."""
-    y = mvm_fast(pl, x_int.astype(np.float64)).astype(np.float64)
-    words = max(a.shape[1] for a in pl.odd_rows)
-    chunk = max(1, CHUNK_ELEMENTS // (pl.cycles * max(pl.J, 1) * words))
-    for lo in range(0, x_int.shape[0], chunk):
-        y[lo:lo + chunk] += _parity_chunk(pl, x_int[lo:lo + chunk])
-    return y
-
-
-def _parity_chunk(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
-    low = bit_planes(offset_inputs(pl, x_int), pl.cycles, pl.dac_bits) & 1
-    total = np.zeros((pl.cycles, len(x_int), pl.J), dtype=np.float32)
-    for r, odd in enumerate(pl.odd_rows):
-        u = _pack_rows(low[:, :, r * pl.rows:r * pl.rows + pl.used_rows[r]])
-        both = u[:, :, None, :] & odd[None, None]
-        if both.shape[-1] > 1:
-            both = np.bitwise_xor.reduce(both, axis=-1, keepdims=True)
-        total += np.bitwise_count(both[..., 0]) & 1
-    return shift_add(pl, total)
 
 
 def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
