@@ -23,13 +23,20 @@ def file_sha256(path: str | Path) -> str:
 
 
 def print_accuracy(rows: list[tuple[str, float | None, float | None]]) -> None:
-    """Accuracy table: model, val and test accuracy in percent (blank when unknown)."""
+    """Accuracy table: model, val and test accuracy in percent, and test accuracy relative to
+    the first row (the teacher) in points; blank where unknown."""
     from farc.progress import print_table
 
     def pct(v: float | None) -> str:
         return "" if v is None else f"{100 * v:.2f}%"
 
-    print_table("Accuracy", ["model", "val", "test"], [(m, pct(v), pct(t)) for m, v, t in rows])
+    ref = rows[0][2]
+
+    def delta(v: float | None) -> str:
+        return "" if v is None or ref is None else f"{100 * (v - ref):+.2f}"
+
+    print_table("Accuracy", ["model", "val", "test", "test vs teacher (pt)"],
+                [(m, pct(v), pct(t), delta(t)) for m, v, t in rows])
 
 
 def print_preservation(fp: dict) -> None:

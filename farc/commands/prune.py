@@ -16,17 +16,17 @@ from farc.prune import PruneOptions
 
 
 def print_units(rows: list[dict], heads: int) -> None:
-    """Units kept per block (rows) and head/direction (columns), as kept/before."""
+    """Units kept per block (rows) and head (columns), each cell 'fwd / bwd'."""
     from farc.progress import print_table
 
     blocks = sorted({r["block"] for r in rows})
-    cell = {(r["block"], r["head"], r["direction"]): f"{r['after']}/{r['before']}" for r in rows}
-    cols = [f"h{h} {d}" for h in range(heads) for d in ("fwd", "bwd")]
-    table = [(b, *(cell[(b, h, d)] for h in range(heads) for d in ("fwd", "bwd")),
+    kept = {(r["block"], r["head"], r["direction"]): r["after"] for r in rows}
+    size = max(r["before"] for r in rows)
+    table = [(b, *(f"{kept[(b, h, 'fwd')]} / {kept[(b, h, 'bwd')]}" for h in range(heads)),
               f"{sum(r['after'] for r in rows if r['block'] == b)}/"
               f"{sum(r['before'] for r in rows if r['block'] == b)}") for b in blocks]
-    print_table("LSTM hidden units kept (per block, head, direction)", ["block", *cols, "total"],
-                table)
+    print_table(f"LSTM hidden units kept, fwd / bwd (of {size} each)",
+                ["block", *(f"head {h}" for h in range(heads)), "block total"], table)
 
 
 def print_params(report: dict) -> None:
