@@ -49,6 +49,9 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         raise ConfigError("give exactly one of --input and --data")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
+    for out in filter(None, (output_path, counters_path)):
+        if not Path(out).resolve().parent.is_dir():
+            raise ConfigError(f"{out}: its folder does not exist")
     program = Program.load(program_path)
     cfg = NoiseConfig.parse(list(noise)) if noise else None
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
