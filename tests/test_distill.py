@@ -121,3 +121,23 @@ def test_bad_epochs_rejected():
 
     with pytest.raises(ConfigError, match="epochs must be >= 0"):
         DistillOptions(epochs=-1).validate()
+
+
+def test_unknown_similarity_rejected():
+    from farc.distill import DistillOptions
+
+    with pytest.raises(ConfigError, match="unknown similarity 'l1'"):
+        DistillOptions(similarity="l1").validate()
+
+
+def test_corrupt_resume_state_is_a_checkpoint_error(tmp_path):
+    from farc.distill import load_state
+    from farc.errors import CheckpointError
+
+    bad = tmp_path / "s.pt.resume"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="unreadable resume state"):
+        load_state(bad)
+    torch.save({"version": 99}, bad)
+    with pytest.raises(CheckpointError, match="not a farc resume state of version 1"):
+        load_state(bad)

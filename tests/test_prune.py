@@ -168,3 +168,10 @@ def test_prune_resume_after_removal_equals_an_uninterrupted_run(tmp_path, monkey
     a, b = load_file(tmp_path / "full.pt"), load_file(tmp_path / "cut.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prune_options_reject_negative_threshold():
+    from farc.prune import PruneOptions
+
+    with pytest.raises(ConfigError, match=r"threshold -1\.0 must be >= 0"):
+        PruneOptions(target_sparsity=None, threshold=-1.0).validate()
