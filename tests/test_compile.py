@@ -100,3 +100,18 @@ def test_cli_rejects_bad_override(tmp_path, capsys):
         main(["compile", str(ckpt), "--weight-bits", "1", "-o", str(tmp_path / "x.farc")])
     assert exc.value.code == 1
     assert "weight_bits" in capsys.readouterr().err
+
+
+def test_import_refuses_overlapping_conv():
+    class Overlapping(torch.nn.Module):
+        cfg = DeiTConfig(img_size=4, patch_size=2, in_chans=1, embed_dim=8, num_heads=2)
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Conv2d(1, 4, 3, stride=1, padding=1)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    with pytest.raises(PassError, match="only patch-embedding convolutions"):
+        import_model(Overlapping())

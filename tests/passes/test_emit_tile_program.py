@@ -64,3 +64,22 @@ def test_manifest_records_target_model_and_schedule():
     assert s["crossbars_used"] == sum(L["row_tiles"] * L["col_tiles"] for L in m["layers"])
     assert s["crossbars_available"] == load_target("isaac").crossbars
     assert set(s["layer_crossbars"]) == {L["name"] for L in m["layers"]}
+
+
+def test_op_without_instruction_is_a_pass_error():
+    import tvm
+    from farc.passes.emit_tile_program import EmitTileProgram
+    from tvm import relax
+
+    from farc.errors import PassError
+
+    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.Tuple([bb.emit(relax.op.exp(x))]))
+        bb.emit_func_output(out)
+    emit = EmitTileProgram(load_target("isaac"), {}, {"kind": "far"})
+    with pytest.raises(PassError, match=r"no tile-program instruction for Relax op relax\.exp"):
+        emit(bb.get())
+    assert isinstance(emit, tvm.transform.Pass)
