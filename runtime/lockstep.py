@@ -151,7 +151,32 @@ def _producer(ins: dict[str, Any], pos: dict[str, tuple]) -> tuple:
 
 
 def _levels(body: list[dict[str, Any]]) -> list[int]:
-    """Level of each instruction: one more than every earlier instruction it must follow."""
+    """Level of each instruction: one more than every earlier instruction it must follow
+    (read after write, write after read, write after write; `output` is a barrier).
+    Linear time: the last writer of a register outranks its earlier writers and readers."""
+    last_write: dict[str, int] = {}
+    max_read: dict[str, int] = {}
+    levels: list[int] = []
+    barrier = top = -1
+    for ins in body:
+        reads, out = ins.get("in", []), ins.get("out")
+        lv = max([barrier, *(last_write.get(r, -1) for r in reads)]) + 1
+        if out:
+            lv = max(lv, last_write.get(out, -1) + 1, max_read.get(out, -1) + 1)
+        if ins["op"] == "output":
+            lv = barrier = max(lv, top + 1)
+        levels.append(lv)
+        top = max(top, lv)
+        for r in reads:
+            max_read[r] = max(max_read.get(r, -1), lv)
+        if out:
+            last_write[out] = lv
+            max_read[out] = -1
+    return levels
+
+
+def _levels_quadratic(body: list[dict[str, Any]]) -> list[int]:
+    """The definition _levels implements (kept for its test)."""
     levels: list[int] = []
     for i, ins in enumerate(body):
         reads, writes = set(ins.get("in", [])), {ins.get("out")} - {None}

@@ -12,6 +12,8 @@ from farc.runtime.builder import XbarParams
 from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.runtime.handmade import FarBlockWeights, far_block_program
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farc.errors import EmulatorError
 
@@ -211,3 +213,15 @@ def test_hoist_refused_when_h_changes_before_the_mvm() -> None:
     x = np.random.default_rng(1).normal(size=(2, 3, 2)).astype(np.float32)
     np.testing.assert_array_equal(emu.run({"x": x})["y"],
                                   Emulator(prog, lockstep=False).run({"x": x})["y"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "tanh", "output"]),
+                          st.lists(st.sampled_from("abcde"), min_size=1, max_size=2),
+                          st.sampled_from("abcde")), min_size=1, max_size=25))
+def test_dependency_levels_linear_equals_quadratic(ops) -> None:
+    """The linear-time level assignment equals the pairwise definition."""
+    from farc.runtime.lockstep import _levels, _levels_quadratic
+    body = [{"op": op, "in": ins, **({} if op == "output" else {"out": out})}
+            for op, ins, out in ops]
+    assert _levels(body) == _levels_quadratic(body)
