@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from farc.errors import ConfigError
+
 _CPU = torch.device("cpu")
 
 
@@ -52,6 +54,10 @@ def setup(device: str | None = None) -> World:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if device is not None and device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; expected cpu or cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

@@ -141,3 +141,10 @@ def test_corrupt_resume_state_is_a_checkpoint_error(tmp_path):
     torch.save({"version": 99}, bad)
     with pytest.raises(CheckpointError, match="not a farc resume state of version 1"):
         load_state(bad)
+
+
+def test_unknown_device_rejected():
+    from farc.distributed import setup
+
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        setup("tpu")
