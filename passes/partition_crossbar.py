@@ -72,14 +72,56 @@ class PartitionCrossbar:
     """Offload constant-weight matmuls to crossbar composites; mark digital matmuls."""
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        mod = relax.transform.FuseOpsByPattern(crossbar_patterns(), annotate_codegen=True)(mod)
-        digital = relax.transform.FusionPattern(
-            DIGITAL_MATMUL, is_op("relax.matmul")(wildcard(), wildcard()))
-        mod = relax.transform.FuseOpsByPattern([digital], annotate_codegen=False)(mod)
-        for gv, func in list(mod.functions.items()):
+        crossbar = relax.transform.FuseOpsByPattern(crossbar_patterns(), annotate_codegen=True)
+        digital = relax.transform.FuseOpsByPattern([relax.transform.FusionPattern(
+            DIGITAL_MATMUL, is_op("relax.matmul")(wildcard(), wildcard()))],
+            annotate_codegen=False)
+        funcs: dict = {}
+        # One function at a time: FuseOpsByPattern's time grows with the square of the
+        # functions in its module (288 LSTM cells of FAR-Base: 6 s together, 1 ms each).
+        for gv, func in mod.functions.items():
+            if not isinstance(func, relax.Function) or "Codegen" in (func.attrs or {}):
+                funcs[gv] = func
+                continue
+            part = digital(crossbar(tvm.IRModule({gv: func})))
+            funcs.update(_merge_names(part, gv, "" if gv.name_hint == "main" else
+                                      gv.name_hint + "_"))
+        for gv, func in list(funcs.items()):
             if (func.attrs or {}).get("Codegen") == CODEGEN:
-                mod[gv] = _annotate(func)
-        return mod
+                funcs[gv] = _annotate(func)
+        return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+def _merge_names(part: tvm.IRModule, origin: tvm.ir.GlobalVar, prefix: str) -> dict:
+    """The functions of `part` with the new ones renamed `<prefix><name>`, so the parts of
+    different functions can share one module."""
+    if not prefix:
+        return dict(part.functions.items())
+    rename = {}
+    for gv, func in part.functions.items():
+        if gv.name_hint != origin.name_hint:
+            new = tvm.ir.GlobalVar(prefix + gv.name_hint)
+            relax.expr._update_type(new, func.ty)
+            rename[gv] = new
+    out = {}
+    for gv, func in part.functions.items():
+        if gv in rename:
+            named = "global_symbol" in (func.attrs or {})
+            out[rename[gv]] = func.with_attr("global_symbol", rename[gv].name_hint) \
+                if named else func
+        else:
+            out[origin] = _Rename(rename).visit_expr(func) if rename else func
+    return out
+
+
+@relax.expr_functor.mutator
+class _Rename(relax.PyExprMutator):
+    def __init__(self, mapping: dict) -> None:
+        super().__init__()
+        self.mapping = mapping
+
+    def visit_global_var_(self, gv: tvm.ir.GlobalVar) -> relax.Expr:
+        return self.mapping.get(gv, gv)
 
 
 def crossbar_functions(mod: tvm.IRModule) -> list[tuple[tvm.ir.GlobalVar, relax.Function]]:
