@@ -58,20 +58,25 @@ def print_preservation(fp: dict) -> None:
               help="'digits' or an ImageNet-style folder.")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="mse", show_default=True,
               help="Head-output similarity of stage 1: MSE or 1 - cosine.")
-@click.option("--sim-weight", type=float, default=DistillOptions.sim_weight, show_default=True)
+@click.option("--sim-weight", type=float, default=DistillOptions.sim_weight, show_default=True,
+              help="Weight of the summed per-block similarity term against CE.")
 @click.option("--epochs", type=int, default=DistillOptions.epochs, show_default=True,
               help="Block-wise distillation epochs (mixers only).")
 @click.option("--ft-epochs", type=int, default=DistillOptions.ft_epochs, show_default=True,
               help="End-to-end fine-tune epochs (all parameters).")
 @click.option("--kd/--no-kd", default=DistillOptions.kd, show_default=True,
               help="Logit distillation from the teacher during the fine-tune.")
-@click.option("--lr", type=float, default=DistillOptions.lr, show_default=True)
-@click.option("--ft-lr", type=float, default=DistillOptions.ft_lr, show_default=True)
+@click.option("--lr", type=float, default=DistillOptions.lr, show_default=True,
+              help="Peak AdamW learning rate of stage 1 (warmup, then cosine).")
+@click.option("--ft-lr", type=float, default=DistillOptions.ft_lr, show_default=True,
+              help="Peak learning rate of the fine-tune.")
 @click.option("--batch-size", type=int, default=TrainOptions.batch_size, show_default=True,
               help="Global batch size (split over torchrun processes).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds init, shuffling and augmentation: same seed, same checkpoint.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.resume if it exists.")
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where to train (default: cuda when available).")
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (default: 1 for models under 1M parameters).")
 def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd, lr, ft_lr,

@@ -52,20 +52,25 @@ def print_params(report: dict) -> None:
                    f"(default {PruneOptions.target_sparsity} unless --threshold is given).")
 @click.option("--threshold", type=float, default=None,
               help="Remove units whose group norm is below this (instead of a sparsity).")
-@click.option("--hoyer-weight", type=float, default=PruneOptions.hoyer_weight, show_default=True)
+@click.option("--hoyer-weight", type=float, default=PruneOptions.hoyer_weight, show_default=True,
+              help="Weight of the summed Hoyer-Square terms against CE + KD.")
 @click.option("--epochs", type=int, default=PruneOptions.epochs, show_default=True,
               help="Hoyer-Square regularised training epochs.")
 @click.option("--ft-epochs", type=int, default=PruneOptions.ft_epochs, show_default=True,
               help="Fine-tune epochs after the units are removed.")
 @click.option("--kd/--no-kd", default=PruneOptions.kd, show_default=True,
               help="Logit distillation from the unpruned student.")
-@click.option("--lr", type=float, default=PruneOptions.lr, show_default=True)
-@click.option("--ft-lr", type=float, default=PruneOptions.ft_lr, show_default=True)
+@click.option("--lr", type=float, default=PruneOptions.lr, show_default=True,
+              help="Peak learning rate of the Hoyer stage.")
+@click.option("--ft-lr", type=float, default=PruneOptions.ft_lr, show_default=True,
+              help="Peak learning rate of the fine-tune after removal.")
 @click.option("--batch-size", type=int, default=TrainOptions.batch_size, show_default=True,
               help="Global batch size (split over torchrun processes).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds init, shuffling and augmentation: same seed, same checkpoint.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.resume if it exists.")
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where to train (default: cuda when available).")
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (default: 1 for models under 1M parameters).")
 def command(student, output, data, target_sparsity, threshold, hoyer_weight, epochs, ft_epochs,
