@@ -82,6 +82,7 @@ def write_reference_models(program: ProgramLike, model: Any, program_path: str |
     from farc.onnx_export import export_onnx  # torch stays out of plain `import farc.qdq`
 
     float_path, qdq_path = reference_paths(program_path)
+    qdq = build_qdq_onnx(program)  # first: a program it cannot translate leaves no files
     fd, tmp = tempfile.mkstemp(prefix=f".{float_path.name}.", suffix=".onnx",
                                dir=float_path.parent)
     os.close(fd)
@@ -90,7 +91,7 @@ def write_reference_models(program: ProgramLike, model: Any, program_path: str |
         os.replace(tmp, float_path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    save_onnx(build_qdq_onnx(program), qdq_path)
+    save_onnx(qdq, qdq_path)
     return float_path, qdq_path
 
 
