@@ -138,6 +138,7 @@ def _order_main(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[list]]:
     order, groups = _grouped_order(bindings)
     block = relax.DataflowBlock([bindings[i] for i in order])
     body = relax.SeqExpr([block], main.body.body)
+    relax.expr._update_type(body, main.body.ty)  # same value, same type
     mod["main"] = relax.Function(main.params, body, main.ret_ty, main.is_pure, main.attrs)
     return mod, [[bindings[i].var.name for i in g] for g in groups]
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from farc.compiler.calibrate import calibrate
 from farc.compiler.importer import import_model
-from farc.errors import ConfigError
+from farc.errors import ConfigError, PassError
 from farc.passes._crossbar_ir import LayerStore
 from farc.passes.emit_tile_program import EmitTileProgram
 from farc.passes.legalize_lstm import LegalizeLSTM
@@ -70,7 +70,7 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     pct = target.quant.percentile if target.quant.calibration == "percentile" else 100.0
     calib = clock("calibrate", lambda: calibrate(model, images, pct, seed=opts.seed))
     # torch.export + Relax import, one node per LSTM: IR size independent of length.
-    mod = clock("import", lambda: import_model(model).mod)
+    mod = clock("import", lambda: _well_formed(import_model(model).mod, "import"))
     dump("import", mod)
     emit = EmitTileProgram(target, store, model_info)
     stages = [
@@ -84,9 +84,20 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     for name, stage in stages:
         mod = clock(name, lambda stage=stage, mod=mod: stage(mod))
         dump(name, mod)
+        if name == "schedule":  # the module the emitter reads
+            _well_formed(mod, name)
     program = clock("validate", lambda: _program(emit, opts.validate))
     dump.manifest(program)
     return program
+
+
+def _well_formed(mod: tvm.IRModule, stage: str) -> tvm.IRModule:
+    """Relax's own IR invariants, checked where the module enters and leaves the passes."""
+    try:
+        tvm.relax.analysis.well_formed(mod)
+    except Exception as exc:  # TVM raises its own error types
+        raise PassError(f"IR after {stage} is not well formed: {exc}") from None
+    return mod
 
 
 def _program(emit: Any, validate: bool) -> Program:

@@ -74,3 +74,12 @@ def test_independent_lstms_of_a_block_are_adjacent():
     flags = [is_scan(b.value) for b in mod["main"].body.blocks[0].bindings]
     runs = "".join("s" if f else "." for f in flags).split(".")
     assert sorted(len(r) for r in runs if r) == [2 * TINY.num_heads] * TINY.depth
+
+
+def test_reordered_main_is_well_formed():
+    # Regression: the rebuilt SeqExpr had no type, which Relax's checker refuses.
+    from tvm import relax
+
+    for kind in ("deit", "far"):
+        mod, _ = _schedule(kind, _target(100_000))
+        relax.analysis.well_formed(mod)  # raises when not
