@@ -47,7 +47,7 @@ class Section:
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[object]],
               note: str = "") -> None:
-        self.add(md_table(header, rows) + (f"\n{note}" if note else ""))
+        self.add(md_table(header, rows) + (f"\n\n{note}" if note else ""))
 
     def command(self, *lines: str) -> None:
         self.add("```\n" + "\n".join(lines) + "\n```")
@@ -165,4 +165,4 @@ def _git_commit() -> str:
 
 def python_cmd() -> str:
     """How this interpreter was invoked, for the 'command' lines."""
-    return "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return " ".join(["python -m bench", *(shlex.quote(a) for a in sys.argv[1:])])

@@ -10,7 +10,7 @@ lossless from 9 bits up; below that its step doubles per missing bit. A calibrat
 range spans the largest partial sum seen on the calibration images instead.
 Noise (docs/emulator.md): `read_sigma` (per cell, per read) and `prog_sigma` (per cell,
 once at programming), both as a fraction of g_on - g_off, on the 9-bit full-range program;
-each point is the mean over seeds."""
+each point gives mean, min and max over seeds."""
 
 from __future__ import annotations
 
@@ -161,8 +161,9 @@ def run(quick: bool, artifacts: Path | None, command: str) -> Section:
                "calibrated steps"],
               [[r["adc_bits"], f"{100 * r['full']:.1f}%", r["full_steps"],
                 f"{100 * r['calibrated']:.1f}%", r["calibrated_steps"]] for r in adc],
-              f"Float FAR student: {100 * acc_f:.1f}%. The step is in partial-sum units; "
-              "one unit is one 2-bit level times one input bit.")
+              f"Float FAR student: {100 * acc_f:.1f}%. Steps: the ADC steps over all layers, "
+              "in partial-sum units (one 2-bit level times one input bit); step 1 is "
+              "lossless unless the ADC clips.")
     sec.load()
     sigmas, seeds = (QUICK_SIGMAS, SEEDS[:1]) if quick else (SIGMAS, SEEDS)
     noise = noise_sweep(models["far"], x, y, sigmas, seeds)
