@@ -397,3 +397,22 @@ def test_8bit_adc_agrees_with_float(trained_far, test_split, tmp_path):
     assert fl.agreement >= 0.99
     assert 100 * (r.accuracy[FLOAT] - r.accuracy[EMULATOR]) <= 0.5
     assert r.ok, r.failure_line()
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_cli_exports_float_from_the_provenance_checkpoint(deit_checkpoint, tmp_path, capsys):
+    """No reference files beside the program: QDQ is built from the program, the float model
+    is exported from the checkpoint the compiler recorded in the provenance."""
+    from farc.cli import main
+    from farc.compiler import CompileOptions, compile_checkpoint
+
+    prog = compile_checkpoint(str(deit_checkpoint), digits_target(adc_bits=9),
+                              CompileOptions(calib_samples=32))
+    assert prog.manifest["model"]["provenance"]["checkpoint"] == str(deit_checkpoint.resolve())
+    path = prog.save(tmp_path / "deit.farc")
+    main(["verify", str(path), "--samples", "32", "--min-agreement", "0"])
+    out = capsys.readouterr().out
+    assert "qdq: built from the program" in out
+    assert f"float: exported from {deit_checkpoint.resolve()}" in out
+    assert not any(p.exists() for p in reference_paths(path))
