@@ -74,13 +74,17 @@ class Emulator:
         self._plans = {id(ins): plan for ins in program.instructions if ins["op"] == "loop"
                        and lockstep and (plan := plan_body(ins["body"], self.layers,
                                                            fast_mvm=self._fast_ok(),
-                                                           gathers=ins["gather"])) is not None}
+                                                           gathers=ins["gather"],
+                                                           live_out=_live_out(ins)))
+                       is not None}
         self.counters = Counters()
         self._pulses = 0
         self._record = True
         self._hoist = hoist
         self._hoisted: dict[int, HoistedInputs] = {}
         self._step = 0
+        self._step_out: dict[int, np.ndarray] = {}
+        self._stack_ok: dict[int, bool] = {}
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
 
@@ -163,7 +167,11 @@ class Emulator:
                   origin: dict[int, tuple]) -> None:
         for level in plan:
             for g in level:
-                if (len(g.members) > 1 or g.mvm is not None) and self._stackable(g, regs):
+                ok = self._stack_ok.get(id(g))
+                if ok is None:  # shapes repeat every step: decide once per loop run
+                    ok = self._stack_ok[id(g)] = (len(g.members) > 1 or g.mvm is not None) \
+                        and self._stackable(g, regs)
+                if ok:
                     self._exec_group(g, regs, prefix, origin)
                 else:
                     for i, ins in g.members:
@@ -181,9 +189,21 @@ class Emulator:
             ok = g.stackable[key] = same and len({len(s) for s in key}) <= 1
         return ok
 
+    def _stacked_input(self, g: Group, p: int, regs: dict[str, np.ndarray],
+                       origin: dict[int, tuple]) -> np.ndarray:
+        """Input position p of a group, stacked: slices of this step's producer groups
+        when the plan knows them, else by identity (origin) or a copy."""
+        runs = g.src_runs[p] if g.src_runs else None
+        if runs is not None:
+            outs = self._step_out
+            if all(id(pg) in outs for pg, _, _ in runs):
+                parts = [outs[id(pg)][a:b] for pg, a, b in runs]
+                return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return _stack([regs[r] for r in g.inputs[p]], origin)
+
     def _exec_group(self, g: Group, regs: dict[str, np.ndarray], prefix: str,
                     origin: dict[int, tuple]) -> None:
-        xs = [_stack([regs[r] for r in names], origin) for names in g.inputs]
+        xs = [self._stacked_input(g, p, regs, origin) for p in range(len(g.inputs))]
         try:
             hx = self._hoisted.get(id(g))
             if hx is not None:
@@ -198,9 +218,11 @@ class Emulator:
         except (ValueError, IndexError) as exc:
             raise EmulatorError(f"instruction {prefix}{g.members[0][0]} ({g.op}, lockstep group "
                                 f"of {len(g.members)}): {exc}") from None
-        for k, (name, view) in enumerate(zip(g.outs, out)):
+        self._step_out[id(g)] = out
+        for k, (name, view, keep) in enumerate(zip(g.outs, out, g.keep_origin)):
             regs[name] = view
-            origin[id(view)] = (out, k, view, name)
+            if keep:
+                origin[id(view)] = (out, k, view, name)
         if self._record:
             for _, ins in g.members:
                 geom = self.geoms[ins["layer"]] if g.op == "mvm" else None
@@ -253,6 +275,7 @@ class Emulator:
         scatters: list[tuple[int, bool, np.ndarray, list[dict]]] = []
         origin: dict[int, tuple] = {}
         self._hoisted = {}
+        self._stack_ok: dict[int, bool] = {}
         if self._hoist:
             for g in (g for level in plan for g in level if g.hoist is not None):
                 hx, pulses = hoist_inputs(g, regs, T)
@@ -261,6 +284,7 @@ class Emulator:
                     self._pulses += pulses
         for t in range(T):
             self._step = t
+            self._step_out = {}
             origin = {id(a): origin[id(a)] for a in (local[r] for r in ins["carry"])
                       if id(a) in origin and origin[id(a)][2] is a}
             for axis, rev, stack, ms in gathers:
@@ -439,6 +463,11 @@ def _zeros(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- helpers
+def _live_out(loop: dict[str, Any]) -> set[str]:
+    """Registers of a loop body read after the step: carries and scatter sources."""
+    return set(loop["carry"]) | {s["src"] for s in loop["scatter"]}
+
+
 def _move_groups(moves: list[dict[str, Any]], regs: dict[str, np.ndarray],
                  extra_rank: int) -> dict[tuple, list[dict[str, Any]]]:
     """Gathers (extra_rank 0) or scatters (1) keyed by (axis, reverse, source shape)."""
@@ -474,18 +503,29 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def erfc_nonneg(z: np.ndarray) -> np.ndarray:
-    """erfc(z) for z >= 0 with relative error < 1.2e-7 (Numerical Recipes' Chebyshev fit):
-    numpy has no erf, and runtime/ may not import scipy."""
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277))))))))
-    return t * np.exp(-z * z + poly)
+    """erfc(z) for z >= 0 (float64) with relative error < 1.2e-7 (Numerical Recipes'
+    Chebyshev fit): numpy has no erf, and runtime/ may not import scipy. In place on
+    one temporary: Horner's rule for the polynomial, then exp."""
+    t = 0.5 * z
+    t += 1.0
+    np.reciprocal(t, out=t)
+    p = np.full_like(t, 0.17087277)
+    for c in (-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418,
+              0.37409196, 1.00002368, -1.26551223):
+        p *= t
+        p += c
+    p -= z * z
+    np.exp(p, out=p)
+    p *= t
+    return p
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU, erf form: 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)."""
     x64 = x.astype(np.float64)
-    y = -x64 / np.sqrt(2.0)
+    y = x64 * -np.sqrt(0.5)
     r = erfc_nonneg(np.abs(y))
-    return (0.5 * x64 * np.where(y >= 0, r, 2.0 - r)).astype(np.float32)
+    r = np.where(y >= 0, r, 2.0 - r)
+    r *= x64
+    r *= 0.5
+    return r.astype(np.float32)

@@ -73,6 +73,12 @@ class Group:
     outs: list[str] = field(default_factory=list)
     """Output register of each member."""
     hoist: Hoist | None = None
+    src_runs: list[list[tuple[Group, int, int]] | None] = field(default_factory=list)
+    """Per input position, when every member's input is produced earlier in the same step
+    by a group: runs (producer group, start, stop) of its stacked output to slice."""
+    keep_origin: list[bool] = field(default_factory=list)
+    """Per member, whether its output is read through the generic stacking path (carry,
+    scatter, or consumers without src_runs) and must be registered for it."""
 
     def __post_init__(self) -> None:
         n_in = len(self.members[0][1].get("in", []))
@@ -81,7 +87,8 @@ class Group:
 
 
 def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer], fast_mvm: bool,
-              gathers: list[dict[str, Any]] = ()) -> list[list[Group]] | None:
+              gathers: list[dict[str, Any]] = (), live_out: set[str] | None = None,
+              ) -> list[list[Group]] | None:
     """Dependency levels of grouped instructions, or None when the body holds a loop.
 
     Members of a group are ordered like the producers of their first input (gathers first,
@@ -111,7 +118,48 @@ def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer], fast_mvm:
         for g in groups:
             if g.mvm is not None:
                 g.hoist = _find_hoist(g, body, levels, gathers)
+    _link_producers(plan, body, live_out)
     return plan
+
+
+def _link_producers(plan: list[list[Group]], body: list[dict[str, Any]],
+                    live_out: set[str] | None) -> None:
+    """Fill src_runs (inputs produced earlier in the step by a group) and keep_origin."""
+    where = {i: (g, k) for groups in plan for g in groups for k, (i, _) in enumerate(g.members)}
+    last: dict[str, int] = {}
+    producer: dict[tuple[int, str], int] = {}
+    for i, ins in enumerate(body):
+        for r in ins.get("in", []):
+            if r in last:
+                producer[(i, r)] = last[r]
+        if ins.get("out"):
+            last[ins["out"]] = i
+    generic = set(live_out) if live_out is not None else {r for ins in body
+                                                          for r in ins.get("in", [])}
+    for groups in plan:
+        for g in groups:
+            g.src_runs = [_runs([where.get(producer.get((i, ins["in"][p]), -1))
+                                 for i, ins in g.members]) for p in range(len(g.inputs))]
+            for p, runs in enumerate(g.src_runs):
+                if runs is None:
+                    generic.update(g.inputs[p])
+            if g.hoist is not None:
+                generic.update(g.hoist.others)
+    for groups in plan:
+        for g in groups:
+            g.keep_origin = [name in generic for name in g.outs]
+
+
+def _runs(sources: list[tuple[Group, int] | None]) -> list[tuple[Group, int, int]] | None:
+    if not sources or any(s is None for s in sources):
+        return None
+    runs: list[list] = []
+    for grp, k in sources:
+        if runs and runs[-1][0] is grp and runs[-1][2] == k:
+            runs[-1][2] += 1
+        else:
+            runs.append([grp, k, k + 1])
+    return [tuple(r) for r in runs]
 
 
 def _find_hoist(g: Group, body: list[dict[str, Any]], levels: list[int],
