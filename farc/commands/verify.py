@@ -93,11 +93,12 @@ def _print(report, name: str, data: str, split: str) -> None:
     table = make_table(f"{name}: {report.samples} images of {data}/{split}",
                        ["pair", "max err", "avg err", "rel err", "cosine", "min cos",
                         "top-1"],
-                       [(p.name, f"{p.max_abs:.3g}", f"{p.mean_abs:.3g}", f"{p.rel:.3g}",
+                       [(p.name, f"{p.max_abs:.2g}", f"{p.mean_abs:.2g}", f"{p.rel:.2g}",
                          f"{p.cosine:.4f}", f"{p.min_cosine:.4f}", f"{100 * p.agreement:.1f}%")
                         for p in report.pairs.values()])
     for col in table.columns:
         col.no_wrap = True
+    table.columns[-1].min_width = 6  # "100.0%" must never be cut
     out_console.print(table)
     if report.accuracy is not None:
         print_table("Accuracy", ["model", "accuracy"],
