@@ -317,9 +317,16 @@ def dequantize(pl: PreparedLayer, y_int: np.ndarray) -> np.ndarray:
 
 
 def dac_pulses(pl: PreparedLayer, x_int: np.ndarray) -> int:
-    """Non-zero DAC digits applied, summed over every crossbar that receives them."""
-    u = (x_int + pl.in_zero).astype(np.intp, copy=False)
-    return int(pl.pulse_table[u].sum()) * pl.col_tiles
+    """Non-zero DAC digits applied, summed over every crossbar that receives them.
+    x_int may hold the integers in a float dtype. Bit-serial DACs: a popcount of u;
+    wider DACs: a histogram of u against the per-value digit table."""
+    u = x_int + pl.in_zero
+    if pl.dac_bits == 1:
+        n = int(np.bitwise_count(u.astype(np.uint16)).sum(dtype=np.int64))
+    else:
+        hist = np.bincount(u.astype(np.intp).ravel(), minlength=pl.pulse_table.size)
+        n = int(hist @ pl.pulse_table)
+    return n * pl.col_tiles
 
 
 def partial_sum_max(pl: PreparedLayer, x: np.ndarray) -> int:

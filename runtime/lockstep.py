@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .crossbar import PreparedLayer
+from .crossbar import PreparedLayer, dac_pulses
 
 GROUPABLE = ("add", "sub", "mul", "sigmoid", "tanh", "gelu", "scale", "slice", "concat", "mvm")
 AXIS_OPS = ("slice", "concat")
@@ -289,7 +289,7 @@ def mvm_stacked(st: MvmStack, x: np.ndarray) -> tuple[np.ndarray, int]:
     y = y_int.astype(np.float32, copy=False) * st.scale
     if st.bias is not None:
         y += st.bias
-    pulses = int(pl.pulse_table[(xq + pl.in_zero).astype(np.intp)].sum()) * pl.col_tiles
+    pulses = dac_pulses(pl, xq)
     return y.reshape(*x.shape[:-1], pl.N), pulses
 
 
@@ -320,7 +320,7 @@ def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
         rows = slice(0, d) if h.x_first else slice(pl.K - d, pl.K)
         qx = np.float32(2 ** (pl.input_bits - 1) - 1)
         xq = np.clip(np.rint(src / st.in_scale[m]), -qx, qx)
-        pulses += int(pl.pulse_table[(xq + pl.in_zero).astype(np.intp)].sum()) * pl.col_tiles
+        pulses += dac_pulses(pl, xq)
         steps = np.arange(T)
         idx = src.shape[ga] - 1 - steps if gt.get("reverse") else steps
         parts.append((np.moveaxis(xq, ga, 0)[idx]).astype(st.q.dtype) @ st.q[m, rows])
@@ -343,5 +343,5 @@ def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray
     y = y_int.astype(np.float32, copy=False) * st.scale
     if st.bias is not None:
         y += st.bias
-    pulses = int(pl.pulse_table[(hq + pl.in_zero).astype(np.intp)].sum()) * pl.col_tiles
+    pulses = dac_pulses(pl, hq)
     return y.reshape(*h.shape[:-1], pl.N), pulses

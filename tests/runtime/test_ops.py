@@ -306,3 +306,16 @@ def test_partial_sum_max_matches_definition() -> None:
     q, _ = ref_quantize_weights(W, 8)
     want = max(int(P.max()) for *_, P in ref_partial_sums(x_int, q, p))
     assert partial_sum_max(pl, x) == want
+
+
+@pytest.mark.parametrize("dac_bits", [1, 2, 3])
+def test_dac_pulses_count_nonzero_digits(dac_bits) -> None:
+    """DAC pulses = non-zero input digits over all cycles, once per column tile."""
+    p = XbarParams(rows=8, cols=8, dac_bits=dac_bits)
+    W, x = rand(10, 3), rand(4, 10)
+    emu = Emulator(linear_program(W, None, x, p))
+    emu.run({"x": x})
+    pl = emu.layers[0]
+    u = np.clip(np.rint(x / np.float32(pl.in_scale)), -127, 127).astype(np.int64) + 128
+    digits = [(u >> (c * dac_bits)) & (2**dac_bits - 1) for c in range(math.ceil(8 / dac_bits))]
+    assert emu.counters.dac_pulses == sum(int(np.count_nonzero(d)) for d in digits) * pl.col_tiles
