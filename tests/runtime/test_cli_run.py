@@ -86,6 +86,7 @@ def test_bad_input_one_line_no_output(files, tmp_path: Path, case: str, match: s
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_run_on_digits_prints_accuracy(tmp_path: Path) -> None:
     """--data feeds the split through farc.data (torch is imported by the command only)."""
     pytest.importorskip("torch")
