@@ -19,7 +19,7 @@ from farc.errors import FarcError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "Run the whole pipeline on the embedded digits default."),
     "teacher": ("teacher", "Train a small DeiT teacher on a dataset."),
-    "distill": ("distill", "Distil a DeiT teacher into a FAR student (block-wise, then end-to-end)."),
+    "distill": ("distill", "Distil a DeiT teacher into a FAR student."),
     "prune": ("prune", "Hoyer-Square structured pruning of FAR LSTM hidden units."),
     "export": ("export", "Export a DeiT or FAR checkpoint to ONNX."),
     "compile": ("compile", "Compile a checkpoint into a crossbar tile program (.farc)."),
@@ -79,3 +79,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"farc: error: {exc}", err=True)
         sys.exit(1)
+    except Exception as exc:  # a bug, not bad input: still one line, and a way to see more
+        if os.environ.get("FARC_DEBUG"):
+            raise
+        click.echo(f"farc: internal error: {type(exc).__name__}: {exc} "
+                   "(set FARC_DEBUG=1 for the traceback; please report it)", err=True)
+        sys.exit(2)

@@ -65,7 +65,7 @@ class DemoPlan:
                   "tiling table and crossbar occupancy map"),
             Stage("report", "report.html",
                   lambda d: ["report", str(d / "far_pruned.farc"),
-                             "--compare", str(d / "teacher.farc"),
+                             "--compare", str(d / "teacher.farc"), "--attention", "rewrite",
                              "--json", str(d / "report.json"),
                              "--html", str(d / "report.html")],
                   "latency/energy/area, FAR student vs DeiT teacher"),
@@ -123,10 +123,14 @@ def _verify(out: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="farc-demo-") as tmp:
         refs = resolve_references(program, path, float_onnx=None, qdq_onnx=None, workdir=tmp)
         report = verify(program, x.numpy(), y.numpy(), refs)
-    pairs = {name: {"max_abs": p.max_abs, "mean_abs": p.mean_abs, "cosine": p.cosine,
+    pairs = {_pair_name(name): {"max_abs": p.max_abs, "mean_abs": p.mean_abs, "cosine": p.cosine,
                     "agreement": p.agreement} for name, p in report.pairs.items()}
     return {"verify": {"ok": report.ok, "failure": None if report.ok else report.failure_line(),
                        "pairs": pairs, "accuracy": report.accuracy}}
+
+
+def _pair_name(name: str | tuple) -> str:
+    return name if isinstance(name, str) else " vs ".join(map(str, name))
 
 
 def _gather(out: Path) -> dict:
@@ -135,17 +139,16 @@ def _gather(out: Path) -> dict:
     import numpy as np
 
     from farc.checkpoint import load_checkpoint
+    from farc.data import load_split
     from farc.runtime.program import Program
+    from farc.train import evaluate
 
+    x, y = load_split("digits", "test")
     models = {}
     for name in ("teacher", "far", "far_pruned"):
-        ck = load_checkpoint(out / f"{name}.pt")
-        metrics = ck.provenance.get("metrics", {})
-        models[name] = {"test_acc": metrics.get("test_acc"),
-                        "params": int(sum(p.numel() for p in ck.model.parameters()))}
-    from farc.data import load_split
-
-    _, y = load_split("digits", "test")
+        model = load_checkpoint(out / f"{name}.pt").model
+        models[name] = {"test_acc": evaluate(model, x, y),
+                        "params": int(sum(p.numel() for p in model.parameters()))}
     emulated = np.load(out / "emulated.npy", allow_pickle=False)
     models["emulated"] = {"test_acc": float((emulated.argmax(-1) == y.numpy()).mean())}
     hw = {}
