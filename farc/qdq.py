@@ -83,14 +83,7 @@ def write_reference_models(program: ProgramLike, model: Any, program_path: str |
 
     float_path, qdq_path = reference_paths(program_path)
     qdq = build_qdq_onnx(program)  # first: a program it cannot translate leaves no files
-    fd, tmp = tempfile.mkstemp(prefix=f".{float_path.name}.", suffix=".onnx",
-                               dir=float_path.parent)
-    os.close(fd)
-    try:
-        export_onnx(model, tmp)
-        os.replace(tmp, float_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    export_onnx(model, float_path)  # atomic itself
     save_onnx(qdq, qdq_path)
     return float_path, qdq_path
 

@@ -73,16 +73,9 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
 
 
 def _emit_onnx(model, program, out: Path) -> list[Path]:
-    import onnx
+    from farc.qdq import write_reference_models
 
-    from farc.onnx_export import export_onnx
-    from farc.qdq import build_qdq_onnx
-
-    float_path = out.with_suffix(".float.onnx")
-    qdq_path = out.with_suffix(".qdq.onnx")
-    export_onnx(model, float_path)
-    onnx.save(build_qdq_onnx(program), qdq_path)
-    return [float_path, qdq_path]
+    return list(write_reference_models(program, model, out))
 
 
 def op_counts(instructions: list[dict]) -> Counter:
