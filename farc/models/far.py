@@ -62,7 +62,7 @@ class FARConfig:
 
 
 class FARMixer(nn.Module):
-    """The token mixer that replaces attention: pre_proj -> per-head BiLSTM -> head_proj -> post_proj."""
+    """The token mixer replacing attention: pre_proj, per-head BiLSTM, head_proj, post_proj."""
 
     def __init__(self, dim: int, num_heads: int, sizes: tuple[tuple[int, int], ...]) -> None:
         super().__init__()
