@@ -126,3 +126,51 @@ def configure_threads(threads: int | None, model: nn.Module) -> int:
         threads = 1 if small else torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_world() -> World:
+    """The world of a sharded evaluation (`farc run` / `farc verify` under torchrun).
+
+    Evaluation is numpy and onnxruntime, so ranks always talk over gloo on the CPU; on one
+    process this touches nothing distributed."""
+    return setup(device="cpu")
+
+
+def contiguous_shard(n: int, world: World) -> slice:
+    """This rank's block of `n` items. Blocks (not strides) so that concatenating the
+    ranks' results in rank order gives back the single-process order."""
+    per, extra = divmod(n, world.size)
+    lo = world.rank * per + min(world.rank, extra)
+    return slice(lo, lo + per + (world.rank < extra))
+
+
+def gather_arrays(arrays: dict, world: World) -> dict | None:
+    """Concatenate every rank's `{name: array}` in rank order, once, on rank 0 (None on the
+    other ranks). The arrays travel pickled between our own processes only."""
+    if not world.distributed:
+        return arrays
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, arrays)
+    if not world.is_main:
+        return None
+    import numpy as np
+
+    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+
+
+def sum_counts(counts: dict, world: World) -> dict | None:
+    """Add nested dicts of event counts over ranks, on rank 0 (None elsewhere)."""
+    if not world.distributed:
+        return counts
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, counts)
+    return _add_nested(parts) if world.is_main else None
+
+
+def _add_nested(parts: list) -> dict | int | float:
+    if isinstance(parts[0], dict):
+        return {k: _add_nested([p.get(k, 0) for p in parts]) for k in parts[0]}
+    if isinstance(parts[0], int | float) and not isinstance(parts[0], bool):
+        return sum(parts)
+    return parts[0]

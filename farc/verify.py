@@ -348,13 +348,28 @@ def verify(program: Any, x: np.ndarray, labels: np.ndarray | None, refs: Referen
            ) -> VerifyReport:
     """Run the three models on x and compare them; never raises on a failed tolerance
     (the caller decides: the CLI prints the report, then raises VerifyError)."""
+    outputs = run_models(program, x, refs, noise=noise, seed=seed, batch_size=batch_size,
+                         progress=progress)
+    return report_for_outputs(program, outputs, labels, refs, noise=noise, tol=tol)
+
+
+def run_models(program: Any, x: np.ndarray, refs: References, *, noise: Any = None,
+               seed: int = 0, batch_size: int = 64,
+               progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """The emulator's, the QDQ model's and the float model's outputs on x."""
     x = np.asarray(x, np.float32)
-    outputs = {
+    return {
         EMULATOR: run_emulator(program, x, noise=noise, seed=seed, batch_size=batch_size,
                                progress=progress),
         QDQ: run_onnx(refs.qdq_model, x, batch_size=batch_size),
         FLOAT: run_onnx(refs.float_model, x, batch_size=batch_size),
     }
+
+
+def report_for_outputs(program: Any, outputs: dict[str, np.ndarray],
+                       labels: np.ndarray | None, refs: References, *, noise: Any = None,
+                       tol: Tolerances | None = None) -> VerifyReport:
+    """Compare outputs already computed (by `run_models`, possibly gathered from shards)."""
     noisy = bool(noise is not None and getattr(noise, "enabled", True))
     report = evaluate(outputs, labels, lossless=program_is_lossless(program), noise=noisy,
                       tol=tol or Tolerances())

@@ -56,17 +56,43 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
     cfg = NoiseConfig.parse(list(noise)) if noise else None
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
                       else _data_inputs(program, data_spec, split))
+    world, inputs = _shard(inputs)
     emu = Emulator(program, noise=cfg, seed=seed, mvm_path=mvm_path)
-    outputs = _run_batches(emu, inputs, batch_size)
+    outputs, counters = _run_batches(emu, inputs, batch_size), emu.counters.to_dict()
+    if world is not None:  # torchrun: gather once on rank 0, which alone writes and prints
+        outputs, counters = _gather(world, outputs, counters)
+        if outputs is None:
+            return
     _save_atomic(outputs, Path(output_path))
     if counters_path:
-        _save_json(emu.counters.to_dict(), Path(counters_path))
-    n = len(next(iter(inputs.values())))
+        _save_json(counters, Path(counters_path))
+    n = len(next(iter(outputs.values())))
     click.echo(f"ran {n} samples -> {output_path}")
     if labels is not None and len(outputs) == 1:
         logits = next(iter(outputs.values()))
         acc = float((logits.reshape(n, -1).argmax(axis=1) == labels).mean())
         click.echo(f"top-1 accuracy: {100 * acc:.2f}% ({n} samples)")
+
+
+def _shard(inputs: dict[str, np.ndarray]):
+    """Under torchrun with several processes, this rank's contiguous block of the inputs
+    (docs/distributed.md); otherwise (None, inputs) and nothing distributed is touched."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, inputs
+    from farc.distributed import contiguous_shard, eval_world
+
+    world = eval_world()
+    part = contiguous_shard(len(next(iter(inputs.values()))), world)
+    return world, {k: v[part] for k, v in inputs.items()}
+
+
+def _gather(world, outputs: dict[str, np.ndarray], counters: dict):
+    from farc.distributed import gather_arrays, sum_counts, teardown
+
+    try:
+        return gather_arrays(outputs, world), sum_counts(counters, world)
+    finally:
+        teardown()
 
 
 def _read_inputs(program, path: str, labels_path: str | None):

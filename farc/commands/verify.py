@@ -55,10 +55,17 @@ def command(program_path, samples, data, split, float_onnx, qdq_onnx, noise, see
     tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
     noise_cfg = NoiseConfig.parse(list(noise)) if noise else None
     x, y = _inputs(program, data, split, samples)
+    world = _world()
     with tempfile.TemporaryDirectory(prefix="farc-verify-") as tmp:
         refs = resolve_references(program, program_path, float_onnx=float_onnx,
                                   qdq_onnx=qdq_onnx, workdir=tmp)
-        report = _run(program, x, y, refs, noise_cfg, seed, tol, batch_size)
+        if world is None:
+            report = _run(program, x, y, refs, noise_cfg, seed, tol, batch_size)
+        else:
+            report = _run_sharded(world, program, x, y, refs, noise_cfg, seed, tol,
+                                  batch_size)
+            if report is None:  # not rank 0: rank 0 prints and decides the exit code
+                return
     _print(report, Path(program_path).name, data, split)
     if not report.ok:
         raise VerifyError(f"verify failed: {report.failure_line()}")
@@ -85,6 +92,37 @@ def _run(program, x, y, refs, noise, seed, tol, batch_size):
         task = bar.add_task("emulator", total=len(x), info="")
         return verify(program, x, y, refs, noise=noise, seed=seed, tol=tol,
                       batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+
+
+def _world():
+    """The torchrun world when launched with several processes, else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from farc.distributed import eval_world
+
+    return eval_world()
+
+
+def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size):
+    """One contiguous shard of the inputs per process, outputs gathered once on rank 0.
+
+    Each rank's emulator is built with the same seed, so programming variation and stuck-at
+    faults are the same chip on every rank; read noise is a different (equally valid) draw
+    than a single-process run's."""
+    from farc.distributed import contiguous_shard, gather_arrays, teardown
+    from farc.verify import report_for_outputs, run_models
+
+    part = contiguous_shard(len(x), world)
+    try:
+        outputs = gather_arrays(run_models(program, x[part], refs, noise=noise, seed=seed,
+                                           batch_size=batch_size), world)
+    finally:
+        teardown()
+    if outputs is None:
+        return None
+    return report_for_outputs(program, outputs, y, refs, noise=noise, tol=tol)
 
 
 def _print(report, name: str, data: str, split: str) -> None:
