@@ -19,8 +19,8 @@ def _farc(*args: str, procs: int = 1) -> subprocess.CompletedProcess:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  f"--nproc-per-node={procs}", "-m", "farc"] if procs > 1
                 else [sys.executable, "-m", "farc"])
-    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    return subprocess.run([*launcher, *args], check=False, capture_output=True, text=True,
+                          env=ENV, timeout=300)
 
 
 @pytest.fixture(scope="module")
