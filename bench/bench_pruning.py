@@ -20,6 +20,7 @@ weight-stationary chip pruning buys crossbars, area and energy rather than laten
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from bench._common import CACHE, Section, farc_cli, rel
@@ -37,7 +38,9 @@ OVERRIDES = {"quant.weight_bits": 8, "quant.input_bits": 8, "crossbar.cell_bits"
 
 def prune_cached(far: Path, ratio: float, epochs: tuple[int, int], quick: bool) -> Path:
     """The digits student pruned to `ratio` by the CLI (cached by ratio and epochs)."""
-    d = CACHE / ("quick" if quick else "") / "pruned"
+    # keyed by the student's content, so a different --artifacts student never reuses these
+    digest = hashlib.sha256(Path(far).read_bytes()).hexdigest()[:12]
+    d = CACHE / ("quick" if quick else "") / "pruned" / digest
     d.mkdir(parents=True, exist_ok=True)
     out = d / f"far_r{round(100 * ratio):02d}_e{epochs[0]}-{epochs[1]}.pt"
     if not out.is_file():
