@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import torch
 
+from farc.commands._training import training_options
 from farc.distill import SIMILARITIES, DistillOptions, TrainOptions
 
 
@@ -54,8 +55,6 @@ def print_preservation(fp: dict) -> None:
 @click.argument("teacher", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Student checkpoint to write (resume state goes to OUTPUT.resume).")
-@click.option("--data", default="digits", show_default=True,
-              help="'digits' or an ImageNet-style folder.")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="mse", show_default=True,
               help="Head-output similarity of stage 1: MSE or 1 - cosine.")
 @click.option("--sim-weight", type=float, default=DistillOptions.sim_weight, show_default=True,
@@ -70,15 +69,7 @@ def print_preservation(fp: dict) -> None:
               help="Peak AdamW learning rate of stage 1 (warmup, then cosine).")
 @click.option("--ft-lr", type=float, default=DistillOptions.ft_lr, show_default=True,
               help="Peak learning rate of the fine-tune.")
-@click.option("--batch-size", type=int, default=TrainOptions.batch_size, show_default=True,
-              help="Global batch size (split over torchrun processes).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds init, shuffling and augmentation: same seed, same checkpoint.")
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT.resume if it exists.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-              help="Where to train (default: cuda when available).")
-@click.option("--threads", type=int, default=None,
-              help="torch CPU threads (default: 1 for models under 1M parameters).")
+@training_options
 def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd, lr, ft_lr,
             batch_size, seed, resume, device, threads) -> None:
     """Distil DeiT checkpoint TEACHER into a FAR student (block-wise, then end-to-end)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import torch
 
+from farc.commands._training import training_options
 from farc.commands.distill import file_sha256, print_accuracy
 from farc.distill import TrainOptions
 from farc.prune import PruneOptions
@@ -45,8 +46,6 @@ def print_params(report: dict) -> None:
 @click.argument("student", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Pruned checkpoint to write (resume state goes to OUTPUT.resume).")
-@click.option("--data", default="digits", show_default=True,
-              help="'digits' or an ImageNet-style folder.")
 @click.option("--target-sparsity", type=float, default=None,
               help=f"Share of LSTM hidden units to remove, globally "
                    f"(default {PruneOptions.target_sparsity} unless --threshold is given).")
@@ -64,15 +63,7 @@ def print_params(report: dict) -> None:
               help="Peak learning rate of the Hoyer stage.")
 @click.option("--ft-lr", type=float, default=PruneOptions.ft_lr, show_default=True,
               help="Peak learning rate of the fine-tune after removal.")
-@click.option("--batch-size", type=int, default=TrainOptions.batch_size, show_default=True,
-              help="Global batch size (split over torchrun processes).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds init, shuffling and augmentation: same seed, same checkpoint.")
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT.resume if it exists.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-              help="Where to train (default: cuda when available).")
-@click.option("--threads", type=int, default=None,
-              help="torch CPU threads (default: 1 for models under 1M parameters).")
+@training_options
 def command(student, output, data, target_sparsity, threshold, hoyer_weight, epochs, ft_epochs,
             kd, lr, ft_lr, batch_size, seed, resume, device, threads) -> None:
     """Prune FAR checkpoint STUDENT's LSTM units with Hoyer-Square, remove them, fine-tune."""

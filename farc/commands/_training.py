@@ -1,0 +1,33 @@
+"""Options every training command shares (`farc distill`, `farc prune`), declared once so
+their names, defaults and help cannot drift apart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from farc.distill import TrainOptions
+
+
+def training_options(command: Callable) -> Callable:
+    """Add --data, --batch-size, --seed, --resume, --device and --threads to `command`."""
+    options = [
+        click.option("--data", default="digits", show_default=True,
+                     help="'digits' or an ImageNet-style folder."),
+        click.option("--batch-size", type=int, default=TrainOptions.batch_size,
+                     show_default=True, help="Global batch size (split over torchrun "
+                                             "processes)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds init, shuffling and augmentation: same seed, same "
+                          "checkpoint."),
+        click.option("--resume", is_flag=True,
+                     help="Continue from OUTPUT.resume if it exists."),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                     help="Where to train (default: cuda when available)."),
+        click.option("--threads", type=int, default=None,
+                     help="torch CPU threads (default: 1 for models under 1M parameters)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
