@@ -182,7 +182,9 @@ def to_rich(section: Section) -> Table:
     table = Table(title=escape(section.title), title_justify="left",
                   caption=escape(section.note) if section.note else None)
     for i, h in enumerate(section.header):
-        table.add_column(escape(h), justify="left" if i == 0 else "right")
+        # names fold rather than being cut with an ellipsis in narrow terminals
+        table.add_column(escape(h), justify="left" if i == 0 else "right",
+                         overflow="fold" if i == 0 else "ellipsis")
     for row in section.rows:
         table.add_row(*(escape(c) for c in row))
     return table

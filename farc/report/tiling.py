@@ -55,7 +55,9 @@ def tiling_table(program: Any) -> Table:
                         f"{t.crossbars:,} on chip")
     for col in ("layer", "kind", "W [K x N]", "tiles (r x c)", "crossbars", "utilization",
                 "slices", "signs", "replicas"):
-        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+        # layer names fold rather than being cut with an ellipsis in narrow terminals
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right",
+                         overflow="fold" if col == "layer" else "ellipsis")
     for r in tiling_rows(m):
         shape = f"{r['K']} x {r['N']}" if r["K"] is not None else ""
         tiles = f"{r['row_tiles']} x {r['col_tiles']}" if r["row_tiles"] is not None else ""
