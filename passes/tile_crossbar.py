@@ -24,7 +24,7 @@ import tvm
 from farc.passes._crossbar_ir import LayerCalib, LayerData, LayerStore
 from farc.passes.partition_crossbar import crossbar_functions
 from farc.runtime.builder import XbarParams, adc_steps, column_map, tile_codes
-from farc.runtime.crossbar import bit_planes, quantize_input
+from farc.runtime.crossbar import bit_planes, flip_mask, physical_codes, quantize_input
 from farc.targets import Target
 
 PMAX_VECTORS = 256
@@ -73,7 +73,8 @@ class TileCrossbar:
             "mapping": p.mapping, "slices": p.slices, "signs": p.signs,
             "rows": p.rows, "cols": p.cols, "row_tiles": rt, "col_tiles": ct,
             "in_scale": data.in_scale, "in_zero": 2 ** (p.input_bits - 1),
-            "adc_range": p.adc_range, "adc_step": adc_steps(p, rt, pmax)}
+            "adc_range": p.adc_range, "adc_step": adc_steps(p, rt, pmax),
+            "adc_flip": p.adc_flip}
 
     def _pmax(self, data: LayerData, codes: np.ndarray) -> list[float]:
         """Largest partial sum of each row tile over the layer's calibration vectors."""
@@ -85,9 +86,13 @@ class TileCrossbar:
         padded[:, : u.shape[1]] = u
         dtype = np.float32 if self.target.max_partial_sum < 2**24 else np.float64
         planes = bit_planes(padded, p.cycles, p.dac_bits).astype(dtype)
+        flat = codes.transpose(0, 2, 1, 3).reshape(rt, p.rows, ct * p.cols)
+        if p.adc_flip:  # the ADC sees the complemented columns the crossbars hold
+            used = np.minimum(p.rows, data.q.shape[0] - np.arange(rt) * p.rows)
+            flat = physical_codes(flat, flip_mask(flat, used, p.cell_bits), used, p.cell_bits)
         out = []
         for r in range(rt):
-            g = codes[r].transpose(1, 0, 2).reshape(p.rows, ct * p.cols).astype(dtype)
+            g = flat[r].astype(dtype)
             part = planes[:, :, r * p.rows : (r + 1) * p.rows] @ g
             out.append(float(part.max()) if part.size else 0.0)
         return out

@@ -35,6 +35,7 @@ class XbarParams:
     weight_bits: int = 8
     input_bits: int = 8
     mapping: str = "differential"
+    adc_flip: bool = False
 
     @property
     def slices(self) -> int:
@@ -63,7 +64,7 @@ class XbarParams:
                    cell_bits=target.crossbar.cell_bits, dac_bits=target.dac.bits,
                    adc_bits=target.adc.bits, adc_range=target.adc.range,
                    weight_bits=target.quant.weight_bits, input_bits=target.quant.input_bits,
-                   mapping=target.quant.mapping)
+                   mapping=target.quant.mapping, adc_flip=bool(target.adc.flip))
 
     @classmethod
     def from_target_dict(cls, d: dict[str, Any]) -> XbarParams:
@@ -72,7 +73,7 @@ class XbarParams:
                    cell_bits=d["crossbar"]["cell_bits"], dac_bits=d["dac"]["bits"],
                    adc_bits=d["adc"]["bits"], adc_range=d["adc"]["range"],
                    weight_bits=d["quant"]["weight_bits"], input_bits=d["quant"]["input_bits"],
-                   mapping=d["quant"]["mapping"])
+                   mapping=d["quant"]["mapping"], adc_flip=bool(d["adc"].get("flip", False)))
 
     def replace(self, **kw: Any) -> XbarParams:
         return replace(self, **kw)
@@ -122,12 +123,12 @@ def adc_steps(p: XbarParams, row_tiles: int, pmax: float | Sequence[float] | Non
     """One ADC step per row tile: from the physical maximum ('full') or the calibrated
     largest partial sum ('calibrated', `pmax` per layer or per row tile)."""
     if p.adc_range == "full":
-        return [adc_step_for(full_scale_pmax(p.rows, p.dac_bits, p.cell_bits), p.adc_bits)]\
-            * row_tiles
+        return [adc_step_for(full_scale_pmax(p.rows, p.dac_bits, p.cell_bits, p.adc_flip),
+                             p.adc_bits)] * row_tiles
     if pmax is None:
         raise ProgramError("a calibrated ADC range needs the calibrated partial-sum maximum")
     per = list(pmax) if isinstance(pmax, Sequence) else [pmax] * row_tiles
-    cap = full_scale_pmax(p.rows, p.dac_bits, p.cell_bits)
+    cap = full_scale_pmax(p.rows, p.dac_bits, p.cell_bits, p.adc_flip)
     return [adc_step_for(min(float(v), cap), p.adc_bits) for v in per]
 
 
@@ -162,7 +163,7 @@ def pack_layer(W: np.ndarray, bias: np.ndarray | None, in_scale: float, p: XbarP
         "slices": p.slices, "signs": p.signs, "rows": p.rows, "cols": p.cols,
         "row_tiles": rt, "col_tiles": ct, "in_scale": float(in_scale),
         "in_zero": 2 ** (p.input_bits - 1), "adc_range": p.adc_range,
-        "adc_step": adc_steps(p, rt, adc_pmax),
+        "adc_step": adc_steps(p, rt, adc_pmax), "adc_flip": p.adc_flip,
         "arrays": {k.split(".", 1)[1]: k for k in arrays},
         "replicas": replicas,
         "crossbars": [list(range(first_crossbar + r * per, first_crossbar + (r + 1) * per))

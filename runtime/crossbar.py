@@ -44,9 +44,37 @@ def input_cycles(input_bits: int, dac_bits: int) -> int:
     return math.ceil(input_bits / dac_bits)
 
 
-def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int) -> int:
-    """The physical largest partial sum of one column in one cycle."""
-    return rows * (2**dac_bits - 1) * (2**cell_bits - 1)
+def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int, flip: bool = False) -> int:
+    """The physical largest partial sum of one column in one cycle. With ISAAC's flip
+    encoding (`flip_mask`) no stored column sums above half its levels, halving it."""
+    levels = rows * (2**cell_bits - 1)
+    return (2**dac_bits - 1) * (levels // 2 if flip else levels)
+
+
+def flip_mask(codes: np.ndarray, used_rows: np.ndarray, cell_bits: int) -> np.ndarray:
+    """ISAAC's encoding (Shafiee et al., ISCA 2016, Sec. 5.2): a column of one row tile whose
+    levels sum above half of used_rows * (2**cell_bits - 1) is stored complemented, so no
+    stored column sums above that half and the ADC needs one bit fewer. codes
+    [row_tiles, rows, J] (logical levels) -> bool [row_tiles, J], True where flipped. The
+    flag is a function of the logical codes, so programs carry only `adc_flip: true`."""
+    top = 2**cell_bits - 1
+    sums = codes.sum(axis=1, dtype=np.int64)
+    return sums > (used_rows.astype(np.int64) * top // 2)[:, None]
+
+
+def physical_codes(codes: np.ndarray, mask: np.ndarray, used_rows: np.ndarray,
+                   cell_bits: int) -> np.ndarray:
+    """The levels actually programmed: flipped columns hold 2**cell_bits - 1 - level on the
+    used rows (unused rows stay at level 0). codes [row_tiles, rows, J]."""
+    out = codes.copy()
+    top = 2**cell_bits - 1
+    for r in range(codes.shape[0]):
+        cols = np.flatnonzero(mask[r])
+        if cols.size:
+            used = int(used_rows[r])
+            out[r, :used, cols[:, None]] = (top - codes[r, :used, cols[:, None]]).astype(
+                codes.dtype)
+    return out
 
 
 def adc_step_for(pmax: float, adc_bits: int) -> int:
@@ -165,6 +193,10 @@ class PreparedLayer:
     pattern: np.ndarray | None
     """Shift-add weight per column of an output when every output has the same pattern
     (dense packing), in the dtype that keeps the column reduction exact; else None."""
+    flip: np.ndarray | None = None
+    """Columns stored complemented (flip encoding), bool [row_tiles, J]; None when off."""
+    cell_top: int = 3
+    """2**cell_bits - 1: a flipped column's partial sum is cell_top * sum(u_c) - P'."""
     _levels: np.ndarray | None = None
 
     @property
@@ -198,11 +230,16 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     qx = 2 ** (layer["input_bits"] - 1) - 1
     exact32 = qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
     steps = np.asarray(layer["adc_step"], dtype=np.int64)
+    used_rows = np.minimum(rows, K - np.arange(rt) * rows)
+    flip = None
+    if layer.get("adc_flip"):  # the crossbars hold the complemented columns
+        flip = flip_mask(flat, used_rows, cb)
+        flat = physical_codes(flat, flip, used_rows, cb)
     col_peak = int(flat.sum(axis=1, dtype=np.int64).max(initial=0)) * (2**db - 1)
     top = 2 ** layer["adc_bits"] - 1
     lossless = bool(np.all(steps == 1)) and col_peak <= top
     tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * (2**db - 1)
-    fold = int(steps[0]) if np.all(steps == steps[0]) else 0
+    fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None else 0
     pattern = None
     if np.array_equal(order, np.arange(J)) and np.all(colw == colw[:1]):
         bound = rt * top * (1 if fold else int(steps.max())) * float(np.abs(colw[0]).sum())
@@ -210,7 +247,6 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     pmax = full_scale_pmax(rows, db, cb)
     w_scale = arrays[names["w_scale"]].astype(np.float32)
     bias = arrays[names["bias"]].astype(np.float32) if names.get("bias") else None
-    used_rows = np.minimum(rows, K - np.arange(rt) * rows)
     used_cols = np.minimum(cols, J - np.arange(ct) * cols)
     return PreparedLayer(
         index=index, K=K, N=N, rows=rows, row_tiles=rt, col_tiles=ct, cols=cols, J=J,
@@ -229,7 +265,8 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         pulse_table=digit_counts(layer["input_bits"], db),
         sum_dtype=np.float32 if rt * (2 ** layer["adc_bits"] - 1) * int(steps.max())
         < F32_EXACT else np.float64,
-        no_clip=tile_peak <= top * steps, fold_step=fold, pattern=pattern)
+        no_clip=tile_peak <= top * steps, fold_step=fold, pattern=pattern, flip=flip,
+        cell_top=2**cb - 1)
 
 
 # ---------------------------------------------------------------- the two paths
@@ -283,6 +320,8 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
         lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows].reshape(cv, -1)
         digit = adc(ps(r, lhs), int(pl.steps[r]), pl.adc_bits, integral,
                     no_clip=integral and bool(pl.no_clip[r]), scaled=not pl.fold_step)
+        if pl.flip is not None and pl.flip[r].any():
+            unflip(digit, lhs, pl.flip[r], pl.cell_top)
         if total is None:
             total = digit.astype(pl.sum_dtype, copy=False)
         else:
@@ -291,6 +330,14 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
     if pl.fold_step > 1:
         acc *= pl.fold_step
     return acc - pl.offset_qw * u.sum(axis=1, dtype=np.int64)[:, None] - pl.in_zero * pl.colsum
+
+
+def unflip(digit: np.ndarray, lhs: np.ndarray, mask: np.ndarray, cell_top: int) -> None:
+    """Recover flipped columns' partial sums in place, digitally after the ADC:
+    P = cell_top * sum_k u_c[k] - ADC(P'), the input digit sum counted by the periphery."""
+    cols = np.flatnonzero(mask)
+    total = lhs.sum(axis=1, dtype=np.float64)[:, None] * cell_top
+    digit[:, cols] = (total - digit[:, cols]).astype(digit.dtype, copy=False)
 
 
 def shift_add(pl: PreparedLayer, digit: np.ndarray) -> np.ndarray:

@@ -170,7 +170,10 @@ def _check_layer_adc(L: dict, where: str) -> None:
     if len(steps) != L["row_tiles"]:
         raise ProgramError(f"{where}: adc_step has {len(steps)} entries, expected one per "
                            f"row tile ({L['row_tiles']})")
-    full = adc_step_for(full_scale_pmax(L["rows"], L["dac_bits"], L["cell_bits"]),
+    if not isinstance(L.get("adc_flip", False), bool):
+        raise ProgramError(f"{where}: adc_flip {L.get('adc_flip')!r} must be true or false")
+    full = adc_step_for(full_scale_pmax(L["rows"], L["dac_bits"], L["cell_bits"],
+                                        L.get("adc_flip", False)),
                         L["adc_bits"])
     for r, st in enumerate(steps):
         if type(st) is not int or st < 1 or st & (st - 1):

@@ -70,6 +70,10 @@ class AdcSpec:
     partial sums seen on calibration inputs."""
     columns_per_adc: int = 128
     """Columns that share one ADC (time-multiplexed); bounds column throughput."""
+    flip: bool = False
+    """ISAAC's flip encoding (ISCA 2016 Sec. 5.2): a column whose levels sum above half the
+    maximum is stored complemented and recovered digitally, so partial sums never exceed
+    half the full range and the ADC needs one bit fewer."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +149,10 @@ class Target:
 
     @property
     def max_partial_sum(self) -> int:
-        """Largest value one column can sum in one cycle: rows*(2^dac-1)*(2^cell-1)."""
-        return self.crossbar.rows * (2**self.dac.bits - 1) * (2**self.crossbar.cell_bits - 1)
+        """Largest value one column can sum in one cycle: rows*(2^dac-1)*(2^cell-1), halved
+        (rounded down) by the flip encoding."""
+        levels = self.crossbar.rows * (2**self.crossbar.cell_bits - 1)
+        return (2**self.dac.bits - 1) * (levels // 2 if self.adc.flip else levels)
 
     @property
     def adc_lossless(self) -> bool:

@@ -61,14 +61,23 @@ def ref_column_levels(q: np.ndarray, p: XbarParams) -> list[tuple[int, int, np.n
 
 
 def ref_partial_sums(x_int: np.ndarray, q: np.ndarray, p: XbarParams):
-    """Yield (row tile, cycle, sign, slice, P [vectors, N]) straight from the definition."""
+    """Yield (row tile, cycle, sign, slice, P [vectors, N], flipped [N], digit sum
+    [vectors]) straight from the definition. With the flip encoding a column of a row tile
+    whose levels sum above half of used_rows * (2**cell_bits - 1) is stored complemented,
+    and P is the sum on the stored levels."""
     u = x_int + 2 ** (p.input_bits - 1)
     cycles = math.ceil(p.input_bits / p.dac_bits)
+    top = 2**p.cell_bits - 1
     for r0 in range(0, q.shape[0], p.rows):
         for c in range(cycles):
             uc = (u[:, r0:r0 + p.rows] >> (c * p.dac_bits)) & (2**p.dac_bits - 1)
-            for sign, s, g in ref_column_levels(q, p):
-                yield r0 // p.rows, c, sign, s, uc @ g[r0:r0 + p.rows]
+            for sign, s, levels in ref_column_levels(q, p):
+                g = levels[r0:r0 + p.rows]
+                flipped = np.zeros(g.shape[1], dtype=bool)
+                if p.adc_flip:
+                    flipped = g.sum(axis=0) > g.shape[0] * top // 2
+                stored = np.where(flipped[None, :], top - g, g)
+                yield r0 // p.rows, c, sign, s, uc @ stored, flipped, uc.sum(axis=1)
 
 
 def ref_mvm_int(x_int: np.ndarray, q: np.ndarray, p: XbarParams, pmax: float | list,
@@ -76,12 +85,14 @@ def ref_mvm_int(x_int: np.ndarray, q: np.ndarray, p: XbarParams, pmax: float | l
     """The integer MVM; `pmax` per layer or per row tile; `gain` scales every conductance
     (drift) before the ADC."""
     acc = np.zeros((x_int.shape[0], q.shape[1]), dtype=np.int64)
-    for r, c, sign, s, P in ref_partial_sums(x_int, q, p):
+    for r, c, sign, s, P, flipped, usum in ref_partial_sums(x_int, q, p):
         step = ref_step(pmax[r] if isinstance(pmax, list) else pmax, p.adc_bits)
         if gain == 1.0:
             digit = np.clip((2 * P + step) // (2 * step), 0, 2**p.adc_bits - 1) * step
         else:
             digit = np.clip(np.floor(gain * P / step + 0.5), 0, 2**p.adc_bits - 1) * step
+        top = 2**p.cell_bits - 1
+        digit = np.where(flipped[None, :], top * usum[:, None] - digit, digit)
         acc += (sign * digit * 2 ** (c * p.dac_bits + s * p.cell_bits)).astype(np.int64)
     u = x_int + 2 ** (p.input_bits - 1)
     if p.mapping == "offset":
@@ -95,8 +106,9 @@ def ref_linear(W, b, x, p: XbarParams, calibrated: bool) -> tuple[np.ndarray, fl
     s_x = float(np.abs(x).max()) / qx
     x_int = np.clip(np.rint(x / np.float32(s_x)), -qx, qx).astype(np.int64)
     q, s_w = ref_quantize_weights(W, p.weight_bits)
-    pmax = max(int(P.max()) for *_, P in ref_partial_sums(x_int, q, p)) if calibrated else \
-        p.rows * (2**p.dac_bits - 1) * (2**p.cell_bits - 1)
+    levels = p.rows * (2**p.cell_bits - 1)
+    pmax = max(int(P.max()) for _, _, _, _, P, _, _ in ref_partial_sums(x_int, q, p)) \
+        if calibrated else (2**p.dac_bits - 1) * (levels // 2 if p.adc_flip else levels)
     y_int = ref_mvm_int(x_int, q, p, pmax)
     y = y_int.astype(np.float32) * (np.float32(s_x) * s_w).astype(np.float32) + b
     return y, (pmax if calibrated else None)

@@ -37,9 +37,17 @@ SWEEP += [XbarParams(rows=8, cols=8, cell_bits=2, dac_bits=3, adc_bits=5, weight
           for wb, ib, mp in itertools.product([2, 5, 16], [2, 6, 16], ["differential", "offset"])]
 
 
+# ISAAC's flip encoding: lossless and lossy ADCs, both mappings, both ranges
+SWEEP += [XbarParams(rows=rows, cols=16, cell_bits=cb, dac_bits=db, adc_bits=ab, mapping=mp,
+                     adc_range=rg, adc_flip=True)
+          for rows, cb, db, ab, mp, rg in itertools.product(
+              [8, 16], [1, 2], [1, 2], [3, 5, 8], ["differential", "offset"],
+              ["full", "calibrated"])]
+
+
 @pytest.mark.parametrize("p", SWEEP, ids=lambda p: (
     f"r{p.rows}-c{p.cell_bits}-d{p.dac_bits}-a{p.adc_bits}-{p.mapping[:4]}-{p.adc_range[:3]}"
-    f"-w{p.weight_bits}-i{p.input_bits}"))
+    f"-w{p.weight_bits}-i{p.input_bits}" + ("-flip" if p.adc_flip else "")))
 def test_mvm_matches_definition(p: XbarParams) -> None:
     W, b, x = rand(21, 3), rand(3), rand(5, 21)
     want, pmax = ref_linear(W, b, x, p, calibrated=p.adc_range == "calibrated")
@@ -304,7 +312,7 @@ def test_partial_sum_max_matches_definition() -> None:
     pl = emu.layers[0]
     x_int = np.clip(np.rint(x / np.float32(pl.in_scale)), -127, 127).astype(np.int64)
     q, _ = ref_quantize_weights(W, 8)
-    want = max(int(P.max()) for *_, P in ref_partial_sums(x_int, q, p))
+    want = max(int(P.max()) for _, _, _, _, P, _, _ in ref_partial_sums(x_int, q, p))
     assert partial_sum_max(pl, x) == want
 
 
