@@ -77,8 +77,9 @@ class DemoPlan:
               show_default=True, help="Folder for every artifact.")
 @click.option("--target", default="isaac", show_default=True,
               help="Shipped target name or a .toml file.")
-@click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default="calibrated",
-              show_default=True, help="ADC range policy for the compiled programs.")
+@click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default=None,
+              help="Override the target's ADC range policy (isaac: full range, made lossless "
+                   "by its flip encoding).")
 @click.option("--force", is_flag=True, help="Redo every stage even if its artifact exists.")
 def command(out_dir: str, target: str, adc_range: str, force: bool) -> None:
     """Run the whole pipeline on the embedded digits default."""
@@ -87,7 +88,7 @@ def command(out_dir: str, target: str, adc_range: str, force: bool) -> None:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = DemoPlan(out, target, ["--adc-range", adc_range])
+    plan = DemoPlan(out, target, ["--adc-range", adc_range] if adc_range else [])
     timings: dict[str, float] = {}
     for i, stage in enumerate(plan.stages(), 1):
         artifact = out / stage.artifact
