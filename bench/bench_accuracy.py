@@ -5,8 +5,9 @@ Models come from the CLI (`farc teacher`, `farc distill`) into bench/.cache, or 
 `--artifacts DIR` (teacher.pt and far.pt there). Each program is compiled for ISAAC with
 8-bit weights and inputs, 2-bit cells and 1-bit DACs (the `farc compile` options below)
 and run on the 360-image digits test split by `farc.runtime.Emulator` (what `farc run`
-calls). With 128 rows the largest partial sum is 3 x 128 = 384, so a full-range ADC is
-lossless from 9 bits up; below that its step doubles per missing bit. A calibrated ADC
+calls). With 128 rows a column can sum 3 x 128 = 384, but ISAAC's flip encoding (on in
+isaac.toml) stores no column above half of that, so a full-range ADC is lossless from 8 bits
+up; below that its step doubles per missing bit. A calibrated ADC
 range spans the largest partial sum seen on the calibration images instead.
 Noise (docs/emulator.md): `read_sigma` (per cell, per read) and `prog_sigma` (per cell,
 once at programming), both as a fraction of g_on - g_off, on the 9-bit full-range program;

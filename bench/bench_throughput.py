@@ -7,7 +7,8 @@ compiled for ISAAC with 8-bit weights and inputs (2-bit cells, 1-bit DACs, full-
     the emulator's one-matmul fast path (`mvm_path="auto"`);
   - lossless, bit-level: the same program with `mvm_path="bitlevel"` (every cycle, slice
     and column partial sum formed and digitised, same result);
-  - full-ADC 8-bit: ISAAC's 8-bit full-range ADC (step 2, lossy), necessarily bit-level.
+  - full-ADC 8-bit: an 8-bit full-range ADC without ISAAC's flip encoding (step 2, lossy),
+    necessarily bit-level.
 The float ONNX model (`farc.onnx_export`, native LSTM nodes) runs in onnxruntime. Ratios are
 emulator seconds / onnxruntime seconds (lower is better); `top-1 agree` and `max rel err`
 compare the emulator's logits with onnxruntime's.
@@ -63,7 +64,7 @@ def model_rows(label: str, preset: str, batch: int, repeat: int, use: tuple,
         if adc not in programs:
             target = load_target("isaac").with_overrides(**{
                 "quant.weight_bits": 8, "quant.input_bits": 8, "adc.bits": adc,
-                "chip.tiles": 4000})
+                "adc.flip": False, "chip.tiles": 4000})
             programs[adc] = compile_checkpoint(model, target,
                                                CompileOptions(calib_samples=8, data=None))
         emu = Emulator(programs[adc], mvm_path=path)
