@@ -118,11 +118,25 @@ def _refuse_torch_save(path: Path) -> None:
         head = f.read(9)
     if head[8:9] == b"{":  # safetensors: 8-byte header length, then the JSON header
         return
+    if head[:4] == b"PK\x03\x04" and _is_tile_program(path):
+        raise CheckpointError(f"{path}: is a farc tile program (.farc), not a checkpoint; "
+                              "give the .pt checkpoint it was compiled from")
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         raise CheckpointError(
             f"{path}: is a torch.save/pickle file, not a farc checkpoint; import timm or "
             "facebookresearch weights with farc.models.loading.load_deit_state_dict"
         )
+
+
+def _is_tile_program(path: Path) -> bool:
+    """A zip whose first member is manifest.json: a `.farc` written by farc.runtime.program."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()[:1] == ["manifest.json"]
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _check_header(path: Path, meta: dict) -> None:
@@ -182,6 +196,25 @@ def _short(names: list[str], limit: int = 5) -> str:
         return "none"
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, with one line, when `atomic_write` could not write `path` later (a command
+    that trains for minutes checks its output first). Probes with a real temp file: only
+    that shows a read-only mount or a folder root may not write."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a file name")
+    folder = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents)
+                  if p.exists())
+    if not folder.is_dir():
+        raise CheckpointError(f"{path}: cannot create it, {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write in {folder} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def atomic_write(path: Path, write) -> None:

@@ -59,6 +59,17 @@ class TrainOptions:
     seed: int = 0
     eval_batch: int = 256
 
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+def check_rates(**rates: float) -> None:
+    """Learning rates must be finite and > 0 (a NaN or negative rate trains garbage silently)."""
+    for name, value in rates.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be finite and > 0, got {value}")
+
 
 @dataclass
 class Stage:
@@ -326,6 +337,10 @@ class DistillOptions:
                               f"expected one of {', '.join(SIMILARITIES)}")
         if self.epochs < 0 or self.ft_epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs} and {self.ft_epochs}")
+        if not (math.isfinite(self.sim_weight) and self.sim_weight >= 0):
+            raise ConfigError(f"--sim-weight must be finite and >= 0, got {self.sim_weight}")
+        check_rates(lr=self.lr, ft_lr=self.ft_lr)
+        self.train.validate()
 
 
 def similarity_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from farc.checkpoint import atomic_write
-from farc.errors import PassError
+from farc.errors import ConfigError, PassError
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -35,16 +35,33 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
 
     path = Path(path)
     cfg = _deit_config(model)
+    _check_opset(opset)
     device = next(model.parameters()).device
     example = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
     was_training = model.training
     model.eval()
     try:
         atomic_write(path, lambda tmp: _torchscript_export(model, example, tmp, opset))
+    except torch.onnx.errors.OnnxExporterError as exc:  # e.g. an op missing at this opset
+        raise PassError(f"ONNX export at opset {opset} failed: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     finally:
         model.train(was_training)
     _check_lstm_nodes(onnx.load(str(path), load_external_data=False), model, path)
     return path
+
+
+def _check_opset(opset: int) -> None:
+    """The TorchScript exporter's opset range (torch raises a bare RuntimeError otherwise)."""
+    try:
+        from torch.onnx import _constants as c
+
+        lo = c.ONNX_MIN_OPSET
+        hi = getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        lo, hi = 7, 20
+    if not lo <= opset <= hi:
+        raise ConfigError(f"ONNX opset {opset} is not supported; expected {lo}..{hi}")
 
 
 def expected_lstm_nodes(model: nn.Module) -> int:

@@ -35,6 +35,7 @@ from farc.distill import (
     Stage,
     TrainOptions,
     accuracy,
+    check_rates,
     finetune_loss,
     freeze,
 )
@@ -209,13 +210,15 @@ class PruneOptions:
     def validate(self) -> None:
         if (self.threshold is None) == (self.target_sparsity is None):
             raise ConfigError("give exactly one of --threshold and --target-sparsity")
-        if self.threshold is not None and self.threshold < 0:
+        if self.threshold is not None and not self.threshold >= 0:
             raise ConfigError(f"threshold {self.threshold} must be >= 0")
         if self.target_sparsity is not None and not 0.0 <= self.target_sparsity < 1.0:
             raise ConfigError(f"target sparsity {self.target_sparsity} out of range, "
                               "must be in [0, 1)")
-        if self.epochs < 0 or self.ft_epochs < 0 or self.hoyer_weight < 0:
+        if self.epochs < 0 or self.ft_epochs < 0 or not self.hoyer_weight >= 0:
             raise ConfigError("epochs and --hoyer-weight must be >= 0")
+        check_rates(lr=self.lr, ft_lr=self.ft_lr)
+        self.train.validate()
 
 
 def hoyer_loss(ref: nn.Module | None, opts: PruneOptions) -> LossFn:

@@ -51,8 +51,9 @@ class NoiseConfig:
 
     def __post_init__(self) -> None:
         for name in ("prog_sigma", "read_sigma", "drift_nu"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be >= 0")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be finite "
+                                  "and >= 0")
         for name in ("sa0_rate", "sa1_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be in [0, 1]")
@@ -61,7 +62,7 @@ class NoiseConfig:
                               "exceeds 1")
         if not self.on_off_ratio > 1:
             raise ConfigError(f"noise on_off_ratio = {self.on_off_ratio!r} must be > 1")
-        if not (self.drift_t0 > 0 and self.drift_t >= self.drift_t0):
+        if not (0 < self.drift_t0 <= self.drift_t < math.inf):
             raise ConfigError(f"noise drift_t = {self.drift_t!r} must be >= drift_t0 = "
                               f"{self.drift_t0!r} > 0")
 

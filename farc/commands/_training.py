@@ -25,7 +25,7 @@ def training_options(command: Callable) -> Callable:
                      help="Continue from OUTPUT.resume if it exists."),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
                      help="Where to train (default: cuda when available)."),
-        click.option("--threads", type=int, default=None,
+        click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="torch CPU threads (default: 1 for models under 1M parameters)."),
     ]
     for option in reversed(options):

@@ -85,7 +85,9 @@ def command(out_dir: str, target: str, adc_range: str, force: bool) -> None:
     """Run the whole pipeline on the embedded digits default."""
     from farc.cli import cli
     from farc.progress import out_console
+    from farc.targets import load_target
 
+    load_target(target)  # a bad --target fails now, not after minutes of training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = DemoPlan(out, target, ["--adc-range", adc_range] if adc_range else [])

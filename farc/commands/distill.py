@@ -74,11 +74,13 @@ def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd
             batch_size, seed, resume, device, threads) -> None:
     """Distil DeiT checkpoint TEACHER into a FAR student (block-wise, then end-to-end)."""
     from farc import distributed as D
+    from farc.checkpoint import check_writable
 
     opts = DistillOptions(similarity=similarity, sim_weight=sim_weight, epochs=epochs,
                           ft_epochs=ft_epochs, lr=lr, ft_lr=ft_lr, kd=kd,
                           train=TrainOptions(batch_size=batch_size, seed=seed))
     opts.validate()
+    check_writable(output)
     world = D.setup(device)
     try:
         _distill(teacher, output, data, opts, resume, world, threads)

@@ -68,6 +68,7 @@ def command(student, output, data, target_sparsity, threshold, hoyer_weight, epo
             kd, lr, ft_lr, batch_size, seed, resume, device, threads) -> None:
     """Prune FAR checkpoint STUDENT's LSTM units with Hoyer-Square, remove them, fine-tune."""
     from farc import distributed as D
+    from farc.checkpoint import check_writable
 
     if target_sparsity is None and threshold is None:
         target_sparsity = PruneOptions.target_sparsity
@@ -75,6 +76,7 @@ def command(student, output, data, target_sparsity, threshold, hoyer_weight, epo
                         hoyer_weight=hoyer_weight, epochs=epochs, ft_epochs=ft_epochs, lr=lr,
                         ft_lr=ft_lr, kd=kd, train=TrainOptions(batch_size=batch_size, seed=seed))
     opts.validate()
+    check_writable(output)
     world = D.setup(device)
     try:
         _prune(student, output, data, opts, resume, world, threads)

@@ -63,9 +63,7 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         outputs, counters = _gather(world, outputs, counters)
         if outputs is None:
             return
-    _save_atomic(outputs, Path(output_path))
-    if counters_path:
-        _save_json(counters, Path(counters_path))
+    _save_all(outputs, Path(output_path), counters, counters_path and Path(counters_path))
     n = len(next(iter(outputs.values())))
     click.echo(f"ran {n} samples -> {output_path}")
     if labels is not None and len(outputs) == 1:
@@ -112,9 +110,13 @@ def _read_inputs(program, path: str, labels_path: str | None):
     labels = None
     if labels_path:
         try:
-            labels = np.load(labels_path, allow_pickle=False).astype(np.int64).reshape(-1)
+            raw = np.load(labels_path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise DataError(f"{labels_path}: not a readable labels .npy ({exc})") from None
+        if not isinstance(raw, np.ndarray) or not np.issubdtype(raw.dtype, np.integer):
+            what = "an .npz archive" if not isinstance(raw, np.ndarray) else f"dtype {raw.dtype}"
+            raise DataError(f"{labels_path}: labels must be one integer .npy array, got {what}")
+        labels = raw.astype(np.int64).reshape(-1)
     _check_arrays(program, arrays, labels, path)
     return arrays, labels
 
@@ -175,21 +177,36 @@ def _run_batches(emu, inputs: dict[str, np.ndarray], batch_size: int) -> dict[st
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _save_atomic(outputs: dict[str, np.ndarray], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _save_all(outputs: dict[str, np.ndarray], path: Path, counters: dict,
+              counters_path: Path | None) -> None:
+    """Write every file to a temp name beside its target first, then rename them all: a
+    failure (a read-only --counters folder, a full disk) leaves none of them behind."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        temps.append((_temp_write(path, lambda fh: _write_outputs(outputs, path, fh)), path))
+        if counters_path is not None:
+            text = json.dumps(counters, indent=1).encode()
+            temps.append((_temp_write(counters_path, lambda fh: fh.write(text)), counters_path))
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _temp_write(path: Path, write) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            if len(outputs) == 1 and path.suffix != ".npz":
-                np.save(fh, next(iter(outputs.values())), allow_pickle=False)
-            else:
-                np.savez(fh, **outputs)
-        os.replace(tmp, path)
+            write(fh)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
-def _save_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+def _write_outputs(outputs: dict[str, np.ndarray], path: Path, fh) -> None:
+    if len(outputs) == 1 and path.suffix != ".npz":
+        np.save(fh, next(iter(outputs.values())), allow_pickle=False)
+    else:
+        np.savez(fh, **outputs)

@@ -39,7 +39,7 @@ DEFAULT_PRESET = "deit_digits"
               help="Std of Gaussian pixel-noise augmentation (0: off).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds init, shuffling and augmentation: same seed, same checkpoint.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (default 1: the digits model is too small to gain "
                    "from more, and extra threads spin when cores are shared).")
 @click.pass_context
@@ -48,12 +48,13 @@ def command(ctx, output, data, preset, weights, epochs, lr, batch_size, shift, n
     """Train a DeiT on a dataset's train split; pick by val; report test accuracy."""
     import torch
 
-    from farc.checkpoint import save_checkpoint
+    from farc.checkpoint import check_writable, save_checkpoint
     from farc.progress import log
 
     tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, shift=shift, noise=noise,
                        seed=seed)
     _check_options(tcfg, weights)
+    check_writable(output)
     threads = threads or 1
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -46,17 +46,28 @@ def load_deit_state_dict(
     return model.eval()
 
 
+def _looks_safetensors(path: Path) -> bool:
+    """safetensors whatever the suffix: an 8-byte header length, then the JSON header."""
+    with open(path, "rb") as f:
+        return f.read(9)[8:9] == b"{"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The raw state dict of a .safetensors or .pth file, unwrapped, without unpickling."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such state-dict file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if path.suffix == ".safetensors" or _looks_safetensors(path):
+        from safetensors import safe_open
 
         try:
-            obj = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                farc_ckpt = (f.metadata() or {}).get("format") == "farc-checkpoint"
+                obj = {} if farc_ckpt else {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        if farc_ckpt:
+            raise CheckpointError(f"{path}: is a farc checkpoint, not a timm/facebookresearch "
+                                  "state dict; farc commands take it as it is")
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
