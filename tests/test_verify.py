@@ -284,13 +284,15 @@ needs_compiler = pytest.mark.skipif(importlib.util.find_spec("tvm") is None,
                                     reason="apache-tvm is not installed")
 
 
-def digits_target(adc_bits: int, adc_range: str = "full"):
-    """ISAAC's crossbars (128 x 128, 2-bit cells, 1-bit DAC) with 8-bit weights and inputs."""
+def digits_target(adc_bits: int, adc_range: str = "full", flip: bool = False):
+    """ISAAC's crossbars (128 x 128, 2-bit cells, 1-bit DAC) with 8-bit weights and inputs
+    (ISAAC's flip encoding off unless asked for)."""
     from farc.targets import load_target
 
     return load_target("isaac").with_overrides(**{
         "quant.weight_bits": 8, "quant.input_bits": 8, "quant.mapping": "differential",
-        "crossbar.cell_bits": 2, "dac.bits": 1, "adc.bits": adc_bits, "adc.range": adc_range})
+        "crossbar.cell_bits": 2, "dac.bits": 1, "adc.bits": adc_bits, "adc.range": adc_range,
+        "adc.flip": flip})
 
 
 def compile_with_references(model, target, folder, name: str):
@@ -376,23 +378,25 @@ def test_lossless_program_equals_qdq_onnxruntime(kind, request, test_split, tmp_
 
 @needs_compiler
 @pytest.mark.slow
-def test_8bit_adc_agrees_with_float(trained_far, test_split, tmp_path):
+@pytest.mark.parametrize("adc_range,flip", [("calibrated", False), ("full", True)])
+def test_8bit_adc_agrees_with_float(trained_far, test_split, tmp_path, adc_range, flip):
     """Must show: 8-bit weights, inputs and ADC, 2-bit cells -> top-1 agreement with float
     onnxruntime >= 99 % and accuracy within 0.5 pt of float on the whole digits test split.
 
-    The ADC range is calibrated: with the full-scale range, 128 rows x 1-bit DAC x 2-bit
-    cells (Pmax 384) need 9 bits, so an 8-bit ADC steps by 2 and every partial sum of the
-    most significant cycle and slice is off by up to 2**13 (see docs/verify.md)."""
+    Two ways to get there: a calibrated ADC range, or ISAAC's full range with its flip
+    encoding. Without either, 128 rows x 1-bit DAC x 2-bit cells (Pmax 384) need 9 bits, so
+    an 8-bit ADC steps by 2 and every partial sum of the most significant cycle and slice is
+    off by up to 2**13 (see docs/verify.md)."""
     from farc.verify import References, verify
 
-    target = digits_target(adc_bits=8, adc_range="calibrated")
+    target = digits_target(adc_bits=8, adc_range=adc_range, flip=flip)
     prog, path = compile_with_references(trained_far, target, tmp_path, "far8")
     x, y = test_split
     r = verify(prog, x, y, References(*reference_paths(path)),
                tol=Tolerances(min_agreement=0.99, max_acc_drop=0.5))
     fl = r.pairs[(EMULATOR, FLOAT)]
-    print(f"\n8-bit ADC (calibrated): lossless={r.lossless}, vs float top-1 {fl.agreement:.2%}, "
-          f"rel {fl.rel:.3g}, accuracy {r.accuracy}")
+    print(f"\n8-bit ADC ({adc_range}, flip {flip}): lossless={r.lossless}, "
+          f"vs float top-1 {fl.agreement:.2%}, rel {fl.rel:.3g}, accuracy {r.accuracy}")
     assert r.samples == 360
     assert fl.agreement >= 0.99
     assert 100 * (r.accuracy[FLOAT] - r.accuracy[EMULATOR]) <= 0.5
