@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from farc.atomic import atomic_write
 from farc.errors import CheckpointError, FarcError
 from farc.models.registry import MODEL_KINDS, build_model, model_config
 
@@ -215,18 +216,3 @@ def check_writable(path: str | os.PathLike) -> None:
         raise CheckpointError(f"{path}: cannot write in {folder} ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp) on a temp file beside `path`, then rename it over `path`.
-
-    A crash or an error mid-write never leaves a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from farc.checkpoint import atomic_write
+from farc.atomic import atomic_write
 from farc.errors import ConfigError, PassError
 
 INPUT_NAME = "image"

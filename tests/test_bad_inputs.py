@@ -175,3 +175,55 @@ def test_run_writes_no_output_when_counters_fail(tmp_path: Path, monkeypatch, ca
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "Permission denied" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.farc", "x.npy"]
+
+
+@pytest.mark.parametrize("name,match", [("empty", "has no samples"),
+                                        ("nan", "holds NaN or infinite values")])
+def test_run_refuses_empty_or_nonfinite_input(tmp_path: Path, name: str, match: str) -> None:
+    prog, x = tiny_program(tmp_path)
+    bad = np.zeros((0, 12), np.float32) if name == "empty" else np.full((3, 12), np.nan,
+                                                                        np.float32)
+    np.save(x, bad)
+    one_line_error(farc("run", prog, "--input", x, "-o", tmp_path / "o.npy"), match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.farc", "x.npy"]
+
+
+# ----------------------------------------------------------------- report and inspect outputs
+@pytest.fixture
+def far_farc(tmp_path: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).parent / "targets"))
+    from farc.targets import load_target
+    from handmade_programs import far_program
+
+    return far_program(load_target("isaac")).save(tmp_path / "far.farc")
+
+
+def test_report_writes_json_and_html_together(far_farc: Path, monkeypatch, capsys) -> None:
+    """--json failing (here: its writer raises) must not leave the --html file behind."""
+    import farc.report.build as build
+    from farc.cli import main
+
+    def broken(reports):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "to_json", broken)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(far_farc), "--html", str(far_farc.parent / "r.html"),
+              "--json", str(far_farc.parent / "r.json")])
+    assert exc.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "No space left" in lines[0], lines
+    assert sorted(p.name for p in far_farc.parent.iterdir()) == ["far.farc"]
+
+
+def test_inspect_plot_is_png_whatever_the_suffix(far_farc: Path) -> None:
+    """matplotlib picks a format from the suffix and fails on '.txt' (was an internal error);
+    the map is a PNG, written atomically with the usual file mode."""
+    from farc.atomic import file_mode
+
+    out = far_farc.parent / "map.txt"
+    res = farc("inspect", far_farc, "--plot", out)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_mode & 0o777 == file_mode()
+    assert sorted(p.name for p in far_farc.parent.iterdir()) == ["far.farc", "map.txt"]

@@ -49,10 +49,16 @@ def command(program_path, compare_path, attention, html_path, overrides, json_pa
     console.print(f"[bold]assumption[/bold]: {escape(ATTENTION_NOTE[attention])}")
     for s in sections:
         console.print(to_rich(s))
+    from farc.atomic import atomic_write_all
+
+    texts = {}
     if html_path:
-        Path(html_path).write_text(build_html(reports, sections, [n for n, _ in programs]),
-                                   encoding="utf-8")
+        texts[html_path] = build_html(reports, sections, [n for n, _ in programs])
+    if json_path:
+        texts[json_path] = to_json(reports)
+    atomic_write_all([(Path(p), lambda tmp, t=t: tmp.write_text(t, encoding="utf-8"))
+                      for p, t in texts.items()])
+    if html_path:
         console.print(f"HTML report: {html_path}")
     if json_path:
-        Path(json_path).write_text(to_json(reports), encoding="utf-8")
         console.print(f"JSON: {json_path}")

@@ -152,6 +152,10 @@ def _check_arrays(program, arrays: dict[str, np.ndarray], labels, where: str) ->
             shown = ["N" if w is None else w for w in want]
             raise DataError(f"{where}: input {name!r} has shape {list(x.shape)}, the program "
                             f"expects {shown}")
+        if len(x) == 0:
+            raise DataError(f"{where}: input {name!r} has no samples")
+        if not np.isfinite(x).all():
+            raise DataError(f"{where}: input {name!r} holds NaN or infinite values")
         sizes.add(len(x))
     if len(sizes) != 1:
         raise DataError(f"{where}: inputs have different sample counts {sorted(sizes)}")
@@ -195,7 +199,10 @@ def _save_all(outputs: dict[str, np.ndarray], path: Path, counters: dict,
 
 
 def _temp_write(path: Path, write) -> str:
+    from farc.atomic import file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, file_mode())
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -188,6 +188,12 @@ def occupancy_png(program: Any, path: str) -> str:
     fig.suptitle(f"{m['model'].get('name', 'program')} on {t.name}: {len(occ):,} of "
                  f"{t.crossbars:,} crossbars used ({tiles} of {t.chip.tiles} tiles)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from pathlib import Path
+
+    from farc.atomic import atomic_write
+
+    try:  # always PNG, whatever the suffix; written to a temp name, then renamed
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
     return path
