@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from farc.errors import ConfigError
+
 Writer = Callable[[Path], object]
 
 
@@ -43,3 +45,22 @@ def file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, with one line, when `atomic_write` could not write `path` later (a command
+    that trains or compiles for minutes checks its output first). Probes with a real temp
+    file: only that shows a read-only mount or a folder root may not write."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a file name")
+    folder = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents)
+                  if p.exists())
+    if not folder.is_dir():
+        raise ConfigError(f"{path}: cannot create it, {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write in {folder} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from farc.atomic import atomic_write
+from farc.atomic import atomic_write, check_writable  # noqa: F401  (re-exported)
 from farc.errors import CheckpointError, FarcError
 from farc.models.registry import MODEL_KINDS, build_model, model_config
 
@@ -197,22 +196,3 @@ def _short(names: list[str], limit: int = 5) -> str:
         return "none"
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Fail now, with one line, when `atomic_write` could not write `path` later (a command
-    that trains for minutes checks its output first). Probes with a real temp file: only
-    that shows a read-only mount or a folder root may not write."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a file name")
-    folder = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents)
-                  if p.exists())
-    if not folder.is_dir():
-        raise CheckpointError(f"{path}: cannot create it, {folder} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write in {folder} ({exc.strerror})") from None
-    os.close(fd)
-    os.unlink(probe)

@@ -94,6 +94,7 @@ class Program:
             k: {"dtype": str(v.dtype), "shape": list(v.shape),
                 "sha256": hashlib.sha256(blobs[k]).hexdigest()} for k, v in self.arrays.items()}
         self.validate()
+        path.parent.mkdir(parents=True, exist_ok=True)  # as farc.atomic.atomic_write does
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farc.checkpoint import check_writable, load_checkpoint
+from farc.atomic import check_writable
+from farc.checkpoint import load_checkpoint
 from farc.distill import DistillOptions, TrainOptions
 from farc.errors import CheckpointError, ConfigError, PassError
 from farc.prune import PruneOptions
@@ -102,9 +103,9 @@ def test_farc_checkpoint_given_as_timm_weights(far_checkpoint) -> None:
 # ----------------------------------------------------------------- output paths
 def test_check_writable(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "f").write_text("x")
-    with pytest.raises(CheckpointError, match="is a folder, not a file name"):
+    with pytest.raises(ConfigError, match="is a folder, not a file name"):
         check_writable(tmp_path)
-    with pytest.raises(CheckpointError, match="is not a folder"):
+    with pytest.raises(ConfigError, match="is not a folder"):
         check_writable(tmp_path / "f" / "sub" / "m.pt")
     check_writable(tmp_path / "new" / "m.pt")  # created later by atomic_write: fine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
@@ -112,8 +113,8 @@ def test_check_writable(tmp_path: Path, monkeypatch) -> None:
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("farc.checkpoint.tempfile.mkstemp", denied)
-    with pytest.raises(CheckpointError, match=r"cannot write in .* \(Permission denied\)"):
+    monkeypatch.setattr("farc.atomic.tempfile.mkstemp", denied)
+    with pytest.raises(ConfigError, match=r"cannot write in .* \(Permission denied\)"):
         check_writable(tmp_path / "m.pt")
 
 
@@ -227,3 +228,20 @@ def test_inspect_plot_is_png_whatever_the_suffix(far_farc: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_mode & 0o777 == file_mode()
     assert sorted(p.name for p in far_farc.parent.iterdir()) == ["far.farc", "map.txt"]
+
+
+def test_compile_checks_output_before_compiling(pruned_far_checkpoint, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    one_line_error(farc("compile", pruned_far_checkpoint, "-o", tmp_path / "f" / "m.farc",
+                        "--calib-samples", 8), "is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_program_save_makes_its_folder(tmp_path: Path) -> None:
+    """Like every other farc output (atomic_write), a program's missing folder is created
+    (it used to fail after compiling, naming a temp file)."""
+    from farc.runtime.program import Program
+
+    prog, _ = tiny_program(tmp_path)
+    out = Program.load(prog).save(tmp_path / "new" / "sub" / "m.farc")
+    assert [p.name for p in out.parent.iterdir()] == ["m.farc"]

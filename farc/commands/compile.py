@@ -49,6 +49,7 @@ OVERRIDES = {
 def command(checkpoint, target_name, output, calib_samples, data, replicate, emit_onnx,
             dump_dir, **overrides) -> None:
     """Compile a DeiT or FAR checkpoint into a crossbar tile program (.farc)."""
+    from farc.atomic import check_writable
     from farc.checkpoint import load_checkpoint
     from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.errors import ConfigError
@@ -60,6 +61,7 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
         **{OVERRIDES[k]: v for k, v in overrides.items()})
     ckpt = load_checkpoint(checkpoint)
     out = Path(output) if output else Path(checkpoint).with_suffix(".farc")
+    check_writable(out)  # before the passes run, not at save()
     opts = CompileOptions(calib_samples=calib_samples, data=data, replicate=replicate,
                           dump_dir=Path(dump_dir) if dump_dir else None,
                           checkpoint_path=str(Path(checkpoint).resolve()),

@@ -40,6 +40,7 @@ from farc.errors import DataError
 def command(program_path, input_path, labels_path, data_spec, split, noise, seed, batch_size,
             mvm_path, counters_path, output_path) -> None:
     """Run MODEL.farc on the functional ReRAM emulator."""
+    from farc.atomic import check_writable
     from farc.errors import ConfigError
     from farc.runtime.emulator import Emulator
     from farc.runtime.noise import NoiseConfig
@@ -52,6 +53,7 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
     for out in filter(None, (output_path, counters_path)):
         if not Path(out).resolve().parent.is_dir():
             raise ConfigError(f"{out}: its folder does not exist")
+        check_writable(out)  # a read-only folder fails now, not after emulating
     program = Program.load(program_path)
     cfg = NoiseConfig.parse(list(noise)) if noise else None
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
