@@ -157,18 +157,17 @@ def test_run_refuses_float_labels(tmp_path: Path) -> None:
 
 def test_run_writes_no_output_when_counters_fail(tmp_path: Path, monkeypatch, capsys) -> None:
     """A --counters file that cannot be written must not leave the -o file behind."""
-    import farc.commands.run as run_cmd
     from farc.cli import main
 
     prog, x = tiny_program(tmp_path)
-    real = run_cmd._temp_write
+    real = Path.write_text
 
-    def failing(path, write):
-        if path.suffix == ".json":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path, write)
+    def failing(self, *a, **k):  # the counters' temp file; the -o temp is written before
+        if self.name.startswith(".c.json."):
+            raise PermissionError(13, "Permission denied")
+        return real(self, *a, **k)
 
-    monkeypatch.setattr(run_cmd, "_temp_write", failing)
+    monkeypatch.setattr(Path, "write_text", failing)
     with pytest.raises(SystemExit) as exc:
         main(["run", str(prog), "--input", str(x), "-o", str(tmp_path / "o.npy"),
               "--counters", str(tmp_path / "c.json")])
@@ -245,3 +244,15 @@ def test_program_save_makes_its_folder(tmp_path: Path) -> None:
     prog, _ = tiny_program(tmp_path)
     out = Program.load(prog).save(tmp_path / "new" / "sub" / "m.farc")
     assert [p.name for p in out.parent.iterdir()] == ["m.farc"]
+
+
+def test_demo_summary_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
+    from farc.commands.demo import _write_json
+
+    def full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        _write_json(tmp_path / "summary.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []

@@ -166,9 +166,10 @@ def _gather(out: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
+    from farc.atomic import atomic_write
+
+    text = json.dumps(data, indent=1, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _pct(v: float | None) -> str:

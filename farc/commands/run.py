@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -185,37 +184,20 @@ def _run_batches(emu, inputs: dict[str, np.ndarray], batch_size: int) -> dict[st
 
 def _save_all(outputs: dict[str, np.ndarray], path: Path, counters: dict,
               counters_path: Path | None) -> None:
-    """Write every file to a temp name beside its target first, then rename them all: a
-    failure (a read-only --counters folder, a full disk) leaves none of them behind."""
-    temps: list[tuple[str, Path]] = []
-    try:
-        temps.append((_temp_write(path, lambda fh: _write_outputs(outputs, path, fh)), path))
-        if counters_path is not None:
-            text = json.dumps(counters, indent=1).encode()
-            temps.append((_temp_write(counters_path, lambda fh: fh.write(text)), counters_path))
-        for tmp, final in temps:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
+    """Every file goes to a temp name first, then all are renamed: a failure (a full disk,
+    a --counters folder that turned read-only) leaves none of them behind."""
+    from farc.atomic import atomic_write_all
+
+    items = [(path, lambda tmp: _write_outputs(outputs, path, tmp))]
+    if counters_path is not None:
+        text = json.dumps(counters, indent=1)
+        items.append((counters_path, lambda tmp: tmp.write_text(text)))
+    atomic_write_all(items)
 
 
-def _temp_write(path: Path, write) -> str:
-    from farc.atomic import file_mode
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, file_mode())
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _write_outputs(outputs: dict[str, np.ndarray], path: Path, fh) -> None:
-    if len(outputs) == 1 and path.suffix != ".npz":
-        np.save(fh, next(iter(outputs.values())), allow_pickle=False)
-    else:
-        np.savez(fh, **outputs)
+def _write_outputs(outputs: dict[str, np.ndarray], path: Path, tmp: Path) -> None:
+    with open(tmp, "wb") as fh:  # a file object: np.save/savez would add a suffix to a name
+        if len(outputs) == 1 and path.suffix != ".npz":
+            np.save(fh, next(iter(outputs.values())), allow_pickle=False)
+        else:
+            np.savez(fh, **outputs)
