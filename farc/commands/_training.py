@@ -10,6 +10,21 @@ import click
 from farc.distill import TrainOptions
 
 
+def run_training(opts, output: str, device: str | None, body: Callable) -> None:
+    """Check the options and that `output` can be written (before minutes of training),
+    join the torchrun world (a world of one without torchrun), run body(world), leave it."""
+    from farc import distributed as D
+    from farc.checkpoint import check_writable
+
+    opts.validate()
+    check_writable(output)
+    world = D.setup(device)
+    try:
+        body(world)
+    finally:
+        D.teardown()
+
+
 def training_options(command: Callable) -> Callable:
     """Add --data, --batch-size, --seed, --resume, --device and --threads to `command`."""
     options = [

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from farc.commands._training import training_options
+from farc.commands._training import run_training, training_options
 from farc.distill import SIMILARITIES, DistillOptions, TrainOptions
 
 
@@ -73,19 +73,12 @@ def print_preservation(fp: dict) -> None:
 def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd, lr, ft_lr,
             batch_size, seed, resume, device, threads) -> None:
     """Distil DeiT checkpoint TEACHER into a FAR student (block-wise, then end-to-end)."""
-    from farc import distributed as D
-    from farc.checkpoint import check_writable
 
     opts = DistillOptions(similarity=similarity, sim_weight=sim_weight, epochs=epochs,
                           ft_epochs=ft_epochs, lr=lr, ft_lr=ft_lr, kd=kd,
                           train=TrainOptions(batch_size=batch_size, seed=seed))
-    opts.validate()
-    check_writable(output)
-    world = D.setup(device)
-    try:
-        _distill(teacher, output, data, opts, resume, world, threads)
-    finally:
-        D.teardown()
+    run_training(opts, output, device,
+                 lambda world: _distill(teacher, output, data, opts, resume, world, threads))
 
 
 def _distill(teacher_path, output, data, opts, resume, world, threads) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from farc.commands._training import training_options
+from farc.commands._training import run_training, training_options
 from farc.commands.distill import file_sha256, print_accuracy
 from farc.distill import TrainOptions
 from farc.prune import PruneOptions
@@ -67,21 +67,14 @@ def print_params(report: dict) -> None:
 def command(student, output, data, target_sparsity, threshold, hoyer_weight, epochs, ft_epochs,
             kd, lr, ft_lr, batch_size, seed, resume, device, threads) -> None:
     """Prune FAR checkpoint STUDENT's LSTM units with Hoyer-Square, remove them, fine-tune."""
-    from farc import distributed as D
-    from farc.checkpoint import check_writable
 
     if target_sparsity is None and threshold is None:
         target_sparsity = PruneOptions.target_sparsity
     opts = PruneOptions(target_sparsity=target_sparsity, threshold=threshold,
                         hoyer_weight=hoyer_weight, epochs=epochs, ft_epochs=ft_epochs, lr=lr,
                         ft_lr=ft_lr, kd=kd, train=TrainOptions(batch_size=batch_size, seed=seed))
-    opts.validate()
-    check_writable(output)
-    world = D.setup(device)
-    try:
-        _prune(student, output, data, opts, resume, world, threads)
-    finally:
-        D.teardown()
+    run_training(opts, output, device,
+                 lambda world: _prune(student, output, data, opts, resume, world, threads))
 
 
 def _prune(student_path, output, data, opts, resume, world, threads) -> None:
