@@ -25,8 +25,6 @@ program under the names `reference_paths` defines.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,15 +61,10 @@ def reference_paths(program_path: str | Path) -> tuple[Path, Path]:
 
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write `model` atomically (temp file + rename), so a crash never leaves half a file."""
+    from farc.atomic import atomic_write
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_bytes(model.SerializeToString()))
     return path
 
 

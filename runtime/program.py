@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from farc.atomic import atomic_write
 from farc.errors import ProgramError
 
 from .isa import FORMAT, VERSION
@@ -94,20 +94,16 @@ class Program:
             k: {"dtype": str(v.dtype), "shape": list(v.shape),
                 "sha256": hashlib.sha256(blobs[k]).hexdigest()} for k, v in self.arrays.items()}
         self.validate()
-        path.parent.mkdir(parents=True, exist_ok=True)  # as farc.atomic.atomic_write does
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
                 with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                     zf.writestr(MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True))
                     for name, blob in blobs.items():
                         zf.writestr(f"arrays/{name}.npy", blob)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)  # torch-free: stdlib and farc.errors only
         return path
 
     @classmethod
