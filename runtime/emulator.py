@@ -253,13 +253,20 @@ class Emulator:
             for s in ins["scatter"]:
                 self._scatter(s, local[s["src"]], t, T, outs)
             self._record = False
+        self._close_loop(ins, regs, local, outer, recording, step, T)
+        regs.update(outs)
+
+    def _close_loop(self, ins: dict[str, Any], regs: dict[str, np.ndarray],
+                    local: dict[str, np.ndarray], outer: Counters, recording: bool,
+                    step: Counters, T: int) -> None:
+        """After the last step: restore the outer counters (adding one step's events T
+        times, since every step sees the same shapes) and hand the carries back."""
         self.counters, self._record = outer, recording
         if recording:
             outer.add(step, times=T)
             outer.instructions += 1
         for reg in ins["carry"]:
             regs[reg] = local[reg]
-        regs.update(outs)
 
     def _loop_lockstep(self, ins: dict[str, Any], regs: dict[str, np.ndarray], prefix: str,
                        plan: list[list[Group]], T: int) -> None:
@@ -307,12 +314,7 @@ class Emulator:
                     for _ in ms:
                         record_move(step, src.shape[1:])
             self._record = False
-        self.counters, self._record = outer, recording
-        if recording:
-            outer.add(step, times=T)
-            outer.instructions += 1
-        for reg in ins["carry"]:
-            regs[reg] = local[reg]
+        self._close_loop(ins, regs, local, outer, recording, step, T)
         for _, _, dst, ms in scatters:
             for k, m in enumerate(ms):
                 regs[m["dst"]] = dst[k]
