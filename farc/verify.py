@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from farc.errors import ConfigError, FarcError
+from farc.runtime.numerics import layer_lossless
 
 EMULATOR, QDQ, FLOAT = "emulator", "qdq", "float"
 PAIRS = ((EMULATOR, QDQ), (EMULATOR, FLOAT), (QDQ, FLOAT))
@@ -196,17 +197,12 @@ def _checks(r: VerifyReport, tol: Tolerances) -> list[Check]:
 
 # ----------------------------------------------------------------------------- the program
 def program_is_lossless(program: Any) -> bool:
-    """True when no ADC can change any partial sum of any layer: every step is 1 and the
-    largest sum a column of a crossbar can reach, (2**dac_bits - 1) * sum of its codes,
-    fits in 2**adc_bits - 1 levels. The emulator is then exact (docs/numerics.md)."""
-    for layer in program.manifest.get("layers", []):
-        if any(int(s) != 1 for s in layer["adc_step"]):
-            return False
-        codes = np.asarray(program.arrays[layer["arrays"]["codes"]], np.int64)
-        peak = int(codes.sum(axis=2).max(initial=0)) * (2 ** int(layer["dac_bits"]) - 1)
-        if peak > 2 ** int(layer["adc_bits"]) - 1:
-            return False
-    return True
+    """True when no ADC can change any partial sum of any layer: the emulator is then exact
+    (docs/numerics.md). The rule is the one the emulator applies
+    (farc.runtime.numerics.layer_lossless, flip encoding included), so verify checks
+    exactly the layers the emulator runs losslessly."""
+    return all(layer_lossless(layer, program.arrays[layer["arrays"]["codes"]])
+               for layer in program.manifest.get("layers", []))
 
 
 def checkpoint_from_provenance(program: Any) -> Path | None:

@@ -7,16 +7,15 @@ Leaves: the IR unchanged except for attributes on each crossbar function: `farc.
 (s_x = r / Qx, r the calibrated range under the target's policy: max |x| or its
 percentile), `farc.in_zero` (z = 2**(input_bits-1)), `farc.weight_bits`,
 `farc.input_bits`. The integer weights q and scales s_w (docs/numerics.md, computed by
-farc.runtime.builder.quantize_weights so emulator and compiler share one rounding) go to
+farc.runtime.numerics, the one crossbar-numerics module) go to
 the LayerStore. Run before TileCrossbar."""
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from farc.passes._crossbar_ir import LayerCalib, LayerData, LayerStore, const_value
 from farc.passes.partition_crossbar import composite_parts, crossbar_functions
-from farc.runtime.builder import quantize_weights
+from farc.runtime.numerics import input_scale, quantize_weights
 from farc.targets import Target
 from tvm import relax
 
@@ -51,7 +50,7 @@ class QuantizeCrossbar:
         data.in_scale = input_scale(self._range(name), q.input_bits)
         self.store[name] = data
         return func.with_attrs({"farc.in_scale": data.in_scale,
-                                "farc.in_zero": 2 ** (q.input_bits - 1),
+                                "farc.in_zero": self.target.xbar.in_zero,
                                 "farc.weight_bits": q.weight_bits,
                                 "farc.input_bits": q.input_bits})
 
@@ -62,8 +61,3 @@ class QuantizeCrossbar:
         return stats.percentile if self.target.quant.calibration == "percentile" \
             else stats.absmax
 
-
-def input_scale(r: float, input_bits: int) -> float:
-    """s_x = r / Qx, float32-representable; 1/Qx when the layer never saw a non-zero input."""
-    qx = 2 ** (input_bits - 1) - 1
-    return float(np.float32(r / qx if r > 0 else 1.0 / qx))

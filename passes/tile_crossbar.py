@@ -17,14 +17,12 @@ tests. Run before ScheduleCrossbar."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tvm
 from farc.passes._crossbar_ir import LayerCalib, LayerData, LayerStore
 from farc.passes.partition_crossbar import crossbar_functions
-from farc.runtime.builder import XbarParams, adc_steps, column_map, tile_codes
-from farc.runtime.crossbar import bit_planes, flip_mask, physical_codes, quantize_input
+from farc.runtime.builder import column_map, encode_columns, layer_fields, tile_codes
+from farc.runtime.numerics import bit_planes, quantize_input, stored_levels
 from farc.targets import Target
 
 PMAX_VECTORS = 256
@@ -43,7 +41,7 @@ class TileCrossbar:
 
     def __init__(self, target: Target, store: LayerStore, calib: dict[str, LayerCalib]):
         self.target, self.store, self.calib = target, store, calib
-        self.params = XbarParams.from_target(target)
+        self.params = target.xbar
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         for gv, func in crossbar_functions(mod):
@@ -59,37 +57,28 @@ class TileCrossbar:
     def _tile(self, data: LayerData) -> None:
         p = self.params
         k, n = data.q.shape
-        codes = tile_codes(encode_levels(data.q, p), p)
+        codes = tile_codes(encode_columns(data.q, p), p)
         rt, ct = codes.shape[:2]
         data.arrays = {"codes": codes, "w_scale": data.w_scale,
                        "colsum": data.q.sum(axis=0).astype(np.int64), **column_map(n, p)}
         if data.bias is not None:
             data.arrays["bias"] = data.bias.astype(np.float32).reshape(n)
         pmax = self._pmax(data, codes) if p.adc_range == "calibrated" else None
-        data.info = {
-            "name": data.name, "kind": data.kind, "K": k, "N": n,
-            "weight_bits": p.weight_bits, "input_bits": p.input_bits,
-            "cell_bits": p.cell_bits, "dac_bits": p.dac_bits, "adc_bits": p.adc_bits,
-            "mapping": p.mapping, "slices": p.slices, "signs": p.signs,
-            "rows": p.rows, "cols": p.cols, "row_tiles": rt, "col_tiles": ct,
-            "in_scale": data.in_scale, "in_zero": 2 ** (p.input_bits - 1),
-            "adc_range": p.adc_range, "adc_step": adc_steps(p, rt, pmax),
-            "adc_flip": p.adc_flip}
+        data.info = {"name": data.name, "kind": data.kind, "K": k, "N": n,
+                     **layer_fields(p, rt, ct, data.in_scale, p.adc_steps(rt, pmax))}
 
     def _pmax(self, data: LayerData, codes: np.ndarray) -> list[float]:
         """Largest partial sum of each row tile over the layer's calibration vectors."""
         p = self.params
         vecs = self.calib[data.name].vectors[:PMAX_VECTORS]
-        u = quantize_input(vecs, data.in_scale, p.input_bits) + 2 ** (p.input_bits - 1)
+        u = quantize_input(vecs, data.in_scale, p.input_bits) + p.in_zero
         rt, ct = codes.shape[:2]
         padded = np.zeros((len(u), rt * p.rows), dtype=np.int64)
         padded[:, : u.shape[1]] = u
         dtype = np.float32 if self.target.max_partial_sum < 2**24 else np.float64
         planes = bit_planes(padded, p.cycles, p.dac_bits).astype(dtype)
-        flat = codes.transpose(0, 2, 1, 3).reshape(rt, p.rows, ct * p.cols)
-        if p.adc_flip:  # the ADC sees the complemented columns the crossbars hold
-            used = np.minimum(p.rows, data.q.shape[0] - np.arange(rt) * p.rows)
-            flat = physical_codes(flat, flip_mask(flat, used, p.cell_bits), used, p.cell_bits)
+        # the ADC sees the levels the crossbars hold (complemented columns under flip)
+        flat, _ = stored_levels(codes, data.q.shape[0], ct * p.cols, p.cell_bits, p.adc_flip)
         out = []
         for r in range(rt):
             g = flat[r].astype(dtype)
@@ -98,21 +87,6 @@ class TileCrossbar:
         return out
 
 
-def encode_levels(q: np.ndarray, p: XbarParams) -> np.ndarray:
-    """farc.runtime.builder.encode_columns without its [K, N, signs, slices] int64
-    temporary (gigabytes for a Base model): one uint8 plane per (sign, slice)."""
-    k, n = q.shape
-    out = np.empty((k, n, p.signs, p.slices), dtype=np.uint8)
-    mags = [np.maximum(q, 0), np.maximum(-q, 0)] if p.mapping == "differential" else [q + p.qw]
-    mask = 2**p.cell_bits - 1
-    for sign, m in enumerate(mags):
-        m32 = m.astype(np.int32)
-        for s in range(p.slices):
-            out[:, :, sign, s] = (m32 >> (s * p.cell_bits)) & mask
-    return out.reshape(k, -1)
-
-
 def crossbars_needed(k: int, n: int, target: Target) -> int:
     """The closed form of dense packing: ceil(K/rows) * ceil(N*slices*signs/cols)."""
-    xb = target.crossbar
-    return math.ceil(k / xb.rows) * math.ceil(n * target.weight_slices * target.signs / xb.cols)
+    return target.xbar.geometry(k, n).crossbars

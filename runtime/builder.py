@@ -8,104 +8,39 @@ into a validated `Program`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from farc.errors import ProgramError
 
-from .crossbar import adc_step_for, full_scale_pmax, input_cycles, mapping_signs, weight_slices
+from .numerics import XbarParams, quantize_weights
+from .numerics import input_scale as scale_for_range
 from .program import Program
 
 
-@dataclass(frozen=True)
-class XbarParams:
-    """The hardware and quantization facts one layer is packed with (a numpy-only mirror of
-    the Target fields the packing reads; build it with `from_target`)."""
-
-    rows: int = 128
-    cols: int = 128
-    cell_bits: int = 2
-    dac_bits: int = 1
-    adc_bits: int = 8
-    adc_range: str = "full"
-    weight_bits: int = 8
-    input_bits: int = 8
-    mapping: str = "differential"
-    adc_flip: bool = False
-
-    @property
-    def slices(self) -> int:
-        return weight_slices(self.weight_bits, self.cell_bits, self.mapping)
-
-    @property
-    def signs(self) -> int:
-        return mapping_signs(self.mapping)
-
-    @property
-    def cycles(self) -> int:
-        return input_cycles(self.input_bits, self.dac_bits)
-
-    @property
-    def qw(self) -> int:
-        return 2 ** (self.weight_bits - 1) - 1
-
-    @property
-    def qx(self) -> int:
-        return 2 ** (self.input_bits - 1) - 1
-
-    @classmethod
-    def from_target(cls, target: Any) -> XbarParams:
-        """From a `farc.targets.Target` (read by attribute, so runtime never imports it)."""
-        return cls(rows=target.crossbar.rows, cols=target.crossbar.cols,
-                   cell_bits=target.crossbar.cell_bits, dac_bits=target.dac.bits,
-                   adc_bits=target.adc.bits, adc_range=target.adc.range,
-                   weight_bits=target.quant.weight_bits, input_bits=target.quant.input_bits,
-                   mapping=target.quant.mapping, adc_flip=bool(target.adc.flip))
-
-    @classmethod
-    def from_target_dict(cls, d: dict[str, Any]) -> XbarParams:
-        """From the TOML-shaped target dict stored in a program manifest."""
-        return cls(rows=d["crossbar"]["rows"], cols=d["crossbar"]["cols"],
-                   cell_bits=d["crossbar"]["cell_bits"], dac_bits=d["dac"]["bits"],
-                   adc_bits=d["adc"]["bits"], adc_range=d["adc"]["range"],
-                   weight_bits=d["quant"]["weight_bits"], input_bits=d["quant"]["input_bits"],
-                   mapping=d["quant"]["mapping"], adc_flip=bool(d["adc"].get("flip", False)))
-
-    def replace(self, **kw: Any) -> XbarParams:
-        return replace(self, **kw)
-
-
-def quantize_weights(W: np.ndarray, weight_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-column symmetric quantization: (q int64 [K, N], s_w float32 [N]).
-    The rounding divides by the stored float32 scale so q and s_w agree exactly."""
-    qw = 2 ** (weight_bits - 1) - 1
-    W = np.asarray(W, dtype=np.float64)
-    peak = np.abs(W).max(axis=0)
-    s_w = np.where(peak > 0, peak / qw, 1.0).astype(np.float32)
-    q = np.clip(np.rint(W / s_w.astype(np.float64)), -qw, qw).astype(np.int64)
-    return q, s_w
-
-
 def encode_columns(q: np.ndarray, p: XbarParams) -> np.ndarray:
-    """Signed integers q [K, N] -> conductance levels [K, N * signs * slices], expanded
-    column j = (n * signs + sign) * slices + s, slice s LSB first."""
-    if p.mapping == "differential":
-        mags = np.stack([np.maximum(q, 0), np.maximum(-q, 0)], axis=2)
-    else:
-        mags = (q + p.qw)[:, :, None]
-    shifts = np.arange(p.slices, dtype=np.int64) * p.cell_bits
-    levels = (mags[..., None] >> shifts) & (2**p.cell_bits - 1)
-    return levels.reshape(q.shape[0], -1).astype(np.uint8)
+    """Signed integers q [K, N] -> conductance levels [K, N * signs * slices] uint8,
+    expanded column j = (n * signs + sign) * slices + s, slice s LSB first. One uint8 plane
+    per (sign, slice), so no [K, N, signs, slices] int64 temporary (gigabytes for a Base
+    model) is ever built."""
+    k, n = q.shape
+    out = np.empty((k, n, p.signs, p.slices), dtype=np.uint8)
+    mags = [np.maximum(q, 0), np.maximum(-q, 0)] if p.mapping == "differential" else [q + p.qw]
+    mask = 2**p.cell_bits - 1
+    for sign, m in enumerate(mags):
+        m32 = m.astype(np.int32)
+        for s in range(p.slices):
+            out[:, :, sign, s] = (m32 >> (s * p.cell_bits)) & mask
+    return out.reshape(k, -1)
 
 
 def tile_codes(levels: np.ndarray, p: XbarParams) -> np.ndarray:
     """[K, J] levels -> [row_tiles, col_tiles, rows, cols], unused cells at level 0."""
     K, J = levels.shape
-    rt, ct = math.ceil(K / p.rows), math.ceil(J / p.cols)
+    g = p.geometry(K, J // (p.slices * p.signs))
+    rt, ct = g.row_tiles, g.col_tiles
     padded = np.zeros((rt * p.rows, ct * p.cols), dtype=np.uint8)
     padded[:K, :J] = levels
     return np.ascontiguousarray(padded.reshape(rt, p.rows, ct, p.cols).transpose(0, 2, 1, 3))
@@ -119,17 +54,22 @@ def column_map(N: int, p: XbarParams) -> dict[str, np.ndarray]:
             "col_sign": ((j // p.slices) % p.signs).astype(np.int32)}
 
 
-def adc_steps(p: XbarParams, row_tiles: int, pmax: float | Sequence[float] | None) -> list[int]:
-    """One ADC step per row tile: from the physical maximum ('full') or the calibrated
-    largest partial sum ('calibrated', `pmax` per layer or per row tile)."""
-    if p.adc_range == "full":
-        return [adc_step_for(full_scale_pmax(p.rows, p.dac_bits, p.cell_bits, p.adc_flip),
-                             p.adc_bits)] * row_tiles
-    if pmax is None:
-        raise ProgramError("a calibrated ADC range needs the calibrated partial-sum maximum")
-    per = list(pmax) if isinstance(pmax, Sequence) else [pmax] * row_tiles
-    cap = full_scale_pmax(p.rows, p.dac_bits, p.cell_bits, p.adc_flip)
-    return [adc_step_for(min(float(v), cap), p.adc_bits) for v in per]
+def layer_fields(p: XbarParams, row_tiles: int, col_tiles: int, in_scale: float,
+                 adc_step: list[int]) -> dict[str, Any]:
+    """The parameter fields of a program layer (docs/tile-program.md), in manifest order."""
+    f = p.layer_fields()
+    return {**{k: f[k] for k in ("weight_bits", "input_bits", "cell_bits", "dac_bits",
+                                 "adc_bits", "mapping", "slices", "signs", "rows", "cols")},
+            "row_tiles": row_tiles, "col_tiles": col_tiles, "in_scale": float(in_scale),
+            "in_zero": f["in_zero"], "adc_range": f["adc_range"], "adc_step": adc_step,
+            "adc_flip": f["adc_flip"]}
+
+
+def _steps(p: XbarParams, row_tiles: int, pmax: float | Sequence[float] | None) -> list[int]:
+    try:
+        return p.adc_steps(row_tiles, pmax)
+    except ValueError as exc:
+        raise ProgramError(str(exc)) from None
 
 
 def pack_layer(W: np.ndarray, bias: np.ndarray | None, in_scale: float, p: XbarParams, *,
@@ -158,12 +98,7 @@ def pack_layer(W: np.ndarray, bias: np.ndarray | None, in_scale: float, p: XbarP
     per = rt * ct
     layer = {
         "id": layer_id, "name": name or prefix, "kind": kind, "K": K, "N": N,
-        "weight_bits": p.weight_bits, "input_bits": p.input_bits, "cell_bits": p.cell_bits,
-        "dac_bits": p.dac_bits, "adc_bits": p.adc_bits, "mapping": p.mapping,
-        "slices": p.slices, "signs": p.signs, "rows": p.rows, "cols": p.cols,
-        "row_tiles": rt, "col_tiles": ct, "in_scale": float(in_scale),
-        "in_zero": 2 ** (p.input_bits - 1), "adc_range": p.adc_range,
-        "adc_step": adc_steps(p, rt, adc_pmax), "adc_flip": p.adc_flip,
+        **layer_fields(p, rt, ct, in_scale, _steps(p, rt, adc_pmax)),
         "arrays": {k.split(".", 1)[1]: k for k in arrays},
         "replicas": replicas,
         "crossbars": [list(range(first_crossbar + r * per, first_crossbar + (r + 1) * per))
@@ -173,9 +108,8 @@ def pack_layer(W: np.ndarray, bias: np.ndarray | None, in_scale: float, p: XbarP
 
 
 def input_scale(x: np.ndarray, input_bits: int) -> float:
-    """The 'max' calibration policy: s_x = max|x| / Qx (1.0 for all-zero x)."""
-    peak = float(np.abs(x).max()) if np.size(x) else 0.0
-    return peak / (2 ** (input_bits - 1) - 1) if peak > 0 else 1.0
+    """The 'max' calibration policy on sample inputs x: numerics.input_scale(max |x|)."""
+    return scale_for_range(float(np.abs(x).max()) if np.size(x) else 0.0, input_bits)
 
 
 def make_program(instructions: list[dict[str, Any]], inputs: dict[str, Sequence[int | None]],

@@ -15,124 +15,26 @@ spends its time in BLAS, never in Python loops over rows, columns or vectors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .numerics import (
+    XbarParams,
+    adc,
+    bit_planes,
+    digit_counts,
+    full_scale_pmax,
+    lossless,
+    quantize_input,
+    stored_levels,
+)
+
 # Largest integer magnitude below which float32 arithmetic on integers is exact.
 F32_EXACT = 2**24
 # Elements of the [row_tiles, cycles, vectors, columns] partial-sum block built at once.
 CHUNK_ELEMENTS = 2**22
-
-
-# ---------------------------------------------------------------- closed-form numerics
-def weight_slices(weight_bits: int, cell_bits: int, mapping: str) -> int:
-    """Cells per weight magnitude: the sign bit is not stored by a differential pair."""
-    mag = weight_bits - 1 if mapping == "differential" else weight_bits
-    return math.ceil(mag / cell_bits)
-
-
-def mapping_signs(mapping: str) -> int:
-    """Physical columns per weight slice: 2 (G+, G-) for differential, 1 for offset."""
-    return 2 if mapping == "differential" else 1
-
-
-def input_cycles(input_bits: int, dac_bits: int) -> int:
-    """DAC cycles per MVM: the offset input u has input_bits bits, dac_bits per cycle."""
-    return math.ceil(input_bits / dac_bits)
-
-
-def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int, flip: bool = False) -> int:
-    """The physical largest partial sum of one column in one cycle. With ISAAC's flip
-    encoding (`flip_mask`) no stored column sums above half its levels, halving it."""
-    levels = rows * (2**cell_bits - 1)
-    return (2**dac_bits - 1) * (levels // 2 if flip else levels)
-
-
-def flip_mask(codes: np.ndarray, used_rows: np.ndarray, cell_bits: int) -> np.ndarray:
-    """ISAAC's encoding (Shafiee et al., ISCA 2016, Sec. 5.2): a column of one row tile whose
-    levels sum above half of used_rows * (2**cell_bits - 1) is stored complemented, so no
-    stored column sums above that half and the ADC needs one bit fewer. codes
-    [row_tiles, rows, J] (logical levels) -> bool [row_tiles, J], True where flipped. The
-    flag is a function of the logical codes, so programs carry only `adc_flip: true`."""
-    top = 2**cell_bits - 1
-    sums = codes.sum(axis=1, dtype=np.int64)
-    return sums > (used_rows.astype(np.int64) * top // 2)[:, None]
-
-
-def physical_codes(codes: np.ndarray, mask: np.ndarray, used_rows: np.ndarray,
-                   cell_bits: int) -> np.ndarray:
-    """The levels actually programmed: flipped columns hold 2**cell_bits - 1 - level on the
-    used rows (unused rows stay at level 0). codes [row_tiles, rows, J]."""
-    out = codes.copy()
-    top = 2**cell_bits - 1
-    for r in range(codes.shape[0]):
-        cols = np.flatnonzero(mask[r])
-        if cols.size:
-            used = int(used_rows[r])
-            out[r, :used, cols[:, None]] = (top - codes[r, :used, cols[:, None]]).astype(
-                codes.dtype)
-    return out
-
-
-def adc_step_for(pmax: float, adc_bits: int) -> int:
-    """Smallest power-of-two step with (2**adc_bits - 1) * step >= pmax (1 when pmax <= top)."""
-    top = 2**adc_bits - 1
-    step = 1
-    while top * step < pmax:
-        step *= 2
-    return step
-
-
-# ---------------------------------------------------------------- elementary rules
-def quantize_input(x: np.ndarray, in_scale: float, input_bits: int) -> np.ndarray:
-    """x_int = clip(rint(x / s_x), -Qx, Qx), divided in float32 as ONNX QuantizeLinear does."""
-    qx = 2 ** (input_bits - 1) - 1
-    xi = np.rint(x.astype(np.float32, copy=False) / np.float32(in_scale))
-    return np.clip(xi, -qx, qx).astype(np.int64)
-
-
-def quantize_input_f32(x: np.ndarray, in_scale: float, input_bits: int) -> np.ndarray:
-    """quantize_input, kept in float32 (exact: |x_int| < 2**15) for the fast path."""
-    qx = np.float32(2 ** (input_bits - 1) - 1)
-    xi = np.rint(x.astype(np.float32, copy=False) / np.float32(in_scale))
-    return np.clip(xi, -qx, qx, out=xi)
-
-
-def digit_counts(input_bits: int, dac_bits: int) -> np.ndarray:
-    """Non-zero DAC digits of every offset input u in [0, 2**input_bits): a lookup table."""
-    u = np.arange(2**input_bits, dtype=np.int64)
-    cycles = input_cycles(input_bits, dac_bits)
-    return (bit_planes(u[None], cycles, dac_bits)[:, 0] != 0).sum(axis=0)
-
-
-def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
-    """[vectors, K] non-negative ints -> [cycles, vectors, K]: digit c of u in base 2**dac_bits."""
-    shifts = (np.arange(cycles, dtype=np.int64) * dac_bits)[:, None, None]
-    return (u[None] >> shifts) & (2**dac_bits - 1)
-
-
-def adc(p: np.ndarray, step: int, adc_bits: int, integral: bool = False,
-        no_clip: bool = False, scaled: bool = True) -> np.ndarray:
-    """ADC of one row tile's partial sums, in place:
-    clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step (step a power of two, so the
-    scaling is exact). Shortcuts that change no value: `integral` (P holds integers, ideal
-    devices) makes step 1 a pure clip; `no_clip` (P provably within [0, top*step]) skips the
-    clip; `scaled=False` returns the code (in units of step) for the caller to scale."""
-    top = 2**adc_bits - 1
-    if step == 1 and integral:
-        return p if no_clip else np.minimum(p, top, out=p)
-    if step != 1:
-        p *= 1.0 / step
-    p += 0.5
-    np.floor(p, out=p)
-    if not no_clip:
-        np.clip(p, 0, top, out=p)
-    if step != 1 and scaled:
-        p *= step
-    return p
 
 
 # ---------------------------------------------------------------- one layer, prepared once
@@ -212,61 +114,55 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     """Derive a PreparedLayer from a validated layer dict and the program's arrays."""
     names = layer["arrays"]
     codes = arrays[names["codes"]]
+    p = XbarParams.from_layer(layer)
+    g = p.geometry(layer["K"], layer["N"])
+    K, N, J, S, signs = g.K, g.N, g.phys_cols, g.slices, g.signs
     rt, ct, rows, cols = codes.shape
-    S, signs, N, K = layer["slices"], layer["signs"], layer["N"], layer["K"]
-    J = N * S * signs
-    cb, db = layer["cell_bits"], layer["dac_bits"]
-    flat = codes.transpose(0, 2, 1, 3).reshape(rt, rows, ct * cols)[:, :, :J]
+    flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=False)
     col_out = arrays[names["col_out"]].astype(np.int64)
     order = np.argsort(col_out, kind="stable")
-    shift = arrays[names["col_slice"]].astype(np.int64) * cb
+    shift = arrays[names["col_slice"]].astype(np.int64) * p.cell_bits
     sign = 1 - 2 * arrays[names["col_sign"]].astype(np.int64)
     colw = (sign * (2.0 ** shift))[order].reshape(N, S * signs)
-    offset_qw = 2 ** (layer["weight_bits"] - 1) - 1 if layer["mapping"] == "offset" else 0
+    offset_qw = p.qw if p.mapping == "offset" else 0
     # float32 is exact here: every level * 2**shift and every column sum stays < 2**24
     q_all = flat.reshape(rt * rows, J)[:K].astype(np.float32)
     q = np.einsum("knm,nm->kn", q_all[:, order].reshape(K, N, S * signs),
                   colw.astype(np.float32)).astype(np.float64) - offset_qw
-    qx = 2 ** (layer["input_bits"] - 1) - 1
-    exact32 = qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
+    exact32 = p.qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
     steps = np.asarray(layer["adc_step"], dtype=np.int64)
-    used_rows = np.minimum(rows, K - np.arange(rt) * rows)
-    flip = None
-    if layer.get("adc_flip"):  # the crossbars hold the complemented columns
-        flip = flip_mask(flat, used_rows, cb)
-        flat = physical_codes(flat, flip, used_rows, cb)
-    col_peak = int(flat.sum(axis=1, dtype=np.int64).max(initial=0)) * (2**db - 1)
-    top = 2 ** layer["adc_bits"] - 1
-    lossless = bool(np.all(steps == 1)) and col_peak <= top
-    tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * (2**db - 1)
+    used_rows = np.asarray(g.rows_in_use)
+    if p.adc_flip:  # the crossbars hold the complemented columns
+        flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=True)
+    top = 2**p.adc_bits - 1
+    tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * (2**p.dac_bits - 1)
     fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None else 0
     pattern = None
     if np.array_equal(order, np.arange(J)) and np.all(colw == colw[:1]):
         bound = rt * top * (1 if fold else int(steps.max())) * float(np.abs(colw[0]).sum())
         pattern = colw[0].astype(np.float32 if bound < F32_EXACT else np.float64)
-    pmax = full_scale_pmax(rows, db, cb)
     w_scale = arrays[names["w_scale"]].astype(np.float32)
     bias = arrays[names["bias"]].astype(np.float32) if names.get("bias") else None
-    used_cols = np.minimum(cols, J - np.arange(ct) * cols)
     return PreparedLayer(
         index=index, K=K, N=N, rows=rows, row_tiles=rt, col_tiles=ct, cols=cols, J=J,
-        cycles=input_cycles(layer["input_bits"], db), dac_bits=db,
-        adc_bits=layer["adc_bits"], input_bits=layer["input_bits"],
+        cycles=p.cycles, dac_bits=p.dac_bits,
+        adc_bits=p.adc_bits, input_bits=p.input_bits,
         in_scale=float(layer["in_scale"]), in_zero=int(layer["in_zero"]), offset_qw=offset_qw,
         steps=steps, codes=flat,
-        levels_dtype=np.float32 if pmax < F32_EXACT else np.float64,
+        levels_dtype=np.float32 if full_scale_pmax(rows, p.dac_bits, p.cell_bits) < F32_EXACT
+        else np.float64,
         order=None if np.array_equal(order, np.arange(J)) else order, colw=colw,
-        cycle_w=2.0 ** (np.arange(input_cycles(layer["input_bits"], db)) * db),
+        cycle_w=2.0 ** (np.arange(p.cycles) * p.dac_bits),
         colsum=arrays[names["colsum"]].astype(np.int64),
         scale=(np.float32(layer["in_scale"]) * w_scale).astype(np.float32), bias=bias,
-        q=q.astype(np.float32 if exact32 else np.float64), lossless=lossless,
+        q=q.astype(np.float32 if exact32 else np.float64),
+        lossless=lossless(steps, flat, p.dac_bits, p.adc_bits),
         crossbars=[list(c) for c in layer["crossbars"]],
-        used_rows=used_rows, used_cols=used_cols,
-        pulse_table=digit_counts(layer["input_bits"], db),
-        sum_dtype=np.float32 if rt * (2 ** layer["adc_bits"] - 1) * int(steps.max())
-        < F32_EXACT else np.float64,
+        used_rows=used_rows, used_cols=np.asarray(g.cols_in_use),
+        pulse_table=digit_counts(p.input_bits, p.dac_bits),
+        sum_dtype=np.float32 if rt * top * int(steps.max()) < F32_EXACT else np.float64,
         no_clip=tile_peak <= top * steps, fold_step=fold, pattern=pattern, flip=flip,
-        cell_top=2**cb - 1)
+        cell_top=2**p.cell_bits - 1)
 
 
 # ---------------------------------------------------------------- the two paths

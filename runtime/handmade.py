@@ -63,7 +63,7 @@ def far_block_program(w: FarBlockWeights, T: int, p: XbarParams,
     pre_proj, max(|x|, 1) for LSTM cells (h is in [-1, 1]), 1.0 for the projections
     (a rough calibration is enough for tests and benchmarks)."""
     layers: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
-    qx = 2 ** (p.input_bits - 1) - 1
+    qx = p.qx
     x_peak = float(np.abs(calib).max()) if calib is not None else 4.0
 
     def add_layer(W: np.ndarray, b: np.ndarray, peak: float, name: str, kind: str) -> int:

@@ -17,8 +17,8 @@ import numpy as np
 
 from farc.errors import ProgramError
 
-from .crossbar import adc_step_for, full_scale_pmax, mapping_signs, weight_slices
 from .isa import FORMAT, OPS, VERSION
+from .numerics import MAPPINGS, XbarParams, decode_weights
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
@@ -143,16 +143,13 @@ def _check_layer_geometry(L: dict, where: str) -> None:
                         ("adc_bits", 1, 16), ("rows", 1, 4096), ("cols", 1, 4096),
                         ("replicas", 1, 2**20)):
         _check_range(where, key, L[key], lo, hi)
-    if L.get("mapping") not in ("differential", "offset"):
+    if L.get("mapping") not in MAPPINGS:
         raise ProgramError(f"{where}: mapping {L.get('mapping')!r} must be 'differential' "
                            "or 'offset'")
-    expect = {
-        "slices": weight_slices(L["weight_bits"], L["cell_bits"], L["mapping"]),
-        "signs": mapping_signs(L["mapping"]),
-        "row_tiles": math.ceil(L["K"] / L["rows"]),
-        "in_zero": 2 ** (L["input_bits"] - 1),
-    }
-    expect["col_tiles"] = math.ceil(L["N"] * expect["slices"] * expect["signs"] / L["cols"])
+    p = XbarParams.from_layer({**L, "adc_range": "full"})
+    g = p.geometry(L["K"], L["N"])
+    expect = {"slices": p.slices, "signs": p.signs, "row_tiles": g.row_tiles,
+              "in_zero": p.in_zero, "col_tiles": g.col_tiles}
     for key, want in expect.items():
         if L[key] != want:
             raise ProgramError(f"{where}: {key} = {L[key]} inconsistent with its geometry "
@@ -172,9 +169,7 @@ def _check_layer_adc(L: dict, where: str) -> None:
                            f"row tile ({L['row_tiles']})")
     if not isinstance(L.get("adc_flip", False), bool):
         raise ProgramError(f"{where}: adc_flip {L.get('adc_flip')!r} must be true or false")
-    full = adc_step_for(full_scale_pmax(L["rows"], L["dac_bits"], L["cell_bits"],
-                                        L.get("adc_flip", False)),
-                        L["adc_bits"])
+    full = XbarParams.from_layer(L).full_step
     for r, st in enumerate(steps):
         if type(st) is not int or st < 1 or st & (st - 1):
             raise ProgramError(f"{where}: adc_step[{r}] = {st!r} must be a power of two >= 1")
@@ -243,11 +238,9 @@ def _check_codes_content(L: dict, codes: np.ndarray, colsum: np.ndarray, col_out
     if flat[K:].any() or flat[:, J:].any():
         raise ProgramError(f"{where}: unused rows (>= {K}) or columns (>= {J}) hold "
                            "non-zero codes")
-    w = (1 - 2 * col_sign.astype(np.int64)) << (col_slice.astype(np.int64) * L["cell_bits"])
-    order = np.argsort(col_out, kind="stable")  # each output owns slices*signs columns
-    m = (flat[:K, :J].astype(np.int64) * w)[:, order].reshape(K, L["N"], -1).sum(axis=2)
-    qw = 2 ** (L["weight_bits"] - 1) - 1
-    q = m - qw if L["mapping"] == "offset" else m
+    q = decode_weights(flat[:K, :J], col_out, col_slice, col_sign, L["N"], L["cell_bits"],
+                       L["weight_bits"], L["mapping"])
+    qw = XbarParams.from_layer(L).qw
     if q.size and np.abs(q).max() > qw:
         raise ProgramError(f"{where}: a weight decodes to {int(np.abs(q).max())}, beyond "
                            f"Qw = {qw} of {L['weight_bits']}-bit weights")

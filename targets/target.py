@@ -11,9 +11,11 @@ import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from farc.runtime.numerics import ADC_RANGES, MAPPINGS, XbarParams
 from farc.targets.cost_specs import (
     COST_SPECS,
     POSITIVE,
@@ -128,36 +130,37 @@ class Target:
     """The cost sections as given in the file (raw dicts; kept for older readers; the typed
     sections above are authoritative)."""
 
-    # ---- derived values: computed here once, never re-derived elsewhere ----
+    # ---- derived values: the crossbar numerics module computes them, once per Target ----
+    @cached_property
+    def xbar(self) -> XbarParams:
+        """The crossbar parameters every layer is packed with on this target (bit widths,
+        geometry, ADC policy); passes, cost model and reports read derived values here."""
+        return XbarParams.from_target(self)
+
     @property
     def weight_slices(self) -> int:
-        """Cells per weight magnitude: ceil((weight_bits - 1) / cell_bits) for differential,
-        ceil(weight_bits / cell_bits) for offset (the offset value needs the full width)."""
-        mag = self.quant.weight_bits - 1 if self.quant.mapping == "differential" else \
-            self.quant.weight_bits
-        return math.ceil(mag / self.crossbar.cell_bits)
+        """Cells per weight magnitude (farc.runtime.numerics.weight_slices)."""
+        return self.xbar.slices
 
     @property
     def signs(self) -> int:
         """Physical columns per weight slice: 2 for a differential pair, 1 for offset."""
-        return 2 if self.quant.mapping == "differential" else 1
+        return self.xbar.signs
 
     @property
     def input_cycles(self) -> int:
         """DAC cycles per MVM: ceil(input_bits / dac_bits)."""
-        return math.ceil(self.quant.input_bits / self.dac.bits)
+        return self.xbar.cycles
 
     @property
     def max_partial_sum(self) -> int:
-        """Largest value one column can sum in one cycle: rows*(2^dac-1)*(2^cell-1), halved
-        (rounded down) by the flip encoding."""
-        levels = self.crossbar.rows * (2**self.crossbar.cell_bits - 1)
-        return (2**self.dac.bits - 1) * (levels // 2 if self.adc.flip else levels)
+        """Largest value one column can sum in one cycle (flip encoding included)."""
+        return self.xbar.pmax
 
     @property
     def adc_lossless(self) -> bool:
         """True when a full-range ADC resolves every partial sum exactly."""
-        return 2**self.adc.bits - 1 >= self.max_partial_sum
+        return self.xbar.full_range_lossless
 
     @property
     def crossbars(self) -> int:
@@ -259,7 +262,7 @@ def _check_ranges(t: Target, source: str) -> None:
         raise bad("dac", "bits", t.dac.bits, "must be in 1..8")
     if not 1 <= t.adc.bits <= 16:
         raise bad("adc", "bits", t.adc.bits, "must be in 1..16")
-    if t.adc.range not in ("full", "calibrated"):
+    if t.adc.range not in ADC_RANGES:
         raise bad("adc", "range", t.adc.range, "must be 'full' or 'calibrated'")
     if t.adc.columns_per_adc < 1:
         raise bad("adc", "columns_per_adc", t.adc.columns_per_adc, "must be >= 1")
@@ -268,7 +271,7 @@ def _check_ranges(t: Target, source: str) -> None:
         raise bad("quant", "weight_bits", q.weight_bits, "must be in 2..16")
     if not 2 <= q.input_bits <= 16:
         raise bad("quant", "input_bits", q.input_bits, "must be in 2..16")
-    if q.mapping not in ("differential", "offset"):
+    if q.mapping not in MAPPINGS:
         raise bad("quant", "mapping", q.mapping, "must be 'differential' or 'offset'")
     if q.calibration not in ("max", "percentile"):
         raise bad("quant", "calibration", q.calibration, "must be 'max' or 'percentile'")

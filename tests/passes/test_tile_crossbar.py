@@ -62,13 +62,3 @@ def test_calibrated_adc_step_not_coarser_than_full_scale():
         assert d.info["adc_range"] == "calibrated"
         assert all(1 <= s <= f for s, f in zip(d.info["adc_step"],
                                                  full[name].info["adc_step"]))
-
-
-@pytest.mark.parametrize("mapping", ["differential", "offset"])
-def test_fast_encoding_equals_the_runtime_builder(mapping):
-    from farc.passes.tile_crossbar import encode_levels
-    from farc.runtime.builder import XbarParams, encode_columns
-
-    p = XbarParams(weight_bits=7, cell_bits=2, mapping=mapping)
-    q = np.random.default_rng(0).integers(-p.qw, p.qw + 1, size=(9, 5))
-    np.testing.assert_array_equal(encode_levels(q, p), encode_columns(q, p))
