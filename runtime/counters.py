@@ -1,25 +1,26 @@
 """Event counters: what the cost model multiplies by per-event latency and energy.
 
-One counting rule (`record`) maps an executed instruction and its register shapes to events.
-The emulator calls it with the shapes it sees at run time; `static_counts` calls it with
-shapes inferred from the program alone, so both agree by construction and a test keeps the
-shape inference honest. The only data-dependent count, `dac_pulses` (non-zero DAC digits),
+One counting rule (`record`) maps an executed instruction and its register shapes to events,
+by the opcode's event kind in the opcode table (isa.OPS). The emulator calls it with the
+shapes it sees at run time; `static_counts` and the cost model (farc.targets.events) call it
+on the steps of the one static walk (walk.py), so all three agree by construction and a test
+keeps the shape rules honest. The only data-dependent count, `dac_pulses` (non-zero DAC digits),
 is filled by the emulator and left None by `static_counts`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from farc.errors import ProgramError
 
-from .crossbar import input_cycles
+from .isa import MATMUL_KIND, OPS, Shape
+from .numerics import Geometry
+from .walk import manifest_of, walk
 
 BYTES_PER_ELEMENT = 4  # registers are float32
-DIGITAL = ("add", "sub", "mul", "sigmoid", "tanh", "gelu", "scale", "softmax", "layernorm")
 DATA_DEPENDENT = ("dac_pulses",)
 
 
@@ -78,171 +79,85 @@ class Counters:
         self.digital_ops[kind] = self.digital_ops.get(kind, 0) + int(n)
 
 
-@dataclass(frozen=True)
-class LayerGeometry:
-    """What counting needs from a layer dict (no arrays)."""
-
-    K: int
-    N: int
-    cycles: int
-    crossbars: list[list[int]]
-    used_rows: list[int]
-    """Per crossbar of a replica (row tile major), rows in use."""
-    used_cols: list[int]
-    """Per crossbar of a replica, columns in use."""
-
-    @classmethod
-    def of(cls, L: dict[str, Any]) -> LayerGeometry:
-        J = L["N"] * L["slices"] * L["signs"]
-        rows = [min(L["rows"], L["K"] - r * L["rows"]) for r in range(L["row_tiles"])]
-        cols = [min(L["cols"], J - c * L["cols"]) for c in range(L["col_tiles"])]
-        return cls(K=L["K"], N=L["N"], cycles=input_cycles(L["input_bits"], L["dac_bits"]),
-                   crossbars=L["crossbars"],
-                   used_rows=[r for r in rows for _ in cols], used_cols=cols * len(rows))
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
-
-
-def record(c: Counters, ins: dict[str, Any], in_shapes: list[tuple[int, ...]],
-           out_shape: tuple[int, ...] | None, geom: LayerGeometry | None = None) -> None:
-    """Count one executed (non-loop) instruction from its register shapes."""
+def record(c: Counters, ins: dict[str, Any], in_shapes: Sequence[Shape],
+           out_shape: Shape | None, geom: Geometry | None = None,
+           crossbars: list[list[int]] | None = None) -> None:
+    """The one event rule: count one executed (non-loop) instruction from its register
+    shapes, by its opcode's event kind (isa.OPS). An `mvm` needs its layer's geometry and
+    physical crossbar ids (one list per replica, see `record_mvm`)."""
     op = ins["op"]
+    spec = OPS[op]
     c.instructions += 1
-    out_n = _numel(out_shape) if out_shape is not None else 0
-    read = 0 if op == "zeros" else sum(_numel(s) for s in in_shapes)
+    out_n = math.prod(out_shape) if out_shape is not None else 0
+    read = sum(math.prod(s) for s in in_shapes) if spec.reads_data else 0
     c.bytes_moved += BYTES_PER_ELEMENT * (read + out_n)
-    if op in DIGITAL:
-        c.bump(op, _numel(in_shapes[0]) if op == "layernorm" else out_n)
-    elif op == "matmul":
-        c.bump("matmul_mac", out_n * in_shapes[0][-1])
-    elif op == "mvm":
-        _record_mvm(c, ins["layer"], _numel(in_shapes[0][:-1]), geom)
+    if spec.event == "digital":
+        c.bump(op, out_n)
+    elif spec.event == "digital_in":
+        c.bump(op, math.prod(in_shapes[0]))
+    elif spec.event == "matmul":
+        c.bump(MATMUL_KIND, out_n * in_shapes[0][-1])
+    elif spec.event == "mvm":
+        record_mvm(c, ins["layer"], math.prod(in_shapes[0][:-1]), geom, crossbars)
 
 
-def _record_mvm(c: Counters, layer: int, vectors: int, g: LayerGeometry) -> None:
+def record_mvm(c: Counters, layer: int, vectors: int, g: Geometry,
+               crossbars: list[list[int]] | None = None) -> None:
+    """`vectors` MVMs on a layer placed as `g`: every crossbar of one replica per vector,
+    each of its input cycles driving the rows in use (K per column tile) and converting the
+    columns in use (N * slices * signs per row tile). The replicas (physical ids
+    `crossbars`, one list per replica; None = not placed) share the vectors round-robin."""
     c.mvms_per_layer[layer] = c.mvms_per_layer.get(layer, 0) + vectors
-    reps = len(g.crossbars)
-    for r, ids in enumerate(g.crossbars):
-        share = vectors // reps + (1 if r < vectors % reps else 0)
+    reps = crossbars or [[]]
+    for r, ids in enumerate(reps):
+        share = vectors // len(reps) + (1 if r < vectors % len(reps) else 0)
         for xb in ids:
             c.mvms_per_crossbar[xb] = c.mvms_per_crossbar.get(xb, 0) + share
-    c.dac_cycles += vectors * len(g.used_rows) * g.cycles
-    c.dac_conversions += vectors * sum(g.used_rows) * g.cycles
-    adc = vectors * sum(g.used_cols) * g.cycles
+    c.dac_cycles += vectors * g.crossbars * g.cycles
+    c.dac_conversions += vectors * g.K * g.col_tiles * g.cycles
+    adc = vectors * g.row_tiles * g.phys_cols * g.cycles
     c.adc_conversions += adc
     c.bump("quantize", vectors * g.K)
     c.bump("shift_add", adc)
     c.bump("rescale", vectors * g.N)
 
 
-def record_move(c: Counters, shape: tuple[int, ...]) -> None:
+def record_move(c: Counters, shape: Shape) -> None:
     """A loop gather or scatter of one step's slice: read once, written once."""
-    c.bytes_moved += 2 * BYTES_PER_ELEMENT * _numel(shape)
+    c.bytes_moved += 2 * BYTES_PER_ELEMENT * math.prod(shape)
+
+
+def record_loop(c: Counters, io_elements: int, T: int) -> None:
+    """A loop's own events: the instruction, and T steps of gathers and scatters moving
+    `io_elements` elements each (the body's instructions count themselves)."""
+    c.instructions += 1
+    c.bytes_moved += 2 * BYTES_PER_ELEMENT * io_elements * T
 
 
 # ---------------------------------------------------------------- static counting
 def static_counts(program: Any, batch: int,
                   input_shapes: dict[str, tuple[int, ...]] | None = None) -> Counters:
-    """Counts of one run on `batch` samples, from the program alone (no arithmetic).
+    """Counts of one run on `batch` samples, from the program alone (no arithmetic): the
+    static walk (walk.py) with the event rule applied to every step, trips times.
 
     `input_shapes` gives full shapes (batch included) for inputs whose spec has unknown
     (null) dimensions beyond the batch."""
-    m = program.manifest
-    shapes: dict[str, tuple[int, ...]] = {}
-    for spec in m["inputs"]:
-        given = (input_shapes or {}).get(spec["name"])
-        shape = tuple(given) if given is not None else (batch, *spec["shape"][1:])
-        if any(d is None for d in shape):
-            raise ProgramError(f"static_counts: input {spec['name']!r} has unknown dims "
-                               f"{spec['shape']}; pass input_shapes")
-        shapes[spec["name"]] = shape
-    ctx = {"inputs": shapes, "consts": {k: program.arrays[v].shape
-                                        for k, v in m.get("constants", {}).items()},
-           "geoms": [LayerGeometry.of(L) for L in m["layers"]]}
+    m = manifest_of(program)
+    geoms = [Geometry.from_layer(L) for L in m["layers"]]
     c = Counters()
     c.dac_pulses = None
-    _static_block(m["instructions"], {}, ctx, c)
+    try:
+        steps = list(walk(m, batch, input_shapes))
+    except ProgramError as exc:
+        raise ProgramError(f"static_counts: {exc}") from None
+    for s in steps:
+        one = Counters()
+        if s.instr["op"] == "loop":
+            record_loop(one, s.loop_io, s.count)
+        else:
+            layer = s.instr.get("layer")
+            record(one, s.instr, s.in_shapes, s.out_shape,
+                   None if layer is None else geoms[layer],
+                   None if layer is None else m["layers"][layer].get("crossbars"))
+        c.add(one, times=s.trips)
     return c
-
-
-def _static_block(block: list, regs: dict, ctx: dict, c: Counters) -> None:
-    for ins in block:
-        if ins["op"] == "loop":
-            _static_loop(ins, regs, ctx, c)
-            continue
-        in_shapes = [regs[r] for r in ins.get("in", [])]
-        out = infer_shape(ins, in_shapes, ctx)
-        geom = ctx["geoms"][ins["layer"]] if ins["op"] == "mvm" else None
-        record(c, ins, in_shapes, out, geom)
-        if "out" in ins and out is not None:
-            regs[ins["out"]] = out
-
-
-def _static_loop(ins: dict, regs: dict, ctx: dict, c: Counters) -> None:
-    T = regs[ins["count"]["reg"]][ins["count"]["axis"]]
-    body_regs = dict(regs)
-    step = Counters()
-    for g in ins["gather"]:
-        shape = list(regs[g["src"]])
-        del shape[g["axis"]]
-        body_regs[g["dst"]] = tuple(shape)
-        record_move(step, tuple(shape))
-    _static_block(ins["body"], body_regs, ctx, step)
-    for s in ins["scatter"]:
-        src = body_regs[s["src"]]
-        record_move(step, src)
-        axis = s["axis"] if s["axis"] >= 0 else s["axis"] + len(src) + 1
-        regs[s["dst"]] = (*src[:axis], T, *src[axis:])
-    for reg in ins["carry"]:
-        regs[reg] = body_regs[reg]
-    c.add(step, times=T)
-    c.instructions += 1
-
-
-def infer_shape(ins: dict, s: list[tuple[int, ...]], ctx: dict) -> tuple[int, ...] | None:
-    """The output shape numpy would produce for one instruction (batch axis included)."""
-    op = ins["op"]
-    if op == "input":
-        return ctx["inputs"][ins["name"]]
-    if op == "output":
-        return None
-    if op == "const":
-        return tuple(ctx["consts"][ins["name"]])
-    if op == "mvm":
-        return (*s[0][:-1], ctx["geoms"][ins["layer"]].N)
-    if op in ("add", "sub", "mul"):
-        return tuple(np.broadcast_shapes(s[0], s[1]))
-    if op in ("sigmoid", "tanh", "gelu", "scale", "softmax", "layernorm"):
-        return s[0]
-    if op == "matmul":
-        return (*np.broadcast_shapes(s[0][:-2], s[1][:-2]), s[0][-2], s[1][-1])
-    return _infer_move(ins, s)
-
-
-def _infer_move(ins: dict, s: list[tuple[int, ...]]) -> tuple[int, ...]:
-    op = ins["op"]
-    if op == "reshape":
-        return _reshape(s[0], ins["shape"])
-    if op == "transpose":
-        return tuple(s[0][p] for p in ins["perm"])
-    if op == "concat":
-        axis = ins["axis"] % len(s[0])
-        out = list(s[0])
-        out[axis] = sum(x[axis] for x in s)
-        return tuple(out)
-    if op == "slice":
-        axis = ins["axis"] % len(s[0])
-        out = list(s[0])
-        out[axis] = len(range(s[0][axis])[ins["start"]:ins["stop"]])
-        return tuple(out)
-    if op == "zeros":
-        return (s[0][0], *ins["shape"])
-    raise ProgramError(f"static_counts: no shape rule for opcode {op!r}")
-
-
-def _reshape(src: tuple[int, ...], shape: list[int]) -> tuple[int, ...]:
-    total = _numel(src[1:])
-    known = _numel([d for d in shape if d != -1])
-    return (src[0], *[total // known if d == -1 else d for d in shape])

@@ -1,6 +1,8 @@
 """The functional ReRAM emulator: the executable meaning of every opcode.
 
-One small handler per opcode (HANDLERS); the crossbar arithmetic lives in crossbar.py and
+One small handler per opcode (HANDLERS, whose key set tests/runtime/test_isa.py checks
+against the opcode table runtime/isa.py); events go through the one event rule
+(counters.record); the crossbar arithmetic lives in crossbar.py and
 the device models in noise.py. Per-layer arrays are prepared once at construction, so a run
 is a walk over the instructions with numpy doing the work. Registers are float32 tensors
 whose first axis is the batch; a loop body runs once per step for every LSTM it holds
@@ -16,9 +18,11 @@ import numpy as np
 from farc.errors import EmulatorError
 
 from . import crossbar as xb
-from .counters import Counters, LayerGeometry, record, record_move
+from .counters import Counters, record, record_move
+from .isa import HANDLED_OPS, OPS, disagreements
 from .lockstep import Group, HoistedInputs, hoist_inputs, mvm_hoisted, mvm_stacked, plan_body
 from .noise import NoiseConfig, noisy_partial_sums, program_conductances
+from .numerics import Geometry
 from .program import Program
 
 Handler = Callable[["Emulator", dict[str, Any], list[np.ndarray]], np.ndarray | None]
@@ -27,11 +31,20 @@ MVM_PATHS = ("auto", "bitlevel", "fast")
 
 
 def handler(*ops: str) -> Callable[[Handler], Handler]:
+    """Register `fn` as the meaning of opcodes `ops`; each must be in the opcode table."""
     def register(fn: Handler) -> Handler:
         for op in ops:
+            if op not in OPS:
+                raise EmulatorError(f"handler for {op!r}: not an opcode of runtime/isa.py")
             HANDLERS[op] = fn
         return fn
     return register
+
+
+def handler_disagreements() -> list[str]:
+    """How HANDLERS and the opcode table disagree: every opcode but `loop` (which `_loop`
+    runs) needs exactly one handler."""
+    return disagreements("emulator HANDLERS", HANDLERS, HANDLED_OPS)
 
 
 class Emulator:
@@ -61,7 +74,7 @@ class Emulator:
         self.mvm_path = mvm_path
         self.layers = [xb.prepare_layer(i, L, program.arrays)
                        for i, L in enumerate(program.layers)]
-        self.geoms = [LayerGeometry.of(L) for L in program.layers]
+        self.geoms = [Geometry.from_layer(L) for L in program.layers]
         self.consts = {k: program.arrays[v] for k, v in program.manifest["constants"].items()}
         if mvm_path == "fast":
             lossy = [pl.index for pl in self.layers if not pl.lossless]
@@ -156,11 +169,16 @@ class Emulator:
             raise EmulatorError(f"instruction {prefix}{i} ({ins['op']}) in={ins.get('in')} "
                                 f"shapes {shapes}: {exc}") from None
         if self._record:
-            geom = self.geoms[ins["layer"]] if ins["op"] == "mvm" else None
             record(self.counters, ins, [x.shape for x in xs],
-                   None if out is None else out.shape, geom)
+                   None if out is None else out.shape, *self._placement(ins))
         if out is not None:
             regs[ins["out"]] = out
+
+    def _placement(self, ins: dict[str, Any]) -> tuple[Geometry | None, list | None]:
+        """What the event rule needs of an mvm's layer: geometry and crossbar ids."""
+        if ins["op"] != "mvm":
+            return None, None
+        return self.geoms[ins["layer"]], self.program.layers[ins["layer"]]["crossbars"]
 
     # ---- lockstep loop bodies (runtime/lockstep.py)
     def _run_plan(self, plan: list[list[Group]], regs: dict[str, np.ndarray], prefix: str,
@@ -225,8 +243,8 @@ class Emulator:
                 origin[id(view)] = (out, k, view, name)
         if self._record:
             for _, ins in g.members:
-                geom = self.geoms[ins["layer"]] if g.op == "mvm" else None
-                record(self.counters, ins, [x.shape[1:] for x in xs], out.shape[1:], geom)
+                record(self.counters, ins, [x.shape[1:] for x in xs], out.shape[1:],
+                       *self._placement(ins))
 
     def _loop(self, ins: dict[str, Any], regs: dict[str, np.ndarray], prefix: str) -> None:
         """Run the body once per step; carry registers persist, body temporaries do not.
@@ -339,7 +357,7 @@ class Emulator:
                                 f"{x.shape[-1]}")
         flat = x.reshape(-1, pl.K)
         if self._devices is None and pl.lossless and self.mvm_path != "bitlevel":
-            x_q = xb.quantize_input_f32(flat, pl.in_scale, pl.input_bits)
+            x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits, np.float32)
             y_int = xb.mvm_fast(pl, x_q)
         else:
             x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits)

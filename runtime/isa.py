@@ -1,51 +1,197 @@
-"""The instruction set of docs/tile-program.md as data: arity and typed attributes of every
-opcode. The validator, the emulator's handler table and the counters all read this one
-table, so an opcode cannot be known to one and unknown to another."""
+"""The instruction set of docs/tile-program.md as data: the one opcode table.
+
+For every opcode `OPS` holds its arity, typed attributes, shape rule, event kind and
+whether the emulator may run it in lockstep groups. Every other per-opcode table derives
+from this one or is checked against it (tests/runtime/test_isa.py, via `disagreements`):
+the validator, the emulator's handlers, the event counters (`counters.record`), the static
+walker (`walk.py`, used by the counters and the cost model), lockstep grouping, the cost
+model's pricing tables and the QDQ reference builder's handlers. An opcode therefore cannot
+be known to one part and unknown to another."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 FORMAT = "farc-tile-program"
 VERSION = 1
 
+Shape = tuple[int, ...]
+
+EVENT_KINDS = ("io", "mvm", "digital", "digital_in", "matmul", "move", "loop")
+"""How an executed opcode is counted (`counters.record`); every kind also counts its
+register bytes read and written and one instruction:
+- io: program inputs, outputs and constants (bytes only);
+- mvm: a crossbar MVM per input vector (cycles, DAC/ADC conversions, side work);
+- digital: a digital vector op, one element per output element;
+- digital_in: a digital vector op, one element per element of its first input (layernorm);
+- matmul: activation x activation matmul, one multiply-accumulate per MAC;
+- move: a data move (bytes only);
+- loop: the recurrence itself (its gathers and scatters; the body counts its own)."""
+DIGITAL_EVENTS = ("digital", "digital_in")
+MATMUL_KIND = "matmul_mac"
+"""digital_ops kind of a `matmul` event."""
+MVM_SIDE_KINDS = ("quantize", "shift_add", "rescale")
+"""digital_ops kinds of the digital work around a crossbar MVM: inputs quantized, ADC
+outputs shifted and added, outputs rescaled."""
+
+
+@dataclass(frozen=True)
+class ShapeContext:
+    """What a shape rule may read besides its input shapes (all batch axes included)."""
+
+    inputs: Mapping[str, Shape]
+    """Program inputs by name."""
+    consts: Mapping[str, Shape]
+    """Constants by name (no batch axis)."""
+    layer_n: Mapping[int, int]
+    """Outputs N of each crossbar layer, by layer id."""
+
+
+ShapeRule = Callable[[tuple[Shape, ...], dict[str, Any], ShapeContext], Shape | None]
+
 
 @dataclass(frozen=True)
 class OpSpec:
-    """Shape of one opcode's instruction dict."""
+    """One opcode: the shape of its instruction dict and what it means to the counters."""
 
     n_in: int | None
     """Number of input registers; None = one or more."""
+    event: str
+    """How an execution is counted, one of EVENT_KINDS."""
+    shape: ShapeRule | None
+    """Output shape from input shapes, instruction and context (None for `loop`, whose
+    registers the walker follows itself)."""
     has_out: bool = True
     attrs: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
     """Required attributes and their JSON types."""
+    lockstep: bool = False
+    """Same-shaped instances in one loop body may run as one stacked call
+    (runtime/lockstep.py); an `axis` attribute is then shifted past the stacking axis."""
+    reads_data: bool = True
+    """False when only the input's shape is read (zeros): no input bytes are counted."""
+    in_place: bool = False
+    """The result is data already in place (a reshape view, a stored constant, the register
+    handed out): the cost model charges no data-movement latency for it."""
 
 
+# ---------------------------------------------------------------- shape rules
+def _same(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    return s[0]
+
+
+def _broadcast(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    return tuple(int(d) for d in np.broadcast_shapes(*s))
+
+
+def _input(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    return tuple(ctx.inputs[ins["name"]])
+
+
+def _const(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    return tuple(ctx.consts[ins["name"]])
+
+
+def _none(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> None:
+    return None
+
+
+def _mvm(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    return (*s[0][:-1], int(ctx.layer_n[int(ins["layer"])]))
+
+
+def _matmul(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    batch = np.broadcast_shapes(s[0][:-2], s[1][:-2])
+    return (*(int(d) for d in batch), s[0][-2], s[1][-1])
+
+
+def _reshape(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    src, new = s[0], [int(d) for d in ins["shape"]]
+    rest, known = math.prod(src[1:]), math.prod(d for d in new if d != -1)
+    return (src[0], *[rest // known if d == -1 else d for d in new])
+
+
+def _transpose(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    return tuple(s[0][p] for p in ins["perm"])
+
+
+def _concat(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    ax = ins["axis"] % len(s[0])
+    return (*s[0][:ax], sum(x[ax] for x in s), *s[0][ax + 1:])
+
+
+def _slice(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    ax = ins["axis"] % len(s[0])
+    n = len(range(s[0][ax])[ins["start"]:ins["stop"]])
+    return (*s[0][:ax], n, *s[0][ax + 1:])
+
+
+def _zeros(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    return (s[0][0], *[int(d) for d in ins["shape"]])
+
+
+# ---------------------------------------------------------------- the table
 _NUM = (int, float)
+
+
+def _digital(n_in: int, rule: ShapeRule = _same, **kw: Any) -> OpSpec:
+    return OpSpec(n_in, "digital", rule, lockstep=True, **kw)
+
+
 OPS: dict[str, OpSpec] = {
-    "input": OpSpec(0, attrs={"name": str}),
-    "output": OpSpec(1, has_out=False, attrs={"name": str}),
-    "const": OpSpec(0, attrs={"name": str}),
-    "mvm": OpSpec(1, attrs={"layer": int}),
-    "add": OpSpec(2),
-    "sub": OpSpec(2),
-    "mul": OpSpec(2),
-    "sigmoid": OpSpec(1),
-    "tanh": OpSpec(1),
-    "gelu": OpSpec(1),
-    "layernorm": OpSpec(3, attrs={"eps": _NUM}),
-    "softmax": OpSpec(1, attrs={"axis": int}),
-    "matmul": OpSpec(2),
-    "scale": OpSpec(1, attrs={"value": _NUM}),
-    "reshape": OpSpec(1, attrs={"shape": list}),
-    "transpose": OpSpec(1, attrs={"perm": list}),
-    "concat": OpSpec(None, attrs={"axis": int}),
-    "slice": OpSpec(1, attrs={"axis": int, "start": int, "stop": int}),
-    "zeros": OpSpec(1, attrs={"shape": list}),
-    "loop": OpSpec(0, has_out=False,
+    "input": OpSpec(0, "io", _input, attrs={"name": str}),
+    "output": OpSpec(1, "io", _none, has_out=False, attrs={"name": str}, in_place=True),
+    "const": OpSpec(0, "io", _const, attrs={"name": str}, in_place=True),
+    "mvm": OpSpec(1, "mvm", _mvm, attrs={"layer": int}, lockstep=True),
+    "add": _digital(2, _broadcast),
+    "sub": _digital(2, _broadcast),
+    "mul": _digital(2, _broadcast),
+    "sigmoid": _digital(1),
+    "tanh": _digital(1),
+    "gelu": _digital(1),
+    "layernorm": OpSpec(3, "digital_in", _same, attrs={"eps": _NUM}),
+    "softmax": OpSpec(1, "digital", _same, attrs={"axis": int}),
+    "matmul": OpSpec(2, "matmul", _matmul),
+    "scale": _digital(1, attrs={"value": _NUM}),
+    "reshape": OpSpec(1, "move", _reshape, attrs={"shape": list}, in_place=True),
+    "transpose": OpSpec(1, "move", _transpose, attrs={"perm": list}),
+    "concat": OpSpec(None, "move", _concat, attrs={"axis": int}, lockstep=True),
+    "slice": OpSpec(1, "move", _slice, attrs={"axis": int, "start": int, "stop": int},
+                    lockstep=True),
+    "zeros": OpSpec(1, "move", _zeros, attrs={"shape": list}, reads_data=False),
+    "loop": OpSpec(0, "loop", None, has_out=False,
                    attrs={"count": dict, "carry": list, "gather": list, "body": list,
                           "scatter": list}),
 }
 
-ELEMENTWISE = ("add", "sub", "mul", "sigmoid", "tanh", "gelu", "scale")
-DATA_MOVES = ("reshape", "transpose", "concat", "slice", "zeros", "input", "output", "const")
+
+def ops_where(pred: Callable[[OpSpec], bool]) -> tuple[str, ...]:
+    """Opcodes whose spec satisfies `pred`, in table order."""
+    return tuple(op for op, spec in OPS.items() if pred(spec))
+
+
+DIGITAL_OPS = ops_where(lambda s: s.event in DIGITAL_EVENTS)
+"""Opcodes counted as digital vector work (digital_ops kind = the opcode)."""
+DIGITAL_KINDS = (*DIGITAL_OPS, MATMUL_KIND, *MVM_SIDE_KINDS)
+"""Every kind the counters put in digital_ops; the cost model must price each."""
+HANDLED_OPS = ops_where(lambda s: s.event != "loop")
+"""Opcodes an interpreter runs with a per-instruction handler (loop is structural)."""
+LOCKSTEP_OPS = ops_where(lambda s: s.lockstep)
+AXIS_OPS = ops_where(lambda s: s.lockstep and "axis" in s.attrs)
+"""Groupable opcodes whose axis attribute shifts past the stacking axis."""
+IN_PLACE_OPS = ops_where(lambda s: s.in_place)
+
+
+def disagreements(table: str, keys: Iterable[str], expected: Iterable[str]) -> list[str]:
+    """What a per-opcode table has that the opcode table does not expect, and the reverse,
+    as one line each (empty when they agree). `expected` is the key set the opcode table
+    implies for `table`."""
+    keys, expected = set(keys), set(expected)
+    lines = [f"{table}: {k!r} is not expected by runtime/isa.py" for k in sorted(keys - expected)]
+    lines += [f"{table}: missing {k!r} (runtime/isa.py expects it)"
+              for k in sorted(expected - keys)]
+    return lines

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from .crossbar import PreparedLayer, dac_pulses
+from .isa import AXIS_OPS, LOCKSTEP_OPS
 
-GROUPABLE = ("add", "sub", "mul", "sigmoid", "tanh", "gelu", "scale", "slice", "concat", "mvm")
-AXIS_OPS = ("slice", "concat")
+GROUPABLE = LOCKSTEP_OPS
+"""Opcodes that may be grouped: those the opcode table marks `lockstep`."""
 
 
 @dataclass
