@@ -15,7 +15,7 @@ import numpy as np
 
 from farc.errors import ProgramError
 
-from .numerics import XbarParams, quantize_weights
+from .numerics import XbarParams, max_code, quantize_weights
 from .numerics import input_scale as scale_for_range
 from .program import Program
 
@@ -28,7 +28,7 @@ def encode_columns(q: np.ndarray, p: XbarParams) -> np.ndarray:
     k, n = q.shape
     out = np.empty((k, n, p.signs, p.slices), dtype=np.uint8)
     mags = [np.maximum(q, 0), np.maximum(-q, 0)] if p.mapping == "differential" else [q + p.qw]
-    mask = 2**p.cell_bits - 1
+    mask = max_code(p.cell_bits)
     for sign, m in enumerate(mags):
         m32 = m.astype(np.int32)
         for s in range(p.slices):

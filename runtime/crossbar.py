@@ -27,6 +27,7 @@ from .numerics import (
     digit_counts,
     full_scale_pmax,
     lossless,
+    max_code,
     quantize_input,
     stored_levels,
 )
@@ -134,8 +135,8 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     used_rows = np.asarray(g.rows_in_use)
     if p.adc_flip:  # the crossbars hold the complemented columns
         flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=True)
-    top = 2**p.adc_bits - 1
-    tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * (2**p.dac_bits - 1)
+    top = max_code(p.adc_bits)
+    tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * max_code(p.dac_bits)
     fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None else 0
     pattern = None
     if np.array_equal(order, np.arange(J)) and np.all(colw == colw[:1]):
@@ -162,7 +163,7 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         pulse_table=digit_counts(p.input_bits, p.dac_bits),
         sum_dtype=np.float32 if rt * top * int(steps.max()) < F32_EXACT else np.float64,
         no_clip=tile_peak <= top * steps, fold_step=fold, pattern=pattern, flip=flip,
-        cell_top=2**p.cell_bits - 1)
+        cell_top=max_code(p.cell_bits))
 
 
 # ---------------------------------------------------------------- the two paths

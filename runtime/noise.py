@@ -18,6 +18,7 @@ import numpy as np
 from farc.errors import ConfigError
 
 from .crossbar import PartialSums, PreparedLayer
+from .numerics import max_code
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,13 @@ class NoiseConfig:
 
 def g_off_units(cell_bits: int, cfg: NoiseConfig) -> float:
     """Conductance of level 0 in level units: (L-1) / (ratio - 1)."""
-    return 0.0 if math.isinf(cfg.on_off_ratio) else (2**cell_bits - 1) / (cfg.on_off_ratio - 1)
+    return 0.0 if math.isinf(cfg.on_off_ratio) else max_code(cell_bits) / (cfg.on_off_ratio - 1)
 
 
 def program_conductances(levels: np.ndarray, cell_bits: int, cfg: NoiseConfig,
                          rng: np.random.Generator) -> np.ndarray:
     """Programmed levels -> the conductances the crossbar actually holds, in level units."""
-    span = 2**cell_bits - 1
+    span = max_code(cell_bits)
     off = g_off_units(cell_bits, cfg)
     g = levels.astype(np.float64) + off
     if cfg.prog_sigma > 0:
@@ -114,7 +115,7 @@ def noisy_partial_sums(pl: PreparedLayer, g: np.ndarray, cell_bits: int, cfg: No
     Independent per-cell read noise of std σ on a read with digits u_c sums to a Gaussian of
     std σ * sqrt(sum_k u_c[k]**2) per column, which is what is drawn (same distribution,
     one draw per partial sum instead of one per cell)."""
-    sigma = cfg.read_sigma * (2**cell_bits - 1)
+    sigma = cfg.read_sigma * max_code(cell_bits)
 
     def run(r: int, lhs: np.ndarray) -> np.ndarray:
         p = lhs @ g[r, : lhs.shape[1]]

@@ -34,6 +34,12 @@ MAPPINGS = ("differential", "offset")
 ADC_RANGES = ("full", "calibrated")
 
 
+def max_code(bits: int) -> int:
+    """Largest unsigned `bits`-bit code, 2**bits - 1: a cell's top conductance level, the
+    largest DAC digit, the ADC's top output code."""
+    return 2**bits - 1
+
+
 def qmax(bits: int) -> int:
     """Largest magnitude of a signed `bits`-bit integer, symmetric: 2**(bits-1) - 1 (Qw, Qx)."""
     return 2 ** (bits - 1) - 1
@@ -66,13 +72,13 @@ def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int, flip: bool = False
     """The physical largest partial sum of one column in one cycle,
     rows * (2**dac_bits - 1) * (2**cell_bits - 1). With ISAAC's flip encoding (`flip_mask`)
     no stored column sums above half its levels (rounded down), halving it."""
-    levels = rows * (2**cell_bits - 1)
-    return (2**dac_bits - 1) * (levels // 2 if flip else levels)
+    levels = rows * max_code(cell_bits)
+    return max_code(dac_bits) * (levels // 2 if flip else levels)
 
 
 def adc_step_for(pmax: float, adc_bits: int) -> int:
     """Smallest power-of-two step with (2**adc_bits - 1) * step >= pmax (1 when pmax <= top)."""
-    top = 2**adc_bits - 1
+    top = max_code(adc_bits)
     step = 1
     while top * step < pmax:
         step *= 2
@@ -86,7 +92,7 @@ def adc(p: np.ndarray, step: int, adc_bits: int, integral: bool = False,
     scaling is exact). Shortcuts that change no value: `integral` (P holds integers, ideal
     devices) makes step 1 a pure clip; `no_clip` (P provably within [0, top*step]) skips the
     clip; `scaled=False` returns the code (in units of step) for the caller to scale."""
-    top = 2**adc_bits - 1
+    top = max_code(adc_bits)
     if step == 1 and integral:
         return p if no_clip else np.minimum(p, top, out=p)
     if step != 1:
@@ -106,7 +112,7 @@ def flip_mask(codes: np.ndarray, used_rows: np.ndarray, cell_bits: int) -> np.nd
     stored column sums above that half and the ADC needs one bit fewer. codes
     [row_tiles, rows, J] (logical levels) -> bool [row_tiles, J], True where flipped. The
     flag is a function of the logical codes, so programs carry only `adc_flip: true`."""
-    top = 2**cell_bits - 1
+    top = max_code(cell_bits)
     sums = codes.sum(axis=1, dtype=np.int64)
     return sums > (np.asarray(used_rows).astype(np.int64) * top // 2)[:, None]
 
@@ -116,7 +122,7 @@ def physical_codes(codes: np.ndarray, mask: np.ndarray, used_rows: np.ndarray,
     """The levels actually programmed: flipped columns hold 2**cell_bits - 1 - level on the
     used rows (unused rows stay at level 0). codes [row_tiles, rows, J]."""
     out = codes.copy()
-    top = 2**cell_bits - 1
+    top = max_code(cell_bits)
     for r in range(codes.shape[0]):
         cols = np.flatnonzero(mask[r])
         if cols.size:
@@ -134,8 +140,8 @@ def lossless(steps: Sequence[int] | np.ndarray, stored: np.ndarray, dac_bits: in
     hold (complemented columns included when flip encoding is on)."""
     if not np.all(np.asarray(steps) == 1):
         return False
-    peak = int(stored.sum(axis=1, dtype=np.int64).max(initial=0)) * (2**dac_bits - 1)
-    return peak <= 2**adc_bits - 1
+    peak = int(stored.sum(axis=1, dtype=np.int64).max(initial=0)) * max_code(dac_bits)
+    return peak <= max_code(adc_bits)
 
 
 # ---------------------------------------------------------------- quantization
@@ -170,7 +176,7 @@ def quantize_input(x: np.ndarray, in_scale: float, input_bits: int,
 def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
     """[vectors, K] non-negative ints -> [cycles, vectors, K]: digit c of u in base 2**dac_bits."""
     shifts = (np.arange(cycles, dtype=np.int64) * dac_bits)[:, None, None]
-    return (u[None] >> shifts) & (2**dac_bits - 1)
+    return (u[None] >> shifts) & max_code(dac_bits)
 
 
 def digit_counts(input_bits: int, dac_bits: int) -> np.ndarray:
@@ -247,7 +253,7 @@ class XbarParams:
     @property
     def full_range_lossless(self) -> bool:
         """True when a full-range ADC resolves every possible partial sum exactly."""
-        return 2**self.adc_bits - 1 >= self.pmax
+        return max_code(self.adc_bits) >= self.pmax
 
     def geometry(self, K: int, N: int, replicas: int = 1) -> Geometry:
         """How W [K, N] sits on crossbars with these parameters."""

@@ -18,7 +18,7 @@ import numpy as np
 from farc.errors import ProgramError
 
 from .isa import FORMAT, OPS, VERSION
-from .numerics import MAPPINGS, XbarParams, decode_weights
+from .numerics import MAPPINGS, XbarParams, decode_weights, max_code
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
@@ -200,7 +200,7 @@ def _check_layer_arrays(L: dict, arrays: dict, where: str) -> None:
     J = N * S * sg
     codes = _layer_array(L, arrays, "codes", "uint8",
                          (L["row_tiles"], L["col_tiles"], L["rows"], L["cols"]), where)
-    top = 2 ** L["cell_bits"] - 1
+    top = max_code(L["cell_bits"])
     if codes.size and int(codes.max()) > top:
         raise ProgramError(f"{where}: conductance code {int(codes.max())} exceeds the "
                            f"largest level {top} of a {L['cell_bits']}-bit cell")
