@@ -22,6 +22,7 @@ import numpy as np
 
 from .crossbar import PreparedLayer, dac_pulses
 from .isa import AXIS_OPS, LOCKSTEP_OPS
+from .numerics import qmax
 
 GROUPABLE = LOCKSTEP_OPS
 """Opcodes that may be grouped: those the opcode table marks `lockstep`."""
@@ -283,7 +284,7 @@ def mvm_stacked(st: MvmStack, x: np.ndarray) -> tuple[np.ndarray, int]:
     pl = st.layers[0]
     G, K = x.shape[0], x.shape[-1]
     flat = x.reshape(G, -1, K)
-    qx = np.float32(2 ** (pl.input_bits - 1) - 1)
+    qx = np.float32(qmax(pl.input_bits))
     xq = np.rint(flat / st.in_scale)
     np.clip(xq, -qx, qx, out=xq)
     y_int = xq.astype(st.q.dtype, copy=False) @ st.q
@@ -319,7 +320,7 @@ def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
         d = src.shape[-1]
         pl = st.layers[m]
         rows = slice(0, d) if h.x_first else slice(pl.K - d, pl.K)
-        qx = np.float32(2 ** (pl.input_bits - 1) - 1)
+        qx = np.float32(qmax(pl.input_bits))
         xq = np.clip(np.rint(src / st.in_scale[m]), -qx, qx)
         pulses += dac_pulses(pl, xq)
         steps = np.arange(T)
@@ -337,7 +338,7 @@ def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray
     pl = st.layers[0]
     G, K = h.shape[0], h.shape[-1]
     flat = h.reshape(G, -1, K)
-    qx = np.float32(2 ** (pl.input_bits - 1) - 1)
+    qx = np.float32(qmax(pl.input_bits))
     hq = np.rint(flat / st.in_scale)
     np.clip(hq, -qx, qx, out=hq)
     y_int = hx.y_x[t].reshape(G, -1, pl.N) + hq.astype(st.q.dtype, copy=False) @ hx.q_h

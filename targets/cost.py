@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from farc.runtime.isa import DIGITAL_EVENTS, IN_PLACE_OPS, OPS
 from farc.targets.dataflow import Step, manifest_of, numel, walk
 from farc.targets.events import (
     DIGITAL_KEY,
@@ -37,7 +38,8 @@ from farc.errors import ConfigError
 COMPONENTS = ("crossbar", "dac", "adc", "shift_add", "digital", "buffer", "interconnect",
               "write")
 ATTENTION_MODES = ("digital", "rewrite")
-FREE = ("reshape", "const", "output")  # no data-movement latency (views, program I/O)
+FREE = IN_PLACE_OPS
+"""Opcodes with no data-movement latency (isa: views, stored constants, program output)."""
 
 
 @dataclass
@@ -112,8 +114,7 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str)
     """Events, energy and latency of one execution of `step`."""
     op = step.instr["op"]
     if op == "loop":
-        ev = loop_events(step.loop_io * step.count)
-        ev["instructions"] = 1
+        ev = loop_events(step.loop_io, step.count)
         # the gathers/scatters of all T steps; timeline spreads them over the steps
         lat = step.loop_io * step.count * _act_bytes(target) / target.latency.buffer_bytes_per_ns
         return _priced(OpCost("move", f"loop@{step.path[-1]} gates+moves", lat, events=ev), target)
@@ -125,7 +126,7 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str)
         return _priced(OpCost("mvm", str(layer["name"]), lat, events=ev), target)
     if op == "matmul":
         return _priced(_matmul_cost(step, target, attention, ev), target)
-    if op in DIGITAL_KEY:
+    if OPS[op].event in DIGITAL_EVENTS:
         d = target.digital
         n = sum(ev["digital_ops"].values())
         cycles = n * getattr(d, f"{DIGITAL_KEY[op]}_cycles") / d.vector_lanes

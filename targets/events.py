@@ -1,8 +1,9 @@
-"""Event counts of one executed instruction, with the names and counting rules of the
-emulator's counters (`farc.runtime.counters.Counters`): the cost model prices exactly what
-the emulator counts. `farc.targets` must not import `farc.runtime` (dependency direction),
-so the rule is restated here from the manifest alone; tests/targets/test_events.py keeps
-the two equal on real programs.
+"""Event records of the cost model: the emulator's counters (`farc.runtime.counters`) as
+dicts, plus the cost model's own extras, and their pricing on a Target.
+
+The counts come from the one event rule, `farc.runtime.counters.record`, the same function
+the emulator applies at run time, so the cost model prices exactly what the emulator counts
+(tests/targets/test_events.py checks it on real programs).
 
 Keys: mvms_per_layer {layer id: vectors}, mvms_per_crossbar {crossbar id: MVMs},
 dac_cycles, dac_conversions (row drives: slots, an upper bound of the data-dependent
@@ -17,21 +18,33 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from farc.runtime.counters import BYTES_PER_ELEMENT, Counters, record, record_loop, record_mvm
+from farc.runtime.isa import DIGITAL_KINDS, MATMUL_KIND, disagreements
+from farc.runtime.walk import Shape
 from farc.targets.mvm import Geometry
 from farc.targets.target import Target
 
 from farc.errors import ConfigError
 
-BYTES_PER_ELEMENT = 4  # emulator registers are float32
-DIGITAL = ("add", "sub", "mul", "sigmoid", "tanh", "gelu", "scale", "softmax", "layernorm")
-SCALARS = ("dac_cycles", "dac_conversions", "adc_conversions", "bytes_moved", "instructions",
-           "interconnect_bytes", "cell_writes")
+COUNTS = ("dac_cycles", "dac_conversions", "adc_conversions", "bytes_moved", "instructions")
+"""Scalar counts shared with the emulator's Counters."""
+SCALARS = (*COUNTS, "interconnect_bytes", "cell_writes")
 
 
 def new_events() -> dict[str, Any]:
     """An empty event record."""
     return {"mvms_per_layer": defaultdict(int), "mvms_per_crossbar": defaultdict(int),
             "digital_ops": defaultdict(int), **dict.fromkeys(SCALARS, 0)}
+
+
+def events_of(c: Counters) -> dict[str, Any]:
+    """The event record of counts made by the event rule (no extras yet)."""
+    ev = new_events()
+    for key in ("mvms_per_layer", "mvms_per_crossbar", "digital_ops"):
+        ev[key].update(getattr(c, key))
+    for key in COUNTS:
+        ev[key] = getattr(c, key)
+    return ev
 
 
 def accumulate(total: dict[str, Any], ev: dict[str, Any], times: int = 1) -> None:
@@ -52,51 +65,37 @@ def finalize(ev: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def instruction_events(ins: dict[str, Any], in_shapes: tuple, out_shape: tuple | None,
+def instruction_events(ins: dict[str, Any], in_shapes: tuple[Shape, ...],
+                       out_shape: Shape | None,
                        layer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Events of one execution of a non-loop instruction."""
-    ev = new_events()
-    op = ins["op"]
-    ev["instructions"] = 1
-    out_n = math.prod(out_shape) if out_shape is not None else 0
-    read = 0 if op == "zeros" else sum(math.prod(s) for s in in_shapes)
-    ev["bytes_moved"] = BYTES_PER_ELEMENT * (read + out_n)
-    if op in DIGITAL:
-        ev["digital_ops"][op] += math.prod(in_shapes[0]) if op == "layernorm" else out_n
-    elif op == "matmul":
-        ev["digital_ops"]["matmul_mac"] += out_n * in_shapes[0][-1]
-    elif op == "mvm":
-        vectors = math.prod(in_shapes[0][:-1])
-        accumulate(ev, mvm_layer_events(Geometry.from_layer(layer), vectors,
-                                        int(layer["id"]), layer.get("crossbars")))
-        ev["interconnect_bytes"] = BYTES_PER_ELEMENT * (read + out_n)
+    """Events of one execution of a non-loop instruction: the event rule's counts, plus the
+    interconnect bytes of an `mvm` (its inputs in and outputs out of the tile). `layer` is
+    the mvm's layer dict."""
+    c = Counters()
+    geom = Geometry.from_layer(layer) if layer is not None else None
+    record(c, ins, in_shapes, out_shape, geom, None if layer is None else layer.get("crossbars"))
+    ev = events_of(c)
+    if ins["op"] == "mvm":
+        ev["interconnect_bytes"] = c.bytes_moved
     return ev
 
 
 def mvm_layer_events(g: Geometry, vectors: int = 1, layer_id: int = 0,
                      crossbars: list[list[int]] | None = None) -> dict[str, Any]:
-    """`vectors` MVMs on a layer: every crossbar of one replica per vector; the replicas
-    (physical ids `crossbars`, one list per replica) share the vectors round-robin."""
-    ev = new_events()
-    ev["mvms_per_layer"][layer_id] = vectors
-    reps = crossbars or [[]]
-    for r, ids in enumerate(reps):
-        share = vectors // len(reps) + (1 if r < vectors % len(reps) else 0)
-        for xb in ids:
-            ev["mvms_per_crossbar"][xb] += share
-    ev["dac_cycles"] = vectors * g.crossbars * g.cycles
-    ev["dac_conversions"] = vectors * g.K * g.col_tiles * g.cycles
-    ev["adc_conversions"] = vectors * g.row_tiles * g.phys_cols * g.cycles
-    ev["digital_ops"].update(quantize=vectors * g.K, shift_add=ev["adc_conversions"],
-                             rescale=vectors * g.N)
-    return ev
+    """`vectors` MVMs on a layer placed as `g` (counters.record_mvm): every crossbar of one
+    replica per vector; the replicas (physical ids `crossbars`, one list per replica) share
+    the vectors round-robin."""
+    c = Counters()
+    record_mvm(c, layer_id, vectors, g, crossbars)
+    return events_of(c)
 
 
-def loop_events(io_elements: int) -> dict[str, Any]:
-    """A loop's own events for one step: gathers and scatters (read + write each)."""
-    ev = new_events()
-    ev["bytes_moved"] = 2 * BYTES_PER_ELEMENT * io_elements
-    return ev
+def loop_events(io_elements: int, T: int) -> dict[str, Any]:
+    """A loop's own events (counters.record_loop): the instruction and T steps of gathers
+    and scatters of `io_elements` elements each."""
+    c = Counters()
+    record_loop(c, io_elements, T)
+    return events_of(c)
 
 
 def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
@@ -126,16 +125,25 @@ def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
     }
 
 
-# digital_ops kind -> [digital] key of its per-element energy
 DIGITAL_KEY = {"add": "add", "sub": "add", "scale": "add", "mul": "mul", "sigmoid": "sigmoid",
                "tanh": "tanh", "gelu": "gelu", "layernorm": "layernorm", "softmax": "softmax",
                "quantize": "mul", "rescale": "mul"}
+"""Pricing: digital_ops kind -> [digital] key of its per-element energy and cycles."""
+PRICED_APART = (MATMUL_KIND, "shift_add")
+"""digital_ops kinds priced by their own constants ([digital] matmul_mac_pj, shift_add_pj)."""
+
+
+def pricing_disagreements() -> list[str]:
+    """How the pricing tables and the opcode table's digital kinds disagree: every kind the
+    event rule can count needs exactly one price."""
+    return disagreements("targets/events.py DIGITAL_KEY + PRICED_APART",
+                         [*DIGITAL_KEY, *PRICED_APART], DIGITAL_KINDS)
 
 
 def _digital_pj(kind: str, d: Any) -> float:
-    if kind == "matmul_mac":
+    if kind == MATMUL_KIND:
         return d.matmul_mac_pj
     if kind not in DIGITAL_KEY:
         raise ConfigError(f"no [digital] energy for digital op kind {kind!r}; known: "
-                          f"{', '.join(sorted([*DIGITAL_KEY, 'matmul_mac']))}")
+                          f"{', '.join(sorted([*DIGITAL_KEY, MATMUL_KIND]))}")
     return getattr(d, f"{DIGITAL_KEY[kind]}_pj")
