@@ -32,6 +32,20 @@ import numpy as np
 # ---------------------------------------------------------------- bit widths
 MAPPINGS = ("differential", "offset")
 ADC_RANGES = ("full", "calibrated")
+PARAM_LIMITS: dict[str, tuple[int, int, bool]] = {
+    "rows": (8, 4096, True), "cols": (8, 4096, True), "cell_bits": (1, 8, False),
+    "dac_bits": (1, 8, False), "adc_bits": (1, 16, False), "weight_bits": (2, 16, False),
+    "input_bits": (2, 16, False)}
+"""(lowest, highest, power of two) of each crossbar parameter; target files and program
+layers are checked against the same limits."""
+
+
+def limit_violation(key: str, value: int) -> str | None:
+    """Why `value` is out of PARAM_LIMITS[key] ("must be in 1..8"), or None when it fits."""
+    lo, hi, pow2 = PARAM_LIMITS[key]
+    if pow2 and not (lo <= value <= hi and value & (value - 1) == 0):
+        return f"must be a power of two in {lo}..{hi}"
+    return None if lo <= value <= hi else f"must be in {lo}..{hi}"
 
 
 def max_code(bits: int) -> int:

@@ -18,7 +18,14 @@ import numpy as np
 from farc.errors import ProgramError
 
 from .isa import FORMAT, OPS, VERSION
-from .numerics import MAPPINGS, XbarParams, decode_weights, max_code
+from .numerics import (
+    MAPPINGS,
+    PARAM_LIMITS,
+    XbarParams,
+    decode_weights,
+    limit_violation,
+    max_code,
+)
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
@@ -38,7 +45,27 @@ def validate_program(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) ->
     _check_constants(manifest, arrays)
     for i, layer in enumerate(manifest["layers"]):
         _check_layer(i, layer, arrays)
+    _check_layers_match_target(manifest)
     _check_instructions(manifest)
+
+
+def _check_layers_match_target(manifest: dict[str, Any]) -> None:
+    """A program states its crossbar parameters twice, per layer and in the target it was
+    built for; they must agree (an empty target, as in hand-built programs, states none)."""
+    target = manifest.get("target") or {}
+    if not target:
+        return
+    try:
+        want = XbarParams.from_target_dict(target).layer_fields()
+    except (KeyError, TypeError):
+        raise ProgramError("manifest: target lacks its crossbar, dac, adc or quant "
+                           "fields") from None
+    for i, layer in enumerate(manifest["layers"]):
+        for key, value in want.items():
+            if layer.get(key, False if key == "adc_flip" else None) != value:
+                raise ProgramError(f"layer {i} ({layer.get('name', '?')}): {key} = "
+                                   f"{layer.get(key)!r} but the program's target says "
+                                   f"{value!r}")
 
 
 def check_header(manifest: Any) -> None:
@@ -138,11 +165,12 @@ def _check_range(where: str, key: str, value: int, lo: int, hi: int) -> None:
 
 
 def _check_layer_geometry(L: dict, where: str) -> None:
-    for key, lo, hi in (("K", 1, 2**24), ("N", 1, 2**24), ("weight_bits", 2, 16),
-                        ("input_bits", 2, 16), ("cell_bits", 1, 8), ("dac_bits", 1, 8),
-                        ("adc_bits", 1, 16), ("rows", 1, 4096), ("cols", 1, 4096),
-                        ("replicas", 1, 2**20)):
+    for key, lo, hi in (("K", 1, 2**24), ("N", 1, 2**24), ("replicas", 1, 2**20)):
         _check_range(where, key, L[key], lo, hi)
+    for key in PARAM_LIMITS:
+        rule = limit_violation(key, L[key])
+        if rule:
+            raise ProgramError(f"{where}: {key} = {L[key]} {rule}")
     if L.get("mapping") not in MAPPINGS:
         raise ProgramError(f"{where}: mapping {L.get('mapping')!r} must be 'differential' "
                            "or 'offset'")

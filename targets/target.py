@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from farc.runtime.numerics import ADC_RANGES, MAPPINGS, XbarParams
+from farc.runtime.numerics import ADC_RANGES, MAPPINGS, XbarParams, limit_violation
 from farc.targets.cost_specs import (
     COST_SPECS,
     POSITIVE,
@@ -243,34 +243,25 @@ def _check_type(value: Any, want: type, section: str, key: str, source: str) -> 
         raise ConfigError(f"{source}: [{section}] {key} = {value!r} must be {want.__name__}")
 
 
-def _pow2(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
 def _check_ranges(t: Target, source: str) -> None:
     def bad(section: str, key: str, value: Any, rule: str) -> ConfigError:
         return ConfigError(f"{source}: [{section}] {key} = {value!r} {rule}")
 
     xb = t.crossbar
-    for key in ("rows", "cols"):
-        v = getattr(xb, key)
-        if not (_pow2(v) and 8 <= v <= 4096):
-            raise bad("crossbar", key, v, "must be a power of two in 8..4096")
-    if not 1 <= xb.cell_bits <= 8:
-        raise bad("crossbar", "cell_bits", xb.cell_bits, "must be in 1..8")
-    if not 1 <= t.dac.bits <= 8:
-        raise bad("dac", "bits", t.dac.bits, "must be in 1..8")
-    if not 1 <= t.adc.bits <= 16:
-        raise bad("adc", "bits", t.adc.bits, "must be in 1..16")
+    for section, key, value in (("crossbar", "rows", xb.rows), ("crossbar", "cols", xb.cols),
+                                ("crossbar", "cell_bits", xb.cell_bits),
+                                ("dac", "bits", t.dac.bits), ("adc", "bits", t.adc.bits),
+                                ("quant", "weight_bits", t.quant.weight_bits),
+                                ("quant", "input_bits", t.quant.input_bits)):
+        rule = limit_violation(key if section in ("crossbar", "quant") else f"{section}_bits",
+                               value)
+        if rule:
+            raise bad(section, key, value, rule)
     if t.adc.range not in ADC_RANGES:
         raise bad("adc", "range", t.adc.range, "must be 'full' or 'calibrated'")
     if t.adc.columns_per_adc < 1:
         raise bad("adc", "columns_per_adc", t.adc.columns_per_adc, "must be >= 1")
     q = t.quant
-    if not 2 <= q.weight_bits <= 16:
-        raise bad("quant", "weight_bits", q.weight_bits, "must be in 2..16")
-    if not 2 <= q.input_bits <= 16:
-        raise bad("quant", "input_bits", q.input_bits, "must be in 2..16")
     if q.mapping not in MAPPINGS:
         raise bad("quant", "mapping", q.mapping, "must be 'differential' or 'offset'")
     if q.calibration not in ("max", "percentile"):

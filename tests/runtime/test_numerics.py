@@ -165,3 +165,52 @@ def test_the_scan_finds_a_restated_formula(tmp_path):
         "qx = 2 ** (layer['input_bits'] - 1) - 1\n"
         "tiles = math.ceil(K / p.rows)\n")
     assert [h.split(":")[1] for h in find_restated_closed_forms(tmp_path)] == ["2", "3"]
+
+
+# ---------------------------------------------------------------- stated once, checked
+def _isaac_program():
+    from farc.runtime.builder import make_program, pack_layer
+    from farc.targets import load_target
+
+    t = load_target("isaac")
+    w = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    layer = pack_layer(w, None, 0.01, t.xbar)
+    ins = [dict(op="input", name="x", out="x"), dict(op="mvm", layer=0, **{"in": ["x"]},
+                                                     out="y"),
+           dict(op="output", name="y", **{"in": ["y"]})]
+    return make_program(ins, {"x": [16]}, {"y": [4]}, [layer], target=t.to_dict())
+
+
+def test_layer_parameters_must_match_the_program_target():
+    from farc.runtime.program import Program
+
+    from farc.errors import ProgramError
+
+    prog = _isaac_program()  # validates: layers and target agree
+    manifest = {**prog.manifest, "target": {**prog.manifest["target"],
+                                            "adc": {**prog.manifest["target"]["adc"],
+                                                    "bits": 6}}}
+    with pytest.raises(ProgramError, match=r"adc_bits = 8 but the program's target says 6"):
+        Program(manifest, prog.arrays).validate()
+
+
+@pytest.mark.parametrize(("key", "value", "rule"), [
+    ("rows", 100, "must be a power of two in 8..4096"),
+    ("cols", 4, "must be a power of two in 8..4096"),
+    ("adc_bits", 17, "must be in 1..16"), ("weight_bits", 1, "must be in 2..16")])
+def test_targets_and_programs_share_parameter_limits(key, value, rule):
+    from farc.runtime.program import Program
+    from farc.targets import load_target
+
+    from farc.errors import ConfigError, ProgramError
+
+    assert rule in nm.limit_violation(key, value)
+    section = {"rows": "crossbar", "cols": "crossbar", "adc_bits": "adc",
+               "weight_bits": "quant"}[key]
+    tkey = "bits" if key == "adc_bits" else key
+    with pytest.raises(ConfigError, match=rule):
+        load_target("isaac").with_overrides(**{f"{section}.{tkey}": value})
+    prog = _isaac_program()
+    layers = [{**prog.manifest["layers"][0], key: value}]
+    with pytest.raises(ProgramError, match=f"{key} = {value} {rule}"):
+        Program({**prog.manifest, "layers": layers, "target": {}}, prog.arrays).validate()
