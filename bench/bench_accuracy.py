@@ -73,7 +73,7 @@ def test_split():
 def float_accuracy(ckpt: Path, x, y) -> float:
     import torch
 
-    from farc.checkpoint import load_checkpoint
+    from farc.models.checkpoint import load_checkpoint
 
     with torch.no_grad():
         logits = load_checkpoint(ckpt).model(torch.from_numpy(x)).numpy()

@@ -7,7 +7,7 @@ with fewer epochs than the defaults (below), compiled for ISAAC at W8/X8, 2-bit 
 `farc report` prints, batch 1, attention n/a) and run on the digits test split.
 
 FAR-T shape (random weights, no training): units are removed by the same selection rule
-(`farc.prune.select_units(target_sparsity=R)` + `remove_units`: globally weakest group norm
+(`farc.far.prune.select_units(target_sparsity=R)` + `remove_units`: globally weakest group norm
 first) and the smaller model is compiled and costed: the hardware effect at a realistic
 width, where one LSTM direction of a head ((64 + 64) x 256 weights, 4 slices) spans 8
 crossbars.
@@ -79,7 +79,7 @@ def digits_rows(far: Path, ratios, epochs, quick: bool, x, y) -> list[dict]:
     from farc.targets import load_target
 
     from bench.bench_accuracy import emulated_accuracy, float_accuracy
-    from farc.checkpoint import load_checkpoint
+    from farc.models.checkpoint import load_checkpoint
 
     target = load_target("isaac").with_overrides(**OVERRIDES)
     rows = []
@@ -103,8 +103,8 @@ def tiny_rows(ratios) -> list[dict]:
     from farc.targets import load_target
 
     from bench.bench_compile_scaling import build
+    from farc.far.prune import remove_units, select_units
     from farc.models.deit import DEIT_PRESETS
-    from farc.prune import remove_units, select_units
 
     target = load_target("isaac").with_overrides(**OVERRIDES, **{"chip.tiles": 4000})
     dense = build("far", DEIT_PRESETS["deit_tiny_patch16_224"])

@@ -329,7 +329,7 @@ def _existing(path: str | Path, flag: str) -> Path:
 
 def export_float(checkpoint: Path, workdir: str | Path) -> Path:
     """Export the float golden ONNX of `checkpoint` into `workdir`."""
-    from farc.checkpoint import load_checkpoint
+    from farc.models.checkpoint import load_checkpoint
     from farc.onnx_export import export_onnx
 
     out = Path(workdir) / f"{checkpoint.stem}.float.onnx"

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from farc.checkpoint import FORMAT_VERSION, weights_digest
+from farc.models.checkpoint import FORMAT_VERSION, weights_digest
 from farc.models.deit import DEIT_PRESETS, DeiT
 from farc.models.far import FAR, FARConfig
 
@@ -51,7 +51,7 @@ def ckpt_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def deit_checkpoint(ckpt_dir, deit_digits):
-    from farc.checkpoint import save_checkpoint
+    from farc.models.checkpoint import save_checkpoint
 
     path = ckpt_dir / "deit.pt"
     save_checkpoint(path, deit_digits, {"note": "random deit_digits", "seed": 0})
@@ -60,7 +60,7 @@ def deit_checkpoint(ckpt_dir, deit_digits):
 
 @pytest.fixture(scope="session")
 def far_checkpoint(ckpt_dir, far_digits):
-    from farc.checkpoint import save_checkpoint
+    from farc.models.checkpoint import save_checkpoint
 
     path = ckpt_dir / "far.pt"
     save_checkpoint(path, far_digits, {"note": "random FAR from deit_digits", "seed": 1})
@@ -69,7 +69,7 @@ def far_checkpoint(ckpt_dir, far_digits):
 
 @pytest.fixture(scope="session")
 def pruned_far_checkpoint(ckpt_dir, pruned_far_digits):
-    from farc.checkpoint import save_checkpoint
+    from farc.models.checkpoint import save_checkpoint
 
     path = ckpt_dir / "far_pruned.pt"
     save_checkpoint(path, pruned_far_digits, {"note": "random FAR, unequal hidden sizes"})

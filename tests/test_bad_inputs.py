@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from farc.atomic import check_writable
-from farc.checkpoint import load_checkpoint
-from farc.distill import DistillOptions, TrainOptions
 from farc.errors import CheckpointError, ConfigError, PassError
-from farc.prune import PruneOptions
+from farc.far.distill import DistillOptions, TrainOptions
+from farc.far.prune import PruneOptions
+from farc.models.checkpoint import load_checkpoint
 
 
 def farc(*args: object) -> subprocess.CompletedProcess:

@@ -1,17 +1,17 @@
-"""farc.checkpoint: round trips (DeiT, FAR, pruned FAR) and every way a file can be bad."""
+"""farc.models.checkpoint: round trips (DeiT, FAR, pruned FAR) and every way a file can be bad."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from farc.checkpoint import (
+from farc.errors import CheckpointError
+from farc.models.checkpoint import (
     Checkpoint,
     load_checkpoint,
     save_checkpoint,
     weights_digest,
 )
-from farc.errors import CheckpointError
 
 
 def _same_outputs(a, b) -> None:

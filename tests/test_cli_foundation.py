@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from farc import __version__
-from farc.checkpoint import load_checkpoint, weights_digest
 from farc.cli import COMMANDS, cli, main
+from farc.models.checkpoint import load_checkpoint, weights_digest
 from farc.onnx_export import INPUT_NAME
 
 

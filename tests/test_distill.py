@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from farc.checkpoint import load_checkpoint, save_checkpoint
 from farc.cli import main
-from farc.distill import Run, kd_loss, similarity_loss
 from farc.errors import ConfigError
+from farc.far.distill import Run, kd_loss, similarity_loss
+from farc.models.checkpoint import load_checkpoint, save_checkpoint
 from farc.models.deit import DeiT, DeiTConfig
 
 TINY = DeiTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=2,
@@ -117,22 +117,22 @@ def test_distill_needs_a_deit_teacher(teacher, tmp_path, capsys):
 
 
 def test_bad_epochs_rejected():
-    from farc.distill import DistillOptions
+    from farc.far.distill import DistillOptions
 
     with pytest.raises(ConfigError, match="epochs must be >= 0"):
         DistillOptions(epochs=-1).validate()
 
 
 def test_unknown_similarity_rejected():
-    from farc.distill import DistillOptions
+    from farc.far.distill import DistillOptions
 
     with pytest.raises(ConfigError, match="unknown similarity 'l1'"):
         DistillOptions(similarity="l1").validate()
 
 
 def test_corrupt_resume_state_is_a_checkpoint_error(tmp_path):
-    from farc.distill import load_state
     from farc.errors import CheckpointError
+    from farc.far.distill import load_state
 
     bad = tmp_path / "s.pt.resume"
     bad.write_bytes(b"not a torch file")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from farc.hoyer import (
+from farc.far.hoyer import (
     UnitGroup,
     group_norms,
     hoyer_regulariser,

@@ -163,7 +163,7 @@ def test_missing_and_garbage_files(tmp_path):
 
 # ----------------------------------------------------------------------------- training helpers
 def test_warmup_cosine_schedule():
-    from farc.train import warmup_cosine
+    from farc.far.train import warmup_cosine
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
@@ -178,7 +178,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_random_shift_moves_whole_images_and_is_seeded():
-    from farc.train import random_shift
+    from farc.far.train import random_shift
 
     x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4)
     a = random_shift(x, 1, torch.Generator().manual_seed(0))
@@ -193,7 +193,7 @@ def test_random_shift_moves_whole_images_and_is_seeded():
 
 
 def test_training_learns_a_separable_toy_problem():
-    from farc.train import TrainConfig, evaluate, train_classifier
+    from farc.far.train import TrainConfig, evaluate, train_classifier
 
     torch.manual_seed(0)
     cfg = DeiTConfig(img_size=4, patch_size=2, in_chans=1, num_classes=2, embed_dim=16,

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from farc.checkpoint import load_checkpoint, save_checkpoint
 from farc.cli import main
 from farc.errors import ConfigError
-from farc.hoyer import iter_unit_groups
+from farc.far.hoyer import iter_unit_groups
+from farc.far.prune import remove_units, select_units
+from farc.models.checkpoint import load_checkpoint, save_checkpoint
 from farc.models.deit import DeiTConfig
 from farc.models.far import FAR, FARConfig
-from farc.prune import remove_units, select_units
 
 TINY = DeiTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=2,
                   num_heads=2, mlp_ratio=1.0)
@@ -65,7 +65,7 @@ def test_target_sparsity_removes_exactly_that_share_globally():
     sel = select_units(model, target_sparsity=0.5)
     assert sel.removed == round(0.5 * sel.total)
     # the weakest go: every kept unit is at least as strong as every removed one
-    from farc.hoyer import all_group_norms
+    from farc.far.hoyer import all_group_norms
 
     norms = all_group_norms(model)
     kept = torch.cat([norms[k][m] for k, m in sel.keep.items()])
@@ -144,7 +144,7 @@ def test_prune_command_rejects_both_criteria(tmp_path, capsys):
 def test_prune_resume_after_removal_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from farc.distill import Run
+    from farc.far.distill import Run
 
     save_checkpoint(tmp_path / "s.pt", _far(), {})
     args = ["prune", str(tmp_path / "s.pt"), "--epochs", "1", "--ft-epochs", "2",
@@ -171,7 +171,7 @@ def test_prune_resume_after_removal_equals_an_uninterrupted_run(tmp_path, monkey
 
 
 def test_prune_options_reject_negative_threshold():
-    from farc.prune import PruneOptions
+    from farc.far.prune import PruneOptions
 
     with pytest.raises(ConfigError, match=r"threshold -1\.0 must be >= 0"):
         PruneOptions(target_sparsity=None, threshold=-1.0).validate()

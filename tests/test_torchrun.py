@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from farc.checkpoint import load_checkpoint, save_checkpoint
+from farc.models.checkpoint import load_checkpoint, save_checkpoint
 from farc.models.deit import DeiT, DeiTConfig
 
 TINY = DeiTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=2,

@@ -359,9 +359,9 @@ def trained_far():
     import torch
 
     from farc.data import load_split
+    from farc.far.train import TrainConfig, train_classifier
     from farc.models.deit import DEIT_PRESETS
     from farc.models.far import FAR, FARConfig
-    from farc.train import TrainConfig, train_classifier
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(DEIT_PRESETS["deit_digits"], depth=2, patch_size=4)

@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 import click
 
-from farc.distill import TrainOptions
+from farc.far.distill import TrainOptions
 
 
 def run_training(opts, output: str, device: str | None, body: Callable) -> None:
     """Check the options and that `output` can be written (before minutes of training),
     join the torchrun world (a world of one without torchrun), run body(world), leave it."""
     from farc import distributed as D
-    from farc.checkpoint import check_writable
+    from farc.models.checkpoint import check_writable
 
     opts.validate()
     check_writable(output)

@@ -50,9 +50,9 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
             dump_dir, **overrides) -> None:
     """Compile a DeiT or FAR checkpoint into a crossbar tile program (.farc)."""
     from farc.atomic import check_writable
-    from farc.checkpoint import load_checkpoint
     from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.errors import ConfigError
+    from farc.models.checkpoint import load_checkpoint
     from farc.targets import load_target
 
     if calib_samples < 1:

@@ -141,10 +141,10 @@ def _gather(out: Path) -> dict:
     program and the report."""
     import numpy as np
 
-    from farc.checkpoint import load_checkpoint
     from farc.data import load_split
+    from farc.far.train import evaluate
+    from farc.models.checkpoint import load_checkpoint
     from farc.runtime.program import Program
-    from farc.train import evaluate
 
     x, y = load_split("digits", "test")
     models = {}

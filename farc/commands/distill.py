@@ -12,7 +12,7 @@ import click
 import torch
 
 from farc.commands._training import run_training, training_options
-from farc.distill import SIMILARITIES, DistillOptions, TrainOptions
+from farc.far.distill import SIMILARITIES, DistillOptions, TrainOptions
 
 
 def file_sha256(path: str | Path) -> str:
@@ -83,8 +83,8 @@ def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd
 
 def _distill(teacher_path, output, data, opts, resume, world, threads) -> None:
     from farc import distributed as D
-    from farc.checkpoint import load_checkpoint, save_checkpoint
-    from farc.distill import Run, freeze, run_distill, state_path_for
+    from farc.far.distill import Run, freeze, run_distill, state_path_for
+    from farc.models.checkpoint import load_checkpoint, save_checkpoint
     from farc.models.far import FAR
 
     torch.manual_seed(opts.train.seed)

@@ -1,6 +1,6 @@
 """`farc export CKPT -o model.onnx`: the float golden ONNX model of a DeiT or FAR checkpoint.
 
-The checkpoint is validated first (farc.checkpoint), so a bad file fails with one line and
+The checkpoint is validated first (farc.models.checkpoint), so a bad file fails with one line and
 no output; the ONNX file is written atomically and checked to keep LSTMs as LSTM nodes. With
 --check, onnxruntime runs it on a random batch and the result is compared with PyTorch."""
 
@@ -20,7 +20,7 @@ import click
               help="Largest absolute logit difference --check accepts.")
 def command(checkpoint, output, opset, check, atol) -> None:
     """Export DeiT or FAR checkpoint CHECKPOINT to ONNX (LSTMs as ONNX LSTM nodes)."""
-    from farc.checkpoint import load_checkpoint
+    from farc.models.checkpoint import load_checkpoint
     from farc.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
     from farc.progress import log, print_table
 

@@ -12,8 +12,8 @@ import torch
 
 from farc.commands._training import run_training, training_options
 from farc.commands.distill import file_sha256, print_accuracy
-from farc.distill import TrainOptions
-from farc.prune import PruneOptions
+from farc.far.distill import TrainOptions
+from farc.far.prune import PruneOptions
 
 
 def print_units(rows: list[dict], heads: int) -> None:
@@ -79,10 +79,10 @@ def command(student, output, data, target_sparsity, threshold, hoyer_weight, epo
 
 def _prune(student_path, output, data, opts, resume, world, threads) -> None:
     from farc import distributed as D
-    from farc.checkpoint import load_checkpoint, save_checkpoint
     from farc.commands.distill import _splits
-    from farc.distill import Run, state_path_for
-    from farc.prune import run_prune
+    from farc.far.distill import Run, state_path_for
+    from farc.far.prune import run_prune
+    from farc.models.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(opts.train.seed)
     ckpt = load_checkpoint(student_path, expect="far")

@@ -13,8 +13,8 @@ import time
 
 import click
 
+from farc.far.train import TrainConfig
 from farc.models.deit import DEIT_PRESETS
-from farc.train import TrainConfig
 
 DEFAULT_PRESET = "deit_digits"
 
@@ -48,7 +48,7 @@ def command(ctx, output, data, preset, weights, epochs, lr, batch_size, shift, n
     """Train a DeiT on a dataset's train split; pick by val; report test accuracy."""
     import torch
 
-    from farc.checkpoint import check_writable, save_checkpoint
+    from farc.models.checkpoint import check_writable, save_checkpoint
     from farc.progress import log
 
     tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, shift=shift, noise=noise,
@@ -101,7 +101,7 @@ def _splits(data: str, cfg):
 
 def _fit(model, splits, tcfg: TrainConfig) -> dict:
     """Train (unless epochs == 0), then evaluate; metrics with CPU and wall seconds."""
-    from farc.train import evaluate, train_classifier
+    from farc.far.train import evaluate, train_classifier
 
     train, val, test = splits
     cpu0, wall0 = time.process_time(), time.perf_counter()

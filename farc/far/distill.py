@@ -10,7 +10,7 @@ the loss sees the errors of earlier blocks, as at inference.
 Stage 2 ("finetune") trains every parameter on CE plus, with `kd`, a logit distillation
 term KL(teacher || student) at temperature `kd_temperature`.
 
-The resumable, torchrun-aware training engine (`Run`) lives here too; farc.prune reuses it.
+The resumable, torchrun-aware training engine (`Run`) lives here too; farc.far.prune reuses it.
 Checkpoint state is written atomically after every epoch; `--resume` picks it up (stage,
 epoch, weights, optimizer, scheduler, RNG). Batches are sharded with DistributedSampler
 seeded by (seed, epoch) and augmentation shifts by (seed, epoch, rank), so an interrupted
@@ -54,7 +54,7 @@ class TrainOptions:
     """Share of each stage's steps spent in linear warmup before the cosine decay."""
     grad_clip: float = 1.0
     shift: int = 1
-    """Random translation in pixels (farc.train.random_shift); 0 disables it."""
+    """Random translation in pixels (farc.far.train.random_shift); 0 disables it."""
     seed: int = 0
     eval_batch: int = 256
 
@@ -137,7 +137,7 @@ class Run:
         ddp = D.wrap(model, self.world)
         steps = self._steps_per_epoch()
         opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.opts.weight_decay)
-        from farc.train import warmup_cosine
+        from farc.far.train import warmup_cosine
 
         total = stage.epochs * steps
         sched = warmup_cosine(opt, total, max(1, round(self.opts.warmup * total)))
@@ -177,7 +177,7 @@ class Run:
 
     def _epoch(self, ddp, stage, opt, sched, params, epoch, bar, task) -> tuple[float, float]:
         """One pass over this rank's shard; loss and accuracy averaged over all ranks."""
-        from farc.train import random_shift
+        from farc.far.train import random_shift
 
         x, y = self.train
         ddp.train()

@@ -1,6 +1,6 @@
 """Structured pruning of FAR LSTM hidden units: choose units by group norm, remove them.
 
-Selection works on the group norms of farc.hoyer (one group per hidden unit, per block,
+Selection works on the group norms of farc.far.hoyer (one group per hidden unit, per block,
 head and direction). A unit is removed when its group norm is below a threshold. With a
 target sparsity R the threshold is global (one number for the whole model, so heads that
 Hoyer-Square emptied lose more units than heads that still need theirs), and every
@@ -13,7 +13,7 @@ per-direction hidden sizes, so the checkpoint, the ONNX export and the compiled 
 all shrink. Units whose groups are exactly zero contribute exactly nothing (their cell and
 hidden state stay 0 and nothing reads them), so removing them leaves the outputs unchanged.
 
-The pruning run (`run_prune`) reuses farc.distill's resumable, torchrun-aware engine:
+The pruning run (`run_prune`) reuses farc.far.distill's resumable, torchrun-aware engine:
 stage "hoyer" trains every parameter on CE (+ logit KD from the unpruned student)
 + hoyer_weight * Hoyer-Square; then units are selected and removed physically; stage
 "prune-ft" fine-tunes the smaller model. Because the removed units no longer exist, this
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from farc import distributed as D
-from farc.distill import (
+from farc.errors import ConfigError
+from farc.far.distill import (
     LossFn,
     Run,
     Split,
@@ -39,8 +40,7 @@ from farc.distill import (
     finetune_loss,
     freeze,
 )
-from farc.errors import ConfigError
-from farc.hoyer import DIRECTIONS, all_group_norms, hoyer_regulariser
+from farc.far.hoyer import DIRECTIONS, all_group_norms, hoyer_regulariser
 from farc.models.far import FAR, FARConfig
 
 Key = tuple[int, int, str]
