@@ -1,14 +1,18 @@
 """Conventions the farc passes share (not a pass): extern symbols, how a weight constant
-carries its layer name, and the per-layer tables the numeric passes fill.
+carries its layer name, how a crossbar function carries its numbers, and module copies.
 
-Bulk arrays (integer weights, conductance codes, calibration vectors) do not live in the
-IR: the passes keep them in a `LayerStore` keyed by layer name, and put the scalar facts
-(scales, tile counts, replicas) on each crossbar function as `farc.*` attributes, which is
-what the `--dump-dir` files show."""
+The compiler's state lives in the IR: every crossbar function (`Codegen = "farc"`) carries
+its scalar facts (scales, tile counts, ADC steps, placement) as `farc.*` attributes and its
+bulk arrays (integer weights, conductance codes, column map) as `farc.*` attributes holding
+tensors (`array_attr`, `arrays_of`). Passes are pure: each returns a new module
+(`with_functions`) and never edits the one it was given. The `--dump-dir` files print the
+tensors as metadata references; `crossbar_state` summarises them (shape, dtype, sha256) for
+the `NN-<stage>.state.json` file written beside each dump."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -74,22 +78,63 @@ class LayerCalib:
     """A seeded subsample of input vectors [M, K] (for the calibrated ADC range)."""
 
 
-@dataclass
-class LayerData:
-    """Everything the numeric passes compute for one crossbar layer."""
-
-    name: str
-    kind: str
-    weight: np.ndarray
-    """Float W [K, N]."""
-    bias: np.ndarray | None
-    q: np.ndarray | None = None
-    w_scale: np.ndarray | None = None
-    in_scale: float = 1.0
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    """codes, w_scale, colsum, col_out, col_slice, col_sign, bias (tile-program names)."""
-    info: dict = field(default_factory=dict)
-    """The tile-program layer dict (without id/arrays), filled by tile and schedule."""
+PROGRAM_ARRAYS = ("codes", "w_scale", "colsum", "col_out", "col_slice", "col_sign", "bias")
+"""The arrays of one program layer (docs/tile-program.md), in manifest order. After
+TileCrossbar each is the crossbar function's attribute `farc.<name>` (bias only when the
+layer has one); QuantizeCrossbar adds `farc.q` and `farc.w_scale`."""
 
 
-LayerStore = dict[str, LayerData]
+def array_attr(value: np.ndarray) -> tvm.runtime.Tensor:
+    """A numpy array as a tensor-valued function attribute (copied, dtype kept)."""
+    return tvm.runtime.tensor(np.ascontiguousarray(value))
+
+
+def attr_array(func: relax.Function, name: str) -> np.ndarray:
+    """The numpy copy of the crossbar function's tensor attribute `farc.<name>`."""
+    return func.attrs[f"farc.{name}"].numpy()
+
+
+def program_arrays(func: relax.Function) -> dict[str, np.ndarray]:
+    """The program-layer arrays a crossbar function carries, in manifest order."""
+    attrs = func.attrs or {}
+    return {k: attr_array(func, k) for k in PROGRAM_ARRAYS if f"farc.{k}" in attrs}
+
+
+def crossbar_functions(mod: tvm.IRModule) -> list[tuple[tvm.ir.GlobalVar, relax.Function]]:
+    """The (GlobalVar, function) pairs of every crossbar layer, sorted by layer name."""
+    out = [(gv, f) for gv, f in mod.functions.items()
+           if isinstance(f, relax.Function) and (f.attrs or {}).get("Codegen") == CODEGEN]
+    return sorted(out, key=lambda p: str(p[1].attrs.get("farc.layer", p[0].name_hint)))
+
+
+def with_functions(mod: tvm.IRModule, updates: dict) -> tvm.IRModule:
+    """A new module: `mod`'s functions with `updates` applied. (`mod[gv] = f` would edit
+    `mod` in place, and passes must leave their input unchanged.)"""
+    funcs = dict(mod.functions.items())
+    funcs.update(updates)
+    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+def crossbar_state(mod: tvm.IRModule) -> dict[str, dict]:
+    """Every crossbar layer's `farc.*` attributes as JSON values; a tensor becomes its shape,
+    dtype and sha256 (what the `--dump-dir` state files show beside the TVMScript)."""
+    out = {}
+    for gv, func in crossbar_functions(mod):
+        name = str(func.attrs.get("farc.layer", gv.name_hint))
+        out[name] = {str(k): _jsonable(v) for k, v in sorted(func.attrs.items())
+                     if str(k).startswith("farc.")}
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, tvm.runtime.Tensor):
+        a = np.ascontiguousarray(v.numpy())
+        return {"shape": list(a.shape), "dtype": str(a.dtype),
+                "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+    if isinstance(v, tvm_ffi.Map):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, tvm_ffi.Array | list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bool | int | float):
+        return v
+    return str(v)

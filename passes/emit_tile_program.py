@@ -1,11 +1,14 @@
-"""EmitTileProgram: the scheduled Relax module -> the tile program of docs/tile-program.md.
+"""emit_tile_program: the scheduled Relax module -> the tile program of docs/tile-program.md.
 
-Expects: Relax after ScheduleCrossbar (crossbar functions placed, LSTM scans of one block
-adjacent) and the completed LayerStore. `main` takes one image tensor whose axis 0 is the
-batch (exported as 1) and returns a tuple of tensors.
+Codegen, not a pass: `emit_tile_program(mod, target, model) -> Program` reads the module
+and returns the program; the module is left unchanged.
 
-Leaves: the module unchanged; the program is in `.manifest` and `.arrays` of the pass
-instance after it runs. One emitter per Relax op (`_op_<name>`), each mirroring one
+Expects: Relax after ScheduleCrossbar: crossbar functions carrying QuantizeCrossbar's,
+TileCrossbar's and ScheduleCrossbar's `farc.*` attributes (every number and array of a
+program layer comes from them), LSTM scans of one block adjacent. `main` takes one image
+tensor whose axis 0 is the batch (exported as 1) and returns a tuple of tensors.
+
+One emitter per Relax op (`_op_<name>`), each mirroring one
 emulator handler:
 - a call to a crossbar function -> `mvm`; a `farc.digital.matmul` composite -> `matmul`;
 - each run of adjacent, mutually independent LSTM scans -> ONE `loop` whose body holds
@@ -26,7 +29,9 @@ from typing import Any
 
 import numpy as np
 import tvm
-from farc.passes._crossbar_ir import CODEGEN, LayerStore, const_value, is_scan
+from farc.passes._crossbar_ir import CODEGEN, const_value, is_scan, program_arrays
+from farc.runtime.builder import layer_fields
+from farc.runtime.program import Program
 from farc.targets import Target
 from tvm import relax
 
@@ -66,41 +71,39 @@ class Tup:
     items: tuple
 
 
-@tvm.transform.module_pass(opt_level=0, name="EmitTileProgram")
-class EmitTileProgram:
-    """Translate `main` into instructions, layers and constants.
+def emit_tile_program(mod: tvm.IRModule, target: Target, model: dict[str, Any]) -> Program:
+    """Translate `main` into instructions, layers and constants: codegen, not a pass.
 
     Parameters
     ----------
-    target : the target the program is built for (its dict goes into the manifest)
-    store : the LayerStore after ScheduleCrossbar
-    model : the manifest's `model` entry (kind, name, config, provenance)"""
+    mod : the module after ScheduleCrossbar (read only)
+    target : the target the program is built for (its dict goes into the manifest; its
+        crossbar parameters fill each layer's parameter fields)
+    model : the manifest's `model` entry (kind, name, config, provenance)
 
-    def __init__(self, target: Target, store: LayerStore, model: dict[str, Any]):
-        self.target, self.store, self.model = target, store, model
-        self.manifest: dict[str, Any] = {}
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        em = _Emitter(mod, self.store)
-        main = mod["main"]
-        (image,) = main.params
-        x = em.emit("input", [], _shape(image), name=INPUT_NAME)
-        em.input_reg = x
-        em.env[image] = x
-        out = em.run_main(main)
-        outs = out.items if isinstance(out, Tup) else (out,)
-        specs = []
-        for i, o in enumerate(outs):
-            name = OUTPUT_NAME if len(outs) == 1 else f"{OUTPUT_NAME}{i}"
-            reg = em.materialise(o)
-            em.code.append({"op": "output", "in": [reg.name], "name": name})
-            specs.append({"name": name, "shape": [None, *reg.shape[1:]], "dtype": "float32"})
-        self.manifest, self.arrays = em.finish(self.target, self.model, mod)
-        self.manifest["inputs"] = [{"name": INPUT_NAME, "shape": [None, *x.shape[1:]],
-                                    "dtype": "float32"}]
-        self.manifest["outputs"] = specs
-        return mod
+    Returns
+    -------
+    Program
+        Not yet validated (the driver validates it, `CompileOptions.validate`)."""
+    em = _Emitter(mod)
+    main = mod["main"]
+    (image,) = main.params
+    x = em.emit("input", [], _shape(image), name=INPUT_NAME)
+    em.input_reg = x
+    em.env[image] = x
+    out = em.run_main(main)
+    outs = out.items if isinstance(out, Tup) else (out,)
+    specs = []
+    for i, o in enumerate(outs):
+        name = OUTPUT_NAME if len(outs) == 1 else f"{OUTPUT_NAME}{i}"
+        reg = em.materialise(o)
+        em.code.append({"op": "output", "in": [reg.name], "name": name})
+        specs.append({"name": name, "shape": [None, *reg.shape[1:]], "dtype": "float32"})
+    manifest, arrays = em.finish(target, model, mod)
+    manifest["inputs"] = [{"name": INPUT_NAME, "shape": [None, *x.shape[1:]],
+                           "dtype": "float32"}]
+    manifest["outputs"] = specs
+    return Program(manifest, arrays)
 
 
 def _shape(expr: relax.Expr) -> tuple[int, ...]:
@@ -116,11 +119,12 @@ def _axis(axis: int, ndim: int) -> int:
 
 
 class _Emitter:
-    def __init__(self, mod: tvm.IRModule, store: LayerStore) -> None:
-        self.mod, self.store = mod, store
+    def __init__(self, mod: tvm.IRModule) -> None:
+        self.mod = mod
         self.env: dict = {}
         self.code: list[dict] = []
-        self.layer_ids: dict[str, int] = {}
+        self.layers: dict[str, relax.Function] = {}
+        """Crossbar functions by layer name, in order of first use (= program layer id)."""
         self.constants: dict[str, np.ndarray] = {}
         self.count = 0
         self.input_reg: Reg | None = None
@@ -214,17 +218,16 @@ class _Emitter:
         attrs = func.attrs or {}
         args = [self.value(a) for a in call.args]
         if attrs.get("Codegen") == CODEGEN:
-            return self.mvm(str(attrs["farc.layer"]), self.materialise(args[0]))
+            return self.mvm(func, self.materialise(args[0]))
         if "Composite" in attrs or "Primitive" in attrs:
             return self.run_function(func, args)
         raise PassError(f"call to {call.op.name_hint} has no tile-program lowering")
 
-    def mvm(self, layer: str, x: Reg) -> Reg:
-        if layer not in self.layer_ids:
-            self.layer_ids[layer] = len(self.layer_ids)
-        data = self.store[layer]
-        return self.emit("mvm", [x], (*x.shape[:-1], data.info["N"]),
-                         layer=self.layer_ids[layer])
+    def mvm(self, func: relax.Function, x: Reg) -> Reg:
+        layer = str(func.attrs["farc.layer"])
+        self.layers.setdefault(layer, func)
+        return self.emit("mvm", [x], (*x.shape[:-1], int(func.attrs["farc.N"])),
+                         layer=list(self.layers).index(layer))
 
     # ---- LSTM scans -> one loop
     def loop(self, group: list) -> None:
@@ -445,12 +448,12 @@ class _Emitter:
     def finish(self, target: Target, model: dict, mod: tvm.IRModule):
         arrays: dict[str, np.ndarray] = {}
         layers = []
-        for name, lid in sorted(self.layer_ids.items(), key=lambda p: p[1]):
-            data = self.store[name]
+        for lid, func in enumerate(self.layers.values()):
             prefix = f"layer{lid}"
-            arrays.update({f"{prefix}.{k}": v for k, v in data.arrays.items()})
-            layers.append({"id": lid, **data.info,
-                           "arrays": {k: f"{prefix}.{k}" for k in data.arrays}})
+            own = program_arrays(func)
+            arrays.update({f"{prefix}.{k}": v for k, v in own.items()})
+            layers.append({"id": lid, **_layer_fields(func, target),
+                           "arrays": {k: f"{prefix}.{k}" for k in own}})
         const_names = {}
         for cname, value in self.constants.items():
             arrays[f"const.{cname}"] = value
@@ -463,6 +466,17 @@ class _Emitter:
             "schedule": _schedule(sched, layers),
         }
         return manifest, arrays
+
+
+def _layer_fields(func: relax.Function, target: Target) -> dict[str, Any]:
+    """The layer dict of docs/tile-program.md (without id and arrays), from the crossbar
+    function's attributes and the target's crossbar parameters."""
+    a = func.attrs
+    fields = layer_fields(target.xbar, int(a["farc.row_tiles"]), int(a["farc.col_tiles"]),
+                          float(a["farc.in_scale"]), [int(s) for s in a["farc.adc_step"]])
+    return {"name": str(a["farc.layer"]), "kind": str(a["farc.kind"]), "K": int(a["farc.K"]),
+            "N": int(a["farc.N"]), **fields, "replicas": int(a["farc.replicas"]),
+            "crossbars": [[int(i) for i in rep] for rep in a["farc.crossbars"]]}
 
 
 def _schedule(sched, layers: list[dict]) -> dict:

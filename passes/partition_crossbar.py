@@ -14,7 +14,8 @@ are fused into composites named `farc.digital.matmul` without a codegen, so they
 the digital units and are visible as such in the IR.
 
 Patterns live in the TVM pattern registry under the `farc` prefix; a pattern's check refuses
-(host fallback) weights that are not 2-D float32 constants or carry no layer name."""
+(host fallback) weights that are not 2-D float32 constants or carry no layer name. Returns a
+new module; the input is left unchanged."""
 
 from __future__ import annotations
 
@@ -122,13 +123,6 @@ class _Rename(relax.PyExprMutator):
 
     def visit_global_var_(self, gv: tvm.ir.GlobalVar) -> relax.Expr:
         return self.mapping.get(gv, gv)
-
-
-def crossbar_functions(mod: tvm.IRModule) -> list[tuple[tvm.ir.GlobalVar, relax.Function]]:
-    """The (GlobalVar, function) pairs of every crossbar layer, sorted by layer name."""
-    out = [(gv, f) for gv, f in mod.functions.items()
-           if isinstance(f, relax.Function) and (f.attrs or {}).get("Codegen") == CODEGEN]
-    return sorted(out, key=lambda p: str(p[1].attrs["farc.layer"]))
 
 
 def composite_parts(func: relax.Function) -> tuple[relax.Expr, relax.Expr | None]:

@@ -1,9 +1,8 @@
 """ScheduleCrossbar: weight-stationary placement, optional replication, overlap-friendly order.
 
-Expects: Relax after TileCrossbar (crossbar functions with `farc.row_tiles`/`farc.col_tiles`)
-and its LayerStore.
+Expects: Relax after TileCrossbar (crossbar functions with `farc.row_tiles`/`farc.col_tiles`).
 
-Leaves:
+Leaves, in a new module (the input is left unchanged):
 - every tile of every layer on its own physical crossbar, for the whole run (ids are
   consecutive: layer by first use, then replica, row tile, column tile); a PassError naming
   both numbers when the model needs more crossbars than the target has;
@@ -14,8 +13,9 @@ Leaves:
 - `main`'s bindings reordered so that the LSTM scans that do not depend on each other (every
   head and direction of a FAR block) are adjacent, their inputs computed before them: the
   emitter puts each such group into one `loop`, so they run in lockstep;
-- attributes `farc.replicas`, `farc.first_crossbar`, `farc.vectors` on crossbar functions,
-  and the module attribute `farc.schedule` (crossbars used/available, loop groups).
+- attributes `farc.replicas`, `farc.first_crossbar`, `farc.vectors` and `farc.crossbars`
+  (the physical ids of each replica's tiles) on the crossbar functions `main` uses, and the
+  module attribute `farc.schedule` (crossbars used/available, loop groups).
 Run before EmitTileProgram."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import heapq
 import math
 
 import tvm
-from farc.passes._crossbar_ir import CODEGEN, LayerStore, is_scan
+from farc.passes._crossbar_ir import CODEGEN, is_scan, with_functions
 from farc.targets import Target
 from tvm import relax
 
@@ -38,11 +38,10 @@ class ScheduleCrossbar:
     Parameters
     ----------
     target : the hardware target (chip section: number of crossbars)
-    store : the LayerStore after TileCrossbar; `info` gets replicas and crossbar ids
     replicate : give spare crossbars to hot layers"""
 
-    def __init__(self, target: Target, store: LayerStore, replicate: bool = False):
-        self.target, self.store, self.replicate = target, store, replicate
+    def __init__(self, target: Target, replicate: bool = False):
+        self.target, self.replicate = target, replicate
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         order, vectors = _layer_uses(mod)
@@ -55,25 +54,26 @@ class ScheduleCrossbar:
         replicas = {g: 1 for g in order}
         if self.replicate:
             used = _replicate(replicas, tiles, vectors, have - used) + used
-        self._place(mod, order, tiles, replicas, vectors)
-        mod, groups = _order_main(mod)
-        return mod.with_attr("farc.schedule", {
-            "crossbars_used": used, "crossbars_available": have,
-            "loop_groups": [[str(v) for v in g] for g in groups]})
+        main, groups = _order_main(mod["main"])
+        placed = _place(mod, order, tiles, replicas, vectors)
+        return with_functions(mod, {**placed, mod.get_global_var("main"): main}).with_attr(
+            "farc.schedule", {"crossbars_used": used, "crossbars_available": have,
+                              "loop_groups": [[str(v) for v in g] for g in groups]})
 
-    def _place(self, mod, order, tiles, replicas, vectors) -> None:
-        first = 0
-        for gv in order:
-            func = mod[gv]
-            info = self.store[str(func.attrs["farc.layer"])].info
-            per = tiles[gv]
-            info["replicas"] = replicas[gv]
-            info["crossbars"] = [list(range(first + r * per, first + (r + 1) * per))
-                                 for r in range(replicas[gv])]
-            mod[gv] = func.with_attrs({"farc.replicas": replicas[gv],
-                                       "farc.first_crossbar": first,
-                                       "farc.vectors": vectors[gv]})
-            first += per * replicas[gv]
+
+def _place(mod: tvm.IRModule, order: list, tiles: dict, replicas: dict, vectors: dict
+           ) -> dict[tvm.ir.GlobalVar, relax.Function]:
+    """Consecutive crossbar ids, layer by first use, then replica, row tile, column tile."""
+    first, out = 0, {}
+    for gv in order:
+        per = tiles[gv]
+        out[gv] = mod[gv].with_attrs({
+            "farc.replicas": replicas[gv], "farc.first_crossbar": first,
+            "farc.vectors": vectors[gv],
+            "farc.crossbars": [list(range(first + r * per, first + (r + 1) * per))
+                               for r in range(replicas[gv])]})
+        first += per * replicas[gv]
+    return out
 
 
 def _tiles(func: relax.Function) -> int:
@@ -130,17 +130,16 @@ def _bindings(func: relax.Function) -> list:
 
 # ---- reorder main so independent scans are adjacent ----
 
-def _order_main(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[list]]:
-    main = mod["main"]
+def _order_main(main: relax.Function) -> tuple[relax.Function, list[list]]:
     if len(main.body.blocks) != 1:
-        return mod, []
+        return main, []
     bindings = list(main.body.blocks[0].bindings)
     order, groups = _grouped_order(bindings)
     block = relax.DataflowBlock([bindings[i] for i in order])
     body = relax.SeqExpr([block], main.body.body)
     relax.expr._update_type(body, main.body.ty)  # same value, same type
-    mod["main"] = relax.Function(main.params, body, main.ret_ty, main.is_pure, main.attrs)
-    return mod, [[bindings[i].var.name for i in g] for g in groups]
+    func = relax.Function(main.params, body, main.ret_ty, main.is_pure, main.attrs)
+    return func, [[bindings[i].var.name for i in g] for g in groups]
 
 
 def _grouped_order(bindings: list) -> tuple[list[int], list[list[int]]]:

@@ -1,11 +1,15 @@
 """TileCrossbar: map each quantized weight onto rows x cols crossbars.
 
-Expects: Relax after QuantizeCrossbar, and its LayerStore (q, s_w, in_scale per layer).
+Expects: Relax after QuantizeCrossbar (`farc.q`, `farc.w_scale`, `farc.in_scale` on each
+crossbar function).
 
-Leaves: attributes `farc.row_tiles`, `farc.col_tiles`, `farc.slices`, `farc.signs`,
-`farc.adc_step` on each crossbar function, and in the LayerStore the tile-program arrays
-(conductance codes [row_tiles, col_tiles, rows, cols], w_scale, colsum, column map, bias)
-and the layer dict of docs/tile-program.md. Packing is dense: expanded column
+Leaves: a new module whose crossbar functions also carry the scalar attributes
+`farc.row_tiles`, `farc.col_tiles`, `farc.slices`, `farc.signs`, `farc.adc_step` (one step
+per row tile) and the tile-program arrays of docs/tile-program.md as tensor attributes:
+`farc.codes` (uint8 conductance levels [row_tiles, col_tiles, rows, cols]), `farc.colsum`
+(int64 [N]), `farc.col_out`/`farc.col_slice`/`farc.col_sign` (int32 column map) and
+`farc.bias` (float32 [N], biased layers only); `farc.w_scale` is QuantizeCrossbar's. The
+input module and the calibration statistics are left unchanged. Packing is dense: expanded column
 j = (n*signs + sign)*slices + s sits in column tile j // cols, so a layer needs
 ceil(K/rows) * ceil(N*slices*signs/cols) crossbars (`crossbars_needed`).
 
@@ -19,11 +23,19 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from farc.passes._crossbar_ir import LayerCalib, LayerData, LayerStore
-from farc.passes.partition_crossbar import crossbar_functions
-from farc.runtime.builder import column_map, encode_columns, layer_fields, tile_codes
+from farc.passes._crossbar_ir import (
+    LayerCalib,
+    array_attr,
+    attr_array,
+    const_value,
+    crossbar_functions,
+    with_functions,
+)
+from farc.passes.partition_crossbar import composite_parts
+from farc.runtime.builder import column_map, encode_columns, tile_codes
 from farc.runtime.numerics import bit_planes, quantize_input, stored_levels
 from farc.targets import Target
+from tvm import relax
 
 PMAX_VECTORS = 256
 """At most this many calibration vectors are replayed per layer for the ADC range."""
@@ -36,49 +48,45 @@ class TileCrossbar:
     Parameters
     ----------
     target : the hardware target (crossbar, dac, adc, quant sections)
-    store : the LayerStore QuantizeCrossbar filled; completed here
-    calib : layer name -> LayerCalib (used when target.adc.range == 'calibrated')"""
+    calib : layer name -> LayerCalib (read only; used when target.adc.range == 'calibrated')"""
 
-    def __init__(self, target: Target, store: LayerStore, calib: dict[str, LayerCalib]):
-        self.target, self.store, self.calib = target, store, calib
+    def __init__(self, target: Target, calib: dict[str, LayerCalib]):
+        self.target, self.calib = target, calib
         self.params = target.xbar
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for gv, func in crossbar_functions(mod):
-            data = self.store[str(func.attrs["farc.layer"])]
-            self._tile(data)
-            info = data.info
-            mod[gv] = func.with_attrs({
-                "farc.row_tiles": info["row_tiles"], "farc.col_tiles": info["col_tiles"],
-                "farc.slices": info["slices"], "farc.signs": info["signs"],
-                "farc.adc_step": info["adc_step"]})
-        return mod
+        return with_functions(mod, {gv: self._tile(f) for gv, f in crossbar_functions(mod)})
 
-    def _tile(self, data: LayerData) -> None:
+    def _tile(self, func: relax.Function) -> relax.Function:
         p = self.params
-        k, n = data.q.shape
-        codes = tile_codes(encode_columns(data.q, p), p)
+        q = attr_array(func, "q")
+        codes = tile_codes(encode_columns(q, p), p)
         rt, ct = codes.shape[:2]
-        data.arrays = {"codes": codes, "w_scale": data.w_scale,
-                       "colsum": data.q.sum(axis=0).astype(np.int64), **column_map(n, p)}
-        if data.bias is not None:
-            data.arrays["bias"] = data.bias.astype(np.float32).reshape(n)
-        pmax = self._pmax(data, codes) if p.adc_range == "calibrated" else None
-        data.info = {"name": data.name, "kind": data.kind, "K": k, "N": n,
-                     **layer_fields(p, rt, ct, data.in_scale, p.adc_steps(rt, pmax))}
+        arrays = {"codes": codes, "colsum": q.sum(axis=0).astype(np.int64),
+                  **column_map(q.shape[1], p)}
+        _, bias = composite_parts(func)
+        if bias is not None:
+            arrays["bias"] = const_value(bias).astype(np.float32).reshape(q.shape[1])
+        name, in_scale = str(func.attrs["farc.layer"]), float(func.attrs["farc.in_scale"])
+        pmax = self._pmax(name, q, in_scale, codes) if p.adc_range == "calibrated" else None
+        return func.with_attrs({
+            "farc.row_tiles": rt, "farc.col_tiles": ct, "farc.slices": p.slices,
+            "farc.signs": p.signs, "farc.adc_step": p.adc_steps(rt, pmax),
+            **{f"farc.{k}": array_attr(v) for k, v in arrays.items()}})
 
-    def _pmax(self, data: LayerData, codes: np.ndarray) -> list[float]:
+    def _pmax(self, name: str, q: np.ndarray, in_scale: float, codes: np.ndarray
+              ) -> list[float]:
         """Largest partial sum of each row tile over the layer's calibration vectors."""
         p = self.params
-        vecs = self.calib[data.name].vectors[:PMAX_VECTORS]
-        u = quantize_input(vecs, data.in_scale, p.input_bits) + p.in_zero
+        vecs = self.calib[name].vectors[:PMAX_VECTORS]
+        u = quantize_input(vecs, in_scale, p.input_bits) + p.in_zero
         rt, ct = codes.shape[:2]
         padded = np.zeros((len(u), rt * p.rows), dtype=np.int64)
         padded[:, : u.shape[1]] = u
         dtype = np.float32 if self.target.max_partial_sum < 2**24 else np.float64
         planes = bit_planes(padded, p.cycles, p.dac_bits).astype(dtype)
         # the ADC sees the levels the crossbars hold (complemented columns under flip)
-        flat, _ = stored_levels(codes, data.q.shape[0], ct * p.cols, p.cell_bits, p.adc_flip)
+        flat, _ = stored_levels(codes, q.shape[0], ct * p.cols, p.cell_bits, p.adc_flip)
         out = []
         for r in range(rt):
             g = flat[r].astype(dtype)

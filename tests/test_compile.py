@@ -1,6 +1,8 @@
 """The compile driver and `farc compile`: IR size vs sequence length, capacity, round trip,
 dumps and the CLI."""
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -67,15 +69,27 @@ def test_program_round_trip_and_dump_dir(tmp_path):
     for name, arr in program.arrays.items():
         np.testing.assert_array_equal(back.arrays[name], arr)
     names = sorted(p.name for p in (tmp_path / "ir").iterdir())
-    assert names == ["01-import.py", "02-legalize.py", "03-partition.py", "04-quantize.py",
-                     "05-tile.py", "06-schedule.py", "07-emit.py", "08-program.json"]
+    assert names == ["01-import.py", "02-legalize.py", "03-partition.py",
+                     "03-partition.state.json", "04-quantize.py", "04-quantize.state.json",
+                     "05-tile.py", "05-tile.state.json", "06-schedule.py",
+                     "06-schedule.state.json", "07-program.json"]
     assert "farc.lstm_scan" in (tmp_path / "ir" / "02-legalize.py").read_text()
+    # the state beside the dumps is the program's: same codes, same placement
+    state = json.loads((tmp_path / "ir" / "06-schedule.state.json").read_text())
+    for layer in program.manifest["layers"]:
+        codes = program.arrays[layer["arrays"]["codes"]]
+        seen = state[layer["name"]]
+        assert seen["farc.codes"]["sha256"] == hashlib.sha256(codes.tobytes()).hexdigest()
+        assert seen["farc.codes"]["shape"] == list(codes.shape)
+        assert seen["farc.crossbars"] == layer["crossbars"]
+    assert "farc.q" in json.loads((tmp_path / "ir" / "04-quantize.state.json").read_text())[
+        "head"]
     assert set(opts.timings) >= {"calibrate", "import", "legalize", "emit"}
 
 
 def test_cli_compile_with_overrides_and_onnx(tmp_path, capsys):
-    from farc.checkpoint import save_checkpoint
     from farc.cli import main
+    from farc.models.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "far.ckpt"
     save_checkpoint(ckpt, tiny("far"), {"note": "test"})
@@ -91,8 +105,8 @@ def test_cli_compile_with_overrides_and_onnx(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_override(tmp_path, capsys):
-    from farc.checkpoint import save_checkpoint
     from farc.cli import main
+    from farc.models.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "far.ckpt"
     save_checkpoint(ckpt, tiny("far"), {})

@@ -2,10 +2,14 @@
 
     checkpoint/model -> load data -> calibrate (torch, float) -> import (torch.export -> Relax)
       -> LegalizeLSTM -> PartitionCrossbar -> QuantizeCrossbar -> TileCrossbar
-      -> ScheduleCrossbar -> EmitTileProgram -> Program (validated)
+      -> ScheduleCrossbar -> emit_tile_program (codegen) -> Program (validated)
 
+Each pass returns a new module and leaves its input unchanged; everything a later stage
+needs travels in the IR (`farc.*` attributes of the crossbar functions, passes/_crossbar_ir.py).
 With `dump_dir`, the IR after each stage is written as numbered files (01-import.py,
-02-legalize.py, ...; TVMScript without the weight metadata) and the manifest last."""
+02-legalize.py, ...; TVMScript without the weight metadata), beside each a
+`NN-<stage>.state.json` once the module has crossbar functions (every layer's `farc.*`
+attributes, tensors as shape, dtype and sha256), and the manifest last."""
 
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from torch import nn
 from farc.compiler.calibrate import calibrate
 from farc.compiler.importer import import_model
 from farc.errors import ConfigError, PassError
-from farc.passes._crossbar_ir import LayerStore
-from farc.passes.emit_tile_program import EmitTileProgram
+from farc.passes._crossbar_ir import crossbar_state
+from farc.passes.emit_tile_program import emit_tile_program
 from farc.passes.legalize_lstm import LegalizeLSTM
 from farc.passes.partition_crossbar import PartitionCrossbar
 from farc.passes.quantize_crossbar import QuantizeCrossbar
@@ -46,7 +50,7 @@ class CompileOptions:
     replicate: bool = False
     """Give spare crossbars to the busiest layers."""
     dump_dir: Path | None = None
-    """Write the IR after every stage here."""
+    """Write the IR (and the crossbar state) after every stage here."""
     checkpoint_path: str | None = None
     """Recorded in the manifest's provenance."""
     seed: int = 0
@@ -64,7 +68,6 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     opts = options or CompileOptions()
     model, model_info = _model_and_info(model_or_ckpt, opts)
     dump, clock = _Dumper(opts.dump_dir), _Clock(opts.timings)
-    store: LayerStore = {}
     # Float ranges first: every later stage needs them, and they come from torch, not TVM.
     images = clock("load data", lambda: _calib_images(model, opts))
     pct = target.quant.percentile if target.quant.calibration == "percentile" else 100.0
@@ -72,21 +75,21 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     # torch.export + Relax import, one node per LSTM: IR size independent of length.
     mod = clock("import", lambda: _well_formed(import_model(model).mod, "import"))
     dump("import", mod)
-    emit = EmitTileProgram(target, store, model_info)
     stages = [
         ("legalize", LegalizeLSTM()),              # LSTM -> scan over a crossbar cell
         ("partition", PartitionCrossbar()),        # constant matmuls -> farc.* composites
-        ("quantize", QuantizeCrossbar(target, calib, store)),  # integers and input scales
-        ("tile", TileCrossbar(target, store, calib)),   # slices, signs, codes, ADC steps
-        ("schedule", ScheduleCrossbar(target, store, opts.replicate)),  # place, order
-        ("emit", emit),                            # instructions, layers, constants
+        ("quantize", QuantizeCrossbar(target, calib)),  # integer weights, input scales
+        ("tile", TileCrossbar(target, calib)),     # slices, signs, codes, ADC steps
+        ("schedule", ScheduleCrossbar(target, opts.replicate)),  # place, order
     ]
     for name, stage in stages:
         mod = clock(name, lambda stage=stage, mod=mod: stage(mod))
         dump(name, mod)
-        if name == "schedule":  # the module the emitter reads
-            _well_formed(mod, name)
-    program = clock("validate", lambda: _program(emit, opts.validate))
+    _well_formed(mod, "schedule")  # the module codegen reads
+    # Codegen: instructions, layers and constants, every number read from the IR.
+    program = clock("emit", lambda: emit_tile_program(mod, target, model_info))
+    if opts.validate:  # the tile-program invariants on exit
+        clock("validate", program.validate)
     dump.manifest(program)
     return program
 
@@ -100,16 +103,9 @@ def _well_formed(mod: tvm.IRModule, stage: str) -> tvm.IRModule:
     return mod
 
 
-def _program(emit: Any, validate: bool) -> Program:
-    program = Program(emit.manifest, emit.arrays)
-    if validate:
-        program.validate()
-    return program
-
-
 def _model_and_info(obj: Any, opts: CompileOptions) -> tuple[nn.Module, dict]:
     if isinstance(obj, str | Path):
-        from farc.checkpoint import load_checkpoint
+        from farc.models.checkpoint import load_checkpoint
 
         opts.checkpoint_path = opts.checkpoint_path or str(Path(obj).resolve())
         obj = load_checkpoint(obj)
@@ -162,7 +158,9 @@ class _Clock:
 
 
 class _Dumper:
-    """Numbered IR files after each stage, when a dump directory is given."""
+    """Numbered IR files after each stage, when a dump directory is given: TVMScript, plus
+    the crossbar functions' attributes as JSON (the TVMScript shows tensors only as
+    metadata references)."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) if root else None
@@ -174,8 +172,11 @@ class _Dumper:
         if not self.root:
             return
         self.n += 1
-        text = mod.script(show_meta=False)
-        (self.root / f"{self.n:02d}-{stage}.py").write_text(text)
+        stem = self.root / f"{self.n:02d}-{stage}"
+        stem.with_suffix(".py").write_text(mod.script(show_meta=False))
+        state = crossbar_state(mod)
+        if state:
+            stem.with_suffix(".state.json").write_text(json.dumps(state, indent=1))
 
     def manifest(self, program: Program) -> None:
         if self.root:

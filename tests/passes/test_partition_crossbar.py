@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tvm
 from _pass_models import PRUNED_HIDDEN, TINY, expected_crossbar_layers, partitioned
-from farc.passes._crossbar_ir import named_const
-from farc.passes.partition_crossbar import DIGITAL_MATMUL, PartitionCrossbar, crossbar_functions
+from farc.passes._crossbar_ir import crossbar_functions, named_const
+from farc.passes.partition_crossbar import DIGITAL_MATMUL, PartitionCrossbar
 from tvm import relax
 
 pytestmark = pytest.mark.tvm

@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 from _pass_models import calibrated, partitioned
-from farc.passes.partition_crossbar import crossbar_functions
+from farc.passes._crossbar_ir import attr_array, const_value, crossbar_functions
+from farc.passes.partition_crossbar import composite_parts
 from farc.passes.quantize_crossbar import QuantizeCrossbar
 from farc.runtime.builder import quantize_weights
 from farc.targets import load_target
@@ -16,23 +17,22 @@ pytestmark = pytest.mark.tvm
 
 
 def _run(target, calib=None):
-    store = {}
-    mod = QuantizeCrossbar(target, calib or calibrated("far"), store)(partitioned("far"))
-    return mod, store
+    return QuantizeCrossbar(target, calib or calibrated("far"))(partitioned("far"))
 
 
 def test_weights_per_column_and_input_scale_from_max():
     target = load_target("isaac").with_overrides(**{"quant.weight_bits": 6,
                                                     "quant.input_bits": 5})
-    mod, store = _run(target)
+    mod = _run(target)
     calib = calibrated("far")
     for _, func in crossbar_functions(mod):
-        d = store[str(func.attrs["farc.layer"])]
-        q, s_w = quantize_weights(d.weight, 6)
-        np.testing.assert_array_equal(d.q, q)
-        np.testing.assert_array_equal(d.w_scale, s_w)
-        assert np.abs(d.q).max() <= 31
-        assert float(func.attrs["farc.in_scale"]) == pytest.approx(calib[d.name].absmax / 15)
+        q, s_w = quantize_weights(const_value(composite_parts(func)[0]), 6)
+        np.testing.assert_array_equal(attr_array(func, "q"), q)
+        np.testing.assert_array_equal(attr_array(func, "w_scale"), s_w)
+        assert attr_array(func, "q").dtype == np.int64
+        assert np.abs(q).max() <= 31
+        absmax = calib[str(func.attrs["farc.layer"])].absmax
+        assert float(func.attrs["farc.in_scale"]) == pytest.approx(absmax / 15)
         assert int(func.attrs["farc.in_zero"]) == 16
 
 
@@ -41,10 +41,11 @@ def test_percentile_policy_uses_the_percentile():
                                                     "quant.percentile": 90.0})
     calib = {k: dataclasses.replace(v, percentile=v.absmax / 2)
              for k, v in calibrated("far").items()}
-    _, store = _run(target, calib)
     qx = 2 ** (target.quant.input_bits - 1) - 1
-    for name, d in store.items():
-        assert d.in_scale == pytest.approx(calib[name].absmax / 2 / qx, rel=1e-6)
+    for _, func in crossbar_functions(_run(target, calib)):
+        name = str(func.attrs["farc.layer"])
+        assert float(func.attrs["farc.in_scale"]) == pytest.approx(calib[name].absmax / 2 / qx,
+                                                                    rel=1e-6)
 
 
 def test_missing_calibration_is_a_pass_error():

@@ -2,8 +2,7 @@
 
 import pytest
 from _pass_models import TINY, calibrated, partitioned
-from farc.passes._crossbar_ir import is_scan
-from farc.passes.partition_crossbar import crossbar_functions
+from farc.passes._crossbar_ir import crossbar_functions, is_scan
 from farc.passes.quantize_crossbar import QuantizeCrossbar
 from farc.passes.schedule_crossbar import ScheduleCrossbar
 from farc.passes.tile_crossbar import TileCrossbar
@@ -21,15 +20,24 @@ def _target(crossbars: int):
 
 
 def _schedule(kind, target, replicate=False):
-    store, calib = {}, calibrated(kind)
-    mod = QuantizeCrossbar(target, calib, store)(partitioned(kind))
-    mod = TileCrossbar(target, store, calib)(mod)
-    return ScheduleCrossbar(target, store, replicate)(mod), store
+    """The scheduled module and its crossbar functions by layer name."""
+    calib = calibrated(kind)
+    mod = TileCrossbar(target, calib)(QuantizeCrossbar(target, calib)(partitioned(kind)))
+    mod = ScheduleCrossbar(target, replicate)(mod)
+    return mod, {str(f.attrs["farc.layer"]): f for _, f in crossbar_functions(mod)}
+
+
+def _crossbars(layers: dict) -> list[int]:
+    return [int(i) for f in layers.values() for rep in f.attrs["farc.crossbars"] for i in rep]
+
+
+def _replicas(f) -> int:
+    return int(f.attrs["farc.replicas"])
 
 
 def _needed(kind) -> int:
-    _, store = _schedule(kind, _target(100_000))
-    return sum(len(d.info["crossbars"][0]) for d in store.values())
+    _, layers = _schedule(kind, _target(100_000))
+    return sum(len(f.attrs["farc.crossbars"][0]) for f in layers.values())
 
 
 def test_capacity_error_names_both_numbers():
@@ -41,29 +49,28 @@ def test_capacity_error_names_both_numbers():
 
 def test_every_tile_gets_its_own_crossbar():
     need = _needed("far")
-    mod, store = _schedule("far", _target(need))  # exactly fits
-    ids = [i for d in store.values() for rep in d.info["crossbars"] for i in rep]
-    assert sorted(ids) == list(range(need))
+    mod, layers = _schedule("far", _target(need))  # exactly fits
+    assert sorted(_crossbars(layers)) == list(range(need))
     assert int(mod.attrs["farc.schedule"]["crossbars_used"]) == need
 
 
 def test_replication_uses_spare_capacity_for_busy_layers():
     need = _needed("far")
-    mod, store = _schedule("far", _target(3 * need), replicate=True)
-    ids = [i for d in store.values() for rep in d.info["crossbars"] for i in rep]
+    _, layers = _schedule("far", _target(3 * need), replicate=True)
+    ids = _crossbars(layers)
     assert len(ids) == len(set(ids)) <= 3 * need
     assert len(ids) > need
-    tokens = TINY.num_tokens
-    for _, f in crossbar_functions(mod):
-        assert 1 <= int(f.attrs["farc.replicas"]) <= max(int(f.attrs["farc.vectors"]), 1)
+    for f in layers.values():
+        assert 1 <= _replicas(f) <= max(int(f.attrs["farc.vectors"]), 1)
+        assert len(f.attrs["farc.crossbars"]) == _replicas(f)
     # the classifier sees one vector per image: never replicated
-    assert store["head"].info["replicas"] == 1
-    assert max(d.info["replicas"] for d in store.values()) <= tokens
+    assert _replicas(layers["head"]) == 1
+    assert max(map(_replicas, layers.values())) <= TINY.num_tokens
 
 
 def test_do_not_replicate_without_the_flag():
-    _, store = _schedule("far", _target(10 * _needed("far")))
-    assert all(d.info["replicas"] == 1 for d in store.values())
+    _, layers = _schedule("far", _target(10 * _needed("far")))
+    assert all(_replicas(f) == 1 for f in layers.values())
 
 
 def test_independent_lstms_of_a_block_are_adjacent():
