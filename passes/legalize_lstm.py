@@ -12,9 +12,9 @@ The recurrence becomes `R.call_pure_packed("farc.lstm_scan", x, cell_<layer>, re
 the scan runs the cell over T steps from zero state (from the last step when reverse = 1)
 and returns every h in original time order. IR size does not depend on T.
 
-Run before PartitionCrossbar, which then finds the cell's matmul like any other constant
-matmul. Does not handle initial states other than zero, multi-layer or projected LSTMs (the
-importer refuses those)."""
+Returns a new module; the input is left unchanged. Run before PartitionCrossbar, which then
+finds the cell's matmul like any other constant matmul. Does not handle initial states other
+than zero, multi-layer or projected LSTMs (the importer refuses those)."""
 
 from __future__ import annotations
 

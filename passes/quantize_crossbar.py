@@ -4,14 +4,14 @@ Expects: Relax after PartitionCrossbar (crossbar functions with `farc.layer`), p
 calibration statistics of every layer (farc.compiler.calibrate), keyed by layer name.
 
 Leaves: a new module whose crossbar functions carry, besides their earlier attributes,
-- `farc.in_scale` (s_x = r / Qx, r the calibrated range under the target's policy: max |x|
-  or its percentile), `farc.in_zero` (z = 2**(input_bits-1)), `farc.weight_bits`,
-  `farc.input_bits`;
+- `farc.calib_range` (r, the calibrated input range under the target's policy: max |x| or
+  its percentile), `farc.in_scale` (s_x = r / Qx), `farc.in_zero` (z = 2**(input_bits-1)),
+  `farc.weight_bits`, `farc.input_bits`;
 - `farc.q` (int64 [K, N], the integer weights) and `farc.w_scale` (float32 [N], s_w per
   output column) as tensor attributes.
 q and s_w come from farc.runtime.numerics, the one crossbar-numerics module
-(docs/numerics.md). The bodies are unchanged (the float weight constant stays: the emitter
-and the reference read the quantized form from the attributes). The input module and the
+(docs/numerics.md). The bodies are unchanged (the float weight constant stays; the later
+stages read the quantized form from the attributes). The input module and the
 calibration statistics are left unchanged. Run before TileCrossbar."""
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ class QuantizeCrossbar:
         q = self.target.quant
         weight, _ = composite_parts(func)
         ints, w_scale = quantize_weights(const_value(weight), q.weight_bits)
+        r = self._range(str(func.attrs["farc.layer"]))
         return func.with_attrs({
-            "farc.in_scale": input_scale(self._range(str(func.attrs["farc.layer"])),
-                                         q.input_bits),
+            "farc.calib_range": r, "farc.in_scale": input_scale(r, q.input_bits),
             "farc.in_zero": self.target.xbar.in_zero,
             "farc.weight_bits": q.weight_bits, "farc.input_bits": q.input_bits,
             "farc.q": array_attr(ints), "farc.w_scale": array_attr(w_scale)})

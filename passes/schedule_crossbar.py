@@ -16,7 +16,7 @@ Leaves, in a new module (the input is left unchanged):
 - attributes `farc.replicas`, `farc.first_crossbar`, `farc.vectors` and `farc.crossbars`
   (the physical ids of each replica's tiles) on the crossbar functions `main` uses, and the
   module attribute `farc.schedule` (crossbars used/available, loop groups).
-Run before EmitTileProgram."""
+Run before emit_tile_program (codegen)."""
 
 from __future__ import annotations
 

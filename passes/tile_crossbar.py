@@ -5,12 +5,13 @@ crossbar function).
 
 Leaves: a new module whose crossbar functions also carry the scalar attributes
 `farc.row_tiles`, `farc.col_tiles`, `farc.slices`, `farc.signs`, `farc.adc_step` (one step
-per row tile) and the tile-program arrays of docs/tile-program.md as tensor attributes:
+per row tile; with a calibrated range also `farc.adc_pmax`, the largest partial sum each row
+tile saw) and the tile-program arrays of docs/tile-program.md as tensor attributes:
 `farc.codes` (uint8 conductance levels [row_tiles, col_tiles, rows, cols]), `farc.colsum`
 (int64 [N]), `farc.col_out`/`farc.col_slice`/`farc.col_sign` (int32 column map) and
 `farc.bias` (float32 [N], biased layers only); `farc.w_scale` is QuantizeCrossbar's. The
-input module and the calibration statistics are left unchanged. Packing is dense: expanded column
-j = (n*signs + sign)*slices + s sits in column tile j // cols, so a layer needs
+input module and the calibration statistics are left unchanged. Packing is dense: expanded
+column j = (n*signs + sign)*slices + s sits in column tile j // cols, so a layer needs
 ceil(K/rows) * ceil(N*slices*signs/cols) crossbars (`crossbars_needed`).
 
 ADC range: 'full' gives every row tile the step of the physical maximum partial sum;
@@ -69,9 +70,10 @@ class TileCrossbar:
             arrays["bias"] = const_value(bias).astype(np.float32).reshape(q.shape[1])
         name, in_scale = str(func.attrs["farc.layer"]), float(func.attrs["farc.in_scale"])
         pmax = self._pmax(name, q, in_scale, codes) if p.adc_range == "calibrated" else None
+        seen = {} if pmax is None else {"farc.adc_pmax": pmax}
         return func.with_attrs({
             "farc.row_tiles": rt, "farc.col_tiles": ct, "farc.slices": p.slices,
-            "farc.signs": p.signs, "farc.adc_step": p.adc_steps(rt, pmax),
+            "farc.signs": p.signs, "farc.adc_step": p.adc_steps(rt, pmax), **seen,
             **{f"farc.{k}": array_attr(v) for k, v in arrays.items()}})
 
     def _pmax(self, name: str, q: np.ndarray, in_scale: float, codes: np.ndarray

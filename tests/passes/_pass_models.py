@@ -1,5 +1,5 @@
 """Tiny DeiT/FAR models and their IR after each stage, shared by the pass tests (cached:
-the tests read the modules, passes never mutate them in place)."""
+the tests read the modules; no pass mutates its input, tests/passes/test_no_mutation.py)."""
 
 from __future__ import annotations
 

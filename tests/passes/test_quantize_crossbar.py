@@ -32,6 +32,7 @@ def test_weights_per_column_and_input_scale_from_max():
         assert attr_array(func, "q").dtype == np.int64
         assert np.abs(q).max() <= 31
         absmax = calib[str(func.attrs["farc.layer"])].absmax
+        assert float(func.attrs["farc.calib_range"]) == absmax  # the decision's input, in the IR
         assert float(func.attrs["farc.in_scale"]) == pytest.approx(absmax / 15)
         assert int(func.attrs["farc.in_zero"]) == 16
 

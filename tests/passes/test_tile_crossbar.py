@@ -64,5 +64,6 @@ def test_calibrated_adc_step_not_coarser_than_full_scale():
     cal = _tile("far", _small("differential", **{"adc.bits": 4, "adc.range": "calibrated"}))
     for name, f in cal.items():
         steps, full_steps = f.attrs["farc.adc_step"], full[name].attrs["farc.adc_step"]
-        assert len(steps) == int(f.attrs["farc.row_tiles"])
+        assert len(steps) == len(f.attrs["farc.adc_pmax"]) == int(f.attrs["farc.row_tiles"])
+        assert "farc.adc_pmax" not in full[name].attrs  # full scale: nothing was measured
         assert all(1 <= s <= fs for s, fs in zip(steps, full_steps))
