@@ -464,6 +464,8 @@ def _body_graph(body: _Scope, it: str, cond_in: str, carry_in: list[str],
     return helper.make_graph(body.nodes, "loop_body", inputs, outputs)
 
 
+# One translation per opcode. This module may not import farc.runtime (it is the independent
+# reference), so tests/runtime/test_isa.py checks this key set against runtime/isa.py OPS.
 _HANDLERS: dict[str, Callable[[_Translator, dict, str], None]] = {
     "input": _op_input,
     "output": _op_output,

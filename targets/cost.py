@@ -1,8 +1,9 @@
 """The cost model: a tile program (its manifest) + a Target -> latency, energy and area.
 
-Per executed instruction (`dataflow.walk`), the same events the emulator counts (MVMs per
-layer, input cycles, ADC conversions, DAC pulses, digital ops by kind, bytes moved) are
-counted statically and multiplied by the target's per-event costs; latency is the critical
+Per executed instruction of the one static walk (`dataflow.walk`, i.e. farc.runtime.walk),
+the emulator's own event rule (farc.runtime.counters.record, via events.py) counts MVMs per
+layer, input cycles, ADC conversions, DAC pulses, digital ops by kind and bytes moved, and
+the counts are multiplied by the target's per-event costs; latency is the critical
 path of the dataflow (`timeline.critical_path`). Attention's activation x activation
 `matmul` is costed under a stated assumption, `attention`:
 - "digital": a digital matmul unit ([digital] matmul_mac_pj, matmul_macs_per_cycle);
