@@ -30,7 +30,7 @@ from farc.targets.events import (
     new_events,
     price,
 )
-from farc.targets.mvm import Geometry, mvm_latency_ns, write_cells, write_latency_ns
+from farc.targets.mvm import Geometry, activation_bytes, mvm_latency_ns, write_latency_ns
 from farc.targets.target import Target
 from farc.targets.timeline import Span, critical_path
 
@@ -117,7 +117,8 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str)
     if op == "loop":
         ev = loop_events(step.loop_io, step.count)
         # the gathers/scatters of all T steps; timeline spreads them over the steps
-        lat = step.loop_io * step.count * _act_bytes(target) / target.latency.buffer_bytes_per_ns
+        lat = (step.loop_io * step.count * activation_bytes(target)
+               / target.latency.buffer_bytes_per_ns)
         return _priced(OpCost("move", f"loop@{step.path[-1]} gates+moves", lat, events=ev), target)
     layer = layers[int(step.instr["layer"])] if op == "mvm" else None
     ev = instruction_events(step.instr, step.in_shapes, step.out_shape, layer)
@@ -133,17 +134,13 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str)
         cycles = n * getattr(d, f"{DIGITAL_KEY[op]}_cycles") / d.vector_lanes
         return _priced(OpCost(op, _group(step), cycles / d.clock_ghz, events=ev), target)
     lat = 0.0 if op in FREE else \
-        numel(step.out_shape) * _act_bytes(target) / target.latency.buffer_bytes_per_ns
+        numel(step.out_shape) * activation_bytes(target) / target.latency.buffer_bytes_per_ns
     return _priced(OpCost("move", _group(step), lat, events=ev), target)
 
 
 def _priced(c: OpCost, target: Target) -> OpCost:
     c.energy_pj = {k: v for k, v in price(c.events, target).items() if v}
     return c
-
-
-def _act_bytes(target: Target) -> int:
-    return math.ceil(target.quant.input_bits / 8)
 
 
 def _group(step: Step) -> str:
@@ -168,7 +165,7 @@ def _matmul_cost(step: Step, target: Target, attention: str, ev: dict) -> OpCost
     accumulate(ev, mvm_layer_events(g, m), times=instances)
     ev["mvms_per_layer"].clear()
     ev["mvms_per_crossbar"].clear()
-    ev["cell_writes"] = instances * write_cells(g)
+    ev["cell_writes"] = instances * g.cells
     latency = write_latency_ns(target, g) + mvm_latency_ns(target, g, m)
     return OpCost("matmul", "attention matmul", latency, events=ev,
                   rewrite_crossbars=instances * g.crossbars)

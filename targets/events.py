@@ -14,14 +14,13 @@ bytes) and cell_writes (attention costed as crossbar rewrites)."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
 from farc.runtime.counters import BYTES_PER_ELEMENT, Counters, record, record_loop, record_mvm
 from farc.runtime.isa import DIGITAL_KINDS, MATMUL_KIND, disagreements
 from farc.runtime.walk import Shape
-from farc.targets.mvm import Geometry
+from farc.targets.mvm import Geometry, activation_bytes
 from farc.targets.target import Target
 
 from farc.errors import ConfigError
@@ -109,7 +108,7 @@ def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
     e, d = target.energy, target.digital
     pulses = ev.get("dac_pulses")
     pulses = ev["dac_conversions"] if pulses is None else pulses
-    byte_scale = math.ceil(target.quant.input_bits / 8) / BYTES_PER_ELEMENT
+    byte_scale = activation_bytes(target) / BYTES_PER_ELEMENT
     ops = ev["digital_ops"]
     digital = sum(n * _digital_pj(kind, d) for kind, n in ops.items() if kind != "shift_add")
     return {

@@ -10,8 +10,7 @@ import math
 from farc.runtime.numerics import Geometry
 from farc.targets.target import Target
 
-__all__ = ["Geometry", "activation_bytes", "cycle_ns", "mvm_latency_ns", "write_cells",
-           "write_latency_ns"]
+__all__ = ["Geometry", "activation_bytes", "cycle_ns", "mvm_latency_ns", "write_latency_ns"]
 
 
 def cycle_ns(target: Target, g: Geometry) -> float:
@@ -37,8 +36,3 @@ def activation_bytes(target: Target) -> int:
 def write_latency_ns(target: Target, g: Geometry) -> float:
     """Programming a matrix: its crossbars in parallel, each row after row."""
     return min(g.K, g.rows) * target.write.row_ns
-
-
-def write_cells(g: Geometry) -> int:
-    """Cells programmed to store W [K, N] (Geometry.cells)."""
-    return g.cells
