@@ -9,7 +9,7 @@ compiled for ISAAC with 8-bit weights and inputs (2-bit cells, 1-bit DACs, full-
     and column partial sum formed and digitised, same result);
   - full-ADC 8-bit: an 8-bit full-range ADC without ISAAC's flip encoding (step 2, lossy),
     necessarily bit-level.
-The float ONNX model (`farc.onnx_export`, native LSTM nodes) runs in onnxruntime. Ratios are
+The float ONNX model (`farc.check.onnx_export`, native LSTM nodes) runs in onnxruntime. Ratios are
 emulator seconds / onnxruntime seconds (lower is better); `top-1 agree` and `max rel err`
 compare the emulator's logits with onnxruntime's.
 
@@ -45,10 +45,10 @@ def model_rows(label: str, preset: str, batch: int, repeat: int, use: tuple,
     from farc.targets import load_target
 
     from bench.bench_compile_scaling import build
+    from farc.check.onnx_export import export_onnx
+    from farc.check.ort import OrtRunner
     from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.models.deit import DEIT_PRESETS
-    from farc.onnx_export import export_onnx
-    from farc.ort import OrtRunner
 
     cfg = DEIT_PRESETS[preset]
     model = build("far", cfg)

@@ -78,7 +78,7 @@ def test_noise_must_be_finite(item: str, match: str) -> None:
     (9, PassError, "ONNX export at opset 9 failed"),  # in range, but flip needs opset 10
 ])
 def test_export_bad_opset(far_digits, tmp_path: Path, opset: int, error, match: str) -> None:
-    from farc.onnx_export import export_onnx
+    from farc.check.onnx_export import export_onnx
 
     with pytest.raises(error, match=match):
         export_onnx(far_digits, tmp_path / "m.onnx", opset=opset)

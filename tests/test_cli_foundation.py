@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from farc import __version__
+from farc.check.onnx_export import INPUT_NAME
 from farc.cli import COMMANDS, cli, main
 from farc.models.checkpoint import load_checkpoint, weights_digest
-from farc.onnx_export import INPUT_NAME
 
 
 def _main(argv: list[str]) -> int:

@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 
+from farc.check.onnx_export import INPUT_NAME, OUTPUT_NAME, expected_lstm_nodes, export_onnx
+from farc.check.ort import OrtRunner
 from farc.errors import CheckpointError, DataError, PassError
-from farc.onnx_export import INPUT_NAME, OUTPUT_NAME, expected_lstm_nodes, export_onnx
-from farc.ort import OrtRunner
 
 MODELS = ["deit_digits", "far_digits", "pruned_far_digits"]
 

@@ -100,8 +100,8 @@ def test_sparsity_beyond_one_unit_per_group():
 
 def test_pruned_checkpoint_reloads_and_matches_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
-    from farc.onnx_export import export_onnx
-    from farc.ort import OrtRunner
+    from farc.check.onnx_export import export_onnx
+    from farc.check.ort import OrtRunner
 
     model = _far()
     _zero_units(model)

@@ -1,4 +1,5 @@
-"""farc.qdq: tile program -> QDQ ONNX, checked per opcode against independent numpy references.
+"""farc.check.qdq: tile program -> QDQ ONNX, checked per opcode against independent numpy
+references.
 
 The programs here are hand-built: weights are quantized and packed into conductance codes
 by this file's own packer (docs/numerics.md, docs/tile-program.md), so the translator's
@@ -16,8 +17,8 @@ import pytest
 from farc.runtime import builder
 from farc.runtime.emulator import Emulator
 
+from farc.check.qdq import build_qdq_onnx, integer_weights, reference_paths
 from farc.errors import ProgramError
-from farc.qdq import build_qdq_onnx, integer_weights, reference_paths
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""farc.verify and `farc verify`: metrics, tolerances, reference lookup, the CLI.
+"""farc.check.verify and `farc verify`: metrics, tolerances, reference lookup, the CLI.
 
 Hand-built programs (farc.runtime.builder) keep these fast; the compiled digits FAR / DeiT
 checks live at the end and use the session fixtures of tests/conftest.py when present."""
@@ -15,9 +15,8 @@ import pytest
 from farc.runtime import builder
 from onnx import TensorProto, helper, numpy_helper
 
-from farc.errors import ConfigError
-from farc.qdq import build_qdq_onnx, reference_paths, save_onnx
-from farc.verify import (
+from farc.check.qdq import build_qdq_onnx, reference_paths, save_onnx
+from farc.check.verify import (
     EMULATOR,
     FLOAT,
     QDQ,
@@ -27,6 +26,7 @@ from farc.verify import (
     program_is_lossless,
     resolve_references,
 )
+from farc.errors import ConfigError
 
 RNG = np.random.default_rng(0)
 
@@ -51,7 +51,7 @@ def test_compare_measures_error_against_reference_peak():
 
 
 def test_compare_refuses_shape_mismatch():
-    from farc.verify import VerifyError
+    from farc.check.verify import VerifyError
 
     with pytest.raises(VerifyError, match=r"emulator output shape \[2, 3\] differs"):
         compare("emulator", np.zeros((2, 3)), "qdq", np.zeros((2, 4)))
@@ -267,7 +267,7 @@ def _digits(n: int = 120) -> tuple[np.ndarray, np.ndarray]:
 
 @needs_emulator
 def test_verify_hand_built_lossless_program_is_exact(saved):
-    from farc.verify import References, verify
+    from farc.check.verify import References, verify
 
     prog, _, w, b = saved
     x, y = _digits()
@@ -331,8 +331,8 @@ def digits_target(adc_bits: int, adc_range: str = "full", flip: bool = False):
 
 def compile_with_references(model, target, folder, name: str):
     """compile -> model.farc + model.float.onnx + model.qdq.onnx, as `--emit-onnx` lays out."""
+    from farc.check.qdq import write_reference_models
     from farc.compiler import CompileOptions, compile_checkpoint
-    from farc.qdq import write_reference_models
 
     prog = compile_checkpoint(model, target, CompileOptions(calib_samples=128))
     path = folder / f"{name}.farc"
@@ -386,8 +386,8 @@ def test_lossless_program_equals_qdq_onnxruntime(kind, request, test_split, tmp_
     relative, through `farc verify` on the files `--emit-onnx` writes."""
     from farc.runtime.program import Program
 
+    from farc.check.verify import References, verify
     from farc.cli import main
-    from farc.verify import References, verify
 
     target = digits_target(adc_bits=9)
     assert target.adc_lossless
@@ -421,7 +421,7 @@ def test_8bit_adc_agrees_with_float(trained_far, test_split, tmp_path, adc_range
     encoding. Without either, 128 rows x 1-bit DAC x 2-bit cells (Pmax 384) need 9 bits, so
     an 8-bit ADC steps by 2 and every partial sum of the most significant cycle and slice is
     off by up to 2**13 (see docs/verify.md)."""
-    from farc.verify import References, verify
+    from farc.check.verify import References, verify
 
     target = digits_target(adc_bits=8, adc_range=adc_range, flip=flip)
     prog, path = compile_with_references(trained_far, target, tmp_path, "far8")

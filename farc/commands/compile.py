@@ -75,7 +75,7 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
 
 
 def _emit_onnx(model, program, out: Path) -> list[Path]:
-    from farc.qdq import write_reference_models
+    from farc.check.qdq import write_reference_models
 
     return list(write_reference_models(program, model, out))
 

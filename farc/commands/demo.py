@@ -113,12 +113,12 @@ def command(out_dir: str, target: str, adc_range: str, force: bool) -> None:
 
 
 def _verify(out: Path) -> dict:
-    """Run farc.verify on the whole digits test split; keep its figures for the summary."""
+    """Run farc.check.verify on the whole digits test split; keep its figures for the summary."""
     import tempfile
 
+    from farc.check.verify import resolve_references, verify
     from farc.data import load_split
     from farc.runtime.program import Program
-    from farc.verify import resolve_references, verify
 
     path = out / "far_pruned.farc"
     program = Program.load(path)

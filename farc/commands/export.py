@@ -20,8 +20,8 @@ import click
               help="Largest absolute logit difference --check accepts.")
 def command(checkpoint, output, opset, check, atol) -> None:
     """Export DeiT or FAR checkpoint CHECKPOINT to ONNX (LSTMs as ONNX LSTM nodes)."""
+    from farc.check.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
     from farc.models.checkpoint import load_checkpoint
-    from farc.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
     from farc.progress import log, print_table
 
     ckpt = load_checkpoint(checkpoint)
@@ -52,7 +52,7 @@ def _max_diff(model, path) -> float:
     import numpy as np
     import torch
 
-    from farc.ort import OrtRunner
+    from farc.check.ort import OrtRunner
 
     cfg = model.cfg.deit if model.kind == "far" else model.cfg
     x = torch.randn(4, cfg.in_chans, cfg.img_size, cfg.img_size,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from farc.verify import Tolerances
+from farc.check.verify import Tolerances
 
 
 @click.command("verify")
@@ -43,10 +43,10 @@ def command(program_path, samples, data, split, float_onnx, qdq_onnx, noise, see
     """Check the emulator running MODEL.farc against onnxruntime (float and QDQ)."""
     import tempfile
 
+    from farc.check.verify import VerifyError, resolve_references
     from farc.errors import ConfigError
     from farc.runtime.noise import NoiseConfig
     from farc.runtime.program import Program
-    from farc.verify import VerifyError, resolve_references
 
     if samples < 0 or batch_size < 1 or not 0 <= min_agreement <= 1:
         raise ConfigError("--samples must be >= 0, --batch-size >= 1 and --min-agreement "
@@ -85,8 +85,8 @@ def _inputs(program, data: str, split: str, samples: int):
 
 
 def _run(program, x, y, refs, noise, seed, tol, batch_size):
+    from farc.check.verify import verify
     from farc.progress import make_progress
-    from farc.verify import verify
 
     with make_progress() as bar:
         task = bar.add_task("emulator", total=len(x), info="")
@@ -111,8 +111,8 @@ def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size):
     Each rank's emulator is built with the same seed, so programming variation and stuck-at
     faults are the same chip on every rank; read noise is a different (equally valid) draw
     than a single-process run's."""
+    from farc.check.verify import report_for_outputs, run_models
     from farc.distributed import contiguous_shard, gather_arrays, teardown
-    from farc.verify import report_for_outputs, run_models
 
     part = contiguous_shard(len(x), world)
     try:

@@ -25,7 +25,7 @@ RNG = np.random.default_rng(7)
 
 
 def _qdq_handlers() -> Iterable[str]:
-    qdq = pytest.importorskip("farc.qdq")  # needs onnx
+    qdq = pytest.importorskip("farc.check.qdq")  # needs onnx
     return qdq._HANDLERS
 
 

@@ -72,7 +72,9 @@ def write_reference_models(program: ProgramLike, model: Any, program_path: str |
                            ) -> tuple[Path, Path]:
     """Write the float golden ONNX of `model` (the nn.Module the program was compiled from)
     and the QDQ ONNX of `program` beside `program_path`; returns (float_path, qdq_path)."""
-    from farc.onnx_export import export_onnx  # torch stays out of plain `import farc.qdq`
+    from farc.check.onnx_export import (
+        export_onnx,  # torch stays out of plain `import farc.check.qdq`
+    )
 
     float_path, qdq_path = reference_paths(program_path)
     qdq = build_qdq_onnx(program)  # first: a program it cannot translate leaves no files
@@ -218,7 +220,7 @@ class _Translator:
         graph = helper.make_graph(self.scope.nodes, "farc_qdq", self.inputs, self.outputs,
                                   self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="farc.qdq")
+                                  producer_name="farc.check.qdq")
         model.ir_version = IR_VERSION
         name = self.manifest.get("model", {}).get("name", "")
         model.doc_string = f"QDQ reference of farc tile program {name}".strip()

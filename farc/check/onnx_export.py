@@ -6,7 +6,7 @@ exporter also keeps LSTM nodes but takes about 30 s. We use the TorchScript expo
 check the result: a FAR graph must hold exactly one LSTM node per head and direction, so a
 future exporter that unrolls recurrences fails here, loudly, not in a later comparison.
 
-Graph contract (what farc.ort, farc verify and the QDQ builder rely on):
+Graph contract (what farc.check.ort, farc verify and the QDQ builder rely on):
   input  "image"  float32 [batch, in_chans, img_size, img_size]  (batch is dynamic)
   output "logits" float32 [batch, num_classes]
 The backward LSTM of each head is a forward ONNX LSTM between two sequence flips (Slice with

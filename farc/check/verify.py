@@ -1,7 +1,7 @@
 """`farc verify`: the emulator against onnxruntime, on the same inputs, with stated tolerances.
 
 Three models see the same images: the emulator running the tile program, the QDQ ONNX model
-of the same program (farc.qdq: same integers, no crossbars) and the float ONNX golden model.
+of the same program (farc.check.qdq: same integers, no crossbars) and the float ONNX golden model.
 Every pair is compared (max / mean absolute error, error relative to the reference's peak,
 cosine similarity, top-1 agreement), plus accuracy when labels exist. The checks, and why
 their thresholds are what they are, are documented in docs/verify.md:
@@ -291,7 +291,7 @@ def resolve_references(program: Any, program_path: str | Path | None, *,
     otherwise built in memory from the program (it depends on nothing else).
     Float: --float-onnx; `model.float.onnx` beside the program; otherwise exported into
     `workdir` from the checkpoint named by the program's provenance; otherwise an error."""
-    from farc.qdq import build_qdq_onnx, reference_paths
+    from farc.check.qdq import build_qdq_onnx, reference_paths
 
     beside_float, beside_qdq = reference_paths(program_path) if program_path else (None, None)
     notes = {}
@@ -329,8 +329,8 @@ def _existing(path: str | Path, flag: str) -> Path:
 
 def export_float(checkpoint: Path, workdir: str | Path) -> Path:
     """Export the float golden ONNX of `checkpoint` into `workdir`."""
+    from farc.check.onnx_export import export_onnx
     from farc.models.checkpoint import load_checkpoint
-    from farc.onnx_export import export_onnx
 
     out = Path(workdir) / f"{checkpoint.stem}.float.onnx"
     export_onnx(load_checkpoint(checkpoint).model, out)
