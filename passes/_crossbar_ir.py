@@ -90,14 +90,22 @@ def array_attr(value: np.ndarray) -> tvm.runtime.Tensor:
 
 
 def attr_array(func: relax.Function, name: str) -> np.ndarray:
-    """The numpy copy of the crossbar function's tensor attribute `farc.<name>`."""
-    return func.attrs[f"farc.{name}"].numpy()
+    """A read-only numpy view of the crossbar function's tensor attribute `farc.<name>`
+    (no copy: a Base model's codes are hundreds of MB; read-only: the IR is immutable)."""
+    return _view(func.attrs[f"farc.{name}"])
 
 
 def program_arrays(func: relax.Function) -> dict[str, np.ndarray]:
-    """The program-layer arrays a crossbar function carries, in manifest order."""
+    """Copies of the program-layer arrays a crossbar function carries, in manifest order
+    (a program never aliases the module it came from)."""
     attrs = func.attrs or {}
-    return {k: attr_array(func, k) for k in PROGRAM_ARRAYS if f"farc.{k}" in attrs}
+    return {k: attr_array(func, k).copy() for k in PROGRAM_ARRAYS if f"farc.{k}" in attrs}
+
+
+def _view(t: tvm.runtime.Tensor) -> np.ndarray:
+    view = np.from_dlpack(t)
+    view.flags.writeable = False
+    return view
 
 
 def crossbar_functions(mod: tvm.IRModule) -> list[tuple[tvm.ir.GlobalVar, relax.Function]]:
@@ -128,7 +136,7 @@ def crossbar_state(mod: tvm.IRModule) -> dict[str, dict]:
 
 def _jsonable(v):
     if isinstance(v, tvm.runtime.Tensor):
-        a = np.ascontiguousarray(v.numpy())
+        a = np.ascontiguousarray(_view(v))
         return {"shape": list(a.shape), "dtype": str(a.dtype),
                 "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
     if isinstance(v, tvm_ffi.Map):

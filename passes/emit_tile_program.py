@@ -8,8 +8,7 @@ TileCrossbar's and ScheduleCrossbar's `farc.*` attributes (every number and arra
 program layer comes from them), LSTM scans of one block adjacent. `main` takes one image
 tensor whose axis 0 is the batch (exported as 1) and returns a tuple of tensors.
 
-One emitter per Relax op (`_op_<name>`), each mirroring one
-emulator handler:
+One emitter per Relax op (`_op_<name>`), each mirroring one emulator handler:
 - a call to a crossbar function -> `mvm`; a `farc.digital.matmul` composite -> `matmul`;
 - each run of adjacent, mutually independent LSTM scans -> ONE `loop` whose body holds
   every cell (gather x_t, concat [x_t ; h], mvm, gate math, scatter h), so all heads and
@@ -468,10 +467,19 @@ class _Emitter:
         return manifest, arrays
 
 
+_LAYER_ATTRS = ("farc.in_scale", "farc.row_tiles", "farc.col_tiles", "farc.adc_step",
+                "farc.codes", "farc.replicas", "farc.crossbars")
+"""What codegen reads from each crossbar function, by the pass that leaves it."""
+
+
 def _layer_fields(func: relax.Function, target: Target) -> dict[str, Any]:
     """The layer dict of docs/tile-program.md (without id and arrays), from the crossbar
     function's attributes and the target's crossbar parameters."""
     a = func.attrs
+    missing = [k for k in _LAYER_ATTRS if k not in a]
+    if missing:
+        raise PassError(f"crossbar layer {a['farc.layer']} lacks {', '.join(missing)}: "
+                        "run QuantizeCrossbar, TileCrossbar and ScheduleCrossbar first")
     fields = layer_fields(target.xbar, int(a["farc.row_tiles"]), int(a["farc.col_tiles"]),
                           float(a["farc.in_scale"]), [int(s) for s in a["farc.adc_step"]])
     return {"name": str(a["farc.layer"]), "kind": str(a["farc.kind"]), "K": int(a["farc.K"]),

@@ -80,3 +80,18 @@ def test_op_without_instruction_is_a_pass_error():
         bb.emit_func_output(out)
     with pytest.raises(PassError, match=r"no tile-program instruction for Relax op relax\.exp"):
         emit_tile_program(bb.get(), load_target("isaac"), {"kind": "far"})
+
+
+def test_unscheduled_module_is_a_pass_error():
+    # Codegen reads every layer number from the IR: a stage left out is named, not guessed.
+    from _pass_models import calibrated, partitioned
+    from farc.passes.emit_tile_program import emit_tile_program
+    from farc.passes.quantize_crossbar import QuantizeCrossbar
+
+    from farc.errors import PassError
+
+    target = load_target("isaac")
+    mod = QuantizeCrossbar(target, calibrated("deit"))(partitioned("deit"))
+    with pytest.raises(PassError, match=r"crossbar layer \S+ lacks farc\.row_tiles, .*"
+                                        r"farc\.crossbars: run QuantizeCrossbar, TileCrossbar"):
+        emit_tile_program(mod, target, {"kind": "deit"})
