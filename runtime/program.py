@@ -1,9 +1,12 @@
 """The `.farc` tile-program container (docs/tile-program.md): a stored zip of manifest.json
 and arrays/<name>.npy, written atomically and validated in full on load.
 
-Loading is safe for files from strangers: no pickle (`allow_pickle=False`), member sizes are
-bounded by the manifest before reading, every array is checked against its sha256, dtype
-and shape, and then the whole program is validated (runtime/validate.py)."""
+Loading is safe for files from strangers: no pickle (`allow_pickle=False`); before anything is
+read, every member must be stored (not compressed) and lie inside the file, the manifest is
+bounded in bytes and nesting depth (farc/limits.py), and each array's declared size and their
+sum are checked against the memory budget; every array is then checked against its sha256,
+dtype and shape, NaN/Infinity literals are refused, and the whole program is validated
+(runtime/validate.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -21,6 +25,8 @@ import numpy as np
 
 from farc.atomic import atomic_write
 from farc.errors import ProgramError
+from farc.limits import MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, check_memory, fmt_bytes, json_depth
+from farc.npyio import load_blob, read_blob
 
 from .isa import FORMAT, VERSION
 from .validate import ARRAY_DTYPES, ARRAY_NAME, check_header, validate_program
@@ -114,11 +120,13 @@ class Program:
             raise ProgramError(f"{path}: no such program file")
         try:
             with zipfile.ZipFile(path) as zf:
+                _check_members(zf, path)
                 manifest = _read_manifest(zf, path)
                 arrays = _read_arrays(zf, manifest, path)
         except ProgramError:
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+                NotImplementedError) as exc:
             raise ProgramError(f"{path}: corrupt or truncated program ({exc})") from None
         program = cls(manifest, arrays)
         try:
@@ -128,15 +136,40 @@ class Program:
         return program
 
 
+def _check_members(zf: zipfile.ZipFile, path: Path) -> None:
+    """Before reading anything: the format stores members uncompressed, so each member's
+    size is its size in the file, and all of them together fit in the file (a zip bomb, a
+    member declaring gigabytes in a small file, is refused here, not found out by reading)."""
+    infos = zf.infolist()
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise ProgramError(f"{path}: member {info.filename!r} is compressed; a .farc "
+                               "stores its members uncompressed (docs/tile-program.md)")
+    total, size = sum(i.file_size for i in infos), path.stat().st_size
+    if total > size:
+        raise ProgramError(f"{path}: members declare {fmt_bytes(total)} in a file of "
+                           f"{fmt_bytes(size)} (corrupt or forged sizes)")
+
+
 def _read_manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
     try:
-        raw = zf.read(MANIFEST)
+        info = zf.getinfo(MANIFEST)
     except KeyError:
         raise ProgramError(f"{path}: not a farc tile program (no {MANIFEST})") from None
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise ProgramError(f"{path}: {MANIFEST} is {fmt_bytes(info.file_size)}, over the "
+                           f"limit of {fmt_bytes(MAX_MANIFEST_BYTES)}")
+    raw = zf.read(info)
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise ProgramError(f"{path}: {MANIFEST} nests {depth} levels deep, over the limit of "
+                           f"{MAX_JSON_DEPTH}")
     try:
-        manifest = json.loads(raw)
+        manifest = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProgramError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+    except ValueError as exc:  # NaN/Infinity, an overflowing float, a huge integer
+        raise ProgramError(f"{path}: {MANIFEST}: {exc}") from None
     try:
         check_header(manifest)
     except ProgramError as exc:
@@ -144,10 +177,24 @@ def _read_manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} (programs hold finite values only)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"number {text[:40]} overflows to {value} (programs hold finite "
+                         "values only)")
+    return value
+
+
 def _read_arrays(zf: zipfile.ZipFile, manifest: dict, path: Path) -> dict[str, np.ndarray]:
     table = manifest.get("arrays")
     if not isinstance(table, dict):
         raise ProgramError(f"{path}: manifest has no 'arrays' table")
+    sizes = {name: _declared_bytes(entry, name, path) for name, entry in table.items()}
+    check_memory(sum(sizes.values()), f"{path}: the program's arrays", ProgramError)
     expected = {f"arrays/{name}.npy": name for name in table}
     members = {i.filename: i for i in zf.infolist()}
     for member in members:
@@ -161,20 +208,28 @@ def _read_arrays(zf: zipfile.ZipFile, manifest: dict, path: Path) -> dict[str, n
             raise ProgramError(f"{path}: bad array entry {name!r}")
         if member not in members:
             raise ProgramError(f"{path}: array {name!r} is listed but missing from the file")
-        arrays[name] = _read_array(zf, members[member], name, entry, path)
+        arrays[name] = _read_array(zf, members[member], name, entry, sizes[name], path)
     return arrays
 
 
-def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, entry: dict,
-                path: Path) -> np.ndarray:
+def _declared_bytes(entry: Any, name: str, path: Path) -> int:
+    """An array's size from its manifest entry alone (exact integers: no overflow)."""
+    if not isinstance(entry, dict):
+        raise ProgramError(f"{path}: bad array entry {name!r}")
     if entry.get("dtype") not in ARRAY_DTYPES:
         raise ProgramError(f"{path}: array {name!r}: dtype {entry.get('dtype')!r} not allowed "
                            f"({', '.join(ARRAY_DTYPES)})")
-    try:
-        dtype = np.dtype(entry.get("dtype"))
-        nbytes = dtype.itemsize * int(np.prod(entry.get("shape"), dtype=np.int64))
-    except (TypeError, ValueError):
-        raise ProgramError(f"{path}: array {name!r}: bad dtype/shape in manifest") from None
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape) \
+            or len(shape) > 32:
+        raise ProgramError(f"{path}: array {name!r}: bad shape {str(shape)[:80]} in manifest")
+    nbytes = np.dtype(entry["dtype"]).itemsize * math.prod(shape)
+    check_memory(nbytes, f"{path}: array {name!r} {entry['dtype']}{shape}", ProgramError)
+    return nbytes
+
+
+def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, entry: dict,
+                nbytes: int, path: Path) -> np.ndarray:
     if info.file_size > nbytes + NPY_HEADER_SLACK:
         raise ProgramError(f"{path}: array {name!r} is {info.file_size} bytes, manifest "
                            f"allows {nbytes} (+ header)")
@@ -183,8 +238,9 @@ def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, entry: di
     if digest != entry.get("sha256"):
         raise ProgramError(f"{path}: array {name!r} fails its sha256 check (file altered "
                            "or corrupt)")
-    arr = np.load(io.BytesIO(blob), allow_pickle=False)
-    if str(arr.dtype) != entry.get("dtype") or list(arr.shape) != entry.get("shape"):
-        raise ProgramError(f"{path}: array {name!r} is {arr.dtype}{list(arr.shape)}, "
-                           f"manifest says {entry.get('dtype')}{entry.get('shape')}")
-    return arr
+    where = f"{path}: array {name!r}"
+    dtype, shape, fh = read_blob(blob, where, ProgramError)  # header first: no allocation
+    if str(dtype) != entry.get("dtype") or list(shape) != entry.get("shape"):
+        raise ProgramError(f"{where} is {dtype}{list(shape)}, manifest says "
+                           f"{entry.get('dtype')}{entry.get('shape')}")
+    return load_blob(fh, where, ProgramError)

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"farc", "farc.errors", "farc.atomic", "farc.data", "farc.distributed",
-        "farc.progress"}
+        "farc.progress", "farc.limits", "farc.npyio"}
 PACKAGES = {  # package -> its folder
     "farc.models": "farc/models", "farc.far": "farc/far", "farc.compiler": "farc/compiler",
     "farc.check": "farc/check", "farc.report": "farc/report",
@@ -27,7 +27,8 @@ ALLOWED = {  # package -> the packages it may import (besides itself and the cor
     "farc.report": {"farc.targets", "farc.runtime"},
     "farc.commands": {*PACKAGES, "farc.cli"},
 }
-RUNTIME_CORE = {"farc.errors", "farc.atomic"}  # stdlib-only: a .farc runs without torch/tvm
+RUNTIME_CORE = {"farc.errors", "farc.atomic", "farc.limits",  # stdlib (+ numpy): a .farc
+                "farc.npyio"}                                 # runs without torch/tvm
 REFERENCE = "farc/check/qdq.py"  # the independent reference imports none of farc's numerics
 
 
