@@ -40,6 +40,11 @@ MAX_JSON_DEPTH = 64
 loops in loops in blocks). Checked on the raw bytes before parsing, so a manifest nested
 200 000 deep is refused instead of exhausting the parser's stack."""
 
+MAX_CROSSBARS = 2**22
+"""Most crossbars a target chip may have (4M, 260x ISAAC's 16,128): a program's crossbar ids
+must be below its chip's count, and reports and occupancy maps size their tables by it.
+Checked by the target loader and the program validator."""
+
 MAX_IMAGE_PIXELS = 2**26
 """Largest image (width x height, 64 Mpixel, e.g. 8192 x 8192) a dataset folder may hold,
 read from the image header before it is decoded; decoding allocates 3 bytes a pixel."""

@@ -11,6 +11,7 @@ whose first axis is the batch; a loop body runs once per step for every LSTM it 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from farc.errors import EmulatorError
 
 from . import crossbar as xb
+from .bounds import check_run_bounds
 from .counters import Counters, record, record_move
 from .isa import HANDLED_OPS, OPS, disagreements
 from .lockstep import Group, HoistedInputs, hoist_inputs, mvm_hoisted, mvm_stacked, plan_body
@@ -47,6 +49,16 @@ def handler_disagreements() -> list[str]:
     return disagreements("emulator HANDLERS", HANDLERS, HANDLED_OPS)
 
 
+@dataclass(frozen=True)
+class MvmTrace:
+    """One executed crossbar MVM: float input x [V, K], integer accumulators y_int [V, N]
+    (before the rescale), float output y [V, N]."""
+
+    x: np.ndarray
+    y_int: np.ndarray
+    y: np.ndarray
+
+
 class Emulator:
     """Runs a validated Program.
 
@@ -61,15 +73,21 @@ class Emulator:
         (runtime/lockstep.py); False runs the body one instruction at a time.
     hoist: with lockstep, move the x_t part of fast-path LSTM cell MVMs out of the loop
         (one matmul over all steps; exact, see lockstep.Hoist).
+    trace: record every crossbar MVM's input, integer result and output in `traces`
+        (layer id -> list of `MvmTrace`, in execution order), for per-layer verification;
+        runs loop bodies one instruction at a time.
     """
 
     def __init__(self, program: Program, noise: NoiseConfig | None = None, seed: int = 0,
-                 mvm_path: str = "auto", lockstep: bool = True, hoist: bool = True) -> None:
+                 mvm_path: str = "auto", lockstep: bool = True, hoist: bool = True,
+                 trace: bool = False) -> None:
         if mvm_path not in MVM_PATHS:
             raise EmulatorError(f"mvm_path {mvm_path!r} not in {MVM_PATHS}")
         if not program.validated:
             program.validate()
         self.program = program
+        self.traces: dict[int, list[MvmTrace]] | None = {} if trace else None
+        lockstep = lockstep and not trace
         self.noise = noise if noise is not None and noise.enabled else None
         self.mvm_path = mvm_path
         self.layers = [xb.prepare_layer(i, L, program.arrays)
@@ -119,6 +137,8 @@ class Emulator:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Execute the program once on a batch; counters accumulate across runs."""
         self._inputs = self._check_inputs(inputs)
+        check_run_bounds(self.program.manifest,
+                         given={k: v.shape for k, v in self._inputs.items()})
         self._outputs = {}
         self._pulses = 0
         self._record = True
@@ -364,7 +384,11 @@ class Emulator:
             y_int = (self._mvm_noisy(pl, x_q) if self._devices is not None
                      else xb.mvm_bitlevel(pl, x_q))
         self._pulses += xb.dac_pulses(pl, x_q)
-        return xb.dequantize(pl, y_int).reshape(*x.shape[:-1], pl.N)
+        y = xb.dequantize(pl, y_int)
+        if self.traces is not None:
+            self.traces.setdefault(layer, []).append(
+                MvmTrace(flat.copy(), np.asarray(y_int, np.float64).copy(), y.copy()))
+        return y.reshape(*x.shape[:-1], pl.N)
 
     def _mvm_noisy(self, pl: xb.PreparedLayer, x_int: np.ndarray) -> np.ndarray:
         """Vectors are shared among replicas in contiguous blocks, each replica its own

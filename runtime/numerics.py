@@ -23,7 +23,7 @@ numpy only, like the rest of farc.runtime.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -214,6 +214,16 @@ def decode_weights(levels: np.ndarray, col_out: np.ndarray, col_slice: np.ndarra
 
 
 # ---------------------------------------------------------------- parameters and geometry
+def chip_crossbars(chip: Mapping[str, Any]) -> int:
+    """Physical crossbars on a chip: tiles * imas_per_tile * crossbars_per_ima (each an
+    int >= 1; ValueError otherwise)."""
+    keys = ("tiles", "imas_per_tile", "crossbars_per_ima")
+    vals = [chip[k] for k in keys]
+    if any(type(v) is not int or v < 1 for v in vals):
+        raise ValueError(f"chip {dict(zip(keys, vals))} needs ints >= 1")
+    return math.prod(vals)
+
+
 @dataclass(frozen=True)
 class XbarParams:
     """The hardware and quantization facts one layer is packed with. A Target produces them

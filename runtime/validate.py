@@ -16,12 +16,15 @@ from typing import Any
 import numpy as np
 
 from farc.errors import ProgramError
+from farc.limits import MAX_CROSSBARS
 
+from .bounds import check_run_bounds
 from .isa import FORMAT, OPS, VERSION
 from .numerics import (
     MAPPINGS,
     PARAM_LIMITS,
     XbarParams,
+    chip_crossbars,
     decode_weights,
     limit_violation,
     max_code,
@@ -46,7 +49,37 @@ def validate_program(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) ->
     for i, layer in enumerate(manifest["layers"]):
         _check_layer(i, layer, arrays)
     _check_layers_match_target(manifest)
+    _check_crossbar_ids(manifest)
     _check_instructions(manifest)
+    _check_static_bounds(manifest)
+
+
+def _check_crossbar_ids(manifest: dict[str, Any]) -> None:
+    """Crossbar ids are physical crossbars of the program's chip (a report or an occupancy
+    map sizes its tables by them); a chip beyond MAX_CROSSBARS is not a real one."""
+    chip = (manifest.get("target") or {}).get("chip")
+    if chip is None:
+        return
+    try:
+        n = chip_crossbars(chip)
+    except (KeyError, TypeError, ValueError):
+        raise ProgramError(f"manifest: target chip {str(chip)[:120]} needs tiles, "
+                           "imas_per_tile and crossbars_per_ima (ints >= 1)") from None
+    if n > MAX_CROSSBARS:
+        raise ProgramError(f"manifest: target chip has {n:,} crossbars, over the limit of "
+                           f"{MAX_CROSSBARS:,}")
+    for i, layer in enumerate(manifest["layers"]):
+        top = max((x for ids in layer["crossbars"] for x in ids), default=-1)
+        if top >= n:
+            raise ProgramError(f"layer {i} ({layer.get('name', '?')}): crossbar id {top} out "
+                               f"of range, the target chip has {n:,} crossbars")
+
+
+def _check_static_bounds(manifest: dict[str, Any]) -> None:
+    """Register sizes and instruction executions at batch 1, from the manifest alone, when
+    every input dimension is known (the emulator checks again at the batch it is given)."""
+    if all(d is not None for s in manifest["inputs"] for d in s["shape"][1:]):
+        check_run_bounds(manifest, error=ProgramError)
 
 
 def _check_layers_match_target(manifest: dict[str, Any]) -> None:
@@ -139,6 +172,9 @@ def _check_constants(manifest: dict, arrays: dict[str, np.ndarray]) -> None:
         if arrays[arr_name].dtype != np.float32:
             raise ProgramError(f"constant {name!r}: dtype {arrays[arr_name].dtype}, "
                                "constants must be float32")
+        if not np.isfinite(arrays[arr_name]).all():
+            raise ProgramError(f"constant {name!r}: array {arr_name!r} holds NaN or "
+                               "infinite values")
 
 
 # ---------------------------------------------------------------- layers
@@ -331,7 +367,9 @@ def _check_plain(ins: dict, op: str, defined: set[str], ctx: dict, where: str) -
         if reg not in defined:
             raise ProgramError(f"{where}: reads register {reg!r} before it is written")
     for key, typ in spec.attrs.items():
-        _need(ins, key, typ, where)
+        value = _need(ins, key, typ, where)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProgramError(f"{where}: {key} = {value!r} must be finite")
     _check_attr_values(ins, op, ctx, where)
     if spec.has_out:
         defined.add(_need(ins, "out", str, where))

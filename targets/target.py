@@ -10,12 +10,18 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from farc.runtime.numerics import ADC_RANGES, MAPPINGS, XbarParams, limit_violation
+from farc.runtime.numerics import (
+    ADC_RANGES,
+    MAPPINGS,
+    XbarParams,
+    chip_crossbars,
+    limit_violation,
+)
 from farc.targets.cost_specs import (
     COST_SPECS,
     POSITIVE,
@@ -27,6 +33,7 @@ from farc.targets.cost_specs import (
 )
 
 from farc.errors import ConfigError
+from farc.limits import MAX_CROSSBARS
 
 TARGET_DIR = Path(__file__).parent
 
@@ -53,7 +60,7 @@ class ChipSpec:
     @property
     def crossbars(self) -> int:
         """Physical crossbars on the chip: tiles * imas_per_tile * crossbars_per_ima."""
-        return self.tiles * self.imas_per_tile * self.crossbars_per_ima
+        return chip_crossbars(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,9 @@ def _check_ranges(t: Target, source: str) -> None:
     for key in ("tiles", "imas_per_tile", "crossbars_per_ima"):
         if getattr(t.chip, key) < 1:
             raise bad("chip", key, getattr(t.chip, key), "must be >= 1")
+    if t.chip.crossbars > MAX_CROSSBARS:
+        raise bad("chip", "tiles", t.chip.tiles, f"gives {t.chip.crossbars:,} crossbars, over "
+                  f"the limit of {MAX_CROSSBARS:,}")
 
 
 def _check_costs(t: Target, source: str) -> None:
