@@ -96,6 +96,8 @@ def _prune(student_path, output, data, opts, resume, world, threads) -> None:
         run.resume()
     pruned, report = run_prune(student, run, opts, test)
     if world.is_main:
+        from farc.far.provenance import environment
+
         m = report["metrics"]
         teacher_m = ckpt.provenance.get("metrics", {})
         m["teacher_val_acc"] = teacher_m.get("teacher_val_acc")
@@ -103,7 +105,8 @@ def _prune(student_path, output, data, opts, resume, world, threads) -> None:
         prov = {"command": "prune", "student": {"path": args["student"],
                                                 "sha256": file_sha256(student_path)},
                 "student_provenance": ckpt.provenance, "data": data, "seed": opts.train.seed,
-                "hidden": pruned.cfg.to_dict()["hidden"], **report}
+                "hidden": pruned.cfg.to_dict()["hidden"],
+                "environment": environment(world.device), **report}
         save_checkpoint(output, pruned.cpu(), prov)
         print_accuracy([("teacher (DeiT)", m["teacher_val_acc"], m["teacher_test_acc"]),
                         ("student (FAR)", m["student_val_acc"], m["student_test_acc"]),

@@ -152,11 +152,13 @@ def _provenance(data: str, preset: str, weights: str | None, cfg: TrainConfig, t
     import torch
 
     from farc import __version__
+    from farc.far.provenance import environment
 
     prov = {"command": "teacher", "data": data, "preset": preset, "seed": cfg.seed,
             "train_config": asdict(cfg), "threads": threads, "metrics": metrics,
             "farc_version": __version__, "torch_version": torch.__version__,
-            "machine": platform.machine(), "created_unix": int(time.time())}
+            "machine": platform.machine(), "environment": environment(),
+            "created_unix": int(time.time())}
     if weights is not None:
         prov["weights"] = {"path": str(Path(weights).resolve()), "sha256": _sha256(weights)}
         del prov["preset"]

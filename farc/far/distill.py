@@ -1,14 +1,18 @@
 """FAR conversion: block-wise distillation of a DeiT teacher, then end-to-end fine-tuning.
 
-Stage 1 ("blockwise") replaces every attention block at once (FAR.from_teacher) and trains
-only pre_proj, the LSTMs and head_proj; everything the student shares with the teacher
-stays frozen. Loss = CE(labels) + sim_weight * sum over blocks of a similarity between the
-student's head_proj output and the teacher's per-head softmax(QK^T)V (MSE, or 1 - cosine
-over the head dimension). The student runs on its own activations (not the teacher's), so
-the loss sees the errors of earlier blocks, as at inference.
+FAR.from_teacher replaces every attention block; the student shares every other weight.
 
-Stage 2 ("finetune") trains every parameter on CE plus, with `kd`, a logit distillation
-term KL(teacher || student) at temperature `kd_temperature`.
+Stage 1 ("blockwise", teacher forcing): each FAR block reads the teacher's own block input
+norm1(x_b) and learns to reproduce that block's per-head attention output softmax(QK^T)V;
+loss = sum over blocks and heads of a per-head similarity (relative MSE, or 1 - cosine over
+the head dimension). Only pre_proj, the LSTMs and head_proj train; each block's loss
+depends on its own parameters only and gradients are clipped per block, so the blocks
+train exactly as they would one at a time (or in separate processes).
+
+Stage 2 ("finetune") runs the student end to end on its own activations and trains every
+parameter on CE + (with `kd`) KL(teacher || student) at temperature `kd_temperature`
++ sim_weight * the same per-head similarity, so the heads keep matching the teacher's
+while the blocks learn to work together.
 
 The resumable, torchrun-aware training engine (`Run`) lives here too; farc.far.prune reuses it.
 Checkpoint state is written atomically after every epoch; `--resume` picks it up (stage,
@@ -31,6 +35,7 @@ from torch import nn
 
 from farc import distributed as D
 from farc.errors import CheckpointError, ConfigError
+from farc.far.preservation import measure, teacher_blocks, worst
 from farc.models.far import FAR, FARConfig
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -79,6 +84,9 @@ class Stage:
     lr: float
     loss: LossFn
     params: Callable[[nn.Module], list[nn.Parameter]]
+    groups: Callable[[nn.Module], list[list[nn.Parameter]]] | None = None
+    """Parameter groups clipped separately (default: all `params` as one). Block-wise
+    distillation clips each block on its own, so blocks train exactly as they would alone."""
 
 
 @dataclass
@@ -134,6 +142,7 @@ class Run:
         if stage.epochs <= 0 or self.done(index):
             return
         params = _select(model, stage.params(model))
+        clip = stage.groups(model) if stage.groups else [params]
         ddp = D.wrap(model, self.world)
         steps = self._steps_per_epoch()
         opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.opts.weight_decay)
@@ -145,7 +154,7 @@ class Run:
         bar, task = self._progress(stage, start * steps, total)
         try:
             for epoch in range(start, stage.epochs):
-                loss, acc = self._epoch(ddp, stage, opt, sched, params, epoch, bar, task)
+                loss, acc = self._epoch(ddp, stage, opt, sched, clip, epoch, bar, task)
                 val = accuracy(model, *self.val, self.world, self.opts.eval_batch)
                 rec = {"stage": stage.name, "epoch": epoch + 1, "loss": loss,
                        "train_acc": acc, "val_acc": val}
@@ -175,8 +184,9 @@ class Run:
         sched.load_state_dict(s["scheduler"])
         return int(s["epoch"])
 
-    def _epoch(self, ddp, stage, opt, sched, params, epoch, bar, task) -> tuple[float, float]:
-        """One pass over this rank's shard; loss and accuracy averaged over all ranks."""
+    def _epoch(self, ddp, stage, opt, sched, clip, epoch, bar, task) -> tuple[float, float | None]:
+        """One pass over this rank's shard; loss and accuracy averaged over all ranks
+        (accuracy None for a stage whose loss gives no student logits)."""
         from farc.far.train import random_shift
 
         x, y = self.train
@@ -195,17 +205,18 @@ class Run:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.opts.grad_clip:
-                nn.utils.clip_grad_norm_(params, self.opts.grad_clip)
+                for group in clip:
+                    nn.utils.clip_grad_norm_(group, self.opts.grad_clip)
             opt.step()
             sched.step()
             sums[0] += loss.item() * len(idx)
-            sums[1] += (logits.argmax(-1) == yb).sum().item()
+            if logits is not None:
+                sums[1] += (logits.argmax(-1) == yb).sum().item()
             sums[2] += len(idx)
             if bar is not None:
-                bar.update(task, advance=1, info=f"loss {sums[0] / sums[2]:.3f} "
-                                                 f"acc {sums[1] / sums[2]:.1%}")
+                bar.update(task, advance=1, info=f"loss {sums[0] / sums[2]:.3f}")
         tot = D.all_sum(sums, self.world)
-        return tot[0] / tot[2], tot[1] / tot[2]
+        return tot[0] / tot[2], (tot[1] / tot[2] if logits is not None else None)
 
     def _progress(self, stage: Stage, done: int, total: int):
         if not self.world.is_main:
@@ -222,8 +233,8 @@ class Run:
             return
         from farc.progress import log
 
-        info = (f"loss {rec['loss']:.3f} train {rec['train_acc']:.1%} "
-                f"val {rec['val_acc']:.1%}")
+        train = "" if rec["train_acc"] is None else f"train {rec['train_acc']:.1%} "
+        info = f"loss {rec['loss']:.3f} {train}val {rec['val_acc']:.1%}"
         bar.update(task, info=info)
         if bar.disable:
             log(f"{rec['stage']} epoch {rec['epoch']}/{epochs}: {info}")
@@ -312,7 +323,11 @@ class DistillOptions:
     """Settings of `farc distill`; the defaults meet the digits targets in docs/far.md."""
 
     similarity: str = "mse"
-    sim_weight: float = 10.0
+    """Per-head distance: "mse" (relative MSE, sum (s - t)^2 / sum t^2 per head) or
+    "cosine" (1 - cosine over the head's d channels, averaged over tokens)."""
+    sim_weight: float = 1.0
+    """Weight of the summed per-head similarity term in the end-to-end fine-tune (stage 1
+    is the similarity alone)."""
     epochs: int = 8
     ft_epochs: int = 10
     lr: float = 1e-2
@@ -336,11 +351,20 @@ class DistillOptions:
         self.train.validate()
 
 
-def similarity_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
-    """Distance between head outputs [B, N, H, d]: mean squared error or 1 - cosine over d."""
+def head_losses(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-head distance [H] between head outputs [B, N, H, d]: relative MSE
+    (sum (s - t)^2 / sum t^2 over the head) or 1 - cosine over d averaged over tokens.
+
+    Per head and scale-free, so a head whose outputs are small weighs as much as a loud one."""
     if kind == "mse":
-        return F.mse_loss(student, teacher)
-    return 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean()
+        return ((student - teacher) ** 2).sum((0, 1, 3)) / (teacher**2).sum((0, 1, 3)).clamp(
+            min=1e-12)
+    return 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean((0, 1))
+
+
+def similarity_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """Sum over heads of `head_losses`."""
+    return head_losses(student, teacher, kind).sum()
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
@@ -350,20 +374,41 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Ten
 
 
 def blockwise_loss(teacher: nn.Module, opts: DistillOptions) -> LossFn:
-    """Stage 1 loss: CE + sim_weight * sum over blocks of similarity(student, teacher heads)."""
+    """Stage 1 loss, teacher-forced: every student block reads the teacher's own block input
+    norm1(x_b) and is scored per head against the teacher's softmax(QK^T)V of that block;
+    the loss is the sum over blocks and heads. Blocks do not see each other (each block's
+    loss depends on its own parameters only). Gives no logits (the student is not run end
+    to end)."""
 
     def loss(student: nn.Module, x: torch.Tensor, y: torch.Tensor):
         with torch.no_grad():
-            t_heads: list[torch.Tensor] = []
-            teacher(x, collect=t_heads)
+            inputs, t_heads, _ = teacher_blocks(teacher, x)
+        s_heads = student(x, block_inputs=inputs)
+        return sum(similarity_loss(s, t, opts.similarity)
+                   for s, t in zip(s_heads, t_heads, strict=True)), None
+
+    return loss
+
+
+def e2e_loss(teacher: nn.Module, opts: DistillOptions) -> LossFn:
+    """Stage 2 loss, end to end on the student's own activations: CE + (with `kd`) logit KD
+    + sim_weight * sum over blocks and heads of the per-head similarity."""
+
+    def loss(student: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        with torch.no_grad():
+            _, t_heads, t_logits = teacher_blocks(teacher, x)
         s_heads: list[torch.Tensor] = []
         logits = student(x, collect=s_heads)
-        if not s_heads or len(s_heads) != len(t_heads):  # e.g. a wrapper that copied the list
+        if len(s_heads) != len(t_heads):  # e.g. a wrapper that copied the list
             raise ConfigError(f"collected {len(s_heads)} student and {len(t_heads)} teacher "
-                              "head outputs; block-wise distillation needs one per block")
-        sim = sum(similarity_loss(s, t, opts.similarity) for s, t in zip(s_heads, t_heads))
-        ce = F.cross_entropy(logits, y, label_smoothing=opts.label_smoothing)
-        return ce + opts.sim_weight * sim, logits
+                              "head outputs; distillation needs one per block")
+        total = F.cross_entropy(logits, y, label_smoothing=opts.label_smoothing)
+        if opts.kd:
+            total = total + kd_loss(logits, t_logits, opts.kd_temperature)
+        if opts.sim_weight:
+            total = total + opts.sim_weight * sum(
+                similarity_loss(s, t, opts.similarity) for s, t in zip(s_heads, t_heads))
+        return total, logits
 
     return loss
 
@@ -384,13 +429,16 @@ def finetune_loss(teacher: nn.Module | None, label_smoothing: float, t: float) -
 
 
 def distill_stages(teacher: nn.Module, opts: DistillOptions) -> list[Stage]:
-    """The two stages of FAR conversion, in order."""
+    """The two stages of FAR conversion, in order: block-wise (teacher-forced, mixers only,
+    each block clipped on its own), then end-to-end (every parameter)."""
+
+    def blocks(m: nn.Module) -> list[list[nn.Parameter]]:
+        return [blk.far.distilled_parameters() for blk in D.unwrap(m).blocks]
+
     return [
-        Stage("distill", opts.epochs, opts.lr, blockwise_loss(teacher, opts),
-              lambda m: D.unwrap(m).trainable_mixer_parameters()),
-        Stage("finetune", opts.ft_epochs, opts.ft_lr,
-              finetune_loss(teacher if opts.kd else None, opts.label_smoothing,
-                            opts.kd_temperature),
+        Stage("blockwise", opts.epochs, opts.lr, blockwise_loss(teacher, opts),
+              lambda m: D.unwrap(m).trainable_mixer_parameters(), blocks),
+        Stage("finetune", opts.ft_epochs, opts.ft_lr, e2e_loss(teacher, opts),
               lambda m: list(m.parameters())),
     ]
 
@@ -408,32 +456,6 @@ def init_pre_proj_from_values(student: FAR, teacher: nn.Module) -> None:
             s_blk.far.pre_proj.bias.copy_(t_blk.attn.qkv.bias[2 * dim :])
 
 
-@torch.no_grad()
-def function_preservation(student: nn.Module, teacher: nn.Module, x: torch.Tensor,
-                          world: D.World, batch: int = 256) -> dict:
-    """Cosine similarity of student vs teacher head outputs, per block and per head.
-
-    Averaged over images and tokens of `x` (held-out data), each rank on its shard."""
-    student.eval()
-    teacher.eval()
-    idx = D.shard(len(x), world)
-    sums: torch.Tensor | None = None
-    for i in range(0, len(idx), batch):
-        xb = x[idx[i : i + batch]].to(world.device)
-        s_heads: list[torch.Tensor] = []
-        t_heads: list[torch.Tensor] = []
-        student(xb, collect=s_heads)
-        teacher(xb, collect=t_heads)
-        # [blocks, heads]: sum over images and tokens of per-token cosine similarity
-        cos = torch.stack([F.cosine_similarity(s, t, dim=-1).sum((0, 1))
-                           for s, t in zip(s_heads, t_heads)]).double().cpu()
-        sums = cos if sums is None else sums + cos
-    n_tok = student.cfg.deit.num_tokens
-    flat = D.all_sum((sums.flatten().tolist() if sums is not None else []) + [len(idx)], world)
-    per_head = torch.tensor(flat[:-1]).reshape(len(student.blocks), -1) / (flat[-1] * n_tok)
-    return {"per_block": per_head.mean(1).tolist(), "per_head": per_head.tolist()}
-
-
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and no gradients: how the teacher takes part in training."""
     model.eval()
@@ -446,19 +468,26 @@ def run_distill(teacher: nn.Module, student: FAR, run: Run, opts: DistillOptions
                 test: Split) -> tuple[FAR, dict]:
     """Train `student` from `teacher` through both stages; returns it and its report.
 
-    The report holds accuracies (teacher and student, val and test), per-block function
-    preservation on the validation split and the epoch history."""
+    The report holds accuracies (teacher and student, val and test), per-head function
+    preservation on the validation split measured before stage 1 and after each stage
+    (farc.far.preservation), the epoch history and the seconds per stage."""
     opts.validate()
     if opts.value_init:
         init_pre_proj_from_values(student, teacher)
     student = run.model_from_state(student)
+    w, b = run.world, run.opts.eval_batch
+    match = run.extra.setdefault("match", [])
+    if not match:
+        match.append({"after": "init", **measure(student, teacher, run.val[0], w, b)})
     for i, stage in enumerate(distill_stages(teacher, opts)):
         t0 = time.perf_counter()
         run.fit(student, stage, i)
         run.extra.setdefault("seconds", {})[stage.name] = (
             run.extra.get("seconds", {}).get(stage.name, 0.0) + time.perf_counter() - t0)
+        if stage.epochs > 0 and all(m["after"] != stage.name for m in match):
+            match.append({"after": stage.name, **measure(student, teacher, run.val[0], w, b)})
     student.eval()
-    w, b = run.world, run.opts.eval_batch
+    final = match[-1]["free"]
     report = {
         "metrics": {
             "teacher_val_acc": accuracy(teacher, *run.val, w, b),
@@ -466,8 +495,11 @@ def run_distill(teacher: nn.Module, student: FAR, run: Run, opts: DistillOptions
             "student_val_acc": accuracy(student, *run.val, w, b),
             "student_test_acc": accuracy(student, *test, w, b),
         },
-        "function_preservation": {"split": "val",
-                                  **function_preservation(student, teacher, run.val[0], w, b)},
+        "function_preservation": {
+            "split": "val", "stages": match, **worst(match[-1]),
+            "per_head": final["cosine"],
+            "per_block": [sum(r) / len(r) for r in final["cosine"]],
+        },
         "history": run.history,
         "seconds": run.extra.get("seconds", {}),
         "options": {k: v for k, v in asdict(opts).items() if k != "train"},

@@ -90,6 +90,12 @@ class FARMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.post_proj(self.heads_out(x).flatten(2))
 
+    def distilled_parameters(self) -> list[nn.Parameter]:
+        """pre_proj, LSTMs and head_proj: what block-wise distillation trains (post_proj is
+        the teacher's attn.proj and stays)."""
+        return [p for mod in (self.pre_proj, self.lstm_fwd, self.lstm_bwd, self.head_proj)
+                for p in mod.parameters()]
+
 
 class FARBlock(nn.Module):
     def __init__(self, cfg: DeiTConfig, sizes: tuple[tuple[int, int], ...]) -> None:
@@ -128,8 +134,16 @@ class FAR(nn.Module):
     embed = DeiT.embed
     classify = DeiT.classify
 
-    def forward(self, x: torch.Tensor, collect: list | None = None) -> torch.Tensor:
-        """Logits; when `collect` is a list, each block appends its per-head outputs to it."""
+    def forward(self, x: torch.Tensor, collect: list | None = None,
+                block_inputs: list[torch.Tensor] | None = None):
+        """Logits; when `collect` is a list, each block appends its per-head outputs to it.
+
+        With `block_inputs` (one [B, N, D] mixer input per block, e.g. the teacher's
+        norm1(x_b)), the model is teacher-forced instead: it returns each block's per-head
+        outputs [B, N, H, d] computed from that input, blocks independent of each other
+        (block-wise distillation; going through forward keeps DDP's gradient sync)."""
+        if block_inputs is not None:
+            return [blk.far.heads_out(inp) for blk, inp in zip(self.blocks, block_inputs)]
         x = self.embed(x)
         for blk in self.blocks:
             x = blk(x, collect)
@@ -153,9 +167,4 @@ class FAR(nn.Module):
 
     def trainable_mixer_parameters(self) -> list[nn.Parameter]:
         """pre_proj, LSTMs and head_proj of every block: what block-wise distillation trains."""
-        params: list[nn.Parameter] = []
-        for blk in self.blocks:
-            m = blk.far
-            for mod in (m.pre_proj, m.lstm_fwd, m.lstm_bwd, m.head_proj):
-                params.extend(mod.parameters())
-        return params
+        return [p for blk in self.blocks for p in blk.far.distilled_parameters()]
