@@ -58,12 +58,23 @@ def _module_exists(mod: str) -> bool:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="farc")
-def cli() -> None:
+@click.option("--max-memory", metavar="SIZE", default=None,
+              help="Memory budget for any one input, array or run, e.g. 16G (default 8G, "
+                   "or $FARC_MAX_MEMORY; docs/bad-inputs.md).")
+def cli(max_memory: str | None) -> None:
     """farc: FAR models (DeiT with attention replaced by BiLSTMs) onto ReRAM crossbars."""
+    if max_memory is not None:
+        from farc.limits import MEMORY_ENV, parse_size
+
+        parse_size(max_memory, "--max-memory")
+        os.environ[MEMORY_ENV] = max_memory  # torchrun workers and subprocesses see it too
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning expected errors into one line and exit code 1."""
+    from farc.atomic import install_signal_cleanup
+
+    install_signal_cleanup()  # SIGTERM/SIGHUP: no temp file left beside an output
     try:
         cli.main(args=argv, prog_name="farc", standalone_mode=False)
     except click.exceptions.Abort:

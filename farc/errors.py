@@ -28,3 +28,8 @@ class ProgramError(FarcError):
 
 class EmulatorError(FarcError):
     """The emulator was asked to do something the program or target forbids."""
+
+
+class OutputError(FarcError, OSError):
+    """An output file that cannot be written (a read-only folder, a full disk); names the
+    user's path, never the temp file. Also an OSError, for callers that catch those."""

@@ -34,12 +34,14 @@ from farc.errors import DataError
                                       "ADC is provably lossless.")
 @click.option("--counters", "counters_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the run's event counters as JSON.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Write outputs holding NaN or Inf instead of failing (exit 1).")
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Outputs: .npy (one-output programs) or .npz.")
 def command(program_path, input_path, labels_path, data_spec, split, noise, seed, batch_size,
-            mvm_path, counters_path, output_path) -> None:
+            mvm_path, counters_path, allow_nonfinite, output_path) -> None:
     """Run MODEL.farc on the functional ReRAM emulator."""
-    from farc.atomic import check_writable
+    from farc.atomic import check_outputs
     from farc.errors import ConfigError
     from farc.runtime.emulator import Emulator
     from farc.runtime.noise import NoiseConfig
@@ -49,10 +51,8 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         raise ConfigError("give exactly one of --input and --data")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
-    for out in filter(None, (output_path, counters_path)):
-        if not Path(out).resolve().parent.is_dir():
-            raise ConfigError(f"{out}: its folder does not exist")
-        check_writable(out)  # a read-only folder fails now, not after emulating
+    check_outputs({"-o": output_path, "--counters": counters_path},  # before emulating
+                  {"MODEL.farc": program_path, "--input": input_path, "--labels": labels_path})
     program = Program.load(program_path)
     cfg = NoiseConfig.parse(list(noise)) if noise else None
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
@@ -64,6 +64,8 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         outputs, counters = _gather(world, outputs, counters)
         if outputs is None:
             return
+    if not allow_nonfinite:
+        _check_finite(outputs)
     _save_all(outputs, Path(output_path), counters, counters_path and Path(counters_path))
     n = len(next(iter(outputs.values())))
     click.echo(f"ran {n} samples -> {output_path}")
@@ -94,26 +96,37 @@ def _gather(world, outputs: dict[str, np.ndarray], counters: dict):
         teardown()
 
 
+def _check_finite(outputs: dict[str, np.ndarray]) -> None:
+    """NaN or Inf logits are a failed run, not a result (an accuracy over them means
+    nothing): exit 1, nothing written, unless --allow-nonfinite."""
+    from farc.errors import EmulatorError
+
+    for name, v in outputs.items():
+        bad = int(v.size - np.isfinite(v).sum())
+        if bad:
+            raise EmulatorError(f"output {name!r} holds {bad:,} NaN or infinite values of "
+                                f"{v.size:,}; nothing written (--allow-nonfinite writes "
+                                "them anyway)")
+
+
 def _read_inputs(program, path: str, labels_path: str | None):
+    from farc.npyio import load_arrays
+
     names = [s["name"] for s in program.inputs]
     if not Path(path).is_file():
         raise DataError(f"{path}: no such input file")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy/.npz file ({exc})") from None
+    loaded = load_arrays(path, "--input")  # headers and sizes first, no pickle
     if isinstance(loaded, np.ndarray):
         if len(names) != 1:
             raise DataError(f"{path}: the program takes inputs {names}; give an .npz")
         arrays = {names[0]: loaded}
     else:
-        arrays = {k: loaded[k] for k in loaded.files}
+        arrays = loaded
     labels = None
     if labels_path:
-        try:
-            raw = np.load(labels_path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"{labels_path}: not a readable labels .npy ({exc})") from None
+        if not Path(labels_path).is_file():
+            raise DataError(f"{labels_path}: no such labels file")
+        raw = load_arrays(labels_path, "--labels")
         if not isinstance(raw, np.ndarray) or not np.issubdtype(raw.dtype, np.integer):
             what = "an .npz archive" if not isinstance(raw, np.ndarray) else f"dtype {raw.dtype}"
             raise DataError(f"{labels_path}: labels must be one integer .npy array, got {what}")
