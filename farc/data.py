@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from farc.errors import DataError
+from farc.limits import MAX_IMAGE_PIXELS, check_memory
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0
@@ -150,7 +151,11 @@ def _folder_split(
         files, y = [files[i] for i in idx], y[idx]
         if not files:
             raise DataError(f"{root}: split {split!r} is empty; the folder has too few images")
-    x = np.stack([_load_image(f, img_size, in_chans) for f in files])
+    check_memory(len(files) * in_chans * img_size**2 * 4,
+                 f"{root}: {len(files):,} images of {in_chans}x{img_size}x{img_size}", DataError)
+    x = np.empty((len(files), in_chans, img_size, img_size), np.float32)
+    for i, f in enumerate(files):
+        x[i] = _load_image(f, img_size, in_chans)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -161,15 +166,25 @@ def _load_image(path: Path, img_size: int, in_chans: int) -> np.ndarray:
     if in_chans not in (1, 3):
         raise DataError(f"in_chans must be 1 or 3 for image folders, got {in_chans}")
     try:
-        with Image.open(path) as raw:
+        with Image.open(path) as raw:  # reads the header only; pixels decode in convert()
+            _check_pixels(path, raw.size)
             im = _resize_center_crop(raw.convert("RGB" if in_chans == 3 else "L"), img_size)
             a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError,
+            SyntaxError, EOFError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
     a = a.reshape(img_size, img_size, -1).transpose(2, 0, 1)
     mean = np.asarray(IMAGENET_MEAN if in_chans == 3 else [np.mean(IMAGENET_MEAN)], np.float32)
     std = np.asarray(IMAGENET_STD if in_chans == 3 else [np.mean(IMAGENET_STD)], np.float32)
     return ((a - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    w, h = size
+    if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: image of {w}x{h} pixels, over the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} pixels (farc.limits.MAX_IMAGE_PIXELS); "
+                        "resize it first")
 
 
 def _resize_center_crop(im, img_size: int):

@@ -10,14 +10,16 @@ import click
 from farc.far.distill import TrainOptions
 
 
-def run_training(opts, output: str, device: str | None, body: Callable) -> None:
-    """Check the options and that `output` can be written (before minutes of training),
-    join the torchrun world (a world of one without torchrun), run body(world), leave it."""
+def run_training(opts, output: str, device: str | None, body: Callable,
+                 inputs: dict[str, str | None] | None = None) -> None:
+    """Check the options and that `output` can be written and is none of `inputs` (before
+    minutes of training), join the torchrun world (a world of one without torchrun), run
+    body(world), leave it."""
     from farc import distributed as D
-    from farc.models.checkpoint import check_writable
+    from farc.atomic import check_outputs
 
     opts.validate()
-    check_writable(output)
+    check_outputs({"-o": output}, inputs)
     world = D.setup(device)
     try:
         body(world)

@@ -49,7 +49,6 @@ OVERRIDES = {
 def command(checkpoint, target_name, output, calib_samples, data, replicate, emit_onnx,
             dump_dir, **overrides) -> None:
     """Compile a DeiT or FAR checkpoint into a crossbar tile program (.farc)."""
-    from farc.atomic import check_writable
     from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.errors import ConfigError
     from farc.models.checkpoint import load_checkpoint
@@ -59,9 +58,9 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
         raise ConfigError(f"--calib-samples must be >= 1, got {calib_samples}")
     target = load_target(target_name).with_overrides(
         **{OVERRIDES[k]: v for k, v in overrides.items()})
-    ckpt = load_checkpoint(checkpoint)
     out = Path(output) if output else Path(checkpoint).with_suffix(".farc")
-    check_writable(out)  # before the passes run, not at save()
+    _check_outputs(out, emit_onnx, checkpoint, target_name)  # before any work
+    ckpt = load_checkpoint(checkpoint)
     opts = CompileOptions(calib_samples=calib_samples, data=data, replicate=replicate,
                           dump_dir=Path(dump_dir) if dump_dir else None,
                           checkpoint_path=str(Path(checkpoint).resolve()),
@@ -72,6 +71,20 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
     if emit_onnx:
         written += _emit_onnx(ckpt.model, program, out)
     _summary(program, target, opts.timings, written)
+
+
+def _check_outputs(out: Path, emit_onnx: bool, checkpoint: str, target_name: str) -> None:
+    """The program (and with --emit-onnx its reference models) must not overwrite the
+    checkpoint or a target file, nor each other, and must be writable."""
+    from farc.atomic import check_outputs
+
+    outputs: dict[str, Path | None] = {"-o": out}
+    if emit_onnx:
+        from farc.check.qdq import reference_paths
+
+        outputs.update(zip(("--emit-onnx (float)", "--emit-onnx (qdq)"), reference_paths(out)))
+    target = target_name if Path(target_name).suffix == ".toml" else None
+    check_outputs(outputs, {"CKPT": checkpoint, "--target": target})
 
 
 def _emit_onnx(model, program, out: Path) -> list[Path]:

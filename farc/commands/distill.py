@@ -109,7 +109,8 @@ def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd
                           train=TrainOptions(batch_size=batch_size, seed=seed))
     run_training(opts, output, device,
                  lambda world: _distill(teacher, output, data, opts, resume, world, threads,
-                                        report_dir))
+                                        report_dir),
+                 inputs={"TEACHER": teacher})
 
 
 def _distill(teacher_path, output, data, opts, resume, world, threads, report_dir) -> None:

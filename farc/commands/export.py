@@ -20,10 +20,12 @@ import click
               help="Largest absolute logit difference --check accepts.")
 def command(checkpoint, output, opset, check, atol) -> None:
     """Export DeiT or FAR checkpoint CHECKPOINT to ONNX (LSTMs as ONNX LSTM nodes)."""
+    from farc.atomic import check_outputs
     from farc.check.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
     from farc.models.checkpoint import load_checkpoint
     from farc.progress import log, print_table
 
+    check_outputs({"-o": output}, {"CHECKPOINT": checkpoint})  # before loading or exporting
     ckpt = load_checkpoint(checkpoint)
     path = export_onnx(ckpt.model, output, opset=opset)
     rows = [("kind", ckpt.kind), ("file", str(path)), ("input", INPUT_NAME),

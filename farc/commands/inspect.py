@@ -16,9 +16,11 @@ def command(program_path: str, plot_path: str | None) -> None:
     """Show how MODEL.farc is tiled onto crossbars."""
     from rich.console import Console
 
+    from farc.atomic import check_outputs
     from farc.report.tiling import occupancy_png, pruning_rows, pruning_table, tiling_table
     from farc.runtime.program import Program
 
+    check_outputs({"--plot": plot_path}, {"MODEL.farc": program_path})  # before any work
     program = Program.load(program_path)
     console = Console()
     console.print(tiling_table(program))

@@ -74,7 +74,8 @@ def command(student, output, data, target_sparsity, threshold, hoyer_weight, epo
                         hoyer_weight=hoyer_weight, epochs=epochs, ft_epochs=ft_epochs, lr=lr,
                         ft_lr=ft_lr, kd=kd, train=TrainOptions(batch_size=batch_size, seed=seed))
     run_training(opts, output, device,
-                 lambda world: _prune(student, output, data, opts, resume, world, threads))
+                 lambda world: _prune(student, output, data, opts, resume, world, threads),
+                 inputs={"STUDENT": student})
 
 
 def _prune(student_path, output, data, opts, resume, world, threads) -> None:

@@ -33,10 +33,13 @@ def command(program_path, compare_path, attention, html_path, overrides, json_pa
     from rich.console import Console
     from rich.markup import escape
 
+    from farc.atomic import check_outputs
     from farc.report.build import build_html, parse_overrides, program_name, report_for, to_json
     from farc.report.cost_tables import ATTENTION_NOTE, to_rich
     from farc.runtime.program import Program
 
+    check_outputs({"--html": html_path, "--json": json_path},  # before any work
+                  {"MODEL.farc": program_path, "--compare": compare_path})
     paths = [program_path] + ([compare_path] if compare_path else [])
     programs = []
     for p in paths:

@@ -48,13 +48,14 @@ def command(ctx, output, data, preset, weights, epochs, lr, batch_size, shift, n
     """Train a DeiT on a dataset's train split; pick by val; report test accuracy."""
     import torch
 
-    from farc.models.checkpoint import check_writable, save_checkpoint
+    from farc.atomic import check_outputs
+    from farc.models.checkpoint import save_checkpoint
     from farc.progress import log
 
     tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, shift=shift, noise=noise,
                        seed=seed)
     _check_options(tcfg, weights)
-    check_writable(output)
+    check_outputs({"-o": output}, {"--weights": weights})
     threads = threads or 1
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
