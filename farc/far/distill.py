@@ -328,9 +328,9 @@ class DistillOptions:
     sim_weight: float = 1.0
     """Weight of the summed per-head similarity term in the end-to-end fine-tune (stage 1
     is the similarity alone)."""
-    epochs: int = 8
+    epochs: int = 20
     ft_epochs: int = 10
-    lr: float = 1e-2
+    lr: float = 2e-2
     ft_lr: float = 1e-3
     kd: bool = True
     kd_temperature: float = 2.0
