@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "Export a DeiT or FAR checkpoint to ONNX."),
     "compile": ("compile", "Compile a checkpoint into a crossbar tile program (.farc)."),
     "run": ("run", "Run a tile program on the functional ReRAM emulator."),
-    "verify": ("verify", "Check the emulator against onnxruntime (float and QDQ)."),
+    "verify": ("verify", "Check the emulator against a reference built from the model."),
     "targets": ("targets", "List hardware targets and their key figures."),
     "inspect": ("inspect", "Show how a tile program is tiled onto crossbars."),
     "report": ("report", "Latency, energy and area report of a tile program."),

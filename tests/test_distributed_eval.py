@@ -54,7 +54,7 @@ def test_two_process_verify_reports_the_same_accuracy(program):
 
     def accuracy_rows(text: str) -> list[str]:
         return [ln for ln in text.splitlines() if ln.startswith("│ ") and "%" in ln
-                and ("emulator  " in ln or "float  " in ln or "qdq  " in ln)]
+                and ("emulator  " in ln or "float  " in ln or "reference  " in ln)]
 
     rows = accuracy_rows(a.stdout)
     assert rows and rows == accuracy_rows(b.stdout)

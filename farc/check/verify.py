@@ -1,19 +1,24 @@
-"""`farc verify`: the emulator against onnxruntime, on the same inputs, with stated tolerances.
+"""`farc verify`: the emulator against an independent reference and float onnxruntime.
 
-Three models see the same images: the emulator running the tile program, the QDQ ONNX model
-of the same program (farc.check.qdq: same integers, no crossbars) and the float ONNX golden model.
-Every pair is compared (max / mean absolute error, error relative to the reference's peak,
-cosine similarity, top-1 agreement), plus accuracy when labels exist. The checks, and why
-their thresholds are what they are, are documented in docs/verify.md:
+Three models see the same images: the emulator running the tile program; the reference
+(farc.check.reference), the checkpoint's own model with every crossbar matmul computed from
+its float weights as docs/numerics.md says, ADC included, taking from the program only what
+a user chose or calibrated; and the float ONNX golden model. Every pair is compared (max /
+mean absolute error, error relative to the reference's peak, cosine similarity, top-1
+agreement), plus accuracy when labels exist. Per layer (farc.check.layers), a sample of the
+inputs is run with tracing on the fast path and on `bitlevel_samples` inputs on the
+bit-level path, and every layer's integers must equal the reference's exactly. The checks,
+and why their thresholds are what they are, are documented in docs/verify.md:
 
-- emulator vs QDQ, only when the program's ADC is lossless and no noise is enabled: the
-  relative error of the logits, sum |a - b| / sum |b|, is at most `exact_rel` (1e-3), and
-  top-1 agreement is 100 %. With a lossless ADC both compute the same integers; the only
+- layer integers, fast and bit-level paths (no noise): bit-identical, every layer;
+- emulator vs reference logits (no noise): relative error sum |a - b| / sum |b| at most
+  `exact_rel` (1e-3) and top-1 agreement 100 %. Both compute the same integers; the only
   gap left is an activation sitting on a rounding boundary, which float kernels an ulp
   apart may round either way (rare, per sample). A bug shows up in most samples;
-- emulator vs float: top-1 agreement >= `min_agreement` (0.99): quantization may move
-  logits, but should rarely change a decision;
-- optionally, emulator accuracy no more than `max_acc_drop` points below float's.
+- emulator vs float: top-1 agreement >= `min_agreement` (0.99);
+- optionally, emulator accuracy no more than `max_acc_drop` points below float's;
+- with `per_layer`, no layer's inputs or outputs diverge from the reference run's; the
+  first that does is named with its instruction.
 
 This module holds the logic (importable, unit-tested); farc/commands/verify.py is the CLI.
 """
@@ -32,8 +37,10 @@ import numpy as np
 from farc.errors import ConfigError, FarcError
 from farc.runtime.numerics import layer_lossless
 
-EMULATOR, QDQ, FLOAT = "emulator", "qdq", "float"
-PAIRS = ((EMULATOR, QDQ), (EMULATOR, FLOAT), (QDQ, FLOAT))
+EMULATOR, REFERENCE, FLOAT = "emulator", "reference", "float"
+PAIRS = ((EMULATOR, REFERENCE), (EMULATOR, FLOAT), (REFERENCE, FLOAT))
+DEFAULT_BITLEVEL_SAMPLES = 8
+"""Inputs run on the bit-level path as well (every layer's ADC, flip and shift-add)."""
 PROVENANCE_KEYS = ("checkpoint", "checkpoint_path", "source_checkpoint", "ckpt", "source")
 
 
@@ -46,14 +53,14 @@ class Tolerances:
     """The thresholds `farc verify` applies (docs/verify.md says why these values)."""
 
     exact_rel: float = 1e-3
-    """Emulator vs QDQ (lossless ADC, no noise): largest relative error of the logits,
+    """Emulator vs reference (no noise): largest relative error of the logits,
     sum |a - b| / sum |b| over every sample and class. A normwise measure rather than the
     worst element: when an activation lies within float32 rounding of a quantization
     boundary, numpy's and onnxruntime's digital kernels (an ulp apart) may round it to
     neighbouring integers, and that one-LSB difference travels to that sample's logits.
     Such ties touch a few samples by up to ~1e-2; a real bug moves most samples."""
     exact_agreement: float = 1.0
-    """Emulator vs QDQ (lossless ADC, no noise): minimum top-1 agreement."""
+    """Emulator vs reference (no noise): minimum top-1 agreement."""
     min_agreement: float = 0.99
     """Emulator vs float: minimum top-1 agreement."""
     max_acc_drop: float | None = None
@@ -108,7 +115,11 @@ class VerifyReport:
     accuracy: dict[str, float] | None
     checks: list[Check] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
-    """Where each model came from (file path or 'built from the program')."""
+    """Where each model came from (file path or the checkpoint it was built from)."""
+    layers: dict[str, list] = field(default_factory=dict)
+    """MVM path ('fast', 'bitlevel') -> farc.check.layers.LayerIntegers per layer."""
+    divergence: list | None = None
+    """farc.check.layers.LayerDivergence per layer (with per_layer), else None."""
 
     @property
     def ok(self) -> bool:
@@ -167,18 +178,18 @@ def evaluate(outputs: dict[str, np.ndarray], labels: np.ndarray | None, *, lossl
 
 
 def _checks(r: VerifyReport, tol: Tolerances) -> list[Check]:
-    eq, fl = r.pairs[(EMULATOR, QDQ)], r.pairs[(EMULATOR, FLOAT)]
+    eq = r.pairs[(EMULATOR, REFERENCE)]
+    fl = r.pairs[(EMULATOR, FLOAT)]
     checks = []
-    why_not = "noise enabled" if r.noise else "" if r.lossless else "ADC not lossless"
-    if why_not:
-        checks.append(Check("emulator vs qdq logits", None, f"not checked: {why_not}"))
-        checks.append(Check("emulator vs qdq top-1", None, f"not checked: {why_not}"))
+    if r.noise:
+        checks.append(Check("emulator vs reference logits", None, "not checked: noise enabled"))
+        checks.append(Check("emulator vs reference top-1", None, "not checked: noise enabled"))
     else:
-        checks.append(Check("emulator vs qdq logits", eq.rel <= tol.exact_rel,
+        checks.append(Check("emulator vs reference logits", eq.rel <= tol.exact_rel,
                             f"relative error {eq.rel:.3g} (limit {tol.exact_rel:g}); "
                             f"{eq.identical}/{r.samples} samples identical, worst sample "
                             f"{max(eq.sample_rel, default=0.0):.3g}"))
-        checks.append(Check("emulator vs qdq top-1", eq.agreement >= tol.exact_agreement,
+        checks.append(Check("emulator vs reference top-1", eq.agreement >= tol.exact_agreement,
                             f"agreement {eq.agreement:.2%} (limit {tol.exact_agreement:.2%})"))
     checks.append(Check("emulator vs float top-1", fl.agreement >= tol.min_agreement,
                         f"agreement {fl.agreement:.2%} (limit {tol.min_agreement:.2%}, "
@@ -192,6 +203,34 @@ def _checks(r: VerifyReport, tol: Tolerances) -> list[Check]:
                                 f"emulator {r.accuracy[EMULATOR]:.2%} vs float "
                                 f"{r.accuracy[FLOAT]:.2%}: {drop:.2f} pt (limit "
                                 f"{tol.max_acc_drop:g} pt, --max-acc-drop)"))
+    checks += _layer_checks(r)
+    return checks
+
+
+def _layer_checks(r: VerifyReport) -> list[Check]:
+    """Exact integers per layer on each traced path; the first diverging layer."""
+    from farc.check.layers import DIVERGENCE_TOL, first
+
+    checks = []
+    for path, results in r.layers.items():
+        name = f"layer integers ({path} path)"
+        if r.noise:
+            checks.append(Check(name, None, "not checked: noise enabled"))
+            continue
+        bad = first(results, lambda it: not it.ok)
+        vectors = sum(it.vectors for it in results)
+        checks.append(Check(name, bad is None, f"{len(results)} layers, {vectors} vectors "
+                            "bit-identical to the reference" if bad is None else
+                            f"first wrong layer {bad.name} (instruction {bad.where}): "
+                            f"{bad.mismatched} of {bad.vectors} vectors' integers differ, "
+                            f"by up to {bad.max_diff:g}"))
+    if r.divergence is not None:
+        bad = first(r.divergence, lambda d: d.diverged)
+        checks.append(Check("per-layer divergence", bad is None,
+                            f"{len(r.divergence)} layers within {DIVERGENCE_TOL:g} of the "
+                            "reference run" if bad is None else
+                            f"first diverging layer {bad.name} (instruction {bad.where}): "
+                            f"input rel. error {bad.x_rel:.3g}, output {bad.y_rel:.3g}"))
     return checks
 
 
@@ -268,56 +307,72 @@ def run_onnx(model: Any, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
 
 
 def _describe(model: Any) -> str:
-    return "the QDQ model built from the program" if hasattr(model, "SerializeToString") \
-        else str(model)
+    return "an in-memory ONNX model" if hasattr(model, "SerializeToString") else str(model)
 
 
 # ----------------------------------------------------------------------------- references
 @dataclass
 class References:
-    """The float and QDQ models to compare against: a path or an in-memory ModelProto each."""
+    """What the emulator is compared with: the float ONNX model (a path or ModelProto) and
+    the reference built from the checkpoint's model (farc.check.reference.Reference)."""
 
     float_model: Any
-    qdq_model: Any
+    reference: Any
     notes: dict[str, str] = field(default_factory=dict)
+    workdir: str | Path | None = None
+    """Where the reference's layer bank is exported (a temporary folder by default)."""
+    _bank: Any = None
+
+    def bank(self) -> Any:
+        """The reference's layers in onnxruntime, exported on first use."""
+        from farc.check.layers import LayerBankRunner
+
+        if self._bank is None:
+            self._bank = LayerBankRunner(self.reference,
+                                         self.workdir or tempfile.mkdtemp(prefix="farc-ref-"))
+        return self._bank
 
 
 def resolve_references(program: Any, program_path: str | Path | None, *,
-                       float_onnx: str | Path | None = None, qdq_onnx: str | Path | None = None,
+                       float_onnx: str | Path | None = None,
+                       checkpoint: str | Path | None = None, model: Any = None,
                        workdir: str | Path | None = None) -> References:
-    """Find (or make) the reference models, in this order:
+    """Find (or make) the models to compare with.
 
-    QDQ: --qdq-onnx; `model.qdq.onnx` beside the program unless it is older than the program;
-    otherwise built in memory from the program (it depends on nothing else).
-    Float: --float-onnx; `model.float.onnx` beside the program; otherwise exported into
-    `workdir` from the checkpoint named by the program's provenance; otherwise an error."""
-    from farc.check.qdq import build_qdq_onnx, reference_paths
+    The model: `model` (an nn.Module), else --checkpoint, else the checkpoint the program's
+    provenance names; without one verify cannot run, since its reference is built from the
+    model, never from the program. Float ONNX: --float-onnx; `model.float.onnx` beside the
+    program; otherwise exported into `workdir` from the model."""
+    from farc.check.qdq import reference_paths
+    from farc.check.reference import build_reference
 
-    beside_float, beside_qdq = reference_paths(program_path) if program_path else (None, None)
-    notes = {}
-    if qdq_onnx is not None:
-        qdq: Any = _existing(qdq_onnx, "--qdq-onnx")
-        notes[QDQ] = str(qdq)
-    elif beside_qdq is not None and beside_qdq.is_file() and \
-            beside_qdq.stat().st_mtime >= Path(program_path).stat().st_mtime:
-        qdq, notes[QDQ] = beside_qdq, str(beside_qdq)
+    notes: dict[str, str] = {}
+    if model is None:
+        ckpt = _existing(checkpoint, "--checkpoint") if checkpoint is not None else \
+            checkpoint_from_provenance(program)
+        if ckpt is None:
+            raise ConfigError("verify builds its reference from the model the program was "
+                              "compiled from, and the program's provenance names no existing "
+                              "checkpoint: pass --checkpoint")
+        from farc.models.checkpoint import load_checkpoint
+
+        model = load_checkpoint(ckpt).model
+        notes[REFERENCE] = f"built from {ckpt}"
     else:
-        qdq, notes[QDQ] = build_qdq_onnx(program), "built from the program"
+        notes[REFERENCE] = f"built from the given {type(model).__name__}"
+    ref = build_reference(model, program)
+    beside_float = reference_paths(program_path)[0] if program_path else None
     if float_onnx is not None:
         flt: Any = _existing(float_onnx, "--float-onnx")
         notes[FLOAT] = str(flt)
     elif beside_float is not None and beside_float.is_file():
         flt, notes[FLOAT] = beside_float, str(beside_float)
     else:
-        ckpt = checkpoint_from_provenance(program)
-        if ckpt is None:
-            raise ConfigError("no float ONNX model: none beside the program "
-                              f"({beside_float.name if beside_float else 'model.float.onnx'}) "
-                              "and its provenance names no existing checkpoint; pass "
-                              "--float-onnx or compile with --emit-onnx")
-        flt = export_float(ckpt, workdir or tempfile.mkdtemp(prefix="farc-verify-"))
-        notes[FLOAT] = f"exported from {ckpt}"
-    return References(flt, qdq, notes)
+        from farc.check.onnx_export import export_onnx
+
+        out = Path(workdir or tempfile.mkdtemp(prefix="farc-verify-")) / "model.float.onnx"
+        flt, notes[FLOAT] = export_onnx(model, out), "exported from the model"
+    return References(flt, ref, notes, workdir)
 
 
 def _existing(path: str | Path, flag: str) -> Path:
@@ -327,37 +382,64 @@ def _existing(path: str | Path, flag: str) -> Path:
     return p
 
 
-def export_float(checkpoint: Path, workdir: str | Path) -> Path:
-    """Export the float golden ONNX of `checkpoint` into `workdir`."""
-    from farc.check.onnx_export import export_onnx
-    from farc.models.checkpoint import load_checkpoint
-
-    out = Path(workdir) / f"{checkpoint.stem}.float.onnx"
-    export_onnx(load_checkpoint(checkpoint).model, out)
-    return out
-
-
 # ----------------------------------------------------------------------------- driver
 def verify(program: Any, x: np.ndarray, labels: np.ndarray | None, refs: References, *,
            noise: Any = None, seed: int = 0, tol: Tolerances | None = None,
            batch_size: int = 64, progress: Callable[[int], None] | None = None,
+           bitlevel_samples: int | None = DEFAULT_BITLEVEL_SAMPLES, per_layer: bool = False,
            ) -> VerifyReport:
-    """Run the three models on x and compare them; never raises on a failed tolerance
-    (the caller decides: the CLI prints the report, then raises VerifyError)."""
+    """Run the three models on x and compare them, then the per-layer checks on a sample;
+    never raises on a failed tolerance (the caller decides: the CLI prints the report,
+    then raises VerifyError). `bitlevel_samples` None means all of x."""
     outputs = run_models(program, x, refs, noise=noise, seed=seed, batch_size=batch_size,
                          progress=progress)
-    return report_for_outputs(program, outputs, labels, refs, noise=noise, tol=tol)
+    report = report_for_outputs(program, outputs, labels, refs, noise=noise, tol=tol)
+    add_layer_checks(report, program, x, refs, bitlevel_samples=bitlevel_samples,
+                     per_layer=per_layer, noise=noise, tol=tol)
+    return report
+
+
+def add_layer_checks(report: VerifyReport, program: Any, x: np.ndarray, refs: References,
+                     *, bitlevel_samples: int | None, per_layer: bool, noise: Any = None,
+                     tol: Tolerances | None = None) -> None:
+    """Trace the emulator on a sample (fast path: `bitlevel_samples` inputs too, at least
+    one), check every layer's integers against the reference's layers in onnxruntime, and
+    with `per_layer` locate the first layer whose values diverge from the reference run."""
+    from farc.check.layers import divergences, integer_checks, traced_run
+
+    if report.noise or len(x) == 0:
+        report.layers = {"fast": [], "bitlevel": []}
+    else:
+        n = len(x) if bitlevel_samples is None else max(1, min(bitlevel_samples, len(x)))
+        sample = np.asarray(x[:n], np.float32)
+        for path, mvm_path in (("fast", "auto"), ("bitlevel", "bitlevel")):
+            traces = traced_run(program, sample, mvm_path)
+            report.layers[path] = integer_checks(program, refs.bank(), traces)
+        if per_layer:
+            report.divergence = divergences(program, refs.reference, sample, traces)
+    report.checks = _checks(report, tol or Tolerances())
+
+
+def run_reference(ref: Any, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """The reference model's logits on x, in batches."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for sl in batches(len(x), batch_size):
+            outs.append(ref(torch.from_numpy(np.asarray(x[sl], np.float32))).numpy())
+    return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0,), np.float32)
 
 
 def run_models(program: Any, x: np.ndarray, refs: References, *, noise: Any = None,
                seed: int = 0, batch_size: int = 64,
                progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """The emulator's, the QDQ model's and the float model's outputs on x."""
+    """The emulator's, the reference's and the float model's outputs on x."""
     x = np.asarray(x, np.float32)
     return {
         EMULATOR: run_emulator(program, x, noise=noise, seed=seed, batch_size=batch_size,
                                progress=progress),
-        QDQ: run_onnx(refs.qdq_model, x, batch_size=batch_size),
+        REFERENCE: run_reference(refs.reference, x, batch_size=batch_size),
         FLOAT: run_onnx(refs.float_model, x, batch_size=batch_size),
     }
 

@@ -1,7 +1,9 @@
-"""`farc verify model.farc`: emulator vs QDQ and float onnxruntime on the same inputs.
+"""`farc verify model.farc`: the emulator against the reference built from the checkpoint's
+model and against float onnxruntime, on the same inputs, plus exact per-layer integers.
 
-Prints one table of pairwise errors, the accuracies and the checks; exits 1 with one line
-naming the failed checks when a documented tolerance fails (docs/verify.md)."""
+Prints one table of pairwise errors, the accuracies, the per-layer results and the checks;
+exits 1 with one line naming the failed checks when a documented tolerance fails
+(docs/verify.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,22 @@ from pathlib import Path
 
 import click
 
-from farc.check.verify import Tolerances
+from farc.check.verify import DEFAULT_BITLEVEL_SAMPLES, Tolerances
+
+
+def _bitlevel(value: str) -> int | None:
+    """--bitlevel-samples: a count >= 1, or None for 'all'."""
+    from farc.errors import ConfigError
+
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--bitlevel-samples {value!r} must be a whole number >= 1 or 'all'")
+    return n
 
 
 @click.command("verify")
@@ -23,9 +40,15 @@ from farc.check.verify import Tolerances
 @click.option("--float-onnx", type=click.Path(dir_okay=False), default=None,
               help="Float golden model (default: MODEL.float.onnx beside the program, else "
                    "exported from the checkpoint named in its provenance).")
-@click.option("--qdq-onnx", type=click.Path(dir_okay=False), default=None,
-              help="QDQ reference (default: MODEL.qdq.onnx beside the program, else built "
-                   "from the program).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="The checkpoint the program was compiled from (default: the one its "
+                   "provenance names); the reference is built from its model.")
+@click.option("--bitlevel-samples", default=str(DEFAULT_BITLEVEL_SAMPLES), show_default=True,
+              metavar="N|all", help="Images also run on the bit-level path (every ADC "
+                                    "conversion) for the exact per-layer check.")
+@click.option("--per-layer", is_flag=True,
+              help="Also compare every layer's inputs and outputs with the reference run "
+                   "and name the first that diverges.")
 @click.option("--noise", multiple=True, metavar="KEY=VALUE",
               help="Device non-ideality for the emulator, e.g. read_sigma=0.01 (repeatable). "
                    "Disables the exactness checks.")
@@ -34,13 +57,14 @@ from farc.check.verify import Tolerances
 @click.option("--min-agreement", type=float, default=Tolerances.min_agreement,
               show_default=True, help="Minimum emulator vs float top-1 agreement (0..1).")
 @click.option("--max-rel", type=float, default=Tolerances.exact_rel, show_default=True,
-              help="Largest emulator vs QDQ relative logit error, sum|a-b| / sum|b| "
-                   "(checked only with a lossless ADC and no noise).")
+              help="Largest emulator vs reference relative logit error, sum|a-b| / "
+                   "sum|b| (checked without noise).")
 @click.option("--max-acc-drop", type=float, default=None,
               help="Largest emulator accuracy drop below float, in points (off by default).")
-def command(program_path, samples, data, split, float_onnx, qdq_onnx, noise, seed, batch_size,
-            min_agreement, max_rel, max_acc_drop) -> None:
-    """Check the emulator running MODEL.farc against onnxruntime (float and QDQ)."""
+def command(program_path, samples, data, split, float_onnx, checkpoint, bitlevel_samples,
+            per_layer, noise, seed, batch_size, min_agreement, max_rel, max_acc_drop) -> None:
+    """Check the emulator running MODEL.farc against the reference built from its checkpoint
+    and against float onnxruntime."""
     import tempfile
 
     from farc.check.verify import VerifyError, resolve_references
@@ -51,6 +75,7 @@ def command(program_path, samples, data, split, float_onnx, qdq_onnx, noise, see
     if samples < 0 or batch_size < 1 or not 0 <= min_agreement <= 1:
         raise ConfigError("--samples must be >= 0, --batch-size >= 1 and --min-agreement "
                           "in [0, 1]")
+    bitlevel = _bitlevel(bitlevel_samples)
     program = Program.load(program_path)
     tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
     noise_cfg = NoiseConfig.parse(list(noise)) if noise else None
@@ -58,12 +83,13 @@ def command(program_path, samples, data, split, float_onnx, qdq_onnx, noise, see
     world = _world()
     with tempfile.TemporaryDirectory(prefix="farc-verify-") as tmp:
         refs = resolve_references(program, program_path, float_onnx=float_onnx,
-                                  qdq_onnx=qdq_onnx, workdir=tmp)
+                                  checkpoint=checkpoint, workdir=tmp)
+        layer_opts = {"bitlevel_samples": bitlevel, "per_layer": per_layer}
         if world is None:
-            report = _run(program, x, y, refs, noise_cfg, seed, tol, batch_size)
+            report = _run(program, x, y, refs, noise_cfg, seed, tol, batch_size, layer_opts)
         else:
             report = _run_sharded(world, program, x, y, refs, noise_cfg, seed, tol,
-                                  batch_size)
+                                  batch_size, layer_opts)
             if report is None:  # not rank 0: rank 0 prints and decides the exit code
                 return
     _print(report, Path(program_path).name, data, split)
@@ -84,14 +110,15 @@ def _inputs(program, data: str, split: str, samples: int):
     return x[:n].numpy().astype("float32"), y[:n].numpy()
 
 
-def _run(program, x, y, refs, noise, seed, tol, batch_size):
+def _run(program, x, y, refs, noise, seed, tol, batch_size, layer_opts):
     from farc.check.verify import verify
     from farc.progress import make_progress
 
     with make_progress() as bar:
         task = bar.add_task("emulator", total=len(x), info="")
         return verify(program, x, y, refs, noise=noise, seed=seed, tol=tol,
-                      batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+                      batch_size=batch_size, progress=lambda n: bar.advance(task, n),
+                      **layer_opts)
 
 
 def _world():
@@ -105,13 +132,13 @@ def _world():
     return eval_world()
 
 
-def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size):
+def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size, layer_opts):
     """One contiguous shard of the inputs per process, outputs gathered once on rank 0.
 
     Each rank's emulator is built with the same seed, so programming variation and stuck-at
     faults are the same chip on every rank; read noise is a different (equally valid) draw
     than a single-process run's."""
-    from farc.check.verify import report_for_outputs, run_models
+    from farc.check.verify import add_layer_checks, report_for_outputs, run_models
     from farc.distributed import contiguous_shard, gather_arrays, teardown
 
     part = contiguous_shard(len(x), world)
@@ -122,7 +149,9 @@ def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size):
         teardown()
     if outputs is None:
         return None
-    return report_for_outputs(program, outputs, y, refs, noise=noise, tol=tol)
+    report = report_for_outputs(program, outputs, y, refs, noise=noise, tol=tol)
+    add_layer_checks(report, program, x, refs, noise=noise, tol=tol, **layer_opts)
+    return report
 
 
 def _print(report, name: str, data: str, split: str) -> None:
@@ -141,8 +170,20 @@ def _print(report, name: str, data: str, split: str) -> None:
     if report.accuracy is not None:
         print_table("Accuracy", ["model", "accuracy"],
                     [(k, f"{100 * v:.2f}%") for k, v in report.accuracy.items()])
+    if report.divergence is not None:
+        print_table("Per layer, in execution order (emulator vs reference run)",
+                    ["layer", "instruction", "input rel err", "output rel err", "integers"],
+                    _layer_rows(report))
     status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]skip[/]"}
     print_table("Checks (docs/verify.md)", ["check", "result", "detail"],
                 [(c.name, status[c.passed], c.detail) for c in report.checks])
     for model, src in report.sources.items():
         out_console.print(f"[dim]{model}: {src}[/]", highlight=False, soft_wrap=True)
+
+
+def _layer_rows(report) -> list[tuple[str, ...]]:
+    ints = {it.layer: it for path in ("fast", "bitlevel") for it in report.layers.get(path, [])
+            if not it.ok}
+    return [(d.name, d.where, f"{d.x_rel:.2g}", f"{d.y_rel:.2g}",
+             "exact" if d.layer not in ints else f"{ints[d.layer].mismatched} differ")
+            for d in report.divergence]

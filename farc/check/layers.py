@@ -1,0 +1,168 @@
+"""Per-layer checks of `farc verify`: exact integers on the emulator's own inputs, and where
+the emulator's run first parts from the reference's.
+
+1. Integers. The emulator runs a sample with tracing on (every crossbar MVM's input x, its
+   integer accumulators y_int before the rescale, its output y). The reference's layers,
+   exported side by side as one ONNX model (farc.check.reference.LayerBank) and run by
+   onnxruntime, compute y_int from the same x. Both must be bit-identical, layer by layer:
+   the packing, slicing, column maps, flip encoding, ADC and shift-add of each layer are
+   checked exactly, on the fast path and on the bit-level path, whatever the ADC.
+2. Divergence (`--per-layer`). The reference model runs end to end on the same images and
+   records each crossbar call's input and output; in execution order, the first layer whose
+   input or output differs from the emulator's by more than float rounding is where a fault
+   enters (a dropped bias, a loop run in the wrong direction, heads concatenated out of
+   order: faults that leave each layer's own integers right).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIVERGENCE_TOL = 1e-3
+"""A layer input or output diverges when sum |emulator - reference| / sum |reference|
+exceeds this: float32 kernels an ulp apart stay orders of magnitude below it, a fault that
+touches the values does not."""
+
+
+@dataclass(frozen=True)
+class LayerIntegers:
+    """The exact check of one layer on one MVM path."""
+
+    name: str
+    layer: int
+    where: str
+    """The program instruction of the layer's first MVM ("12", or "15.3" inside loop 15)."""
+    vectors: int
+    mismatched: int
+    """Integers (of vectors x N) that differ from the reference's."""
+    max_diff: float
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatched == 0
+
+
+@dataclass(frozen=True)
+class LayerDivergence:
+    """How far the emulator's crossbar calls of one layer are from the reference run's."""
+
+    name: str
+    layer: int
+    where: str
+    x_rel: float
+    y_rel: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.x_rel > DIVERGENCE_TOL or self.y_rel > DIVERGENCE_TOL
+
+
+def instruction_of(program: Any) -> dict[int, str]:
+    """Layer id -> the index path of its first `mvm` instruction."""
+    found: dict[int, str] = {}
+
+    def visit(block: list, prefix: str) -> None:
+        for i, ins in enumerate(block):
+            if ins["op"] == "loop":
+                visit(ins["body"], f"{prefix}{i}.")
+            elif ins["op"] == "mvm":
+                found.setdefault(int(ins["layer"]), f"{prefix}{i}")
+
+    visit(program.manifest["instructions"], "")
+    return found
+
+
+def traced_run(program: Any, x: np.ndarray, mvm_path: str) -> dict[int, list]:
+    """Run the emulator on x with tracing; layer id -> its MvmTraces (execution order)."""
+    from farc.runtime.emulator import Emulator
+
+    emu = Emulator(program, mvm_path=mvm_path, trace=True)
+    emu.run({program.manifest["inputs"][0]["name"]: np.asarray(x, np.float32)})
+    return emu.traces or {}
+
+
+class LayerBankRunner:
+    """The reference's layers in onnxruntime (exported once into `workdir`)."""
+
+    def __init__(self, ref: Any, workdir: str | Path) -> None:
+        from farc.check.reference import export_layer_bank
+        from farc.check.verify import ort_session
+
+        path = Path(workdir) / "reference-layers.onnx"
+        self.names = export_layer_bank(ref, path)
+        self.session = ort_session(path)
+
+    def run(self, xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {f"x.{n}": np.ascontiguousarray(xs[n], np.float32) for n in self.names}
+        outs = self.session.run(None, feeds)
+        return dict(zip(self.names, outs))
+
+
+def integer_checks(program: Any, bank: LayerBankRunner, traces: dict[int, list],
+                   ) -> list[LayerIntegers]:
+    """Every traced layer's integers against the reference's, in execution order."""
+    names = [L["name"] for L in program.layers]
+    where = instruction_of(program)
+    xs = {names[i]: np.concatenate([t.x for t in tr]) for i, tr in traces.items()}
+    for i, L in enumerate(program.layers):  # a layer the sample never reached: no vectors
+        xs.setdefault(names[i], np.zeros((0, int(L["K"])), np.float32))
+    ref = bank.run(xs)
+    out = []
+    for i, tr in traces.items():
+        mine = np.concatenate([t.y_int for t in tr])
+        theirs = ref[names[i]]
+        diff = np.abs(mine - theirs) if mine.shape == theirs.shape else np.full(1, np.inf)
+        out.append(LayerIntegers(names[i], i, where.get(i, "?"), len(mine),
+                                 int((diff != 0).sum()), float(diff.max(initial=0.0))))
+    return out
+
+
+def divergences(program: Any, ref: Any, x: np.ndarray, traces: dict[int, list],
+                ) -> list[LayerDivergence]:
+    """Each traced layer's inputs and outputs against the reference run's, in execution
+    order (calls of a layer concatenated in call order on both sides)."""
+    import torch
+
+    ref.record = True
+    try:
+        with torch.no_grad():
+            ref(torch.from_numpy(np.asarray(x, np.float32)))
+        calls = list(ref.calls)
+    finally:
+        ref.record = False
+    by_name: dict[str, tuple[list, list]] = {}
+    for name, xi, yi in calls:
+        xs, ys = by_name.setdefault(name, ([], []))
+        xs.append(xi.reshape(-1, xi.shape[-1]).numpy())
+        ys.append(yi.reshape(-1, yi.shape[-1]).numpy())
+    where = instruction_of(program)
+    out = []
+    for i, tr in traces.items():
+        name = program.layers[i]["name"]
+        rx, ry = by_name.get(name, ([], []))
+        out.append(LayerDivergence(
+            name, i, where.get(i, "?"),
+            _rel(np.concatenate([t.x for t in tr]), rx),
+            _rel(np.concatenate([t.y for t in tr]), ry)))
+    return out
+
+
+def _rel(mine: np.ndarray, theirs: list[np.ndarray]) -> float:
+    if not theirs:
+        return float("inf")
+    ref = np.concatenate(theirs).astype(np.float64)
+    if ref.shape != mine.shape:
+        return float("inf")
+    err = float(np.abs(mine.astype(np.float64) - ref).sum())
+    scale = float(np.abs(ref).sum())
+    return err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))
+
+
+def first(items: Iterator[Any] | list[Any], bad: Any) -> Any | None:
+    """The first item for which bad(item) holds, or None."""
+    return next((it for it in items if bad(it)), None)

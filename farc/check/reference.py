@@ -1,0 +1,369 @@
+"""The independent reference of `farc verify`: the model's own graph, with every crossbar
+matmul computed as docs/numerics.md says, built from the checkpoint's float weights.
+
+What it takes from a compiled program is only what a user chooses or calibrates, per layer
+(by name): bit widths, crossbar height, mapping, the per-column weight scales, the input
+scale, the ADC step of each row tile and the flip flag. It never reads the program's
+conductance codes, column maps or instruction stream, and it imports nothing from the
+compiler or from farc.runtime: the weights are quantized, sliced, flip-encoded, digitised
+and shifted-and-added here, from the spec, so a packing, slicing, column-map, lowering or
+emulator fault makes the two disagree.
+
+How the graph is built: a copy of the torch model whose crossbar modules (every Linear,
+the patch-embedding convolution, every LSTM) are replaced by reference modules, so the
+model's own forward (token mixing, norms, GELU, attention's digital matmuls, the LSTMs'
+gate math) is the graph. It is exported to ONNX (the TorchScript exporter; LSTMs unrolled
+over the sequence) and run by onnxruntime. Integer arithmetic is float64 (exact below
+2**53, far above any target's sums); digital arithmetic is float32 as in the model.
+
+A reference layer takes the ADC's bit-level path (per row tile, input cycle, column) unless
+its own levels prove the ADC lossless (every step 1 and no stored column can sum past the
+top code), where the one matmul x_int @ q gives the same integers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from farc.errors import FarcError
+
+
+class ReferenceError(FarcError):
+    """The program and the checkpoint do not describe the same model."""
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What one crossbar layer of a program says a user chose or calibrated."""
+
+    name: str
+    kind: str
+    K: int
+    N: int
+    weight_bits: int
+    input_bits: int
+    cell_bits: int
+    dac_bits: int
+    adc_bits: int
+    mapping: str
+    rows: int
+    in_scale: float
+    w_scale: np.ndarray
+    adc_step: tuple[int, ...]
+    adc_flip: bool
+
+    @staticmethod
+    def of(layer: dict[str, Any], arrays: Any) -> LayerChoice:
+        return LayerChoice(
+            name=str(layer["name"]), kind=str(layer["kind"]), K=int(layer["K"]),
+            N=int(layer["N"]), weight_bits=int(layer["weight_bits"]),
+            input_bits=int(layer["input_bits"]), cell_bits=int(layer["cell_bits"]),
+            dac_bits=int(layer["dac_bits"]), adc_bits=int(layer["adc_bits"]),
+            mapping=str(layer["mapping"]), rows=int(layer["rows"]),
+            in_scale=float(layer["in_scale"]),
+            w_scale=np.asarray(arrays[layer["arrays"]["w_scale"]], np.float32),
+            adc_step=tuple(int(s) for s in layer["adc_step"]),
+            adc_flip=bool(layer.get("adc_flip", False)))
+
+
+def program_choices(program: Any) -> dict[str, LayerChoice]:
+    """Layer name -> LayerChoice for every crossbar layer of a program."""
+    return {c.name: c for c in (LayerChoice.of(L, program.arrays)
+                                for L in program.manifest["layers"])}
+
+
+# ---------------------------------------------------------------- one crossbar layer
+class CrossbarMatmul(nn.Module):
+    """y = x @ W + b on crossbars, from the float W [K, N] and the layer's choices.
+
+    forward(x [..., K] float32) -> (y [..., N] float32, y_int [V, N] float64)."""
+
+    def __init__(self, W: np.ndarray, bias: np.ndarray | None, c: LayerChoice) -> None:
+        super().__init__()
+        W = np.asarray(W, np.float32)
+        if W.shape != (c.K, c.N) or c.w_scale.shape != (c.N,):
+            raise ReferenceError(f"layer {c.name}: the checkpoint's weight is "
+                                 f"{list(W.shape)}, the program's layer is [{c.K}, {c.N}]")
+        self.name, self.K, self.N = c.name, c.K, c.N
+        qw = 2 ** (c.weight_bits - 1) - 1
+        qx = 2 ** (c.input_bits - 1) - 1
+        q = np.clip(np.rint(W.astype(np.float64) / c.w_scale.astype(np.float64)), -qw, qw)
+        self.qx, self.zero = float(qx), float(2 ** (c.input_bits - 1))
+        self.in_scale = float(np.float32(c.in_scale))
+        self.register_buffer("scale", torch.from_numpy(np.float32(c.in_scale) * c.w_scale))
+        self.register_buffer("bias", None if bias is None else
+                             torch.from_numpy(np.asarray(bias, np.float32).reshape(c.N)))
+        self.register_buffer("q", torch.from_numpy(q))
+        self.register_buffer("colsum", torch.from_numpy(q.sum(axis=0)))
+        levels, colw, self.offset = _slice_weights(q.astype(np.int64), c)
+        rt = math.ceil(c.K / c.rows)
+        padded = np.zeros((rt * c.rows, levels.shape[1]), np.int64)
+        padded[:c.K] = levels
+        tiles = padded.reshape(rt, c.rows, -1)
+        cell_top = 2**c.cell_bits - 1
+        used = np.minimum(c.rows, c.K - np.arange(rt) * c.rows)
+        flipped = np.zeros((rt, tiles.shape[2]), bool)
+        if c.adc_flip:  # a column past half its levels is stored complemented
+            flipped = tiles.sum(axis=1) > (used * cell_top // 2)[:, None]
+            live = np.arange(c.rows)[None, :, None] < used[:, None, None]
+            tiles = np.where(flipped[:, None, :] & live, cell_top - tiles, tiles)
+        if len(c.adc_step) != rt:
+            raise ReferenceError(f"layer {c.name}: {len(c.adc_step)} ADC steps for {rt} row "
+                                 "tiles")
+        steps = np.asarray(c.adc_step, np.float64)
+        adc_top = 2**c.adc_bits - 1
+        peak = tiles.sum(axis=1).max(initial=0) * (2**c.dac_bits - 1)
+        self.exact_adc = bool(np.all(steps == 1) and peak <= adc_top)
+        cycles = math.ceil(c.input_bits / c.dac_bits)
+        self.rows, self.row_tiles, self.cycles = c.rows, rt, cycles
+        self.adc_top, self.cell_top = float(adc_top), float(cell_top)
+        self.register_buffer("stored", torch.from_numpy(tiles.astype(np.float64)))
+        self.register_buffer("flipped", torch.from_numpy(flipped[:, None, :]))
+        self.register_buffer("steps", torch.from_numpy(steps.reshape(rt, 1, 1)))
+        self.register_buffer("digit_div", torch.from_numpy(
+            (2.0 ** (np.arange(cycles) * c.dac_bits)).reshape(cycles, 1, 1)))
+        self.digit_base = float(2**c.dac_bits)
+        self.register_buffer("colw", torch.from_numpy(colw))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.K).float()
+        x_int = torch.clamp(torch.round(flat / self.in_scale), -self.qx, self.qx).double()
+        y_int = x_int @ self.q if self.exact_adc else self._adc_path(x_int)
+        y = y_int.float() * self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.N), y_int
+
+    def _adc_path(self, x_int: torch.Tensor) -> torch.Tensor:
+        """Every (row tile, input cycle, column) partial sum through the ADC, then the
+        flip recovery, shift-and-add and the digital corrections."""
+        v = x_int.shape[0]
+        u = x_int + self.zero
+        pad = self.row_tiles * self.rows - self.K
+        if pad:
+            u = torch.cat([u, torch.zeros(v, pad, dtype=u.dtype)], dim=1)
+        digits = torch.remainder(torch.floor(u.unsqueeze(0) / self.digit_div), self.digit_base)
+        # [C, V, RT, rows] -> [RT, C*V, rows]
+        lhs = digits.reshape(self.cycles * v, self.row_tiles, self.rows).transpose(0, 1)
+        p = lhs @ self.stored                                    # [RT, C*V, J]
+        d = torch.clamp(torch.floor(p / self.steps + 0.5), 0.0, self.adc_top) * self.steps
+        drive = lhs.sum(dim=2, keepdim=True) * self.cell_top     # [RT, C*V, 1]
+        d = torch.where(self.flipped, drive - d, d)
+        per_cycle = d.sum(dim=0).reshape(self.cycles, v, -1)     # [C, V, J]
+        acc = (per_cycle * self.digit_div).sum(dim=0) @ self.colw  # [V, N]
+        if self.offset:
+            acc = acc - self.offset * u.sum(dim=1, keepdim=True)
+        return acc - self.zero * self.colsum
+
+
+def _slice_weights(q: np.ndarray, c: LayerChoice) -> tuple[np.ndarray, np.ndarray, float]:
+    """Signed integers -> (cell levels [K, J], shift-add weights [J, N], offset Qw or 0).
+    The column order is this module's own: any order gives the same sums."""
+    qw = 2 ** (c.weight_bits - 1) - 1
+    if c.mapping == "differential":
+        mags, signs, offset = [np.maximum(q, 0), np.maximum(-q, 0)], [1.0, -1.0], 0.0
+        slices = math.ceil((c.weight_bits - 1) / c.cell_bits)
+    elif c.mapping == "offset":
+        mags, signs, offset = [q + qw], [1.0], float(qw)
+        slices = math.ceil(c.weight_bits / c.cell_bits)
+    else:
+        raise ReferenceError(f"layer {c.name}: unknown mapping {c.mapping!r}")
+    cols, weights = [], []
+    eye = np.eye(c.N)
+    for m, sign in zip(mags, signs):
+        for s in range(slices):
+            cols.append((m >> (s * c.cell_bits)) & (2**c.cell_bits - 1))
+            weights.append(sign * 2.0 ** (s * c.cell_bits) * eye)
+    return np.concatenate(cols, axis=1), np.concatenate(weights, axis=0), offset
+
+
+# ---------------------------------------------------------------- the model's modules
+class ReferenceLinear(nn.Module):
+    """nn.Linear on crossbars; records its calls when the owner asks."""
+
+    def __init__(self, layer: CrossbarMatmul, taps: list) -> None:
+        super().__init__()
+        self.layer, self._taps = layer, taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.layer(x)
+        self._taps.append((self.layer.name, x, y))
+        return y
+
+
+class ReferencePatchEmbed(nn.Module):
+    """The patch-embedding convolution (stride = kernel) as a matmul over (c, kh, kw)."""
+
+    def __init__(self, conv: nn.Conv2d, layer: CrossbarMatmul, taps: list) -> None:
+        super().__init__()
+        self.p, self.dim, self.layer, self._taps = conv.kernel_size[0], conv.out_channels, \
+            layer, taps
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        b, ch, hh, ww = img.shape
+        p = self.p
+        patches = img.reshape(b, ch, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5)
+        x = patches.reshape(b, (hh // p) * (ww // p), ch * p * p)
+        y, _ = self.layer(x)
+        self._taps.append((self.layer.name, x, y))
+        # back to the conv's [B, D, H', W'] so the model's own forward continues unchanged
+        return y.transpose(1, 2).reshape(b, self.dim, hh // p, ww // p)
+
+
+class ReferenceLSTM(nn.Module):
+    """A single-layer, unidirectional, batch-first nn.LSTM with zero initial state: one
+    crossbar matmul of [x_t ; h_{t-1}] per step, PyTorch gate order i, f, g, o."""
+
+    def __init__(self, layer: CrossbarMatmul, hidden: int, taps: list) -> None:
+        super().__init__()
+        self.layer, self.hidden, self._taps = layer, hidden, taps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        b, t = x.shape[0], x.shape[1]
+        h = torch.zeros(b, self.hidden, dtype=x.dtype)
+        c = torch.zeros(b, self.hidden, dtype=x.dtype)
+        outs = []
+        for step in range(t):
+            xh = torch.cat([x[:, step], h], dim=1)
+            z, _ = self.layer(xh)
+            self._taps.append((self.layer.name, xh, z))
+            i, f, g, o = z.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs, dim=1), (h.unsqueeze(0), c.unsqueeze(0))
+
+
+class Reference(nn.Module):
+    """The model with its crossbar modules replaced. forward(image) -> logits; with
+    `taps=True` also every crossbar call's (input, output), in call order."""
+
+    def __init__(self, model: nn.Module, choices: dict[str, LayerChoice]) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval().float()
+        self.calls: list = []
+        self.layers: dict[str, CrossbarMatmul] = {}
+        self.record = False
+        _replace(self.model, choices, self)
+        missing = sorted(set(choices) - set(self.layers))
+        if missing:
+            raise ReferenceError(f"the program has crossbar layers the checkpoint does not: "
+                                 f"{', '.join(missing[:4])}")
+
+    def forward(self, image: torch.Tensor) -> Any:
+        self.calls.clear()
+        logits = self.model(image)
+        if not self.record:
+            return logits
+        return (logits, *[t for _, x, y in self.calls for t in (x, y)])
+
+
+def _replace(model: nn.Module, choices: dict[str, LayerChoice], ref: Reference) -> None:
+    """Swap every module that a program layer names for its reference version."""
+    for name, module in list(model.named_modules()):
+        if name not in choices:
+            continue
+        c = choices[name]
+        if isinstance(module, nn.Linear):
+            new = ReferenceLinear(_matmul(ref, c, module.weight.T, module.bias), ref.calls)
+        elif isinstance(module, nn.Conv2d):
+            w = module.weight.reshape(module.out_channels, -1).T
+            new = ReferencePatchEmbed(module, _matmul(ref, c, w, module.bias), ref.calls)
+        elif isinstance(module, nn.LSTM):
+            if module.num_layers != 1 or module.bidirectional or not module.batch_first:
+                raise ReferenceError(f"layer {name}: only single-layer, unidirectional, "
+                                     "batch-first LSTMs have a reference")
+            w = torch.cat([module.weight_ih_l0.T, module.weight_hh_l0.T], dim=0)
+            b = module.bias_ih_l0 + module.bias_hh_l0
+            new = ReferenceLSTM(_matmul(ref, c, w, b), module.hidden_size, ref.calls)
+        else:
+            raise ReferenceError(f"layer {name}: no reference for a {type(module).__name__}")
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, new)
+
+
+def _matmul(ref: Reference, c: LayerChoice, w: torch.Tensor,
+            b: torch.Tensor | None) -> CrossbarMatmul:
+    layer = CrossbarMatmul(w.detach().cpu().numpy(),
+                           None if b is None else b.detach().cpu().numpy(), c)
+    ref.layers[c.name] = layer
+    return layer
+
+
+def build_reference(model: nn.Module, program: Any) -> Reference:
+    """The reference of `program` built from `model` (the checkpoint it was compiled from)."""
+    return Reference(model, program_choices(program))
+
+
+# ---------------------------------------------------------------- ONNX
+REF_INPUT = "image"
+REF_OUTPUT = "logits"
+REF_OPSET = 17
+
+
+def export_reference(ref: Reference, example: torch.Tensor, path: Any,
+                     taps: bool = False) -> list[str]:
+    """Write the reference as ONNX (batch axis dynamic); returns its output names:
+    "logits", then with `taps` "x.<layer>.<call>" and "y.<layer>.<call>" for every crossbar
+    call (the per-layer comparison reads them)."""
+    import warnings
+
+    ref.record = taps
+    with torch.no_grad():
+        ref(example)
+    names = [REF_OUTPUT]
+    seen: dict[str, int] = {}
+    for name, _, _ in ref.calls:
+        k = seen[name] = seen.get(name, -1) + 1
+        names += [f"x.{name}.{k}", f"y.{name}.{k}"]
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(ref, (example,), str(path), dynamo=False,
+                              opset_version=REF_OPSET, input_names=[REF_INPUT],
+                              output_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in [REF_INPUT, *names]},
+                              do_constant_folding=False)
+    finally:
+        ref.record = False
+    return names
+
+
+class LayerBank(nn.Module):
+    """Every crossbar layer of a reference side by side: forward(x_0, ..., x_L) ->
+    (y_int_0, ..., y_int_L), for the per-layer integer check on the emulator's own inputs."""
+
+    def __init__(self, ref: Reference) -> None:
+        super().__init__()
+        self.names = list(ref.layers)
+        self.bank = nn.ModuleList(ref.layers[n] for n in self.names)
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(layer(x)[1] for layer, x in zip(self.bank, xs))
+
+
+def export_layer_bank(ref: Reference, path: Any) -> list[str]:
+    """Write the LayerBank as ONNX: inputs "x.<layer>" [V, K] float32, outputs
+    "y_int.<layer>" [V, N] float64 (V dynamic). Returns the layer names in order."""
+    import warnings
+
+    bank = LayerBank(ref)
+    example = tuple(torch.zeros(2, layer.K) for layer in bank.bank)
+    ins = [f"x.{n}" for n in bank.names]
+    outs = [f"y_int.{n}" for n in bank.names]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(bank, example, str(path), dynamo=False, opset_version=REF_OPSET,
+                          input_names=ins, output_names=outs,
+                          dynamic_axes={n: {0: "vectors"} for n in ins + outs},
+                          do_constant_folding=False)
+    return bank.names
