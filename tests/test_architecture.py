@@ -62,10 +62,9 @@ def arrow_violations(root: Path) -> list[str]:
                 target = _package_of(mod)
                 if target == pkg or target in ALLOWED[pkg]:
                     continue
-                if target in CORE or mod.rsplit(".", 1)[0] in CORE:
-                    core = mod if mod in CORE else mod.rsplit(".", 1)[0]
-                    if pkg != "farc.runtime" or core in RUNTIME_CORE:
-                        continue
+                core = "farc" if mod.startswith("farc.__") else mod  # farc.__version__
+                if core in CORE and (pkg != "farc.runtime" or core in RUNTIME_CORE):
+                    continue
                 bad.append(f"{path.relative_to(root)} imports {mod}")
     for ref in REFERENCES:
         if not (root / ref).exists():
