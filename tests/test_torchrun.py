@@ -30,7 +30,7 @@ def test_two_process_gloo_distill(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = load_checkpoint(tmp_path / "s.pt", expect="far")
     assert ck.provenance["world_size"] == 2
-    assert [h["stage"] for h in ck.provenance["history"]] == ["distill", "finetune"]
+    assert [h["stage"] for h in ck.provenance["history"]] == ["blockwise", "finetune"]
     # rank 0 alone prints the report: one accuracy table, not two
     assert proc.stdout.count("Accuracy") == 1
     x = torch.zeros(2, 1, 8, 8)
