@@ -176,7 +176,8 @@ def _bar(console, i: int, n: int, what: str):
         TimeElapsedColumn,
     )
 
-    bar = Progress(SpinnerColumn(), TextColumn(f"[{i}/{n}] {what}"), BarColumn(),
+    name = what.split(":")[0]  # the stage's name; the rest is for --verbose's rule
+    bar = Progress(SpinnerColumn(), TextColumn(f"[{i}/{n}] {name}"), BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
                    redirect_stdout=False, redirect_stderr=False,
                    disable=not console.is_terminal)
