@@ -47,12 +47,12 @@ def print_preservation(fp: dict) -> None:
 
     stages = fp["stages"]
     final = stages[-1]["free"]
-    rows = [(f"{b}.{h}", *(f"{s['free']['cosine'][b][h]:.3f}" for s in stages),
+    rows = [(f"b{b} h{h}", *(f"{s['free']['cosine'][b][h]:.3f}" for s in stages),
              f"{final['rel_mse'][b][h]:.3f}")
             for b in range(len(final["cosine"])) for h in range(len(final["cosine"][0]))]
     print_table(f"Function preservation per head (student vs teacher softmax(QK^T)V, "
                 f"{fp['split']}, end to end)",
-                ["block.head", *(f"cos after {s['after']}" for s in stages), "rel MSE"], rows)
+                ["head", *(f"cos after {s['after']}" for s in stages), "rel MSE"], rows)
 
 
 def write_report(fp: dict, metrics: dict, folder: str | Path) -> list[Path]:
