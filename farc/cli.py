@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "targets": ("targets", "List hardware targets and their key figures."),
     "inspect": ("inspect", "Show how a tile program is tiled onto crossbars."),
     "report": ("report", "Latency, energy and area report of a tile program."),
+    "sweep": ("sweep", "Compile, emulate and cost a checkpoint over a grid of target keys."),
 }
 
 
