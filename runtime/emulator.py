@@ -271,6 +271,11 @@ class Emulator:
         Events are recorded on the first step and multiplied by the trip count (every step
         sees the same shapes); only the data-dependent DAC pulses are counted every step."""
         T = regs[ins["count"]["reg"]].shape[ins["count"]["axis"]]
+        for g in ins["gather"]:  # step t reads index t (or T-1-t): lengths must be T
+            n = regs[g["src"]].shape[g["axis"] % regs[g["src"]].ndim]
+            if n != T:
+                raise EmulatorError(f"instruction {prefix[:-1]} (loop): gathers {g['src']!r} "
+                                    f"of length {n} along axis {g['axis']} over {T} steps")
         plan = self._plans.get(id(ins))
         if plan is not None:
             self._loop_lockstep(ins, regs, prefix, plan, T)

@@ -21,13 +21,19 @@ from farc.limits import MAX_CROSSBARS
 from .bounds import check_run_bounds
 from .isa import FORMAT, OPS, VERSION
 from .numerics import (
+    ADC_GRANULARITIES,
+    ADC_RANGES,
+    INPUT_ENCODINGS,
     MAPPINGS,
     PARAM_LIMITS,
+    STEP_DENOM,
+    STEP_RULES,
     XbarParams,
     chip_crossbars,
     decode_weights,
     limit_violation,
     max_code,
+    valid_step,
 )
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -93,9 +99,10 @@ def _check_layers_match_target(manifest: dict[str, Any]) -> None:
     except (KeyError, TypeError):
         raise ProgramError("manifest: target lacks its crossbar, dac, adc or quant "
                            "fields") from None
+    absent = XbarParams().layer_fields()  # a field a layer omits has its default value
     for i, layer in enumerate(manifest["layers"]):
         for key, value in want.items():
-            if layer.get(key, False if key == "adc_flip" else None) != value:
+            if layer.get(key, absent[key]) != value:
                 raise ProgramError(f"layer {i} ({layer.get('name', '?')}): {key} = "
                                    f"{layer.get(key)!r} but the program's target says "
                                    f"{value!r}")
@@ -224,25 +231,39 @@ def _check_layer_geometry(L: dict, where: str) -> None:
 
 
 def _check_layer_adc(L: dict, where: str) -> None:
-    if L.get("adc_range") not in ("full", "calibrated"):
+    if L.get("adc_range") not in ADC_RANGES:
         raise ProgramError(f"{where}: adc_range {L.get('adc_range')!r} must be 'full' or "
                            "'calibrated'")
+    for key, allowed, default in (("input_encoding", INPUT_ENCODINGS, "offset"),
+                                  ("adc_granularity", ADC_GRANULARITIES, "tile"),
+                                  ("adc_step_rule", STEP_RULES, "pow2")):
+        if L.get(key, default) not in allowed:
+            raise ProgramError(f"{where}: {key} {L.get(key)!r} must be one of "
+                               f"{', '.join(map(repr, allowed))}")
     steps = _need(L, "adc_step", list, where)
     if len(steps) != L["row_tiles"]:
         raise ProgramError(f"{where}: adc_step has {len(steps)} entries, expected one per "
                            f"row tile ({L['row_tiles']})")
     if not isinstance(L.get("adc_flip", False), bool):
         raise ProgramError(f"{where}: adc_flip {L.get('adc_flip')!r} must be true or false")
-    full = XbarParams.from_layer(L).full_step
-    for r, st in enumerate(steps):
-        if type(st) is not int or st < 1 or st & (st - 1):
-            raise ProgramError(f"{where}: adc_step[{r}] = {st!r} must be a power of two >= 1")
-        if L["adc_range"] == "full" and st != full:
-            raise ProgramError(f"{where}: adc_step[{r}] = {st} but a full-range "
-                               f"{L['adc_bits']}-bit ADC needs step {full}")
-        if st > full:
-            raise ProgramError(f"{where}: adc_step[{r}] = {st} exceeds the full-range step "
-                               f"{full}")
+    p = XbarParams.from_layer(L)
+    full = p.full_step
+    for r, row in enumerate(steps):
+        per_slice = p.adc_granularity == "slice"
+        if per_slice and not (isinstance(row, list) and len(row) == p.slices):
+            raise ProgramError(f"{where}: adc_step[{r}] must list one step per weight slice "
+                               f"({p.slices})")
+        for s, st in enumerate(row if per_slice else [row]):
+            at = f"adc_step[{r}]" + (f"[{s}]" if per_slice else "")
+            if not valid_step(st, p.adc_step_rule):
+                raise ProgramError(f"{where}: {at} = {st!r} must be "
+                                   + ("a power of two >= 1" if p.adc_step_rule == "pow2" else
+                                      f"a multiple of 1/{STEP_DENOM} >= 1"))
+            if L["adc_range"] == "full" and st != full:
+                raise ProgramError(f"{where}: {at} = {st} but a full-range "
+                                   f"{L['adc_bits']}-bit ADC needs step {full}")
+            if st > full:
+                raise ProgramError(f"{where}: {at} = {st} exceeds the full-range step {full}")
 
 
 def _layer_array(L: dict, arrays: dict, key: str, dtype: str, shape: tuple,
@@ -346,7 +367,7 @@ def _check_block(block: list, defined: set[str], ctx: dict, prefix: str) -> None
         if not isinstance(ins, dict):
             raise ProgramError(f"{where}: not an object")
         op = ins.get("op")
-        if op not in OPS:
+        if not isinstance(op, str) or op not in OPS:
             raise ProgramError(f"{where}: unknown opcode {op!r}")
         where = f"{where} ({op})"
         if op == "loop":
@@ -389,7 +410,7 @@ def _check_attr_values(ins: dict, op: str, ctx: dict, where: str) -> None:
         raise ProgramError(f"{where}: shape {ins['shape']!r} must be a list of ints")
     if op == "transpose":
         perm = ins["perm"]
-        if sorted(perm) != list(range(len(perm))) or perm[:1] != [0]:
+        if any(type(d) is not int for d in perm) or sorted(perm) != list(range(len(perm))) or perm[:1] != [0]:
             raise ProgramError(f"{where}: perm {perm!r} must be a permutation keeping axis 0 "
                                "(batch) first")
     if op in ("concat", "slice") and ins["axis"] == 0:
@@ -405,7 +426,7 @@ def _check_loop(ins: dict, defined: set[str], ctx: dict, prefix: str, where: str
         raise ProgramError(f"{where}: trip count register {count['reg']!r} is not written "
                            "before the loop")
     for reg in ins["carry"]:
-        if reg not in defined:
+        if not isinstance(reg, str) or reg not in defined:
             raise ProgramError(f"{where}: carry register {reg!r} is not written before the "
                                "loop")
     body_defined = set(defined)
