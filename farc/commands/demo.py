@@ -154,14 +154,13 @@ def _stage(console, verbose: bool, log: Path, i: int, n: int, what: str, body: C
         console.rule(f"[{i}/{n}] {what}")
         result = body()
     else:
-        with (open(log, "w") as f, _bar(console, i, n, what),
-              contextlib.redirect_stdout(f), contextlib.redirect_stderr(f)):
-            try:
+        try:
+            with (open(log, "w") as f, _bar(console, i, n, what),
+                  contextlib.redirect_stdout(f), contextlib.redirect_stderr(f)):
                 result = body()
-            except BaseException:
-                f.flush()
-                _show_tail(console, log)
-                raise
+        except BaseException:
+            _show_tail(console, log)  # after the bar is gone and the log is closed
+            raise
     return result
 
 
