@@ -481,10 +481,24 @@ def _layer_fields(func: relax.Function, target: Target) -> dict[str, Any]:
         raise PassError(f"crossbar layer {a['farc.layer']} lacks {', '.join(missing)}: "
                         "run QuantizeCrossbar, TileCrossbar and ScheduleCrossbar first")
     fields = layer_fields(target.xbar, int(a["farc.row_tiles"]), int(a["farc.col_tiles"]),
-                          float(a["farc.in_scale"]), [int(s) for s in a["farc.adc_step"]])
+                          float(a["farc.in_scale"]), _plain(a["farc.adc_step"]))
+    clipped = {"adc_calib_clipped": float(a["farc.adc_calib_clipped"])} \
+        if "farc.adc_calib_clipped" in a else {}
     return {"name": str(a["farc.layer"]), "kind": str(a["farc.kind"]), "K": int(a["farc.K"]),
-            "N": int(a["farc.N"]), **fields, "replicas": int(a["farc.replicas"]),
+            "N": int(a["farc.N"]), **fields, **clipped, "replicas": int(a["farc.replicas"]),
             "crossbars": [[int(i) for i in rep] for rep in a["farc.crossbars"]]}
+
+
+def _plain(value: Any) -> Any:
+    """An attribute value as JSON-ready Python: nested lists, ints stay ints (power-of-two
+    steps), floats stay floats (uniform steps)."""
+    if isinstance(value, tvm.tirx.FloatImm if hasattr(tvm, "tirx") else float):
+        return float(value.value)
+    if isinstance(value, int | float):
+        return value
+    if hasattr(value, "value"):  # IntImm
+        return int(value.value)
+    return [_plain(v) for v in value]
 
 
 def _schedule(sched, layers: list[dict]) -> dict:

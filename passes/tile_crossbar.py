@@ -34,7 +34,7 @@ from farc.passes._crossbar_ir import (
 )
 from farc.passes.partition_crossbar import composite_parts
 from farc.runtime.builder import column_map, encode_columns, tile_codes
-from farc.runtime.numerics import bit_planes, quantize_input, stored_levels
+from farc.runtime.numerics import adc_ranges, quantize_input
 from farc.targets import Target
 from tvm import relax
 
@@ -69,32 +69,23 @@ class TileCrossbar:
         if bias is not None:
             arrays["bias"] = const_value(bias).astype(np.float32).reshape(q.shape[1])
         name, in_scale = str(func.attrs["farc.layer"]), float(func.attrs["farc.in_scale"])
-        pmax = self._pmax(name, q, in_scale, codes) if p.adc_range == "calibrated" else None
-        seen = {} if pmax is None else {"farc.adc_pmax": pmax}
+        seen: dict = {}
+        pmax = None
+        if p.adc_range == "calibrated":
+            pmax, clipped = self._pmax(name, q, in_scale, codes, arrays["col_slice"])
+            seen = {"farc.adc_pmax": pmax, "farc.adc_calib_clipped": clipped}
         return func.with_attrs({
             "farc.row_tiles": rt, "farc.col_tiles": ct, "farc.slices": p.slices,
             "farc.signs": p.signs, "farc.adc_step": p.adc_steps(rt, pmax), **seen,
             **{f"farc.{k}": array_attr(v) for k, v in arrays.items()}})
 
-    def _pmax(self, name: str, q: np.ndarray, in_scale: float, codes: np.ndarray
-              ) -> list[float]:
-        """Largest partial sum of each row tile over the layer's calibration vectors."""
+    def _pmax(self, name: str, q: np.ndarray, in_scale: float, codes: np.ndarray,
+              col_slice: np.ndarray) -> tuple[list, float]:
+        """The calibrated ADC ranges (farc.runtime.numerics.adc_ranges) from the layer's
+        calibration vectors, quantized with its s_x."""
         p = self.params
-        vecs = self.calib[name].vectors[:PMAX_VECTORS]
-        u = quantize_input(vecs, in_scale, p.input_bits) + p.in_zero
-        rt, ct = codes.shape[:2]
-        padded = np.zeros((len(u), rt * p.rows), dtype=np.int64)
-        padded[:, : u.shape[1]] = u
-        dtype = np.float32 if self.target.max_partial_sum < 2**24 else np.float64
-        planes = bit_planes(padded, p.cycles, p.dac_bits).astype(dtype)
-        # the ADC sees the levels the crossbars hold (complemented columns under flip)
-        flat, _ = stored_levels(codes, q.shape[0], ct * p.cols, p.cell_bits, p.adc_flip)
-        out = []
-        for r in range(rt):
-            g = flat[r].astype(dtype)
-            part = planes[:, :, r * p.rows : (r + 1) * p.rows] @ g
-            out.append(float(part.max()) if part.size else 0.0)
-        return out
+        x_int = quantize_input(self.calib[name].vectors[:PMAX_VECTORS], in_scale, p.input_bits)
+        return adc_ranges(codes, col_slice, q.shape[0], x_int, p)
 
 
 def crossbars_needed(k: int, n: int, target: Target) -> int:

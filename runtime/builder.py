@@ -55,17 +55,19 @@ def column_map(N: int, p: XbarParams) -> dict[str, np.ndarray]:
 
 
 def layer_fields(p: XbarParams, row_tiles: int, col_tiles: int, in_scale: float,
-                 adc_step: list[int]) -> dict[str, Any]:
-    """The parameter fields of a program layer (docs/tile-program.md), in manifest order."""
+                 adc_step: list) -> dict[str, Any]:
+    """The parameter fields of a program layer (docs/tile-program.md), in manifest order.
+    `adc_step`: one per row tile, or per row tile one per weight slice."""
     f = p.layer_fields()
     return {**{k: f[k] for k in ("weight_bits", "input_bits", "cell_bits", "dac_bits",
                                  "adc_bits", "mapping", "slices", "signs", "rows", "cols")},
             "row_tiles": row_tiles, "col_tiles": col_tiles, "in_scale": float(in_scale),
             "in_zero": f["in_zero"], "adc_range": f["adc_range"], "adc_step": adc_step,
-            "adc_flip": f["adc_flip"]}
+            "adc_flip": f["adc_flip"], "input_encoding": f["input_encoding"],
+            "adc_granularity": f["adc_granularity"], "adc_step_rule": f["adc_step_rule"]}
 
 
-def _steps(p: XbarParams, row_tiles: int, pmax: float | Sequence[float] | None) -> list[int]:
+def _steps(p: XbarParams, row_tiles: int, pmax: Any) -> list:
     try:
         return p.adc_steps(row_tiles, pmax)
     except ValueError as exc:

@@ -23,11 +23,13 @@ import numpy as np
 from .numerics import (
     XbarParams,
     adc,
-    bit_planes,
     digit_counts,
+    drive,
     full_scale_pmax,
+    input_planes,
     lossless,
     max_code,
+    plane_weights,
     quantize_input,
     stored_levels,
 )
@@ -100,6 +102,11 @@ class PreparedLayer:
     """Columns stored complemented (flip encoding), bool [row_tiles, J]; None when off."""
     cell_top: int = 3
     """2**cell_bits - 1: a flipped column's partial sum is cell_top * sum(u_c) - P'."""
+    encoding: str = "offset"
+    """Input encoding (numerics.INPUT_ENCODINGS): which planes the DAC applies."""
+    col_steps: np.ndarray | None = None
+    """ADC step per (row tile, expanded column), float64, when steps are per slice or
+    uniform; None when `steps` (one power of two per row tile) says it all."""
     _levels: np.ndarray | None = None
 
     @property
@@ -131,15 +138,18 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     q = np.einsum("knm,nm->kn", q_all[:, order].reshape(K, N, S * signs),
                   colw.astype(np.float32)).astype(np.float64) - offset_qw
     exact32 = p.qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
-    steps = np.asarray(layer["adc_step"], dtype=np.int64)
+    col_steps = _column_steps(layer, p, arrays[names["col_slice"]])
+    steps = np.asarray(layer["adc_step"], dtype=np.int64) if col_steps is None else \
+        col_steps.max(axis=1).astype(np.int64)
     used_rows = np.asarray(g.rows_in_use)
     if p.adc_flip:  # the crossbars hold the complemented columns
         flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=True)
     top = max_code(p.adc_bits)
     tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * max_code(p.dac_bits)
-    fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None else 0
+    fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None and col_steps is None \
+        else 0
     pattern = None
-    if np.array_equal(order, np.arange(J)) and np.all(colw == colw[:1]):
+    if np.array_equal(order, np.arange(J)) and np.all(colw == colw[:1]) and col_steps is None:
         bound = rt * top * (1 if fold else int(steps.max())) * float(np.abs(colw[0]).sum())
         pattern = colw[0].astype(np.float32 if bound < F32_EXACT else np.float64)
     w_scale = arrays[names["w_scale"]].astype(np.float32)
@@ -153,17 +163,31 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         levels_dtype=np.float32 if full_scale_pmax(rows, p.dac_bits, p.cell_bits) < F32_EXACT
         else np.float64,
         order=None if np.array_equal(order, np.arange(J)) else order, colw=colw,
-        cycle_w=2.0 ** (np.arange(p.cycles) * p.dac_bits),
+        cycle_w=plane_weights(p.input_bits, p.dac_bits, p.input_encoding),
         colsum=arrays[names["colsum"]].astype(np.int64),
         scale=(np.float32(layer["in_scale"]) * w_scale).astype(np.float32), bias=bias,
         q=q.astype(np.float32 if exact32 else np.float64),
-        lossless=lossless(steps, flat, p.dac_bits, p.adc_bits),
+        lossless=lossless(layer["adc_step"], flat, p.dac_bits, p.adc_bits),
         crossbars=[list(c) for c in layer["crossbars"]],
         used_rows=used_rows, used_cols=np.asarray(g.cols_in_use),
-        pulse_table=digit_counts(p.input_bits, p.dac_bits),
-        sum_dtype=np.float32 if rt * top * int(steps.max()) < F32_EXACT else np.float64,
-        no_clip=tile_peak <= top * steps, fold_step=fold, pattern=pattern, flip=flip,
-        cell_top=max_code(p.cell_bits))
+        pulse_table=digit_counts(p.input_bits, p.dac_bits, p.input_encoding),
+        sum_dtype=np.float32 if rt * top * int(steps.max()) < F32_EXACT and col_steps is None
+        else np.float64,
+        no_clip=(tile_peak <= top * steps) & (col_steps is None), fold_step=fold,
+        pattern=pattern, flip=flip, cell_top=max_code(p.cell_bits), encoding=p.input_encoding,
+        col_steps=col_steps)
+
+
+def _column_steps(layer: dict, p: XbarParams, col_slice: np.ndarray) -> np.ndarray | None:
+    """The ADC step of every (row tile, expanded column), float64 [row_tiles, J], when steps
+    are per weight slice or not powers of two; None for the per-row-tile power-of-two case
+    (which the fast integral shortcuts below handle)."""
+    if p.adc_granularity == "tile" and p.adc_step_rule == "pow2":
+        return None
+    per = np.asarray(layer["adc_step"], dtype=np.float64)
+    if per.ndim == 1:  # one per row tile
+        per = np.repeat(per[:, None], p.slices, axis=1)
+    return per[:, np.asarray(col_slice, np.int64)]
 
 
 # ---------------------------------------------------------------- the two paths
@@ -210,12 +234,13 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
     """Row tiles one at a time (only their rows in use), all cycles and vectors at once;
     the digits of all row tiles are summed as they come (the digital row-tile add)."""
     u = offset_inputs(pl, x_int)
-    planes = bit_planes(u, pl.cycles, pl.dac_bits).astype(np.float32)
+    planes = input_planes(x_int, pl.input_bits, pl.dac_bits, pl.encoding).astype(np.float32)
     cv = pl.cycles * len(u)
     total = None
     for r in range(pl.row_tiles):
         lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows].reshape(cv, -1)
-        digit = adc(ps(r, lhs), int(pl.steps[r]), pl.adc_bits, integral,
+        step = int(pl.steps[r]) if pl.col_steps is None else pl.col_steps[r]
+        digit = adc(ps(r, lhs), step, pl.adc_bits, integral,
                     no_clip=integral and bool(pl.no_clip[r]), scaled=not pl.fold_step)
         if pl.flip is not None and pl.flip[r].any():
             unflip(digit, lhs, pl.flip[r], pl.cell_top)
@@ -264,7 +289,7 @@ def dac_pulses(pl: PreparedLayer, x_int: np.ndarray) -> int:
     """Non-zero DAC digits applied, summed over every crossbar that receives them.
     x_int may hold the integers in a float dtype. Bit-serial DACs: a popcount of u;
     wider DACs: a histogram of u against the per-value digit table."""
-    u = x_int + pl.in_zero
+    u = drive(x_int, pl.input_bits, pl.encoding)
     if pl.dac_bits == 1:
         n = int(np.bitwise_count(u.astype(np.uint16)).sum(dtype=np.int64))
     else:
@@ -281,8 +306,8 @@ def partial_sum_max(pl: PreparedLayer, x: np.ndarray) -> int:
     ps = ideal_partial_sums(pl)
     best = 0.0
     for lo in range(0, len(x_int), chunk):
-        u = offset_inputs(pl, x_int[lo:lo + chunk])
-        planes = bit_planes(u, pl.cycles, pl.dac_bits).astype(np.float32)
+        planes = input_planes(x_int[lo:lo + chunk], pl.input_bits, pl.dac_bits,
+                              pl.encoding).astype(np.float32)
         for r in range(pl.row_tiles):
             lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows]
             best = max(best, float(ps(r, lhs.reshape(-1, lhs.shape[-1])).max(initial=0.0)))

@@ -32,6 +32,19 @@ import numpy as np
 # ---------------------------------------------------------------- bit widths
 MAPPINGS = ("differential", "offset")
 ADC_RANGES = ("full", "calibrated")
+ADC_GRANULARITIES = ("tile", "slice")
+"""One ADC range per (layer, row tile), or per (layer, row tile, weight slice)."""
+ADC_STATISTICS = ("max", "percentile")
+"""What a calibrated range is set from: the largest partial sum, or a percentile of them."""
+STEP_RULES = ("pow2", "uniform")
+"""ADC step: a power of two (shift-only rescale), or any multiple of 1/STEP_DENOM >= 1."""
+STEP_DENOM = 256
+"""A uniform step is a multiple of 1/256: every ADC output and every sum of them stays a
+dyadic rational, exact in float64, so emulator and reference agree bit for bit."""
+INPUT_ENCODINGS = ("offset", "sign_magnitude")
+"""How a signed input reaches the rows: u = x + z on the DAC (zero point removed
+digitally), or |x| in two phases (rows with positive inputs, then rows with negative
+inputs; the second phase's sums are subtracted)."""
 PARAM_LIMITS: dict[str, tuple[int, int, bool]] = {
     "rows": (8, 4096, True), "cols": (8, 4096, True), "cell_bits": (1, 8, False),
     "dac_bits": (1, 8, False), "adc_bits": (1, 16, False), "weight_bits": (2, 16, False),
@@ -59,9 +72,10 @@ def qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def in_zero(input_bits: int) -> int:
-    """DAC zero point z = 2**(input_bits-1): the offset input u = x_int + z is non-negative."""
-    return 2 ** (input_bits - 1)
+def in_zero(input_bits: int, encoding: str = "offset") -> int:
+    """DAC zero point z = 2**(input_bits-1): the offset input u = x_int + z is non-negative.
+    0 for sign-magnitude inputs, which need none."""
+    return 0 if encoding == "sign_magnitude" else 2 ** (input_bits - 1)
 
 
 def weight_slices(weight_bits: int, cell_bits: int, mapping: str) -> int:
@@ -76,9 +90,36 @@ def mapping_signs(mapping: str) -> int:
     return 2 if mapping == "differential" else 1
 
 
-def input_cycles(input_bits: int, dac_bits: int) -> int:
-    """DAC cycles per MVM: the offset input u has input_bits bits, dac_bits per cycle."""
+def input_cycles(input_bits: int, dac_bits: int, encoding: str = "offset") -> int:
+    """DAC cycles per MVM: the offset input u has input_bits bits, dac_bits per cycle; a
+    sign-magnitude input has input_bits - 1 magnitude bits, applied in two phases."""
+    if encoding == "sign_magnitude":
+        return 2 * math.ceil((input_bits - 1) / dac_bits)
     return math.ceil(input_bits / dac_bits)
+
+
+def input_planes(x_int: np.ndarray, input_bits: int, dac_bits: int,
+                 encoding: str = "offset") -> np.ndarray:
+    """The DAC digits of signed integers x_int [V, K]: [cycles, V, K] non-negative ints.
+    offset: digits of u = x + z, LSB first; sign_magnitude: digits of max(x, 0), then of
+    max(-x, 0) (the second phase)."""
+    x = np.asarray(x_int).astype(np.int64)
+    if encoding == "sign_magnitude":
+        per = math.ceil((input_bits - 1) / dac_bits)
+        return np.concatenate([bit_planes(np.maximum(x, 0), per, dac_bits),
+                               bit_planes(np.maximum(-x, 0), per, dac_bits)])
+    return bit_planes(x + in_zero(input_bits, encoding), input_cycles(input_bits, dac_bits),
+                      dac_bits)
+
+
+def plane_weights(input_bits: int, dac_bits: int, encoding: str = "offset") -> np.ndarray:
+    """Shift-add weight of each input plane of `input_planes`: 2**(c*dac_bits), negated for
+    the negative phase of sign-magnitude. float64 [cycles]."""
+    if encoding == "sign_magnitude":
+        per = math.ceil((input_bits - 1) / dac_bits)
+        w = 2.0 ** (np.arange(per) * dac_bits)
+        return np.concatenate([w, -w])
+    return 2.0 ** (np.arange(input_cycles(input_bits, dac_bits)) * dac_bits)
 
 
 # ---------------------------------------------------------------- the ADC
@@ -90,22 +131,42 @@ def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int, flip: bool = False
     return max_code(dac_bits) * (levels // 2 if flip else levels)
 
 
-def adc_step_for(pmax: float, adc_bits: int) -> int:
-    """Smallest power-of-two step with (2**adc_bits - 1) * step >= pmax (1 when pmax <= top)."""
+def adc_step_for(pmax: float, adc_bits: int, rule: str = "pow2") -> float:
+    """The step that makes (2**adc_bits - 1) * step cover pmax. pow2: the smallest power of
+    two (an int); uniform: the smallest multiple of 1/STEP_DENOM (a float). Never below 1:
+    the partial sums are integers, a finer step resolves nothing more."""
     top = max_code(adc_bits)
+    if rule == "uniform":
+        return max(1.0, math.ceil(pmax / top * STEP_DENOM) / STEP_DENOM)
     step = 1
     while top * step < pmax:
         step *= 2
     return step
 
 
-def adc(p: np.ndarray, step: int, adc_bits: int, integral: bool = False,
+def valid_step(step: Any, rule: str) -> bool:
+    """A step the rule can produce: pow2, an int power of two >= 1; uniform, a multiple of
+    1/STEP_DENOM >= 1."""
+    if isinstance(step, bool) or not isinstance(step, int | float) or not step >= 1:
+        return False
+    if rule == "uniform":
+        return float(step) * STEP_DENOM == math.floor(float(step) * STEP_DENOM)
+    return isinstance(step, int) and step & (step - 1) == 0
+
+
+def adc(p: np.ndarray, step: int | np.ndarray, adc_bits: int, integral: bool = False,
         no_clip: bool = False, scaled: bool = True) -> np.ndarray:
-    """The ADC rule on one row tile's partial sums, in place:
-    clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step (step a power of two, so the
-    scaling is exact). Shortcuts that change no value: `integral` (P holds integers, ideal
-    devices) makes step 1 a pure clip; `no_clip` (P provably within [0, top*step]) skips the
-    clip; `scaled=False` returns the code (in units of step) for the caller to scale."""
+    """The ADC rule on one row tile's partial sums, in place when it can be:
+    clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step. A power-of-two `step` scales
+    exactly by its reciprocal; a `step` array (one per column: per-slice or uniform steps)
+    divides in float64, as the spec's P/step does. Shortcuts that change no value:
+    `integral` (P holds integers, ideal devices) makes step 1 a pure clip; `no_clip` (P
+    provably within [0, top*step]) skips the clip; `scaled=False` returns the code (in units
+    of step) for the caller to scale (scalar steps only)."""
+    if isinstance(step, np.ndarray):
+        code = np.floor(p.astype(np.float64) / step + 0.5)
+        np.clip(code, 0, max_code(adc_bits), out=code)
+        return code * step
     top = max_code(adc_bits)
     if step == 1 and integral:
         return p if no_clip else np.minimum(p, top, out=p)
@@ -152,7 +213,7 @@ def lossless(steps: Sequence[int] | np.ndarray, stored: np.ndarray, dac_bits: in
     largest sum one column can reach, (2**dac_bits - 1) * (sum of its *stored* levels),
     fits in 2**adc_bits - 1. `stored` [row_tiles, rows, J] holds the levels the crossbars
     hold (complemented columns included when flip encoding is on)."""
-    if not np.all(np.asarray(steps) == 1):
+    if not np.all(np.asarray(steps, dtype=np.float64) == 1):  # per row tile or per slice
         return False
     peak = int(stored.sum(axis=1, dtype=np.int64).max(initial=0)) * max_code(dac_bits)
     return peak <= max_code(adc_bits)
@@ -177,6 +238,19 @@ def quantize_weights(W: np.ndarray, weight_bits: int) -> tuple[np.ndarray, np.nd
     return q, s_w
 
 
+def clip_rate(p: np.ndarray, step: float, adc_bits: int) -> float:
+    """Fraction of partial sums p that a range of (2**adc_bits - 1) * step clips."""
+    return float((np.asarray(p) / step + 0.5 >= max_code(adc_bits) + 1).mean()) if np.size(p) \
+        else 0.0
+
+
+def range_of(p: np.ndarray, statistic: str, percentile: float) -> float:
+    """The partial-sum range a calibrated ADC covers: the largest p, or its percentile."""
+    if not np.size(p):
+        return 0.0
+    return float(np.max(p) if statistic == "max" else np.percentile(p, percentile))
+
+
 def quantize_input(x: np.ndarray, in_scale: float, input_bits: int,
                    dtype: type = np.int64) -> np.ndarray:
     """x_int = clip(rint(x / s_x), -Qx, Qx), divided in float32 as ONNX QuantizeLinear does.
@@ -193,11 +267,21 @@ def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
     return (u[None] >> shifts) & max_code(dac_bits)
 
 
-def digit_counts(input_bits: int, dac_bits: int) -> np.ndarray:
-    """Non-zero DAC digits of every offset input u in [0, 2**input_bits): a lookup table."""
-    u = np.arange(2**input_bits, dtype=np.int64)
-    cycles = input_cycles(input_bits, dac_bits)
-    return (bit_planes(u[None], cycles, dac_bits)[:, 0] != 0).sum(axis=0)
+def drive(x_int: np.ndarray, input_bits: int, encoding: str = "offset") -> np.ndarray:
+    """The value whose digits a signed input puts on its row: u = x + z (offset) or |x|
+    (sign-magnitude: one phase drives it, the other sees 0). Same dtype as x_int."""
+    if encoding == "sign_magnitude":
+        return np.abs(x_int)
+    return x_int + in_zero(input_bits, encoding)
+
+
+def digit_counts(input_bits: int, dac_bits: int, encoding: str = "offset") -> np.ndarray:
+    """Non-zero DAC digits of every drive value (`drive`): a lookup table indexed by it."""
+    if encoding == "sign_magnitude":
+        values = np.arange(2 ** (input_bits - 1), dtype=np.int64)
+    else:
+        values = np.arange(2**input_bits, dtype=np.int64) - in_zero(input_bits)
+    return (input_planes(values[None], input_bits, dac_bits, encoding)[:, 0] != 0).sum(axis=0)
 
 
 def decode_weights(levels: np.ndarray, col_out: np.ndarray, col_slice: np.ndarray,
@@ -239,6 +323,11 @@ class XbarParams:
     input_bits: int = 8
     mapping: str = "differential"
     adc_flip: bool = False
+    input_encoding: str = "offset"
+    adc_granularity: str = "tile"
+    adc_step_rule: str = "pow2"
+    adc_statistic: str = "max"
+    adc_percentile: float = 99.99
 
     @property
     def slices(self) -> int:
@@ -250,7 +339,7 @@ class XbarParams:
 
     @property
     def cycles(self) -> int:
-        return input_cycles(self.input_bits, self.dac_bits)
+        return input_cycles(self.input_bits, self.dac_bits, self.input_encoding)
 
     @property
     def qw(self) -> int:
@@ -262,7 +351,7 @@ class XbarParams:
 
     @property
     def in_zero(self) -> int:
-        return in_zero(self.input_bits)
+        return in_zero(self.input_bits, self.input_encoding)
 
     @property
     def pmax(self) -> int:
@@ -270,9 +359,9 @@ class XbarParams:
         return full_scale_pmax(self.rows, self.dac_bits, self.cell_bits, self.adc_flip)
 
     @property
-    def full_step(self) -> int:
+    def full_step(self) -> float:
         """The ADC step of a full-range ADC."""
-        return adc_step_for(self.pmax, self.adc_bits)
+        return adc_step_for(self.pmax, self.adc_bits, self.adc_step_rule)
 
     @property
     def full_range_lossless(self) -> bool:
@@ -284,16 +373,26 @@ class XbarParams:
         return Geometry(K, N, self.rows, self.cols, self.slices, self.signs, self.cycles,
                         replicas)
 
-    def adc_steps(self, row_tiles: int, pmax: float | Sequence[float] | None) -> list[int]:
-        """One ADC step per row tile: from the physical maximum ('full') or the calibrated
-        largest partial sum ('calibrated', `pmax` per layer or per row tile, capped at the
-        physical maximum)."""
+    def adc_steps(self, row_tiles: int, pmax: Any) -> list:
+        """The ADC steps of a layer: one per row tile (granularity 'tile') or a list of one
+        per weight slice for each row tile ('slice'). From the physical maximum ('full') or
+        the calibrated range ('calibrated': `pmax` one value per row tile, or per row tile a
+        list per slice; capped at the physical maximum)."""
         if self.adc_range == "full":
-            return [self.full_step] * row_tiles
+            one = self.full_step
+            return [[one] * self.slices if self.adc_granularity == "slice" else one
+                    for _ in range(row_tiles)]
         if pmax is None:
             raise ValueError("a calibrated ADC range needs the calibrated partial-sum maximum")
         per = list(pmax) if isinstance(pmax, Sequence) else [pmax] * row_tiles
-        return [adc_step_for(min(float(v), self.pmax), self.adc_bits) for v in per]
+        if self.adc_granularity == "slice":  # a value per row tile serves all its slices
+            per = [r if isinstance(r, Sequence) else [r] * self.slices for r in per]
+        return [[self.step_for(v) for v in r] if isinstance(r, Sequence) else self.step_for(r)
+                for r in per]
+
+    def step_for(self, pmax: float) -> float:
+        """The ADC step for a calibrated range pmax, capped at the physical maximum."""
+        return adc_step_for(min(float(pmax), self.pmax), self.adc_bits, self.adc_step_rule)
 
     def layer_fields(self) -> dict[str, Any]:
         """The fields a program layer records about its parameters (docs/tile-program.md)."""
@@ -302,7 +401,8 @@ class XbarParams:
                 "adc_bits": self.adc_bits, "mapping": self.mapping, "slices": self.slices,
                 "signs": self.signs, "rows": self.rows, "cols": self.cols,
                 "in_zero": self.in_zero, "adc_range": self.adc_range,
-                "adc_flip": self.adc_flip}
+                "adc_flip": self.adc_flip, "input_encoding": self.input_encoding,
+                "adc_granularity": self.adc_granularity, "adc_step_rule": self.adc_step_rule}
 
     @classmethod
     def from_target(cls, target: Any) -> XbarParams:
@@ -312,7 +412,11 @@ class XbarParams:
                    cell_bits=target.crossbar.cell_bits, dac_bits=target.dac.bits,
                    adc_bits=target.adc.bits, adc_range=target.adc.range,
                    weight_bits=target.quant.weight_bits, input_bits=target.quant.input_bits,
-                   mapping=target.quant.mapping, adc_flip=bool(target.adc.flip))
+                   mapping=target.quant.mapping, adc_flip=bool(target.adc.flip),
+                   input_encoding=target.quant.input_encoding,
+                   adc_granularity=target.adc.granularity, adc_step_rule=target.adc.step_rule,
+                   adc_statistic=target.adc.statistic,
+                   adc_percentile=float(target.adc.percentile))
 
     @classmethod
     def from_target_dict(cls, d: dict[str, Any]) -> XbarParams:
@@ -321,7 +425,12 @@ class XbarParams:
                    cell_bits=d["crossbar"]["cell_bits"], dac_bits=d["dac"]["bits"],
                    adc_bits=d["adc"]["bits"], adc_range=d["adc"]["range"],
                    weight_bits=d["quant"]["weight_bits"], input_bits=d["quant"]["input_bits"],
-                   mapping=d["quant"]["mapping"], adc_flip=bool(d["adc"].get("flip", False)))
+                   mapping=d["quant"]["mapping"], adc_flip=bool(d["adc"].get("flip", False)),
+                   input_encoding=d["quant"].get("input_encoding", "offset"),
+                   adc_granularity=d["adc"].get("granularity", "tile"),
+                   adc_step_rule=d["adc"].get("step_rule", "pow2"),
+                   adc_statistic=d["adc"].get("statistic", "max"),
+                   adc_percentile=float(d["adc"].get("percentile", 99.99)))
 
     @classmethod
     def from_layer(cls, layer: dict[str, Any]) -> XbarParams:
@@ -331,7 +440,10 @@ class XbarParams:
                    adc_bits=int(layer["adc_bits"]), adc_range=str(layer["adc_range"]),
                    weight_bits=int(layer["weight_bits"]),
                    input_bits=int(layer["input_bits"]), mapping=str(layer["mapping"]),
-                   adc_flip=bool(layer.get("adc_flip", False)))
+                   adc_flip=bool(layer.get("adc_flip", False)),
+                   input_encoding=str(layer.get("input_encoding", "offset")),
+                   adc_granularity=str(layer.get("adc_granularity", "tile")),
+                   adc_step_rule=str(layer.get("adc_step_rule", "pow2")))
 
     def replace(self, **kw: Any) -> XbarParams:
         return replace(self, **kw)
@@ -426,6 +538,33 @@ def stored_levels(codes: np.ndarray, K: int, J: int, cell_bits: int,
     used = np.minimum(rows, K - np.arange(rt) * rows)
     mask = flip_mask(flat, used, cell_bits)
     return physical_codes(flat, mask, used, cell_bits), mask
+
+
+def adc_ranges(codes: np.ndarray, col_slice: np.ndarray, K: int, x_int: np.ndarray,
+               p: XbarParams) -> tuple[list, float]:
+    """The ranges a calibrated ADC covers, from calibration inputs x_int [V, K] replayed on
+    the stored levels of `codes`: per row tile (or per row tile a list per weight slice),
+    the largest partial sum or the `adc_percentile` of them; and the fraction of those
+    partial sums the resulting steps clip (0 with 'max')."""
+    rt = codes.shape[0]
+    padded = np.zeros((len(x_int), rt * p.rows), dtype=np.int64)
+    padded[:, :K] = x_int
+    dtype = np.float32 if full_scale_pmax(p.rows, p.dac_bits, p.cell_bits) < 2**24 \
+        else np.float64
+    planes = input_planes(padded, p.input_bits, p.dac_bits, p.input_encoding).astype(dtype)
+    stored, _ = stored_levels(codes, K, len(col_slice), p.cell_bits, p.adc_flip)
+    out: list = []
+    clipped, total = 0.0, 0
+    for r in range(rt):
+        part = planes[:, :, r * p.rows:(r + 1) * p.rows] @ stored[r].astype(dtype)
+        groups = [part[..., col_slice == s] for s in range(p.slices)] \
+            if p.adc_granularity == "slice" else [part]
+        ranges = [range_of(g, p.adc_statistic, p.adc_percentile) for g in groups]
+        for g, v in zip(groups, ranges):
+            clipped += clip_rate(g, p.step_for(v), p.adc_bits) * g.size
+            total += g.size
+        out.append(ranges if p.adc_granularity == "slice" else ranges[0])
+    return out, clipped / total if total else 0.0
 
 
 def layer_lossless(layer: dict[str, Any], codes: np.ndarray) -> bool:

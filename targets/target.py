@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from farc.runtime.numerics import (
+    ADC_GRANULARITIES,
     ADC_RANGES,
+    ADC_STATISTICS,
+    INPUT_ENCODINGS,
     MAPPINGS,
+    STEP_RULES,
     XbarParams,
     chip_crossbars,
     limit_violation,
@@ -83,6 +87,18 @@ class AdcSpec:
     """ISAAC's flip encoding (ISCA 2016 Sec. 5.2): a column whose levels sum above half the
     maximum is stored complemented and recovered digitally, so partial sums never exceed
     half the full range and the ADC needs one bit fewer."""
+    granularity: str = "tile"
+    """'tile': one ADC range per (layer, row tile); 'slice': one per (layer, row tile,
+    weight slice), so the low slices' wide sums do not set the step of the top slice,
+    whose sums are small and weigh most."""
+    step_rule: str = "pow2"
+    """'pow2': the step is a power of two (a shift); 'uniform': any multiple of 1/256 >= 1,
+    the tightest step for the range (a multiplier in the periphery)."""
+    statistic: str = "max"
+    """With range = 'calibrated': cover the largest partial sum seen ('max') or the
+    `percentile` of them ('percentile'; larger sums clip, counted at compile time)."""
+    percentile: float = 99.99
+    """Percentile of the calibration partial sums a 'percentile' range covers, (50, 100]."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,11 @@ class QuantSpec:
     holding q + 2**(B-1)-1, the offset removed digitally."""
     calibration: str = "max"
     """Input-range calibration policy: 'max' or 'percentile'."""
+    input_encoding: str = "offset"
+    """How signed inputs reach the rows: 'offset' (u = x + 2**(B-1) on the DAC, zero point
+    removed digitally) or 'sign_magnitude' (|x| in two phases, positive rows then negative
+    rows, the second phase subtracted: twice the cycles of B-1 magnitude bits, no constant
+    offset in the partial sums)."""
     percentile: float = 99.99
     """Percentile of |x| used when calibration = 'percentile'."""
 
@@ -266,6 +287,16 @@ def _check_ranges(t: Target, source: str) -> None:
             raise bad(section, key, value, rule)
     if t.adc.range not in ADC_RANGES:
         raise bad("adc", "range", t.adc.range, "must be 'full' or 'calibrated'")
+    for key, value, allowed in (("granularity", t.adc.granularity, ADC_GRANULARITIES),
+                                ("step_rule", t.adc.step_rule, STEP_RULES),
+                                ("statistic", t.adc.statistic, ADC_STATISTICS)):
+        if value not in allowed:
+            raise bad("adc", key, value, f"must be one of {', '.join(map(repr, allowed))}")
+    if not 50.0 < t.adc.percentile <= 100.0:
+        raise bad("adc", "percentile", t.adc.percentile, "must be in (50, 100]")
+    if t.quant.input_encoding not in INPUT_ENCODINGS:
+        raise bad("quant", "input_encoding", t.quant.input_encoding,
+                  f"must be one of {', '.join(map(repr, INPUT_ENCODINGS))}")
     if t.adc.columns_per_adc < 1:
         raise bad("adc", "columns_per_adc", t.adc.columns_per_adc, "must be >= 1")
     q = t.quant

@@ -56,8 +56,11 @@ class LayerChoice:
     rows: int
     in_scale: float
     w_scale: np.ndarray
-    adc_step: tuple[int, ...]
+    adc_step: tuple
+    """Per row tile: a step, or (granularity 'slice') a tuple of one per weight slice."""
     adc_flip: bool
+    input_encoding: str = "offset"
+    adc_granularity: str = "tile"
 
     @staticmethod
     def of(layer: dict[str, Any], arrays: Any) -> LayerChoice:
@@ -69,8 +72,11 @@ class LayerChoice:
             mapping=str(layer["mapping"]), rows=int(layer["rows"]),
             in_scale=float(layer["in_scale"]),
             w_scale=np.asarray(arrays[layer["arrays"]["w_scale"]], np.float32),
-            adc_step=tuple(int(s) for s in layer["adc_step"]),
-            adc_flip=bool(layer.get("adc_flip", False)))
+            adc_step=tuple(tuple(float(v) for v in s) if isinstance(s, list) else float(s)
+                           for s in layer["adc_step"]),
+            adc_flip=bool(layer.get("adc_flip", False)),
+            input_encoding=str(layer.get("input_encoding", "offset")),
+            adc_granularity=str(layer.get("adc_granularity", "tile")))
 
 
 def program_choices(program: Any) -> dict[str, LayerChoice]:
@@ -95,14 +101,16 @@ class CrossbarMatmul(nn.Module):
         qw = 2 ** (c.weight_bits - 1) - 1
         qx = 2 ** (c.input_bits - 1) - 1
         q = np.clip(np.rint(W.astype(np.float64) / c.w_scale.astype(np.float64)), -qw, qw)
-        self.qx, self.zero = float(qx), float(2 ** (c.input_bits - 1))
+        self.sign_magnitude = c.input_encoding == "sign_magnitude"
+        self.qx = float(qx)
+        self.zero = 0.0 if self.sign_magnitude else float(2 ** (c.input_bits - 1))
         self.in_scale = float(np.float32(c.in_scale))
         self.register_buffer("scale", torch.from_numpy(np.float32(c.in_scale) * c.w_scale))
         self.register_buffer("bias", None if bias is None else
                              torch.from_numpy(np.asarray(bias, np.float32).reshape(c.N)))
         self.register_buffer("q", torch.from_numpy(q))
         self.register_buffer("colsum", torch.from_numpy(q.sum(axis=0)))
-        levels, colw, self.offset = _slice_weights(q.astype(np.int64), c)
+        levels, colw, self.offset, col_slice = _slice_weights(q.astype(np.int64), c)
         rt = math.ceil(c.K / c.rows)
         padded = np.zeros((rt * c.rows, levels.shape[1]), np.int64)
         padded[:c.K] = levels
@@ -117,18 +125,29 @@ class CrossbarMatmul(nn.Module):
         if len(c.adc_step) != rt:
             raise ReferenceError(f"layer {c.name}: {len(c.adc_step)} ADC steps for {rt} row "
                                  "tiles")
-        steps = np.asarray(c.adc_step, np.float64)
+        steps = np.asarray(c.adc_step, np.float64)  # [RT] or [RT, slices]
+        if steps.ndim == 1:
+            steps = np.repeat(steps[:, None], col_slice.max(initial=0) + 1, axis=1)
+        steps = steps[:, col_slice]                   # the step of every column
         adc_top = 2**c.adc_bits - 1
         peak = tiles.sum(axis=1).max(initial=0) * (2**c.dac_bits - 1)
         self.exact_adc = bool(np.all(steps == 1) and peak <= adc_top)
-        cycles = math.ceil(c.input_bits / c.dac_bits)
+        if self.sign_magnitude:  # |x| bit planes: positive rows, then negative rows
+            per = math.ceil((c.input_bits - 1) / c.dac_bits)
+            weights = 2.0 ** (np.arange(per) * c.dac_bits)
+            plane_w = np.concatenate([weights, -weights])
+        else:  # offset: u = x + z, LSB first
+            per = math.ceil(c.input_bits / c.dac_bits)
+            plane_w = 2.0 ** (np.arange(per) * c.dac_bits)
+        cycles = len(plane_w)
         self.rows, self.row_tiles, self.cycles = c.rows, rt, cycles
         self.adc_top, self.cell_top = float(adc_top), float(cell_top)
         self.register_buffer("stored", torch.from_numpy(tiles.astype(np.float64)))
         self.register_buffer("flipped", torch.from_numpy(flipped[:, None, :]))
-        self.register_buffer("steps", torch.from_numpy(steps.reshape(rt, 1, 1)))
+        self.register_buffer("steps", torch.from_numpy(steps.reshape(rt, 1, -1)))
         self.register_buffer("digit_div", torch.from_numpy(
-            (2.0 ** (np.arange(cycles) * c.dac_bits)).reshape(cycles, 1, 1)))
+            (2.0 ** (np.arange(per) * c.dac_bits)).reshape(per, 1, 1)))
+        self.register_buffer("plane_w", torch.from_numpy(plane_w.reshape(cycles, 1, 1)))
         self.digit_base = float(2**c.dac_bits)
         self.register_buffer("colw", torch.from_numpy(colw))
 
@@ -148,25 +167,30 @@ class CrossbarMatmul(nn.Module):
         v = x_int.shape[0]
         u = x_int + self.zero
         pad = self.row_tiles * self.rows - self.K
+        drive = [torch.clamp(x_int, min=0.0), torch.clamp(-x_int, min=0.0)] \
+            if self.sign_magnitude else [u]
         if pad:
-            u = torch.cat([u, torch.zeros(v, pad, dtype=u.dtype)], dim=1)
-        digits = torch.remainder(torch.floor(u.unsqueeze(0) / self.digit_div), self.digit_base)
+            drive = [torch.cat([d, torch.zeros(v, pad, dtype=d.dtype)], dim=1) for d in drive]
+        digits = torch.cat([torch.remainder(torch.floor(d.unsqueeze(0) / self.digit_div),
+                                            self.digit_base) for d in drive])
         # [C, V, RT, rows] -> [RT, C*V, rows]
         lhs = digits.reshape(self.cycles * v, self.row_tiles, self.rows).transpose(0, 1)
         p = lhs @ self.stored                                    # [RT, C*V, J]
         d = torch.clamp(torch.floor(p / self.steps + 0.5), 0.0, self.adc_top) * self.steps
-        drive = lhs.sum(dim=2, keepdim=True) * self.cell_top     # [RT, C*V, 1]
-        d = torch.where(self.flipped, drive - d, d)
+        total = lhs.sum(dim=2, keepdim=True) * self.cell_top     # [RT, C*V, 1]
+        d = torch.where(self.flipped, total - d, d)
         per_cycle = d.sum(dim=0).reshape(self.cycles, v, -1)     # [C, V, J]
-        acc = (per_cycle * self.digit_div).sum(dim=0) @ self.colw  # [V, N]
+        acc = (per_cycle * self.plane_w).sum(dim=0) @ self.colw  # [V, N]
         if self.offset:
             acc = acc - self.offset * u.sum(dim=1, keepdim=True)
         return acc - self.zero * self.colsum
 
 
-def _slice_weights(q: np.ndarray, c: LayerChoice) -> tuple[np.ndarray, np.ndarray, float]:
-    """Signed integers -> (cell levels [K, J], shift-add weights [J, N], offset Qw or 0).
-    The column order is this module's own: any order gives the same sums."""
+def _slice_weights(q: np.ndarray, c: LayerChoice
+                   ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Signed integers -> (cell levels [K, J], shift-add weights [J, N], offset Qw or 0,
+    the weight slice of every column [J]). The column order is this module's own: any
+    order gives the same sums."""
     qw = 2 ** (c.weight_bits - 1) - 1
     if c.mapping == "differential":
         mags, signs, offset = [np.maximum(q, 0), np.maximum(-q, 0)], [1.0, -1.0], 0.0
@@ -176,13 +200,15 @@ def _slice_weights(q: np.ndarray, c: LayerChoice) -> tuple[np.ndarray, np.ndarra
         slices = math.ceil(c.weight_bits / c.cell_bits)
     else:
         raise ReferenceError(f"layer {c.name}: unknown mapping {c.mapping!r}")
-    cols, weights = [], []
+    cols, weights, which = [], [], []
     eye = np.eye(c.N)
     for m, sign in zip(mags, signs):
         for s in range(slices):
             cols.append((m >> (s * c.cell_bits)) & (2**c.cell_bits - 1))
             weights.append(sign * 2.0 ** (s * c.cell_bits) * eye)
-    return np.concatenate(cols, axis=1), np.concatenate(weights, axis=0), offset
+            which.append(np.full(c.N, s))
+    return (np.concatenate(cols, axis=1), np.concatenate(weights, axis=0), offset,
+            np.concatenate(which))
 
 
 # ---------------------------------------------------------------- the model's modules

@@ -1,0 +1,146 @@
+"""ADC and input-encoding policies below a lossless ADC (docs/numerics.md): sign-magnitude
+inputs, per-slice ranges, uniform steps, percentile calibration. Checked three ways: the
+emulator's integers against the independent reference (farc.check.reference) on every
+policy combination; the program validator's rules; and the single-MVM error figures that
+the policies exist for (K=128, N=64, seeded Gaussian and ReLU inputs)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from farc.runtime.builder import make_program, pack_layer
+from farc.runtime.emulator import Emulator
+from farc.runtime.numerics import XbarParams, adc_ranges, input_planes, quantize_input
+
+from farc.check.reference import CrossbarMatmul, LayerChoice
+from farc.errors import ConfigError, ProgramError
+
+K, N = 40, 6
+BASE = dict(rows=16, cols=32, cell_bits=2, dac_bits=1, weight_bits=8, input_bits=8)
+
+
+def _calibrated_pmax(W, s_x, p, calib):
+    """Per row tile (and slice) ranges from calibration inputs, as TileCrossbar sets them."""
+    _, arrs = pack_layer(W, None, s_x, p.replace(adc_range="full"))
+    x_int = quantize_input(calib, s_x, p.input_bits)
+    return adc_ranges(arrs["layer0.codes"], arrs["layer0.col_slice"], W.shape[0], x_int, p)[0]
+
+
+def _program(W, p, calib, s_x):
+    pmax = _calibrated_pmax(W, s_x, p, calib) if p.adc_range == "calibrated" else None
+    layer = pack_layer(W, None, s_x, p, adc_pmax=pmax, name="fc")
+    ins = [dict(op="input", name="x", out="x"),
+           dict(op="mvm", layer=0, **{"in": ["x"]}, out="y"),
+           dict(op="output", name="y", **{"in": ["y"]})]
+    return make_program(ins, {"x": [W.shape[0]]}, {"y": [W.shape[1]]}, [layer])
+
+
+POLICIES = list(itertools.product(["offset", "sign_magnitude"], ["tile", "slice"],
+                                  ["pow2", "uniform"], [False, True],
+                                  ["differential", "offset"]))
+
+
+@pytest.mark.parametrize(("encoding", "granularity", "rule", "flip", "mapping"), POLICIES)
+def test_emulator_integers_equal_the_reference(encoding, granularity, rule, flip, mapping):
+    rng = np.random.default_rng(7)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    calib = rng.normal(size=(64, K)).astype(np.float32)
+    x = rng.normal(size=(9, K)).astype(np.float32)
+    p = XbarParams(**BASE, adc_bits=4, mapping=mapping, adc_flip=flip, adc_range="calibrated",
+                   input_encoding=encoding, adc_granularity=granularity, adc_step_rule=rule,
+                   adc_statistic="percentile", adc_percentile=99.0)
+    prog = _program(W, p, calib, float(np.float32(np.abs(calib).max() / p.qx)))
+    assert not Emulator(prog).layers[0].lossless  # a 4-bit ADC loses information here
+    ref = CrossbarMatmul(W, None, LayerChoice.of(prog.layers[0], prog.arrays))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x))[1].numpy()
+    for path in ("auto", "bitlevel"):
+        emu = Emulator(prog, mvm_path=path, trace=True)
+        emu.run({"x": x})
+        np.testing.assert_array_equal(emu.traces[0][0].y_int, want)
+
+
+def test_sign_magnitude_takes_twice_the_magnitude_cycles():
+    p = XbarParams(**BASE, input_encoding="sign_magnitude")
+    assert (p.cycles, p.in_zero) == (14, 0)  # 2 phases x 7 magnitude bits
+    x = np.array([[5, -3, 0]])
+    planes = input_planes(x, 8, 1, "sign_magnitude")
+    assert planes.shape == (14, 1, 3)
+    assert planes[:3, 0].tolist() == [[1, 0, 0], [0, 0, 0], [1, 0, 0]]     # 5 = 101b
+    assert planes[7:9, 0].tolist() == [[0, 1, 0], [0, 1, 0]]               # -3: phase 2
+
+
+def test_uniform_steps_are_dyadic_and_never_below_one():
+    p = XbarParams(**BASE, adc_bits=5, adc_step_rule="uniform", adc_range="calibrated")
+    assert p.step_for(40.0) == np.ceil(40 / 31 * 256) / 256
+    assert p.step_for(100.0) == p.full_step  # capped at the physical maximum
+    assert p.step_for(10.0) == 1.0
+    assert p.full_step == np.ceil(48 / 31 * 256) / 256  # 16 rows x 3 levels
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"input_encoding": "gray"}, "input_encoding 'gray' must be one of"),
+    ({"adc_granularity": "slice"}, r"adc_step\[0\] must list one step per weight slice"),
+    ({"adc_step_rule": "uniform", "adc_step": [1.001, 1.0, 1.0]},
+     r"adc_step\[0\] = 1.001 must be a multiple of 1/256"),
+])
+def test_validator_refuses_bad_policies(change, message):
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    p = XbarParams(**BASE, adc_bits=4, adc_range="calibrated")
+    prog = _program(W, p, rng.normal(size=(16, K)).astype(np.float32), 0.01)
+    layer = {**prog.manifest["layers"][0], **change}
+    with pytest.raises(ProgramError, match=message):
+        type(prog)({**prog.manifest, "layers": [layer]}, prog.arrays).validate()
+
+
+def test_target_refuses_unknown_policies():
+    from farc.targets import load_target
+
+    with pytest.raises(ConfigError, match=r"\[adc\] granularity = 'column' must be one of"):
+        load_target("isaac").with_overrides(**{"adc.granularity": "column"})
+    with pytest.raises(ConfigError, match=r"\[quant\] input_encoding = 'x' must be one of"):
+        load_target("isaac").with_overrides(**{"quant.input_encoding": "x"})
+    with pytest.raises(ConfigError, match=r"\[adc\] percentile = 20 must be in \(50, 100\]"):
+        load_target("isaac").with_overrides(**{"adc.percentile": 20})
+
+
+# ---------------------------------------------------------------- what the policies buy
+def single_mvm_rms(p: XbarParams, kind: str, seed: int = 0) -> float:
+    """Relative RMS error of one 128 x 64 crossbar MVM against the exact quantized matmul
+    x_int @ q (so only the ADC's error counts), inputs Gaussian or ReLU(Gaussian)."""
+    rng = np.random.default_rng(seed)
+    W = (rng.normal(size=(128, 64)) / np.sqrt(128)).astype(np.float32)
+
+    def draw(n):
+        x = rng.normal(size=(n, 128)).astype(np.float32)
+        return np.maximum(x, 0) if kind == "relu" else x
+
+    calib, x = draw(256), draw(256)
+    s_x = float(np.float32(np.abs(calib).max() / p.qx))
+    prog = _program(W, p, calib, s_x)
+    emu = Emulator(prog, mvm_path="bitlevel", trace=True)
+    emu.run({"x": x})
+    got = emu.traces[0][0].y_int
+    x_int = quantize_input(x, s_x, p.input_bits).astype(np.float64)
+    q = CrossbarMatmul(W, None, LayerChoice.of(prog.layers[0], prog.arrays)).q.numpy()
+    exact = x_int @ q
+    return float(np.sqrt(((got - exact) ** 2).mean() / (exact**2).mean()))
+
+
+TODAY = dict(adc_range="calibrated")
+BEST = dict(adc_range="calibrated", input_encoding="sign_magnitude", adc_granularity="slice",
+            adc_step_rule="uniform", adc_statistic="percentile", adc_percentile=99.9)
+
+
+@pytest.mark.parametrize(("kind", "bits"), [("gauss", 4), ("gauss", 5), ("relu", 4),
+                                            ("relu", 5)])
+def test_best_policy_cuts_the_single_mvm_error_tenfold(kind, bits):
+    base = dict(rows=128, cols=128, cell_bits=2, dac_bits=1, weight_bits=8, input_bits=8,
+                adc_bits=bits)
+    today = single_mvm_rms(XbarParams(**base, **TODAY), kind)
+    best = single_mvm_rms(XbarParams(**base, **BEST), kind)
+    assert best * 10 <= today, (today, best)
