@@ -320,17 +320,23 @@ class References:
     reference: Any
     notes: dict[str, str] = field(default_factory=dict)
     workdir: str | Path | None = None
-    """Where the reference's layer bank is exported (a temporary folder by default)."""
+    """Where the reference's layer bank is exported (a temporary folder, removed with this
+    object, by default)."""
     _bank: Any = None
+    _tmp: Any = None
 
     def bank(self) -> Any:
         """The reference's layers in onnxruntime, exported on first use."""
         from farc.check.layers import LayerBankRunner
 
         if self._bank is None:
-            self._bank = LayerBankRunner(self.reference,
-                                         self.workdir or tempfile.mkdtemp(prefix="farc-ref-"))
+            self._bank = LayerBankRunner(self.reference, self.workdir or self._scratch())
         return self._bank
+
+    def _scratch(self) -> str:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="farc-verify-")
+        return self._tmp.name
 
 
 def resolve_references(program: Any, program_path: str | Path | None, *,
@@ -370,8 +376,10 @@ def resolve_references(program: Any, program_path: str | Path | None, *,
     else:
         from farc.check.onnx_export import export_onnx
 
-        out = Path(workdir or tempfile.mkdtemp(prefix="farc-verify-")) / "model.float.onnx"
-        flt, notes[FLOAT] = export_onnx(model, out), "exported from the model"
+        refs = References(None, ref, notes, workdir)
+        out = Path(workdir or refs._scratch()) / "model.float.onnx"
+        refs.float_model, notes[FLOAT] = export_onnx(model, out), "exported from the model"
+        return refs
     return References(flt, ref, notes, workdir)
 
 
