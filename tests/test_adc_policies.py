@@ -11,31 +11,15 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from farc.runtime.builder import make_program, pack_layer
 from farc.runtime.emulator import Emulator
-from farc.runtime.numerics import XbarParams, adc_ranges, input_planes, quantize_input
+from farc.runtime.numerics import XbarParams, input_planes
 
+from farc.check.adc_error import one_layer_program, single_mvm_rms
 from farc.check.reference import CrossbarMatmul, LayerChoice
 from farc.errors import ConfigError, ProgramError
 
 K, N = 40, 6
 BASE = dict(rows=16, cols=32, cell_bits=2, dac_bits=1, weight_bits=8, input_bits=8)
-
-
-def _calibrated_pmax(W, s_x, p, calib):
-    """Per row tile (and slice) ranges from calibration inputs, as TileCrossbar sets them."""
-    _, arrs = pack_layer(W, None, s_x, p.replace(adc_range="full"))
-    x_int = quantize_input(calib, s_x, p.input_bits)
-    return adc_ranges(arrs["layer0.codes"], arrs["layer0.col_slice"], W.shape[0], x_int, p)[0]
-
-
-def _program(W, p, calib, s_x):
-    pmax = _calibrated_pmax(W, s_x, p, calib) if p.adc_range == "calibrated" else None
-    layer = pack_layer(W, None, s_x, p, adc_pmax=pmax, name="fc")
-    ins = [dict(op="input", name="x", out="x"),
-           dict(op="mvm", layer=0, **{"in": ["x"]}, out="y"),
-           dict(op="output", name="y", **{"in": ["y"]})]
-    return make_program(ins, {"x": [W.shape[0]]}, {"y": [W.shape[1]]}, [layer])
 
 
 POLICIES = list(itertools.product(["offset", "sign_magnitude"], ["tile", "slice"],
@@ -52,7 +36,7 @@ def test_emulator_integers_equal_the_reference(encoding, granularity, rule, flip
     p = XbarParams(**BASE, adc_bits=4, mapping=mapping, adc_flip=flip, adc_range="calibrated",
                    input_encoding=encoding, adc_granularity=granularity, adc_step_rule=rule,
                    adc_statistic="percentile", adc_percentile=99.0)
-    prog = _program(W, p, calib, float(np.float32(np.abs(calib).max() / p.qx)))
+    prog = one_layer_program(W, p, calib, float(np.float32(np.abs(calib).max() / p.qx)))
     assert not Emulator(prog).layers[0].lossless  # a 4-bit ADC loses information here
     ref = CrossbarMatmul(W, None, LayerChoice.of(prog.layers[0], prog.arrays))
     with torch.no_grad():
@@ -91,7 +75,7 @@ def test_validator_refuses_bad_policies(change, message):
     rng = np.random.default_rng(0)
     W = rng.normal(size=(K, N)).astype(np.float32)
     p = XbarParams(**BASE, adc_bits=4, adc_range="calibrated")
-    prog = _program(W, p, rng.normal(size=(16, K)).astype(np.float32), 0.01)
+    prog = one_layer_program(W, p, rng.normal(size=(16, K)).astype(np.float32), 0.01)
     layer = {**prog.manifest["layers"][0], **change}
     with pytest.raises(ProgramError, match=message):
         type(prog)({**prog.manifest, "layers": [layer]}, prog.arrays).validate()
@@ -109,28 +93,6 @@ def test_target_refuses_unknown_policies():
 
 
 # ---------------------------------------------------------------- what the policies buy
-def single_mvm_rms(p: XbarParams, kind: str, seed: int = 0) -> float:
-    """Relative RMS error of one 128 x 64 crossbar MVM against the exact quantized matmul
-    x_int @ q (so only the ADC's error counts), inputs Gaussian or ReLU(Gaussian)."""
-    rng = np.random.default_rng(seed)
-    W = (rng.normal(size=(128, 64)) / np.sqrt(128)).astype(np.float32)
-
-    def draw(n):
-        x = rng.normal(size=(n, 128)).astype(np.float32)
-        return np.maximum(x, 0) if kind == "relu" else x
-
-    calib, x = draw(256), draw(256)
-    s_x = float(np.float32(np.abs(calib).max() / p.qx))
-    prog = _program(W, p, calib, s_x)
-    emu = Emulator(prog, mvm_path="bitlevel", trace=True)
-    emu.run({"x": x})
-    got = emu.traces[0][0].y_int
-    x_int = quantize_input(x, s_x, p.input_bits).astype(np.float64)
-    q = CrossbarMatmul(W, None, LayerChoice.of(prog.layers[0], prog.arrays)).q.numpy()
-    exact = x_int @ q
-    return float(np.sqrt(((got - exact) ** 2).mean() / (exact**2).mean()))
-
-
 TODAY = dict(adc_range="calibrated")
 BEST = dict(adc_range="calibrated", input_encoding="sign_magnitude", adc_granularity="slice",
             adc_step_rule="uniform", adc_statistic="percentile", adc_percentile=99.9)
