@@ -41,7 +41,7 @@ OUTPUTS = ("sweep.csv", "sweep.md", "sweep.json", "pareto.png", "sweep.html")
               help="Processes running points at once (default: the CPU count; per rank "
                    "under torchrun).")
 @click.option("--force", is_flag=True, help="Redo points already saved in OUTDIR.")
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(),
               help="Output folder (created).")
 def command(checkpoint, target_name, grid_items, data, samples, calib_samples, attention,
             batch_size, workers, force, outdir) -> None:
@@ -54,7 +54,8 @@ def command(checkpoint, target_name, grid_items, data, samples, calib_samples, a
 
     opts = SweepOptions(data=data, samples=samples, calib_samples=calib_samples,
                         attention=attention, batch_size=batch_size,
-                        workers=workers or os.cpu_count() or 1, force=force)
+                        workers=(os.cpu_count() or 1) if workers is None else workers,
+                        force=force)
     opts.validate()
     base = load_target(target_name)
     grid = parse_grid(grid_items, base)
