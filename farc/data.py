@@ -170,8 +170,10 @@ def _load_image(path: Path, img_size: int, in_chans: int) -> np.ndarray:
             _check_pixels(path, raw.size)
             im = _resize_center_crop(raw.convert("RGB" if in_chans == 3 else "L"), img_size)
             a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError,
-            SyntaxError, EOFError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own check, in open(), fired first
+        raise DataError(f"{path}: image over the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                        f"({exc})") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
     a = a.reshape(img_size, img_size, -1).transpose(2, 0, 1)
     mean = np.asarray(IMAGENET_MEAN if in_chans == 3 else [np.mean(IMAGENET_MEAN)], np.float32)

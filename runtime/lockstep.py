@@ -315,8 +315,8 @@ def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
         src = regs[gt["src"]]
         ga = gt["axis"] % src.ndim
         if ga == src.ndim - 1 or axis % (src.ndim - 1) != src.ndim - 2 or \
-                (d is not None and src.shape[-1] != d):
-            return None, 0
+                (d is not None and src.shape[-1] != d) or src.shape[-1] > st.layers[m].K:
+            return None, 0  # (x wider than the layer: the plain path reports the mismatch)
         d = src.shape[-1]
         pl = st.layers[m]
         rows = slice(0, d) if h.x_first else slice(pl.K - d, pl.K)

@@ -410,7 +410,8 @@ def _check_attr_values(ins: dict, op: str, ctx: dict, where: str) -> None:
         raise ProgramError(f"{where}: shape {ins['shape']!r} must be a list of ints")
     if op == "transpose":
         perm = ins["perm"]
-        if any(type(d) is not int for d in perm) or sorted(perm) != list(range(len(perm))) or perm[:1] != [0]:
+        if any(type(d) is not int for d in perm) or \
+                sorted(perm) != list(range(len(perm))) or perm[:1] != [0]:
             raise ProgramError(f"{where}: perm {perm!r} must be a permutation keeping axis 0 "
                                "(batch) first")
     if op in ("concat", "slice") and ins["axis"] == 0:

@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from farc.runtime.emulator import Emulator
+from farc.runtime.program import Program
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from farc.errors import FarcError
-from farc.runtime.emulator import Emulator
-from farc.runtime.program import Program
 
 sys.path.insert(0, str(Path(__file__).parent / "targets"))
-from handmade_programs import far_program  # noqa: E402
+from handmade_programs import far_program
 
 BUDGET = "16M"
 """Memory budget the loader and the emulator are given in this test."""
