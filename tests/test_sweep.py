@@ -14,7 +14,15 @@ from farc.targets import load_target
 
 from farc.errors import ConfigError
 from farc.explore import sweep as sweep_mod
-from farc.explore.grid import expand, grid_keys, parse_grid, point_slug, point_targets
+from farc.explore.grid import (
+    check_disjoint,
+    expand,
+    fixed_base,
+    grid_keys,
+    parse_grid,
+    point_slug,
+    point_targets,
+)
 from farc.explore.sweep import Job, SweepOptions, load_finished, my_share, plan_jobs
 from farc.report.sweep import SweepRow, pareto_front, pareto_png, to_csv, to_markdown
 
@@ -88,6 +96,32 @@ def test_grid_errors_are_one_line(isaac, items, match):
 def test_every_point_target_is_checked_up_front(isaac, item, match):
     with pytest.raises(ConfigError, match=match):
         point_targets(isaac, expand(parse_grid([item], isaac)))
+
+
+def test_set_fixes_keys_for_every_point(isaac):
+    base, fixed = fixed_base(["quant.weight_bits=8", "adc.flip=false"], isaac)
+    assert fixed == {"quant.weight_bits": 8, "adc.flip": False}
+    assert (base.quant.weight_bits, base.adc.flip) == (8, False)
+    grid = parse_grid(["adc.bits=6"], base)
+    check_disjoint(fixed, grid)
+    assert point_targets(base, expand(grid))[0].quant.weight_bits == 8
+    assert fixed_base([], isaac) == (isaac, {})
+
+
+@pytest.mark.parametrize(("items", "match"), [
+    (["adc.bits=6,8"], "--set adc.bits: takes one value, got 2"),
+    (["adc.bitz=6"], "--set adc.bitz: unknown key 'bitz'"),
+    (["adc.bits=17"], r"--set adc.bits=17: \[adc\] bits = 17 must be in 1..16"),
+    (["adc.bits=6", "adc.bits=7"], "adc.bits is swept twice"),
+])
+def test_set_errors(isaac, items, match):
+    with pytest.raises(ConfigError, match=match):
+        fixed_base(items, isaac)
+
+
+def test_a_key_is_fixed_or_swept_not_both(isaac):
+    with pytest.raises(ConfigError, match=r"--set adc\.bits: also swept by --grid"):
+        check_disjoint({"adc.bits": 6}, parse_grid(["adc.bits+adc.flip=6:true"], isaac))
 
 
 def test_point_slugs_are_file_names():

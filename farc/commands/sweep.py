@@ -26,6 +26,9 @@ OUTPUTS = ("sweep.csv", "sweep.md", "sweep.json", "pareto.png", "sweep.html")
               help="A swept target key and its values, e.g. adc.bits=4..9 or "
                    "crossbar.cell_bits=1,2,4 (repeatable; the grid is their product). Keys "
                    "joined by + move together: adc.bits+energy.adc_conversion_pj=6:0.42,8:1.67.")
+@click.option("--set", "fixed_items", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="A target key every point shares, e.g. quant.weight_bits=8 (repeatable; "
+                   "same syntax as --grid, one value).")
 @click.option("--data", default="digits", show_default=True,
               help="'digits' or an ImageNet-style folder: calibration (train split) and "
                    "accuracy (test split).")
@@ -43,12 +46,18 @@ OUTPUTS = ("sweep.csv", "sweep.md", "sweep.json", "pareto.png", "sweep.html")
 @click.option("--force", is_flag=True, help="Redo points already saved in OUTDIR.")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(),
               help="Output folder (created).")
-def command(checkpoint, target_name, grid_items, data, samples, calib_samples, attention,
-            batch_size, workers, force, outdir) -> None:
+def command(checkpoint, target_name, grid_items, fixed_items, data, samples, calib_samples,
+            attention, batch_size, workers, force, outdir) -> None:
     """Compile, emulate and cost CKPT over a grid of target overrides."""
     import os
 
-    from farc.explore.grid import expand, grid_keys, parse_grid, point_targets
+    from farc.explore.grid import (
+        check_disjoint,
+        expand,
+        fixed_base,
+        parse_grid,
+        point_targets,
+    )
     from farc.explore.sweep import SweepOptions, plan_jobs
     from farc.targets import load_target
 
@@ -57,14 +66,15 @@ def command(checkpoint, target_name, grid_items, data, samples, calib_samples, a
                         workers=(os.cpu_count() or 1) if workers is None else workers,
                         force=force)
     opts.validate()
-    base = load_target(target_name)
+    base, fixed = fixed_base(fixed_items, load_target(target_name))
     grid = parse_grid(grid_items, base)
+    check_disjoint(fixed, grid)
     points = expand(grid)
     targets = point_targets(base, points)  # every point's target, before any work
     out = Path(outdir)
     _check_inputs(checkpoint, target_name, data, out)
     jobs = plan_jobs(checkpoint, points, targets, out, opts)
-    _run(checkpoint, grid_keys(grid), jobs, opts, out, base, time.perf_counter())
+    _run(checkpoint, grid, fixed, jobs, opts, out, base, time.perf_counter())
 
 
 def _check_inputs(checkpoint: str, target_name: str, data: str, out: Path) -> None:
@@ -84,7 +94,7 @@ def _check_inputs(checkpoint: str, target_name: str, data: str, out: Path) -> No
                   {"CKPT": checkpoint, "--target": target})
 
 
-def _run(checkpoint, keys, jobs, opts, out: Path, base, start: float) -> None:
+def _run(checkpoint, grid, fixed, jobs, opts, out: Path, base, start: float) -> None:
     from farc.errors import EmulatorError
     from farc.explore.sweep import float_accuracy, sweep
     from farc.progress import log, make_progress
@@ -98,14 +108,14 @@ def _run(checkpoint, keys, jobs, opts, out: Path, base, start: float) -> None:
                     f"{100 * rec.result['accuracy']:.1f}%")
             bar.update(task, advance=1, info=f"{rec.label}: {what}")
             if bar.disable:  # no terminal: one line per point instead of the bar
-                log(f"[{rec.index + 1}/{len(jobs)}] {rec.label}: "
-                    f"{rec.error or what}")
+                log(f"[{rec.index + 1}/{len(jobs)}] {rec.label}: {rec.error or what}")
 
         records = sweep(jobs, opts, tick)
     if records is None:  # a torchrun rank other than 0: its points are in rank 0's table
         return
     reference = float_accuracy(checkpoint, opts)
-    _write(out, keys, records, opts, base, checkpoint, reference, time.perf_counter() - start)
+    _write(out, grid, fixed, records, opts, base, checkpoint, reference,
+           time.perf_counter() - start)
     failed = [r for r in records if r.error]
     if failed:
         raise EmulatorError(f"{len(failed)} of {len(records)} points failed (see "
@@ -113,9 +123,10 @@ def _run(checkpoint, keys, jobs, opts, out: Path, base, start: float) -> None:
                             f"{failed[0].error}")
 
 
-def _write(out: Path, keys, records, opts, base, checkpoint, reference: float,
+def _write(out: Path, grid, fixed, records, opts, base, checkpoint, reference: float,
            seconds: float) -> None:
     from farc.atomic import atomic_write_all
+    from farc.explore.grid import grid_keys, point_label
     from farc.progress import log, print_table
     from farc.report.sweep import (
         SweepRow,
@@ -128,13 +139,15 @@ def _write(out: Path, keys, records, opts, base, checkpoint, reference: float,
         to_markdown,
     )
 
+    keys = grid_keys(grid)
     rows = [SweepRow(r.point, r.result, r.error, {"reused": r.reused}) for r in records]
     title = f"farc sweep: {Path(checkpoint).name} on {base.name} ({len(rows)} points)"
+    shared = f"; every point: {point_label(fixed)}" if fixed else ""
     sub = (f"data {opts.data}, {_samples(records)} test images, float model "
-           f"{100 * reference:.2f}%, attention {opts.attention}, {seconds:.0f} s")
-    png = pareto_png(keys, rows, title, reference)
-    meta = {"checkpoint": str(checkpoint), "target": base.name, "data": opts.data,
-            "samples": opts.samples, "float_accuracy": reference,
+           f"{100 * reference:.2f}%, attention {opts.attention}, {seconds:.0f} s{shared}")
+    png = pareto_png(keys, rows, title, reference, label_keys=[axis[0] for axis in grid])
+    meta = {"checkpoint": str(checkpoint), "target": base.name, "fixed": fixed,
+            "data": opts.data, "samples": opts.samples, "float_accuracy": reference,
             "seconds": round(seconds, 1)}
     texts = {"sweep.csv": to_csv(keys, rows), "sweep.md": to_markdown(keys, rows),
              "sweep.json": to_json(keys, rows, meta),

@@ -148,6 +148,33 @@ def expand(grid: dict[Axis, list[tuple[Any, ...]]]) -> list[Point]:
             for combo in itertools.product(*grid.values())]
 
 
+def fixed_base(items: Sequence[str], base: Target) -> tuple[Target, Point]:
+    """`--set SECTION.KEY=VALUE` (same syntax, one value): overrides every point shares,
+    applied to the base before the grid. Returns the new base and the fixed values."""
+    if not items:
+        return base, {}
+    try:
+        grid = parse_grid(items, base)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--grid", "--set", 1)) from None
+    for axis, values in grid.items():
+        if len(values) > 1:
+            raise ConfigError(f"--set {'+'.join(axis)}: takes one value, got {len(values)} "
+                              "(sweep several with --grid)")
+    point = expand(grid)[0]
+    try:
+        return base.with_overrides(**point), point
+    except ConfigError as exc:
+        raise ConfigError(f"--set {point_label(point)}: {_strip_source(exc)}") from None
+
+
+def check_disjoint(fixed: Point, grid: dict[Axis, list[tuple[Any, ...]]]) -> None:
+    """A key is either fixed (--set) or swept (--grid), not both."""
+    both = [k for k in grid_keys(grid) if k in fixed]
+    if both:
+        raise ConfigError(f"--set {both[0]}: also swept by --grid; give it in one place")
+
+
 def point_targets(base: Target, points: Sequence[Point]) -> list[Target]:
     """Every point's validated target, built before any work; the first bad one fails with
     with_overrides' message and the point."""

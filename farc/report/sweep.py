@@ -111,9 +111,11 @@ def _short(point: dict[str, Any], keys: Sequence[str]) -> str:
 
 
 def pareto_png(keys: Sequence[str], rows: Sequence[SweepRow], title: str,
-               reference: float | None = None) -> bytes:
+               reference: float | None = None, label_keys: Sequence[str] | None = None) -> bytes:
     """Accuracy (%) against energy per inference: every point, the Pareto front drawn as a
-    line and highlighted; `reference` (the float model's accuracy) as a dashed line."""
+    line and highlighted; `reference` (the float model's accuracy) as a dashed line. Points
+    are labelled with their `label_keys` values (default: every key)."""
+    keys = list(label_keys or keys)
     good = [(i, r) for i, r in enumerate(rows) if r.ok]
     front = sorted(pareto_front(rows), key=lambda i: rows[i].result["energy_pj"])
     fig, ax = plt.subplots(figsize=(8, 5))
