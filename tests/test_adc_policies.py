@@ -106,3 +106,28 @@ def test_best_policy_cuts_the_single_mvm_error_tenfold(kind, bits):
     today = single_mvm_rms(XbarParams(**base, **TODAY), kind)
     best = single_mvm_rms(XbarParams(**base, **BEST), kind)
     assert best * 10 <= today, (today, best)
+
+
+@pytest.mark.slow
+def test_compile_cli_selects_the_policies_and_verify_holds(far_checkpoint, far_digits, tmp_path):
+    """`farc compile` options reach every layer; the compiled program's integers equal the
+    independent reference's on both MVM paths."""
+    from farc.runtime.program import Program
+
+    from farc.check.verify import Tolerances, resolve_references, verify
+    from farc.cli import main
+
+    out = tmp_path / "far.farc"
+    main(["compile", str(far_checkpoint), "--weight-bits", "8", "--input-bits", "8",
+          "--adc-bits", "5", "--adc-range", "calibrated", "--input-encoding", "sign_magnitude",
+          "--adc-granularity", "slice", "--adc-step-rule", "uniform", "--adc-statistic",
+          "percentile", "--adc-percentile", "99.9", "--calib-samples", "16", "-o", str(out)])
+    prog = Program.load(out)
+    layer = prog.layers[1]
+    assert (layer["input_encoding"], layer["adc_granularity"], layer["adc_step_rule"]) == \
+        ("sign_magnitude", "slice", "uniform")
+    assert len(layer["adc_step"][0]) == layer["slices"] and 0 <= layer["adc_calib_clipped"] < 1
+    x = np.random.default_rng(0).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    r = verify(prog, x, None, resolve_references(prog, out, model=far_digits),
+               tol=Tolerances(min_agreement=0.0, exact_rel=1.0), bitlevel_samples=4)
+    assert all(it.ok for path in ("fast", "bitlevel") for it in r.layers[path])

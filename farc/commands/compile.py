@@ -16,7 +16,9 @@ OVERRIDES = {
     "weight_bits": "quant.weight_bits", "input_bits": "quant.input_bits",
     "mapping": "quant.mapping", "calibration": "quant.calibration",
     "adc_bits": "adc.bits", "adc_range": "adc.range", "cell_bits": "crossbar.cell_bits",
-    "dac_bits": "dac.bits",
+    "dac_bits": "dac.bits", "input_encoding": "quant.input_encoding",
+    "adc_granularity": "adc.granularity", "adc_step_rule": "adc.step_rule",
+    "adc_statistic": "adc.statistic", "adc_percentile": "adc.percentile",
 }
 
 
@@ -35,6 +37,16 @@ OVERRIDES = {
               help="Override quant.mapping (signed weights).")
 @click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default=None,
               help="Override adc.range.")
+@click.option("--input-encoding", type=click.Choice(["offset", "sign_magnitude"]), default=None,
+              help="Override quant.input_encoding (docs/numerics.md).")
+@click.option("--adc-granularity", type=click.Choice(["tile", "slice"]), default=None,
+              help="Override adc.granularity: one ADC range per row tile or per weight slice.")
+@click.option("--adc-step-rule", type=click.Choice(["pow2", "uniform"]), default=None,
+              help="Override adc.step_rule.")
+@click.option("--adc-statistic", type=click.Choice(["max", "percentile"]), default=None,
+              help="Override adc.statistic (what a calibrated ADC range covers).")
+@click.option("--adc-percentile", type=float, default=None,
+              help="Override adc.percentile (with --adc-statistic percentile).")
 @click.option("--calibration", type=click.Choice(["max", "percentile"]), default=None,
               help="Override quant.calibration (input-range policy).")
 @click.option("--calib-samples", type=int, default=64, show_default=True,
