@@ -571,3 +571,65 @@ def test_checkpoints_get_the_usual_file_mode(far_digits, tmp_path: Path) -> None
     assert (tmp_path / "m.pt").stat().st_mode & 0o777 == file_mode()
     prog = base_program().save(tmp_path / "m.farc")
     assert prog.stat().st_mode & 0o777 == file_mode()
+
+
+# ----------------------------------------------------------------- peak memory
+HWM_LAUNCH = """
+import atexit, os
+def _hwm():
+    with open("/proc/self/status") as fh:
+        kib = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    with open(os.environ["FARC_TEST_HWM"], "w") as out:
+        out.write(kib)
+atexit.register(_hwm)
+from farc.cli import main
+main()
+"""
+PEAK_MIB = 200
+"""Issue 18: refusing a bomb stays under 200 MB (docs/bad-inputs.md has the full-size
+figures from bench/bad_inputs_memory.py)."""
+
+
+def _deflated_listed_member(tmp_path: Path) -> Path:
+    """const.c declared float32[2**26] (256 MiB) and stored deflated (about 256 KB)."""
+    path = forged(tmp_path, lambda m, a: None, name="deflated.farc")
+    with zipfile.ZipFile(path) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    manifest["arrays"]["const.c"]["shape"] = [2**26]
+    members.pop("arrays/const.c.npy")
+    fh = io.BytesIO()
+    np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                              "shape": (2**26,)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest))
+        for k, v in members.items():
+            zf.writestr(k, v)
+        with zf.open("arrays/const.c.npy", "w", force_zip64=True) as out:
+            out.write(fh.getvalue())
+            for _ in range(16):
+                out.write(b"\0" * 2**24)
+    return path
+
+
+@pytest.mark.parametrize("case", ["deflated-256MiB-member", "declared-256GiB-array",
+                                  "npy-header-1e12-samples"])
+def test_bomb_peak_memory(tmp_path: Path, case: str) -> None:
+    x = inputs(tmp_path)
+    prog = base_program().save(tmp_path / "m.farc")
+    if case == "deflated-256MiB-member":
+        prog = _deflated_listed_member(tmp_path)
+    elif case == "declared-256GiB-array":
+        prog = forged(tmp_path, lambda m, a: None, name="huge.farc")
+        manifest = json.loads(zipfile.ZipFile(prog).read("manifest.json"))
+        _declare_huge(manifest, {})
+        _rewrite_manifest(prog, manifest)
+    else:
+        x = _npy_header_only(tmp_path / "bomb.npy", (10**12, 12))
+    res = subprocess.run([sys.executable, "-c", HWM_LAUNCH, "run", str(prog), "--input",
+                          str(x), "-o", str(tmp_path / "o.npy")], capture_output=True,
+                         text=True, env={**os.environ, "FARC_TEST_HWM": str(tmp_path / "hwm")},
+                         check=False)
+    one_line_error(res, "error")
+    peak = int((tmp_path / "hwm").read_text()) / 1024
+    assert peak < PEAK_MIB, f"{case}: peak {peak:.0f} MiB"
