@@ -1,7 +1,8 @@
 """farc benchmark suite: `python -m bench [--quick] [--only NAMES] [--artifacts DIR]`.
 
 Runs, in order, compile time vs model size and sequence length, emulator throughput vs
-onnxruntime, accuracy vs ADC bits and noise, and crossbars/latency vs pruning ratio, then
+onnxruntime, accuracy vs ADC bits and noise, crossbars/latency vs pruning ratio and
+`farc verify`'s time on the digits test split, then
 writes bench/RESULTS.md (machine description first, each table with the command that made
 it) and the raw numbers to bench/.cache/RESULTS.json. Not part of the test suite: nothing
 here asserts a timing. See docs/benchmarks.md."""
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from bench._common import CACHE, ROOT, md_table, pin_threads, python_cmd
 
-SUITES = ("compile", "throughput", "accuracy", "pruning")
+SUITES = ("compile", "throughput", "accuracy", "pruning", "verify")
 
 
 def _args() -> argparse.Namespace:
@@ -51,6 +52,9 @@ def _run_suite(name: str, args: argparse.Namespace, command: str):
     if name == "accuracy":
         from bench import bench_accuracy
         return bench_accuracy.run(args.quick, args.artifacts, command)
+    if name == "verify":
+        from bench import bench_verify
+        return bench_verify.run(args.quick, command)
     from bench import bench_pruning
     return bench_pruning.run(args.quick, args.artifacts, command)
 
