@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from farc.errors import DataError
 from farc.limits import MAX_IMAGE_PIXELS, check_memory
+
+if TYPE_CHECKING:
+    import torch  # imported where tensors are made: a refused folder never loads torch
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0
@@ -80,6 +83,8 @@ def _digits_all() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     x, y = _digits_all()
     idx = stratified_split(y)[split]
     return torch.from_numpy(x[idx].copy()), torch.from_numpy(y[idx].copy())
@@ -87,6 +92,8 @@ def _digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _reshape(x: torch.Tensor, img_size: int | None, in_chans: int | None) -> torch.Tensor:
     """Resize (bilinear) and repeat channels so digits can feed a model of another shape."""
+    import torch
+
     if img_size is not None and img_size != x.shape[-1]:
         x = torch.nn.functional.interpolate(x, size=(img_size, img_size), mode="bilinear",
                                             align_corners=False)
@@ -156,6 +163,8 @@ def _folder_split(
     x = np.empty((len(files), in_chans, img_size, img_size), np.float32)
     for i, f in enumerate(files):
         x[i] = _load_image(f, img_size, in_chans)
+    import torch
+
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
