@@ -41,15 +41,14 @@ OUTPUTS = ("sweep.csv", "sweep.md", "sweep.json", "pareto.png", "sweep.html")
 @click.option("--batch-size", type=int, default=64, show_default=True,
               help="Emulator batch size.")
 @click.option("--workers", type=int, default=None,
-              help="Processes running points at once (default: the CPU count; per rank "
-                   "under torchrun).")
+              help="Processes running points at once (default: the CPU count, divided "
+                   "among torchrun's ranks).")
 @click.option("--force", is_flag=True, help="Redo points already saved in OUTDIR.")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(),
               help="Output folder (created).")
 def command(checkpoint, target_name, grid_items, fixed_items, data, samples, calib_samples,
             attention, batch_size, workers, force, outdir) -> None:
     """Compile, emulate and cost CKPT over a grid of target overrides."""
-    import os
 
     from farc.explore.grid import (
         check_disjoint,
@@ -63,7 +62,7 @@ def command(checkpoint, target_name, grid_items, fixed_items, data, samples, cal
 
     opts = SweepOptions(data=data, samples=samples, calib_samples=calib_samples,
                         attention=attention, batch_size=batch_size,
-                        workers=(os.cpu_count() or 1) if workers is None else workers,
+                        workers=_default_workers() if workers is None else workers,
                         force=force)
     opts.validate()
     base, fixed = fixed_base(fixed_items, load_target(target_name))
@@ -75,6 +74,14 @@ def command(checkpoint, target_name, grid_items, fixed_items, data, samples, cal
     _check_inputs(checkpoint, target_name, data, out)
     jobs = plan_jobs(checkpoint, points, targets, out, opts)
     _run(checkpoint, grid, fixed, jobs, opts, out, base, time.perf_counter())
+
+
+def _default_workers() -> int:
+    """The CPU count, shared among torchrun's ranks on this node."""
+    import os
+
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, (os.cpu_count() or 1) // max(1, ranks))
 
 
 def _check_inputs(checkpoint: str, target_name: str, data: str, out: Path) -> None:
@@ -156,7 +163,7 @@ def _write(out: Path, grid, fixed, records, opts, base, checkpoint, reference: f
              for name, t in texts.items()]
     items.append((out / "pareto.png", lambda tmp: tmp.write_bytes(png)))
     atomic_write_all(items)
-    header, cells = table(keys, rows)
+    header, cells = table([axis[0] for axis in grid], rows)  # linked keys: in the files
     print_table(title, header, cells)
     reused = sum(r.reused for r in records)
     log(f"{len(records) - reused} points run, {reused} reused, {seconds:.1f} s; wrote "

@@ -110,37 +110,57 @@ def _short(point: dict[str, Any], keys: Sequence[str]) -> str:
     return "/".join(_value(point[k]) for k in keys)
 
 
+def _groups(rows: Sequence[SweepRow], keys: list[str]) -> tuple[str | None, list[str]]:
+    """Colour points by the first labelled key when there are several keys and few of its
+    values (e.g. the input encoding), labelling each point with the other keys."""
+    if len(keys) < 2:
+        return None, keys
+    values = {_value(r.point.get(keys[0])) for r in rows}
+    return (keys[0], keys[1:]) if len(values) <= 10 else (None, keys)
+
+
 def pareto_png(keys: Sequence[str], rows: Sequence[SweepRow], title: str,
                reference: float | None = None, label_keys: Sequence[str] | None = None) -> bytes:
-    """Accuracy (%) against energy per inference: every point, the Pareto front drawn as a
-    line and highlighted; `reference` (the float model's accuracy) as a dashed line. Points
-    are labelled with their `label_keys` values (default: every key)."""
-    keys = list(label_keys or keys)
+    """Accuracy (%) against energy per inference: every point (coloured by the first
+    labelled key when it has few values), the Pareto front drawn as a red step line with
+    its points ringed; `reference` (the float model's accuracy) as a dashed line. Points are
+    labelled with their `label_keys` values (default: every key)."""
+    from matplotlib.ticker import FuncFormatter
+
+    group_key, keys = _groups(rows, list(label_keys or keys))
     good = [(i, r) for i, r in enumerate(rows) if r.ok]
     front = sorted(pareto_front(rows), key=lambda i: rows[i].result["energy_pj"])
     fig, ax = plt.subplots(figsize=(8, 5))
-    if good:
-        energies = [r.result["energy_pj"] / 1e6 for _, r in good]
-        ax.scatter(energies, [100 * r.result["accuracy"] for _, r in good], s=28,
-                   color="#9aa5b1", label="grid point", zorder=2)
-        fx = [rows[i].result["energy_pj"] / 1e6 for i in front]
-        fy = [100 * rows[i].result["accuracy"] for i in front]
-        ax.plot(fx, fy, "-o", color="#d62728", ms=7, lw=1.6, label="Pareto front", zorder=3,
-                drawstyle="steps-post")
-        for i, r in good:
-            ax.annotate(_short(r.point, keys), (r.result["energy_pj"] / 1e6,
-                        100 * r.result["accuracy"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7,
-                        color="#d62728" if i in front else "#555")
-        if max(energies) > 8 * min(energies) > 0:
-            ax.set_xscale("log")
+    xy = {i: (r.result["energy_pj"] / 1e6, 100 * r.result["accuracy"]) for i, r in good}
+    names = list(dict.fromkeys(_value(r.point.get(group_key)) if group_key else "grid point"
+                               for _, r in good))
+    colors = dict(zip(names, plt.get_cmap("tab10").colors))
+    for name in names:
+        pts = [xy[i] for i, r in good
+               if (_value(r.point.get(group_key)) if group_key else "grid point") == name]
+        ax.scatter(*zip(*pts), s=30, color=colors[name], zorder=2,
+                   label=f"{group_key}={name}" if group_key else name)
+    if front:
+        ax.plot(*zip(*(xy[i] for i in front)), color="#d62728", lw=1.4, zorder=3,
+                drawstyle="steps-post", label="Pareto front")
+        ax.scatter(*zip(*(xy[i] for i in front)), s=110, facecolors="none",
+                   edgecolors="#d62728", linewidths=1.6, zorder=4)
+    for i, r in good:
+        ax.annotate(_short(r.point, keys), xy[i], textcoords="offset points", xytext=(5, -10),
+                    fontsize=7, color="#d62728" if i in front else "#444")
+    energies = [x for x, _ in xy.values()]
+    if energies and max(energies) > 8 * min(energies) > 0:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.tick_params(axis="x", which="both", labelsize=8)
     if reference is not None:
-        ax.axhline(100 * reference, ls="--", color="#1f77b4", lw=1,
+        ax.axhline(100 * reference, ls="--", color="#555", lw=1,
                    label=f"float model {100 * reference:.2f}%")
     ax.set_xlabel("energy per inference (uJ)")
     ax.set_ylabel("emulated test accuracy (%)")
     ax.set_title(f"{title}\npoints labelled {'/'.join(keys)}", fontsize=10)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
 
