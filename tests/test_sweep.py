@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -172,6 +173,22 @@ def test_saved_points_are_reused_only_under_the_same_settings(tmp_path, isaac,
     assert load_finished(jobs[0]) is None
 
 
+def _stub_run(job: Job):
+    """Stands in for a point in the pool test (module level, so spawned workers import it)."""
+    return job.index, {"pid": os.getpid(), "threads": os.environ.get("OMP_NUM_THREADS")}, \
+        ("odd" if job.index % 2 else None)
+
+
+def test_pool_runs_every_job_in_spawned_single_thread_workers():
+    jobs = [Job(i, {"i": i}, {}, "", "", {}, 1) for i in range(4)]
+    got = {}
+    sweep_mod.run_jobs(jobs, 2, lambda job, r, e: got.setdefault(job.index, (r, e)),
+                       run=_stub_run)
+    assert sorted(got) == [0, 1, 2, 3]
+    assert {got[i][1] for i in got} == {None, "odd"}
+    assert all(r["pid"] != os.getpid() and r["threads"] == "1" for r, _ in got.values())
+
+
 def test_points_are_dealt_round_robin_over_ranks():
     jobs = [Job(i, {}, {}, "", "", {}, 1) for i in range(5)]
     assert [[j.index for j in my_share(jobs, r, 2)] for r in range(2)] == [[0, 2, 4], [1, 3]]
@@ -229,18 +246,37 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path, pruned_far_c
     assert list(tmp_path.iterdir()) == []
 
 
-def test_small_sweep_end_to_end_then_resumed(tmp_path, pruned_far_checkpoint, monkeypatch,
+@pytest.fixture(scope="module")
+def tiny_far_checkpoint(tmp_path_factory):
+    """A one-block, 16-wide FAR (digits-shaped input): a compile takes about a second."""
+    import dataclasses
+
+    import torch
+
+    from farc.models.checkpoint import save_checkpoint
+    from farc.models.deit import DEIT_PRESETS
+    from farc.models.far import FAR, FARConfig
+
+    cfg = dataclasses.replace(DEIT_PRESETS["deit_digits"], depth=1, embed_dim=16, num_heads=2)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny_far.pt"
+    save_checkpoint(path, FAR(FARConfig.dense(cfg, 3)).eval(), {"note": "tiny random FAR"})
+    return path
+
+
+def test_small_sweep_end_to_end_then_resumed(tmp_path, tiny_far_checkpoint, monkeypatch,
                                              capsys):
-    """Two points over a 2-process pool, 8 images: every file written, the points saved;
-    a rerun reuses both (run_point would fail if called), --force runs them again."""
+    """Two points, 8 images: every file written, the points saved; a rerun reuses both
+    (run_point would fail if called), --force runs them again. (One process: the pool is
+    tested on its own below, without paying a compile per spawned worker.)"""
     from farc.cli import main
 
     out = tmp_path / "sw"
-    args = ["sweep", str(pruned_far_checkpoint), "--target", "isaac",
+    args = ["sweep", str(tiny_far_checkpoint), "--target", "isaac",
             "--grid", "quant.weight_bits=8", "--grid", "quant.input_bits=8",
             "--grid", "adc.bits=6,8", "--samples", "8", "--calib-samples", "8",
-            "-o", str(out)]
-    main([*args, "--workers", "2"])
+            "--workers", "1", "-o", str(out)]
+    main(args)
     assert {p.name for p in out.iterdir()} == OUTPUTS
     saved = sorted(p.name for p in (out / "points").iterdir())
     assert saved == ["quant.weight_bits-8_quant.input_bits-8_adc.bits-6.json",
@@ -264,7 +300,7 @@ def test_small_sweep_end_to_end_then_resumed(tmp_path, pruned_far_checkpoint, mo
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir()}
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--force", "--workers", "1"])
+        main([*args, "--force"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1 and len(calls) == 2
     assert err[-1].startswith("farc: error: 2 of 2 points failed") and "ZeroDivision" in err[-1]

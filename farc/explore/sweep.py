@@ -228,12 +228,16 @@ def _safe_run(job: Job) -> tuple[int, dict[str, Any] | None, str | None]:
         return job.index, None, f"internal error: {type(exc).__name__}: {exc}"
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _init_worker() -> None:
-    """One thread per worker process: the pool, not the BLAS, uses the cores."""
-    import torch
+    """One thread per worker process: the pool, not the BLAS, uses the cores. Torch reads
+    OMP_NUM_THREADS when it first loads (in run_point); numpy is already loaded."""
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
     threadpool_limits(1)
 
 
@@ -241,21 +245,23 @@ def _init_worker() -> None:
 Done = Callable[[Job, dict[str, Any] | None, str | None], None]
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, on_done: Done) -> None:
+def run_jobs(jobs: Sequence[Job], workers: int, on_done: Done,
+             run: Callable[[Job], tuple[int, dict | None, str | None]] = _safe_run) -> None:
     """Run `jobs` (in this process when one worker suffices, else in a spawned pool) and
-    call on_done(job, result, error) as each finishes."""
+    call on_done(job, result, error) as each finishes. `run` (a module-level function, so
+    that it pickles) maps a job to (index, result, error)."""
     if not jobs:
         return
     if workers <= 1 or len(jobs) == 1:
         for job in jobs:
-            on_done(job, *_safe_run(job)[1:])
+            on_done(job, *run(job)[1:])
         return
     by_index = {j.index: j for j in jobs}
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch/tvm threads
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
                                initializer=_init_worker)
     try:
-        futures = [pool.submit(_safe_run, job) for job in jobs]
+        futures = [pool.submit(run, job) for job in jobs]
         for fut in as_completed(futures):
             index, result, error = fut.result()
             on_done(by_index[index], result, error)
