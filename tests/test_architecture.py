@@ -13,7 +13,7 @@ CORE = {"farc", "farc.errors", "farc.atomic", "farc.data", "farc.distributed",
         "farc.progress", "farc.limits", "farc.npyio"}
 PACKAGES = {  # package -> its folder
     "farc.models": "farc/models", "farc.far": "farc/far", "farc.compiler": "farc/compiler",
-    "farc.check": "farc/check", "farc.report": "farc/report",
+    "farc.check": "farc/check", "farc.report": "farc/report", "farc.explore": "farc/explore",
     "farc.commands": "farc/commands", "farc.passes": "passes", "farc.targets": "targets",
     "farc.runtime": "runtime"}
 ALLOWED = {  # package -> the packages it may import (besides itself and the core)
@@ -25,6 +25,8 @@ ALLOWED = {  # package -> the packages it may import (besides itself and the cor
     "farc.runtime": set(),
     "farc.check": {"farc.models", "farc.runtime"},
     "farc.report": {"farc.targets", "farc.runtime"},
+    "farc.explore": {"farc.compiler", "farc.models", "farc.targets", "farc.runtime",
+                     "farc.report"},
     "farc.commands": {*PACKAGES, "farc.cli"},
 }
 RUNTIME_CORE = {"farc.errors", "farc.atomic", "farc.limits",  # stdlib (+ numpy): a .farc

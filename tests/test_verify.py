@@ -74,10 +74,8 @@ def test_evaluate_lossless_passes_when_exact():
     assert [c.passed for c in r.checks] == [True, True, True]
 
 
-@pytest.mark.parametrize("lossless", [True, False])
-def test_evaluate_fails_emulator_vs_reference_beyond_tolerance(lossless):
-    """The reference models the ADC, so a lossy program is checked as tightly."""
-    r = evaluate(_outs(emu_shift=0.05), None, lossless=lossless, noise=False, tol=Tolerances())
+def test_evaluate_fails_emulator_vs_reference_beyond_tolerance():
+    r = evaluate(_outs(emu_shift=0.05), None, lossless=True, noise=False, tol=Tolerances())
     assert not r.ok
     assert r.failure_line().startswith("emulator vs reference logits: relative error 0.0")
     assert "0/100 samples identical" in r.failure_line()
@@ -96,10 +94,16 @@ def test_evaluate_tolerates_a_rounding_tie_in_one_sample():
     assert not evaluate(o, None, lossless=True, noise=False, tol=Tolerances()).ok
 
 
-def test_evaluate_skips_exactness_with_noise():
-    r = evaluate(_outs(emu_shift=0.05), None, lossless=True, noise=True, tol=Tolerances())
+@pytest.mark.parametrize(("lossless", "noise", "why"),
+                         [(False, False, "ADC not lossless, checked layer by layer"),
+                          (True, True, "noise enabled")])
+def test_evaluate_leaves_free_running_logits_to_lossless_programs(lossless, noise, why):
+    """Through a lossy ADC, ulp differences between numpy and torch kernels grow from layer
+    to layer (measured on puma: 0.4 relative at the logits of a correct program), so the
+    layer-by-layer checks decide there."""
+    r = evaluate(_outs(emu_shift=0.05), None, lossless=lossless, noise=noise, tol=Tolerances())
     assert r.ok
-    assert r.checks[0].passed is None and "noise enabled" in r.checks[0].detail
+    assert r.checks[0].passed is None and why in r.checks[0].detail
 
 
 def test_evaluate_fails_low_agreement_with_float():
@@ -262,7 +266,7 @@ def test_hand_built_program_equals_the_reference_exactly(adc_bits, adc_range):
     assert eq.agreement == 1.0 and eq.max_rel <= 1e-6
     assert [len(r.layers[k]) for k in ("fast", "bitlevel")] == [1, 1]
     assert r.layers["bitlevel"][0].vectors == 16 and r.layers["fast"][0].mismatched == 0
-    assert not r.divergence[0].diverged
+    assert not r.divergence[0].diverged and r.divergence[0].y_rel < 1e-6
 
 
 def test_a_program_altered_after_compilation_fails_and_names_the_layer():

@@ -7,11 +7,14 @@ the emulator's run first parts from the reference's.
    onnxruntime, compute y_int from the same x. Both must be bit-identical, layer by layer:
    the packing, slicing, column maps, flip encoding, ADC and shift-add of each layer are
    checked exactly, on the fast path and on the bit-level path, whatever the ADC.
-2. Divergence (`--per-layer`). The reference model runs end to end on the same images and
-   records each crossbar call's input and output; in execution order, the first layer whose
-   input or output differs from the emulator's by more than float rounding is where a fault
-   enters (a dropped bias, a loop run in the wrong direction, heads concatenated out of
-   order: faults that leave each layer's own integers right).
+2. Divergence. The reference model runs on the same images with every crossbar call handing
+   on the emulator's output (so its digital steps start from the emulator's values), and
+   each reference layer recomputes its output from the emulator's input; in execution
+   order, the first layer whose input or output differs from the emulator's by more than
+   float rounding is where a fault enters (a dropped bias, a loop run in the wrong
+   direction, heads concatenated out of order: faults that leave each layer's own integers
+   right). Resynchronising at every layer keeps ulp-level differences between numpy and
+   torch kernels from growing through a lossy ADC.
 """
 
 from __future__ import annotations
@@ -124,31 +127,35 @@ def integer_checks(program: Any, bank: LayerBankRunner, traces: dict[int, list],
 
 def divergences(program: Any, ref: Any, x: np.ndarray, traces: dict[int, list],
                 ) -> list[LayerDivergence]:
-    """Each traced layer's inputs and outputs against the reference run's, in execution
-    order (calls of a layer concatenated in call order on both sides)."""
+    """Each traced layer, in execution order: its input as the reference's digital steps
+    compute it from the emulator's own upstream crossbar outputs (forced run), and its
+    output as the reference's layer computes it from the emulator's input; both against
+    the emulator's. Float differences cannot accumulate (each layer starts from the
+    emulator's values), so a lossy ADC does not amplify ulps into false alarms."""
     import torch
 
-    ref.record = True
+    names = [L["name"] for L in program.layers]
+    ref.recorder.forced = {names[i]: [t.y for t in tr] for i, tr in traces.items()}
     try:
         with torch.no_grad():
             ref(torch.from_numpy(np.asarray(x, np.float32)))
         calls = list(ref.calls)
     finally:
-        ref.record = False
-    by_name: dict[str, tuple[list, list]] = {}
-    for name, xi, yi in calls:
-        xs, ys = by_name.setdefault(name, ([], []))
-        xs.append(xi.reshape(-1, xi.shape[-1]).numpy())
-        ys.append(yi.reshape(-1, yi.shape[-1]).numpy())
+        ref.recorder.forced = None
+    inputs: dict[str, list] = {}
+    for name, xi, _ in calls:
+        inputs.setdefault(name, []).append(xi.reshape(-1, xi.shape[-1]).numpy())
     where = instruction_of(program)
     out = []
     for i, tr in traces.items():
-        name = program.layers[i]["name"]
-        rx, ry = by_name.get(name, ([], []))
+        name = names[i]
+        mine_x = np.concatenate([t.x for t in tr])
+        with torch.no_grad():
+            y_ref = ref.layers[name](torch.from_numpy(mine_x))[0].numpy() \
+                if name in ref.layers else None
         out.append(LayerDivergence(
-            name, i, where.get(i, "?"),
-            _rel(np.concatenate([t.x for t in tr]), rx),
-            _rel(np.concatenate([t.y for t in tr]), ry)))
+            name, i, where.get(i, "?"), _rel(mine_x, inputs.get(name, [])),
+            _rel(np.concatenate([t.y for t in tr]), [] if y_ref is None else [y_ref])))
     return out
 
 

@@ -47,8 +47,8 @@ def _bitlevel(value: str) -> int | None:
               metavar="N|all", help="Images also run on the bit-level path (every ADC "
                                     "conversion) for the exact per-layer check.")
 @click.option("--per-layer", is_flag=True,
-              help="Also compare every layer's inputs and outputs with the reference run "
-                   "and name the first that diverges.")
+              help="Print every layer's input and output error against the reference, in "
+                   "execution order (the checks always name the first that diverges).")
 @click.option("--noise", multiple=True, metavar="KEY=VALUE",
               help="Device non-ideality for the emulator, e.g. read_sigma=0.01 (repeatable). "
                    "Disables the exactness checks.")
@@ -170,7 +170,7 @@ def _print(report, name: str, data: str, split: str) -> None:
     if report.accuracy is not None:
         print_table("Accuracy", ["model", "accuracy"],
                     [(k, f"{100 * v:.2f}%") for k, v in report.accuracy.items()])
-    if report.divergence is not None:
+    if report.divergence is not None and report.show_layers:
         print_table("Per layer, in execution order (emulator vs reference run)",
                     ["layer", "instruction", "input rel err", "output rel err", "integers"],
                     _layer_rows(report))
