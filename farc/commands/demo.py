@@ -85,7 +85,7 @@ class DemoPlan:
 @click.option("--force", is_flag=True, help="Redo every stage even if its artifact exists.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print every stage's full output (training curves, every table) instead "
-                   "of one line per stage; the logs in OUT/logs hold it either way.")
+                   "of one line per stage and a log file per stage in OUT/logs.")
 def command(out_dir: str, target: str, adc_range: str, force: bool, verbose: bool) -> None:
     """Run the whole pipeline on the embedded digits default."""
     from rich.console import Console
