@@ -150,8 +150,10 @@ def _write(out: Path, grid, fixed, records, opts, base, checkpoint, reference: f
     rows = [SweepRow(r.point, r.result, r.error, {"reused": r.reused}) for r in records]
     title = f"farc sweep: {Path(checkpoint).name} on {base.name} ({len(rows)} points)"
     shared = f"; every point: {point_label(fixed)}" if fixed else ""
+    reused = sum(r.reused for r in records)
     sub = (f"data {opts.data}, {_samples(records)} test images, float model "
-           f"{100 * reference:.2f}%, attention {opts.attention}, {seconds:.0f} s{shared}")
+           f"{100 * reference:.2f}%, attention {opts.attention}; this run {seconds:.0f} s, "
+           f"{reused} of {len(records)} points reused{shared}")
     png = pareto_png(keys, rows, title, reference, label_keys=[axis[0] for axis in grid])
     meta = {"checkpoint": str(checkpoint), "target": base.name, "fixed": fixed,
             "data": opts.data, "samples": opts.samples, "float_accuracy": reference,
@@ -165,7 +167,6 @@ def _write(out: Path, grid, fixed, records, opts, base, checkpoint, reference: f
     atomic_write_all(items)
     header, cells = table([axis[0] for axis in grid], rows)  # linked keys: in the files
     print_table(title, header, cells)
-    reused = sum(r.reused for r in records)
     log(f"{len(records) - reused} points run, {reused} reused, {seconds:.1f} s; wrote "
         f"{', '.join(str(out / n) for n in OUTPUTS)}")
 
