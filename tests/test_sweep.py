@@ -128,6 +128,8 @@ def test_a_key_is_fixed_or_swept_not_both(isaac):
 def test_point_slugs_are_file_names():
     assert point_slug({"adc.bits": 6, "adc.flip": True}) == "adc.bits-6_adc.flip-true"
     assert "/" not in point_slug({"target.name": "a/b c"})
+    long_a, long_b = ({f"adc.k{i}": 10 ** 9 + j for i in range(20)} for j in (1, 2))
+    assert len(point_slug(long_a)) == 160 and point_slug(long_a) != point_slug(long_b)
 
 
 # ----------------------------------------------------------------------------- writers

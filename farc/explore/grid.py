@@ -10,6 +10,7 @@ or an out-of-range value fails at once with one line naming the --grid item."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import re
@@ -21,6 +22,8 @@ from farc.targets import Target
 
 MAX_POINTS = 4096
 """A grid larger than this is refused (a typo such as 4..900 would run for days)."""
+MAX_SLUG = 160
+"""Longest point file name stem (file systems allow 255 bytes)."""
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -193,9 +196,13 @@ def point_label(point: Point) -> str:
 
 
 def point_slug(point: Point) -> str:
-    """A file-name-safe, readable name: 'adc.bits-6_crossbar.cell_bits-2'."""
-    text = "_".join(f"{k}-{_show(v)}" for k, v in point.items())
-    return re.sub(r"[^A-Za-z0-9._-]", "~", text)
+    """A file-name-safe, readable name: 'adc.bits-6_crossbar.cell_bits-2'; a long one is
+    cut and ends in a digest of the whole, so it stays a valid, distinct file name."""
+    text = re.sub(r"[^A-Za-z0-9._-]", "~", "_".join(f"{k}-{_show(v)}" for k, v in
+                                                      point.items()))
+    if len(text) <= MAX_SLUG:
+        return text
+    return f"{text[:MAX_SLUG - 17]}~{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def _show(v: Any) -> str:

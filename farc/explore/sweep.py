@@ -19,9 +19,10 @@ import math
 import multiprocessing
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,6 @@ class Record:
     result: dict[str, Any] | None = None
     error: str | None = None
     reused: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -111,15 +111,12 @@ def plan_jobs(checkpoint: str | Path, points: Sequence[Point], targets: Sequence
               "samples": opts.samples, "calib_samples": opts.calib_samples,
               "attention": opts.attention}
     slugs = [point_slug(p) for p in points]
+    seen = Counter(slugs)  # unique unless two values print alike: then the index decides
+    names = [s if seen[s] == 1 else f"{s}~{i}" for i, s in enumerate(slugs)]
     return [Job(i, dict(p), t.to_dict(), str(Path(checkpoint).resolve()),
-                str(outdir / POINTS_DIR / f"{_unique(slugs, i)}.json"),
+                str(outdir / POINTS_DIR / f"{names[i]}.json"),
                 {**common, "target": t.to_dict()}, opts.batch_size)
             for i, (p, t) in enumerate(zip(points, targets))]
-
-
-def _unique(slugs: list[str], i: int) -> str:
-    """Slugs are unique unless two values print alike; then the index tells them apart."""
-    return slugs[i] if slugs.count(slugs[i]) == 1 else f"{slugs[i]}~{i}"
 
 
 def load_finished(job: Job) -> dict[str, Any] | None:
