@@ -35,6 +35,8 @@ POLICIES: dict[str, dict] = {
                                     "adc.step_rule": "uniform", "adc.statistic": "percentile",
                                     "adc.percentile": 99.9},
 }
+QUICK_POLICIES = ("before: offset, calibrated max", "sign-magnitude + per-slice",
+                  "best: + uniform step, p99.9")
 MVM_POLICIES = {"before (calibrated max)": {"adc_range": "calibrated"},
                 "best": {"adc_range": "calibrated", "input_encoding": "sign_magnitude",
                          "adc_granularity": "slice", "adc_step_rule": "uniform",
@@ -72,6 +74,13 @@ def single_mvm(section: Section, bits: tuple[int, ...]) -> None:
     section.table(["inputs", "ADC bits", *MVM_POLICIES, "ratio"], rows)
 
 
+def run(quick: bool, command: str) -> Section:
+    """The `python -m bench` entry (suite 'adc')."""
+    section = main(quick)
+    section.command(f"{command} --only adc" + (" --quick" if quick else ""))
+    return section
+
+
 def main(quick: bool = False) -> Section:
     import torch
 
@@ -89,9 +98,10 @@ def main(quick: bool = False) -> Section:
         float_acc = float((load_checkpoint(models["far"]).model(xs).argmax(1) == ys)
                           .float().mean())
     bits = QUICK_BITS if quick else BITS
+    policies = {k: POLICIES[k] for k in QUICK_POLICIES} if quick else POLICIES
     rows = []
     t0 = time.perf_counter()
-    for name, pol in POLICIES.items():
+    for name, pol in policies.items():
         cells = []
         for b in bits:
             acc, exact = accuracy(models["far"], {"adc.bits": b, **pol}, x, y)
