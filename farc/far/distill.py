@@ -325,10 +325,10 @@ class DistillOptions:
     similarity: str = "mse"
     """Per-head distance: "mse" (relative MSE, sum (s - t)^2 / sum t^2 per head) or
     "cosine" (1 - cosine over the head's d channels, averaged over tokens)."""
-    sim_weight: float = 1.0
+    sim_weight: float = 3.0
     """Weight of the summed per-head similarity term in the end-to-end fine-tune (stage 1
     is the similarity alone)."""
-    epochs: int = 20
+    epochs: int = 30
     ft_epochs: int = 10
     lr: float = 2e-2
     ft_lr: float = 1e-3
