@@ -33,7 +33,7 @@ QUICK_SIGMAS = (0.0, 0.02, 0.1)
 SEEDS = (0, 1, 2)
 BITS = {"quant.weight_bits": 8, "quant.input_bits": 8, "crossbar.cell_bits": 2}
 CLI_BITS = "--weight-bits 8 --input-bits 8 --cell-bits 2"
-TEACHER_EPOCHS, DISTILL_EPOCHS, FT_EPOCHS = 40, 20, 10
+TEACHER_EPOCHS, DISTILL_EPOCHS, FT_EPOCHS = 40, 30, 10
 """The CLI defaults; --quick trains a separate, shorter set when none is cached."""
 QUICK_EPOCHS = (10, 6, 4)
 
