@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import struct
-import subprocess
 import sys
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,47 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "targets"))
 
 
-LAUNCH = """
-import atexit, os
-def _hwm():
-    with open("/proc/self/status") as fh:
-        kib = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
-    with open(os.environ["FARC_BENCH_HWM"], "w") as out:
-        out.write(kib)
-atexit.register(_hwm)
-from farc.cli import main
-main()
-"""
-
-
 def peak_rss(args: list[str], hwm: Path) -> tuple[int, float, str]:
-    """(exit code, peak RSS in MiB, last stderr line) of `farc ARGS` in a fresh process.
-    The peak is the process's own VmHWM, read at exit (ru_maxrss of a child would include
-    the parent's size at fork: Linux keeps it across exec)."""
-    res = subprocess.run([sys.executable, "-c", LAUNCH, *map(str, args)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "FARC_BENCH_HWM": str(hwm)}, check=False)
+    """(exit code, peak RSS in MiB, last stderr line) of `farc ARGS` in a fresh process
+    (tests/test_hostile_inputs.farc_peak_mib)."""
+    from test_hostile_inputs import farc_peak_mib
+
+    res, mib = farc_peak_mib(args, hwm)
     lines = res.stderr.strip().splitlines()
-    return res.returncode, int(hwm.read_text()) / 1024, lines[-1] if lines else ""
-
-
-def _npy_header(path: Path, shape: tuple, descr: str = "<f4") -> Path:
-    with open(path, "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, {"descr": descr, "fortran_order": False,
-                                                  "shape": shape})
-        fh.write(b"\0" * 64)
-    return path
-
-
-def _png(path: Path, w: int, h: int) -> None:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2,
-                                                                        0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return res.returncode, mib, lines[-1] if lines else ""
 
 
 def _deflated_2gib(good: Path, out: Path) -> Path:
@@ -86,7 +49,14 @@ def _deflated_2gib(good: Path, out: Path) -> Path:
 def build(d: Path) -> list[tuple[str, list, list]]:
     """(case, bomb command, the same command on a valid input)."""
     from farc.runtime.builder import XbarParams, input_scale, make_program, pack_layer
-    from test_hostile_inputs import _loop_over_zeros, base_program, forged, isaac_program
+    from test_hostile_inputs import (
+        _loop_over_zeros,
+        _npy_header_only,
+        _png_header,
+        base_program,
+        forged,
+        isaac_program,
+    )
 
     good = base_program().save(d / "good.farc")
     isaac = isaac_program().save(d / "isaac.farc")
@@ -110,7 +80,7 @@ def build(d: Path) -> list[tuple[str, list, list]]:
         "op": "zeros", "in": ["x"], "shape": [10**6, 10**6], "out": "big"}), name="zeros.farc")
     ids = forged(d, lambda m, a: m["layers"][0].update(crossbars=[[10**8] * len(
         m["layers"][0]["crossbars"][0])]), isaac_program(), name="ids.farc")
-    npy = _npy_header(d / "bomb.npy", (10**12, 12))
+    npy = _npy_header_only(d / "bomb.npy", (10**12, 12))
     npz = d / "bomb.npz"
     fh = io.BytesIO()
     np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
@@ -128,7 +98,7 @@ def build(d: Path) -> list[tuple[str, list, list]]:
     from PIL import Image
 
     for split in ("train", "val"):
-        _png(d / "pngs" / split / "a" / "big.png", 20000, 20000)
+        _png_header(d / "pngs" / split / "a" / "big.png", 20000, 20000)
         (d / "ok" / split / "a").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(d / "ok" / split / "a" / "small.png")
     o = d / "out.npy"

@@ -579,12 +579,24 @@ import atexit, os
 def _hwm():
     with open("/proc/self/status") as fh:
         kib = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
-    with open(os.environ["FARC_TEST_HWM"], "w") as out:
+    with open(os.environ["FARC_HWM_FILE"], "w") as out:
         out.write(kib)
 atexit.register(_hwm)
 from farc.cli import main
 main()
 """
+
+
+def farc_peak_mib(args: list, hwm: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `farc ARGS` in a fresh process; (its result, its own peak RSS in MiB: VmHWM read
+    at exit, since a child's ru_maxrss would include the parent's size at fork).
+    bench/bad_inputs_memory.py measures the full-size bombs with it too."""
+    res = subprocess.run([sys.executable, "-c", HWM_LAUNCH, *map(str, args)],
+                         capture_output=True, text=True,
+                         env={**os.environ, "FARC_HWM_FILE": str(hwm)}, check=False)
+    return res, int(hwm.read_text()) / 1024
+
+
 PEAK_MIB = 200
 """Issue 18: refusing a bomb stays under 200 MB (docs/bad-inputs.md has the full-size
 figures from bench/bad_inputs_memory.py)."""
@@ -626,10 +638,7 @@ def test_bomb_peak_memory(tmp_path: Path, case: str) -> None:
         _rewrite_manifest(prog, manifest)
     else:
         x = _npy_header_only(tmp_path / "bomb.npy", (10**12, 12))
-    res = subprocess.run([sys.executable, "-c", HWM_LAUNCH, "run", str(prog), "--input",
-                          str(x), "-o", str(tmp_path / "o.npy")], capture_output=True,
-                         text=True, env={**os.environ, "FARC_TEST_HWM": str(tmp_path / "hwm")},
-                         check=False)
+    res, peak = farc_peak_mib(["run", prog, "--input", x, "-o", tmp_path / "o.npy"],
+                              tmp_path / "hwm")
     one_line_error(res, "error")
-    peak = int((tmp_path / "hwm").read_text()) / 1024
     assert peak < PEAK_MIB, f"{case}: peak {peak:.0f} MiB"
