@@ -492,11 +492,11 @@ def _layer_fields(func: relax.Function, target: Target) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     """An attribute value as JSON-ready Python: nested lists, ints stay ints (power-of-two
     steps), floats stay floats (uniform steps)."""
-    if isinstance(value, tvm.tirx.FloatImm if hasattr(tvm, "tirx") else float):
-        return float(value.value)
     if isinstance(value, int | float):
         return value
-    if hasattr(value, "value"):  # IntImm
+    if isinstance(value, tvm.tirx.FloatImm):
+        return float(value.value)
+    if isinstance(value, tvm.tirx.IntImm):
         return int(value.value)
     return [_plain(v) for v in value]
 

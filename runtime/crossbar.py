@@ -140,7 +140,7 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     exact32 = p.qx * float(np.abs(q).sum(axis=0).max(initial=0.0)) < F32_EXACT
     col_steps = _column_steps(layer, p, arrays[names["col_slice"]])
     steps = np.asarray(layer["adc_step"], dtype=np.int64) if col_steps is None else \
-        col_steps.max(axis=1).astype(np.int64)
+        np.ceil(col_steps.max(axis=1)).astype(np.int64)  # a bound only: col_steps rule
     used_rows = np.asarray(g.rows_in_use)
     if p.adc_flip:  # the crossbars hold the complemented columns
         flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=True)

@@ -406,17 +406,9 @@ class XbarParams:
 
     @classmethod
     def from_target(cls, target: Any) -> XbarParams:
-        """From a `farc.targets.Target` (read by attribute, so runtime never imports it);
-        the Target itself calls this once (`Target.xbar`)."""
-        return cls(rows=target.crossbar.rows, cols=target.crossbar.cols,
-                   cell_bits=target.crossbar.cell_bits, dac_bits=target.dac.bits,
-                   adc_bits=target.adc.bits, adc_range=target.adc.range,
-                   weight_bits=target.quant.weight_bits, input_bits=target.quant.input_bits,
-                   mapping=target.quant.mapping, adc_flip=bool(target.adc.flip),
-                   input_encoding=target.quant.input_encoding,
-                   adc_granularity=target.adc.granularity, adc_step_rule=target.adc.step_rule,
-                   adc_statistic=target.adc.statistic,
-                   adc_percentile=float(target.adc.percentile))
+        """From a `farc.targets.Target` (through its TOML-shaped dict, so runtime never
+        imports it); the Target itself calls this once (`Target.xbar`)."""
+        return cls.from_target_dict(target.to_dict())
 
     @classmethod
     def from_target_dict(cls, d: dict[str, Any]) -> XbarParams:

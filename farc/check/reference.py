@@ -12,9 +12,10 @@ emulator fault makes the two disagree.
 How the graph is built: a copy of the torch model whose crossbar modules (every Linear,
 the patch-embedding convolution, every LSTM) are replaced by reference modules, so the
 model's own forward (token mixing, norms, GELU, attention's digital matmuls, the LSTMs'
-gate math) is the graph. It is exported to ONNX (the TorchScript exporter; LSTMs unrolled
-over the sequence) and run by onnxruntime. Integer arithmetic is float64 (exact below
-2**53, far above any target's sums); digital arithmetic is float32 as in the model.
+gate math) is the graph; it runs eagerly in torch, and its crossbar layers are exported to
+ONNX side by side (`export_layer_bank`) for the per-layer integer check in onnxruntime.
+Integer arithmetic is float64 (exact below 2**53, far above any target's sums); digital
+arithmetic is float32 as in the model.
 
 A reference layer takes the ADC's bit-level path (per row tile, input cycle, column) unless
 its own levels prove the ADC lossless (every step 1 and no stored column can sum past the
@@ -295,15 +296,14 @@ class ReferenceLSTM(nn.Module):
 
 
 class Reference(nn.Module):
-    """The model with its crossbar modules replaced. forward(image) -> logits; with
-    `taps=True` also every crossbar call's (input, output), in call order."""
+    """The model with its crossbar modules replaced. forward(image) -> logits; every
+    crossbar call's (input, output) is in `calls` afterwards, in call order."""
 
     def __init__(self, model: nn.Module, choices: dict[str, LayerChoice]) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).eval().float()
         self.recorder = Recorder()
         self.layers: dict[str, CrossbarMatmul] = {}
-        self.record = False
         _replace(self.model, choices, self)
         missing = sorted(set(choices) - set(self.layers))
         if missing:
@@ -314,12 +314,9 @@ class Reference(nn.Module):
     def calls(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         return self.recorder.calls
 
-    def forward(self, image: torch.Tensor) -> Any:
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
         self.recorder.reset()
-        logits = self.model(image)
-        if not self.record:
-            return logits
-        return (logits, *[t for _, x, y in self.calls for t in (x, y)])
+        return self.model(image)
 
 
 def _replace(model: nn.Module, choices: dict[str, LayerChoice], ref: Reference) -> None:
@@ -361,37 +358,7 @@ def build_reference(model: nn.Module, program: Any) -> Reference:
 
 
 # ---------------------------------------------------------------- ONNX
-REF_INPUT = "image"
-REF_OUTPUT = "logits"
 REF_OPSET = 17
-
-
-def export_reference(ref: Reference, example: torch.Tensor, path: Any,
-                     taps: bool = False) -> list[str]:
-    """Write the reference as ONNX (batch axis dynamic); returns its output names:
-    "logits", then with `taps` "x.<layer>.<call>" and "y.<layer>.<call>" for every crossbar
-    call (the per-layer comparison reads them)."""
-    import warnings
-
-    ref.record = taps
-    with torch.no_grad():
-        ref(example)
-    names = [REF_OUTPUT]
-    seen: dict[str, int] = {}
-    for name, _, _ in ref.calls:
-        k = seen[name] = seen.get(name, -1) + 1
-        names += [f"x.{name}.{k}", f"y.{name}.{k}"]
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(ref, (example,), str(path), dynamo=False,
-                              opset_version=REF_OPSET, input_names=[REF_INPUT],
-                              output_names=names,
-                              dynamic_axes={n: {0: "batch"} for n in [REF_INPUT, *names]},
-                              do_constant_folding=False)
-    finally:
-        ref.record = False
-    return names
 
 
 class LayerBank(nn.Module):
