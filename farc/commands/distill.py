@@ -5,7 +5,6 @@ Runs as is on one process, or under `torchrun --nproc-per-node N farc distill ..
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import click
@@ -13,14 +12,6 @@ import torch
 
 from farc.commands._training import run_training, training_options
 from farc.far.distill import SIMILARITIES, DistillOptions, TrainOptions
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def print_accuracy(rows: list[tuple[str, float | None, float | None]]) -> None:
@@ -117,7 +108,7 @@ def _distill(teacher_path, output, data, opts, resume, world, threads, report_di
     from farc import distributed as D
     from farc.far.distill import Run, freeze, run_distill, state_path_for
     from farc.far.provenance import environment
-    from farc.models.checkpoint import load_checkpoint, save_checkpoint
+    from farc.models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
     from farc.models.far import FAR
 
     torch.manual_seed(opts.train.seed)

@@ -11,9 +11,10 @@ import click
 import torch
 
 from farc.commands._training import run_training, training_options
-from farc.commands.distill import file_sha256, print_accuracy
+from farc.commands.distill import print_accuracy
 from farc.far.distill import TrainOptions
 from farc.far.prune import PruneOptions
+from farc.models.checkpoint import file_sha256
 
 
 def print_units(rows: list[dict], heads: int) -> None:

@@ -13,7 +13,6 @@ dealt round-robin to the ranks (each with its own pool) and rank 0 gathers the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import multiprocessing
@@ -95,18 +94,12 @@ class Record:
 
 
 # ------------------------------------------------------------------------- planning
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def plan_jobs(checkpoint: str | Path, points: Sequence[Point], targets: Sequence[Any],
               outdir: Path, opts: SweepOptions) -> list[Job]:
     """One Job per point, with the settings its saved result must match to be reused."""
-    digest = file_digest(checkpoint)
+    from farc.models.checkpoint import file_sha256
+
+    digest = file_sha256(checkpoint)
     common = {"version": RESULT_VERSION, "checkpoint_sha256": digest, "data": opts.data,
               "samples": opts.samples, "calib_samples": opts.calib_samples,
               "attention": opts.attention}
