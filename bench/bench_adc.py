@@ -44,18 +44,15 @@ MVM_POLICIES = {"before (calibrated max)": {"adc_range": "calibrated"},
 
 
 def accuracy(far_path, overrides: dict, x: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
-    from farc.runtime.emulator import Emulator
     from farc.targets import load_target
 
+    from farc.check.verify import program_is_lossless, run_emulator
     from farc.compiler import CompileOptions, compile_checkpoint
 
     target = load_target("isaac").with_overrides(**BASE, **overrides)
     prog = compile_checkpoint(str(far_path), target, CompileOptions(calib_samples=64))
-    emu = Emulator(prog)
-    name, out_name = prog.manifest["inputs"][0]["name"], prog.manifest["outputs"][0]["name"]
-    out = np.concatenate([emu.run({name: x[i:i + 64]})[out_name]
-                          for i in range(0, len(x), 64)])
-    return float((out.argmax(1) == y).mean()), all(pl.lossless for pl in emu.layers)
+    out = run_emulator(prog, x)
+    return float((out.argmax(1) == y).mean()), program_is_lossless(prog)
 
 
 def single_mvm(section: Section, bits: tuple[int, ...]) -> None:
