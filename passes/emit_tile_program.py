@@ -303,6 +303,9 @@ class _Emitter:
     def _op_tanh(self, call, args):
         return self._unary("tanh", call, args)
 
+    def _op_nn_relu(self, call, args):
+        return self._unary("relu", call, args)
+
     def _op_nn_gelu(self, call, args):
         return self._unary("gelu", call, args)
 

@@ -455,6 +455,11 @@ def _tanh(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
     return np.tanh(xs[0], dtype=np.float32)
 
 
+@handler("relu")
+def _relu(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.maximum(xs[0], np.float32(0), dtype=np.float32)
+
+
 @handler("gelu")
 def _gelu(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
     return gelu(xs[0])

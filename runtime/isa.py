@@ -153,6 +153,7 @@ OPS: dict[str, OpSpec] = {
     "sigmoid": _digital(1),
     "tanh": _digital(1),
     "gelu": _digital(1),
+    "relu": _digital(1),
     "layernorm": OpSpec(3, "digital_in", _same, attrs={"eps": _NUM}),
     "softmax": OpSpec(1, "digital", _same, attrs={"axis": int}),
     "matmul": OpSpec(2, "matmul", _matmul),

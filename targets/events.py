@@ -125,9 +125,10 @@ def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
 
 
 DIGITAL_KEY = {"add": "add", "sub": "add", "scale": "add", "mul": "mul", "sigmoid": "sigmoid",
-               "tanh": "tanh", "gelu": "gelu", "layernorm": "layernorm", "softmax": "softmax",
-               "quantize": "mul", "rescale": "mul"}
-"""Pricing: digital_ops kind -> [digital] key of its per-element energy and cycles."""
+               "tanh": "tanh", "gelu": "gelu", "relu": "add", "layernorm": "layernorm",
+               "softmax": "softmax", "quantize": "mul", "rescale": "mul"}
+"""Pricing: digital_ops kind -> [digital] key of its per-element energy and cycles (relu, a
+compare-and-select per element, is priced as one add: no target key of its own)."""
 PRICED_APART = (MATMUL_KIND, "shift_add")
 """digital_ops kinds priced by their own constants ([digital] matmul_mac_pj, shift_add_pj)."""
 

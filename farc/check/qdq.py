@@ -479,6 +479,7 @@ _HANDLERS: dict[str, Callable[[_Translator, dict, str], None]] = {
     "sigmoid": _elementwise("Sigmoid"),
     "tanh": _elementwise("Tanh"),
     "gelu": _op_gelu,
+    "relu": _elementwise("Relu"),
     "layernorm": _op_layernorm,
     "softmax": _op_softmax,
     "matmul": _elementwise("MatMul"),

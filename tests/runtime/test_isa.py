@@ -138,6 +138,7 @@ SAMPLES: dict[str, Callable[[], Program]] = {
     "mul": _binary("mul", [3, 1], [1, 4]), "matmul": _binary("matmul", [2, 4, 5], [1, 5, 6]),
     "concat": _binary("concat", [2, 3], [4, 3], axis=-2),
     "sigmoid": _unary("sigmoid"), "tanh": _unary("tanh"), "gelu": _unary("gelu"),
+    "relu": _unary("relu"),
     "softmax": _unary("softmax", axis=1), "scale": _unary("scale", value=0.5),
     "layernorm": _layernorm, "reshape": _unary("reshape", shape=[-1, 1]),
     "transpose": _unary("transpose", perm=[0, 2, 1]),
