@@ -1,0 +1,368 @@
+"""The crossbar numerics of docs/numerics.md as a differentiable torch model.
+
+What the compiled program does to every crossbar matmul `y = x @ W + b`, restated on torch
+tensors so a FAR model can be trained *through* it (`farc finetune`, farc/far/finetune.py):
+per-column weight quantization, input quantization, the signed mapping and bit slices, the
+DAC cycles, the row tiles, the ADC rule (step, range, clipping, per-slice steps, flip
+encoding), the shift-and-add and the digital corrections, and the emulator's device models
+(programming variation, read noise, stuck-at cells, finite on/off ratio, drift; in level units,
+runtime/noise.py) sampled afresh on every call of `LayerNumerics.prepare`.
+
+Every constant comes from `farc.runtime.numerics` (Qw, Qx, zero point, slices, cycles, plane
+weights, the ADC steps, the lossless rule); only the tensor arithmetic is written here, and
+tests/test_finetune_numerics.py checks that, noise-free, it gives the emulator's integers
+bit for bit on a compiled digits FAR (lossless and lossy ADC programs alike).
+
+Gradients are straight-through: the forward value is the hardware's, the backward is that of
+`(x_q * s_x) @ (q * s_w) + b` with the rounding treated as identity (and no gradient to inputs
+that the input quantizer clips). The bit-level path runs without autograd, so the backward
+costs one float matmul per layer whatever the ADC or noise.
+
+Why float64 for everything after the partial sums: partial sums and ADC outputs are integers
+(or dyadic rationals for uniform steps), exact in float64, so the sums equal the emulator's
+exactly; the partial sums themselves are exact in float32 below 2**24 (checked)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from farc.errors import ConfigError
+from farc.runtime.noise import NoiseConfig, g_off_units
+from farc.runtime.numerics import (
+    XbarParams,
+    full_scale_pmax,
+    lossless,
+    max_code,
+    plane_weights,
+    qmax,
+)
+
+F32_EXACT = 2**24
+"""Integers below this are exact in float32."""
+
+
+@dataclass
+class LayerNumerics:
+    """The choices one crossbar layer is executed with: its parameters, input scale and ADC
+    steps (as a program layer records them: one per row tile, or per row tile one per
+    weight slice)."""
+
+    name: str
+    p: XbarParams
+    in_scale: float
+    adc_step: list
+
+    @classmethod
+    def from_program_layer(cls, layer: dict[str, Any]) -> LayerNumerics:
+        return cls(str(layer["name"]), XbarParams.from_layer(layer), float(layer["in_scale"]),
+                   list(layer["adc_step"]))
+
+    def prepare(self, W: torch.Tensor, bias: torch.Tensor | None,
+                noise: NoiseConfig | None = None,
+                gen: torch.Generator | None = None) -> PreparedXbar:
+        """Quantize and slice W [K, N] onto crossbars and (with `noise`) draw one device
+        instance: what programming the crossbars does. Apply to inputs with `mvm`."""
+        return PreparedXbar(self, W, bias, noise if noise is not None and noise.enabled
+                            else None, gen)
+
+
+def quantize_weights_t(W: torch.Tensor, weight_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """numerics.quantize_weights on a tensor: (q float64 integers [K, N], s_w float32 [N]).
+    The scale is rounded to float32 first and the division done in float64, as there."""
+    qw = qmax(weight_bits)
+    w = W.detach().double()
+    peak = w.abs().amax(dim=0)
+    s_w = torch.where(peak > 0, peak / qw, torch.ones_like(peak)).float()
+    q = torch.clamp(torch.round(w / s_w.double()), -qw, qw)
+    return q, s_w
+
+
+def quantize_input_t(x: torch.Tensor, in_scale: float, input_bits: int) -> torch.Tensor:
+    """numerics.quantize_input on a tensor: clip(rint(x / s_x), -Qx, Qx), divided in float32."""
+    qx = float(qmax(input_bits))
+    s = torch.tensor(in_scale, dtype=torch.float32, device=x.device)
+    return torch.clamp(torch.round(x.float() / s), -qx, qx)
+
+
+def _digits(d: torch.Tensor, cycles: int, dac_bits: int) -> torch.Tensor:
+    """[V, K] non-negative integers (float) -> [cycles, V, K] digits base 2**dac_bits."""
+    base = float(max_code(dac_bits) + 1)
+    div = base ** torch.arange(cycles, dtype=d.dtype, device=d.device)
+    return torch.remainder(torch.floor(d.unsqueeze(0) / div[:, None, None]), base)
+
+
+class PreparedXbar:
+    """One layer programmed onto crossbars (one device instance when noisy)."""
+
+    def __init__(self, ln: LayerNumerics, W: torch.Tensor, bias: torch.Tensor | None,
+                 noise: NoiseConfig | None, gen: torch.Generator | None) -> None:
+        p = ln.p
+        K, N = W.shape
+        self.ln, self.p, self.K, self.N = ln, p, K, N
+        self.W, self.bias, self.noise, self.gen = W, bias, noise, gen
+        dev = W.device
+        q, s_w = quantize_weights_t(W, p.weight_bits)
+        self.q, self.s_w = q, s_w
+        self.s_x = float(np.float32(ln.in_scale))
+        self.scale = (torch.tensor(self.s_x, dtype=torch.float32, device=dev) * s_w)
+        self.qx = float(p.qx)
+        self.zero = float(p.in_zero)
+        self.offset_qw = float(p.qw) if p.mapping == "offset" else 0.0
+        self.rt = math.ceil(K / p.rows)
+        with torch.no_grad():
+            levels, self.colw = self._encode(q)                       # [K, J], [S*signs]
+            tiles = torch.zeros(self.rt * p.rows, levels.shape[1], dtype=torch.float64,
+                                device=dev)
+            tiles[:K] = levels
+            tiles = tiles.reshape(self.rt, p.rows, -1)
+            used = torch.tensor([min(p.rows, K - r * p.rows) for r in range(self.rt)],
+                                device=dev)
+            self.cell_top = float(max_code(p.cell_bits))
+            self.flip = None
+            if p.adc_flip:  # numerics.flip_mask / physical_codes
+                self.flip = tiles.sum(dim=1) > torch.div(used * max_code(p.cell_bits), 2,
+                                                         rounding_mode="floor")[:, None]
+                live = torch.arange(p.rows, device=dev)[None, :, None] < used[:, None, None]
+                tiles = torch.where(self.flip[:, None, :] & live, self.cell_top - tiles, tiles)
+            self.stored = tiles
+            self.steps = self._column_steps(dev)                     # [RT, J] float64
+            self.lossless = lossless(ln.adc_step, tiles.cpu().numpy(), p.dac_bits,
+                                     p.adc_bits)
+            self.g = None if noise is None else self._program(tiles)
+        self.pw = torch.from_numpy(plane_weights(p.input_bits, p.dac_bits,
+                                                 p.input_encoding)).to(dev)
+        if full_scale_pmax(p.rows, p.dac_bits, p.cell_bits) >= F32_EXACT:
+            raise ConfigError(f"layer {ln.name}: partial sums up to "
+                              f"{full_scale_pmax(p.rows, p.dac_bits, p.cell_bits)} are not "
+                              "exact in float32")
+
+    # ---- weight side
+    def _encode(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Levels [K, N*signs*slices] in dense packing order (column j = (n*signs + sign)
+        * slices + s, as runtime.builder.encode_columns) and the shift-add weight of each
+        of an output's signs*slices columns."""
+        p = self.p
+        mags = [q.clamp(min=0), (-q).clamp(min=0)] if p.mapping == "differential" \
+            else [q + p.qw]
+        base = float(max_code(p.cell_bits) + 1)
+        cols, colw = [], []
+        for sign, m in enumerate(mags):
+            for s in range(p.slices):
+                cols.append(torch.remainder(torch.floor(m / base**s), base))
+                colw.append((1.0 - 2.0 * sign) * base**s)
+        levels = torch.stack(cols, dim=2).reshape(q.shape[0], -1)   # [K, N, signs*slices]
+        return levels, torch.tensor(colw, dtype=torch.float64, device=q.device)
+
+    def _column_steps(self, dev: torch.device) -> torch.Tensor:
+        """The ADC step of every (row tile, column): per row tile, or per (row tile, slice)."""
+        p = self.p
+        per = np.asarray(self.ln.adc_step, dtype=np.float64)
+        if per.shape[0] != self.rt:
+            raise ConfigError(f"layer {self.ln.name}: {per.shape[0]} ADC steps for "
+                              f"{self.rt} row tiles")
+        if per.ndim == 1:
+            per = np.repeat(per[:, None], p.slices, axis=1)
+        col_slice = np.tile(np.arange(p.slices), self.N * p.signs)
+        return torch.from_numpy(per[:, col_slice]).to(dev)
+
+    def _program(self, tiles: torch.Tensor) -> torch.Tensor:
+        """noise.program_conductances on a tensor: the conductances (level units) one
+        device instance holds. Drawn here, once per prepare: every training step programs
+        a fresh chip."""
+        cfg, span = self.noise, self.cell_top
+        off = g_off_units(self.p.cell_bits, cfg)
+        g = tiles + off
+        if cfg.prog_sigma > 0:
+            g = torch.clamp(g + cfg.prog_sigma * span * self._randn(g.shape), min=0.0)
+        if cfg.drift_nu > 0:
+            g = g * (cfg.drift_t / cfg.drift_t0) ** -cfg.drift_nu
+        if cfg.sa0_rate > 0 or cfg.sa1_rate > 0:
+            draw = torch.rand(g.shape, generator=self.gen, dtype=torch.float64,
+                              device=g.device)
+            g = torch.where(draw < cfg.sa0_rate, torch.full_like(g, off), g)
+            sa1 = (draw >= cfg.sa0_rate) & (draw < cfg.sa0_rate + cfg.sa1_rate)
+            g = torch.where(sa1, torch.full_like(g, off + span), g)
+        return g.float()
+
+    def _randn(self, shape: Any) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen, dtype=torch.float64,
+                           device=self.stored.device)
+
+    # ---- input side
+    def mvm(self, x: torch.Tensor) -> torch.Tensor:
+        """y [..., N] float32: the hardware's value forward, straight-through gradients."""
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.K)
+        x_int = quantize_input_t(flat, self.s_x, self.p.input_bits)
+        with torch.no_grad():
+            y_int = self.integers(x_int)
+            y_hw = y_int.float() * self.scale
+            if self.bias is not None:
+                y_hw = y_hw + self.bias.detach().float()
+        if not (torch.is_grad_enabled() and (flat.requires_grad or self.W.requires_grad)):
+            return y_hw.reshape(*lead, self.N)
+        y_ste = self._ste(flat, x_int)
+        return (y_ste + (y_hw - y_ste).detach()).reshape(*lead, self.N)
+
+    def _ste(self, flat: torch.Tensor, x_int: torch.Tensor) -> torch.Tensor:
+        """(x_q * s_x) @ (q * s_w) + b with identity gradients through both roundings
+        (zero for inputs beyond the quantizer's range)."""
+        inside = (flat.detach().abs() <= self.qx * self.s_x).to(flat.dtype)
+        x_q = (x_int * self.s_x).to(flat.dtype)
+        x_ste = x_q + (flat - flat.detach()) * inside
+        w_q = (self.q * self.s_w.double()).to(self.W.dtype)
+        w_ste = w_q + (self.W - self.W.detach())
+        y = x_ste @ w_ste
+        return y if self.bias is None else y + self.bias
+
+    def integers(self, x_int: torch.Tensor) -> torch.Tensor:
+        """y_int [V, N] float64 from input integers [V, K]: `x_int @ q` where the ADC is
+        provably lossless and the devices ideal (the emulator's fast path), else every
+        (row tile, cycle, column) partial sum through the ADC."""
+        if self.g is None and self.lossless:
+            return x_int.double() @ self.q
+        return self._bitlevel(x_int.double())
+
+    def _bitlevel(self, x_int: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        v = x_int.shape[0]
+        if p.input_encoding == "sign_magnitude":
+            per = p.cycles // 2
+            planes = torch.cat([_digits(x_int.clamp(min=0), per, p.dac_bits),
+                                _digits((-x_int).clamp(min=0), per, p.dac_bits)])
+            u = x_int
+        else:
+            u = x_int + self.zero
+            planes = _digits(u, p.cycles, p.dac_bits)                # [C, V, K]
+        pad = self.rt * p.rows - self.K
+        if pad:
+            planes = torch.nn.functional.pad(planes, (0, pad))
+        lhs = planes.reshape(p.cycles * v, self.rt, p.rows).transpose(0, 1)  # [RT, C*V, rows]
+        cond = self.stored if self.g is None else self.g
+        part = torch.bmm(lhs.float(), cond.float()).double()          # [RT, C*V, J]
+        if self.noise is not None and self.noise.read_sigma > 0:
+            sigma = self.noise.read_sigma * self.cell_top
+            sumsq = (lhs * lhs).sum(dim=2, keepdim=True)
+            part = part + sigma * torch.sqrt(sumsq) * self._randn(part.shape)
+        code = torch.clamp(torch.floor(part / self.steps[:, None, :] + 0.5), 0.0,
+                           float(max_code(p.adc_bits)))
+        digit = code * self.steps[:, None, :]
+        if self.flip is not None:  # P = top * sum_k u_c[k] - ADC(P')
+            total = lhs.sum(dim=2, keepdim=True) * self.cell_top
+            digit = torch.where(self.flip[:, None, :], total - digit, digit)
+        per_cycle = digit.sum(dim=0).reshape(p.cycles, v, -1)          # [C, V, J]
+        per_col = torch.tensordot(self.pw, per_cycle, dims=([0], [0]))  # [V, J]
+        acc = per_col.reshape(v, self.N, -1) @ self.colw
+        if self.offset_qw:
+            acc = acc - self.offset_qw * u.sum(dim=1, keepdim=True)
+        return acc - self.zero * self.q.sum(dim=0)
+
+
+# ---------------------------------------------------------------- a FAR through crossbars
+Matmul = Callable[[str, torch.Tensor, torch.Tensor | None], Callable[[torch.Tensor],
+                                                                     torch.Tensor]]
+"""(layer name, W [K, N], bias [N]) -> x [..., K] -> y [..., N]: how one layer is applied."""
+
+
+def layer_weights(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Every crossbar layer of a FAR as the compiler sees it: name -> (W [K, N], bias [N]).
+    Linear: weight^T; the patch conv: its kernel flattened in (c, kh, kw) order; an LSTM:
+    [W_ih^T ; W_hh^T] with the two biases summed (gate order i, f, g, o), as
+    passes/legalize_lstm.py stacks them."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            out[name] = (mod.weight.t(), mod.bias)
+        elif isinstance(mod, torch.nn.Conv2d):
+            out[name] = (mod.weight.reshape(mod.weight.shape[0], -1).t(), mod.bias)
+        elif isinstance(mod, torch.nn.LSTM):
+            out[name] = (torch.cat([mod.weight_ih_l0.t(), mod.weight_hh_l0.t()]),
+                         mod.bias_ih_l0 + mod.bias_hh_l0)
+    return out
+
+
+def far_forward(model: torch.nn.Module, x: torch.Tensor, matmul: Matmul,
+                collect: list | None = None) -> torch.Tensor:
+    """The FAR forward of farc/models/far.py with every crossbar matmul through `matmul`
+    (the digital ops as the program runs them: layernorm, GELU, gate math in float32).
+    The LSTMs run step by step on `[x_t ; h_{t-1}]`, as the compiled scan does."""
+    weights = layer_weights(model)
+
+    def apply(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        W, b = weights[name]
+        return matmul(name, W, b)
+
+    conv = model.patch_embed.proj
+    b, c, h, w = x.shape
+    kh, kw = conv.kernel_size
+    patches = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5)
+    tok = apply("patch_embed.proj")(patches.reshape(b, (h // kh) * (w // kw), c * kh * kw))
+    t = torch.cat([model.cls_token.expand(b, -1, -1), tok], dim=1) + model.pos_embed
+    for i, blk in enumerate(model.blocks):
+        pre = f"blocks.{i}."
+        heads = _mixer(blk.far, blk.norm1(t), apply, pre + "far.")
+        if collect is not None:
+            collect.append(heads)
+        t = t + apply(pre + "far.post_proj")(heads.flatten(2))
+        m = apply(pre + "mlp.fc1")(blk.norm2(t))
+        t = t + apply(pre + "mlp.fc2")(torch.nn.functional.gelu(m))
+    return apply("head")(model.norm(t)[:, 0])
+
+
+def _mixer(far: torch.nn.Module, x: torch.Tensor, apply: Callable, pre: str) -> torch.Tensor:
+    x = apply(pre + "pre_proj")(x)
+    d = far.head_dim
+    outs = []
+    for h in range(far.num_heads):
+        xh = x[:, :, h * d:(h + 1) * d]
+        fwd = _lstm(apply(f"{pre}lstm_fwd.{h}"), xh, far.lstm_fwd[h].hidden_size)
+        bwd = _lstm(apply(f"{pre}lstm_bwd.{h}"), xh.flip(1), far.lstm_bwd[h].hidden_size)
+        outs.append(apply(f"{pre}head_proj.{h}")(torch.cat([fwd, bwd.flip(1)], dim=-1)))
+    return torch.stack(outs, dim=2)
+
+
+def _lstm(cell: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+          hidden: int) -> torch.Tensor:
+    """One LSTM from zero state over x [B, T, I]: one crossbar matmul per step."""
+    b, steps, _ = x.shape
+    h = x.new_zeros(b, hidden)
+    c = torch.zeros_like(h)
+    out = []
+    for k in range(steps):
+        i, f, g, o = cell(torch.cat([x[:, k], h], dim=-1)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
+@dataclass
+class CrossbarNumerics:
+    """Every layer's numerics plus the device model: a `Matmul` for `far_forward`.
+    Each call of `matmul` programs the layer afresh (a new device draw with noise); one
+    forward is one chip instance."""
+
+    layers: dict[str, LayerNumerics]
+    noise: NoiseConfig | None = None
+    gen: torch.Generator | None = None
+    prepared: dict[str, PreparedXbar] = field(default_factory=dict)
+
+    @classmethod
+    def from_program(cls, program: Any, noise: NoiseConfig | None = None,
+                     gen: torch.Generator | None = None) -> CrossbarNumerics:
+        return cls({L["name"]: LayerNumerics.from_program_layer(L) for L in program.layers},
+                   noise, gen)
+
+    def matmul(self, name: str, W: torch.Tensor, bias: torch.Tensor | None
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+        if name not in self.layers:
+            raise ConfigError(f"no crossbar numerics for layer {name!r}")
+        prep = self.layers[name].prepare(W, bias, self.noise, self.gen)
+        self.prepared[name] = prep
+        return prep.mvm
