@@ -71,6 +71,12 @@ DEIT_PRESETS: dict[str, DeiTConfig] = {
         img_size=8, patch_size=2, in_chans=1, num_classes=10,
         embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
     ),
+    # A small 3-head digits shape (DeiT-Tiny's head count; 4x4 patches -> 5 tokens) for
+    # importing and testing reference-implementation FAR checkpoints (docs/import-far.md).
+    "deit_digits_3h": DeiTConfig(
+        img_size=8, patch_size=4, in_chans=1, num_classes=10,
+        embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0,
+    ),
 }
 
 
