@@ -20,6 +20,7 @@ from typing import Any
 
 from farc.runtime.isa import DIGITAL_EVENTS, IN_PLACE_OPS, OPS
 from farc.targets.dataflow import Step, manifest_of, numel, walk
+from farc.targets.derived import adc_area_mm2, adcs_per_crossbar
 from farc.targets.events import (
     DIGITAL_KEY,
     accumulate,
@@ -220,14 +221,17 @@ def area_mm2(target: Target, layers: list[dict], extra_crossbars: int = 0) -> di
     a, c = target.area, target.crossbar
     n = extra_crossbars + sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
                               for lay in layers)
-    adcs = math.ceil(c.cols / target.adc.columns_per_adc)
+    adcs = adcs_per_crossbar(target)
     imas = math.ceil(n / target.chip.crossbars_per_ima)
     tiles = math.ceil(imas / target.chip.imas_per_tile)
     return {"crossbar": n * a.crossbar_mm2, "dac": n * c.rows * a.dac_mm2,
-            "adc": n * adcs * a.adc_mm2, "sample_hold": n * c.cols * a.sample_hold_mm2,
+            "adc": n * adcs * adc_area_mm2(target), "sample_hold": n * c.cols * a.sample_hold_mm2,
             "ima": imas * a.ima_overhead_mm2, "tile": tiles * a.tile_overhead_mm2}
 
 
 def chip_area_mm2(target: Target) -> float:
-    """Area of the whole chip: every crossbar with its periphery plus the chip-level part."""
-    return sum(area_mm2(target, [], target.crossbars).values()) + target.area.chip_overhead_mm2
+    """Area of the whole chip: every crossbar with its periphery plus the chip-level part
+    (targets/chip.py, which also gives the chip's peak power)."""
+    from farc.targets.chip import chip_totals
+
+    return chip_totals(target).total_area_mm2("chip")

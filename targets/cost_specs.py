@@ -1,4 +1,5 @@
-"""Typed cost sections of a target file: [latency], [energy], [area], [write], [digital].
+"""Typed cost sections of a target file: [latency], [energy], [area], [write], [digital],
+[interconnect], [power] and [published] (the paper's totals, for comparison only).
 
 Defaults are ISAAC's (Shafiee et al., ISCA 2016, Table 6), like the defaults of the
 architecture sections in `target.py`; every shipped TOML sets every key with its source.
@@ -21,7 +22,7 @@ class LatencySpec:
     mvm_pipeline_cycles: int = 0
     """Extra cycles to fill/drain the MVM pipeline once per MVM instruction (PUMA: 2, for the
     DAC input and the ADC/shift-add stages; ISAAC's 16-cycle MVM counts none). >= 0."""
-    buffer_bytes_per_ns: float = 32.0
+    buffer_bytes_per_ns: float = 38.4
     """Buffer (eDRAM/SRAM) bandwidth for data-movement ops (concat, slice, transpose,
     gather/scatter of loops), bytes/ns. > 0."""
 
@@ -30,16 +31,21 @@ class LatencySpec:
 class EnergySpec:
     crossbar_cycle_pj: float = 30.0
     """Energy of one crossbar for one input cycle (array read incl. sample-and-hold), pJ."""
-    dac_pulse_pj: float = 0.0004
+    dac_pulse_pj: float = 0.39
     """Energy of one DAC pulse (one row, one input cycle), pJ."""
-    adc_conversion_pj: float = 1.67
-    """Energy of one ADC conversion, pJ."""
+    adc_conversion_pj: float = 1.5625
+    """Energy of one conversion of the reference ADC (`adc_reference_bits`), pJ. Another
+    `adc.bits` scales it by 2**(bits - adc_reference_bits) (Walden figure of merit held
+    constant; `targets/derived.py`)."""
+    adc_reference_bits: int = 8
+    """Resolution of the ADC whose energy (`adc_conversion_pj`) and area (`area.adc_mm2`) the
+    file gives: the published ADC. 1..16."""
     shift_add_pj: float = 0.02
     """Energy of one shift-and-add of an ADC output, pJ."""
     buffer_pj_per_byte: float = 0.54
     """Buffer (eDRAM/SRAM) access energy per byte read or written, pJ/B."""
-    interconnect_pj_per_byte: float = 1.1
-    """On-chip network energy per byte carried between tiles (crossbar inputs/outputs), pJ/B."""
+    interconnect_pj_per_byte: float = 1.09
+    """On-chip network energy per byte per hop (one router traversal and its link), pJ/B."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class AreaSpec:
     dac_mm2: float = 0.00000017
     """Area of one DAC (one per crossbar row), mm^2."""
     adc_mm2: float = 0.0012
-    """Area of one ADC, mm^2."""
+    """Area of one reference ADC (`energy.adc_reference_bits`), mm^2; another `adc.bits`
+    scales it by 2**(bits - adc_reference_bits) (`targets/derived.py`)."""
     sample_hold_mm2: float = 0.00000004
     """Area of one sample-and-hold (one per crossbar column), mm^2."""
     ima_overhead_mm2: float = 0.00311
@@ -114,16 +121,67 @@ class DigitalSpec:
     """MACs the digital matmul unit completes per cycle. >= 1."""
 
 
+@dataclass(frozen=True)
+class InterconnectSpec:
+    topology: str = "mesh"
+    """'mesh': routers on a 2-D grid, a transfer crosses the Manhattan distance between the
+    producer's and the consumer's router (+1 for the router it enters); 'bus': one shared
+    bus, every transfer one hop."""
+    tiles_per_router: int = 4
+    """Tiles sharing one router (concentration; ISAAC and PUMA: 4). >= 1."""
+    link_bytes_per_ns: float = 4.8
+    """Bytes one link (or the bus) carries per ns: flit width x clock. > 0."""
+    hop_ns: float = 0.833
+    """Router + link latency of one hop, ns (one cycle of the router clock). >= 0."""
+    router_ports: int = 8
+    """Ports of a router; at peak every port moves a flit per cycle (chip power). >= 1."""
+
+
+@dataclass(frozen=True)
+class PowerSpec:
+    ima_other_mw: float = 1.48
+    """Peak power of the per-IMA (core) parts the event costs do not cover (registers,
+    instruction memory, sample-and-holds, ALUs), mW: what chip totals add per IMA."""
+    tile_other_mw: float = 9.65
+    """Peak power of the per-tile parts the event costs do not cover (bus, output register,
+    pooling, digital units), mW."""
+    chip_other_mw: float = 10400.0
+    """Peak power of the chip-level parts (off-chip links), mW."""
+
+
+@dataclass(frozen=True)
+class PublishedSpec:
+    ima_power_mw: float = 0.0
+    """Published peak power of one IMA (core), mW; 0 = not published. For comparison only:
+    `farc targets` and tests set the model's totals beside it."""
+    ima_area_mm2: float = 0.0
+    """Published area of one IMA (core), mm^2; 0 = not published."""
+    tile_power_mw: float = 0.0
+    """Published peak power of one tile, mW; 0 = not published."""
+    tile_area_mm2: float = 0.0
+    """Published area of one tile, mm^2; 0 = not published."""
+    chip_power_w: float = 0.0
+    """Published peak power of the chip (node), W; 0 = not published."""
+    chip_area_mm2: float = 0.0
+    """Published area of the chip (node), mm^2; 0 = not published."""
+
+
 COST_SPECS: dict[str, type] = {
     "latency": LatencySpec,
     "energy": EnergySpec,
     "area": AreaSpec,
     "write": WriteSpec,
     "digital": DigitalSpec,
+    "interconnect": InterconnectSpec,
+    "power": PowerSpec,
+    "published": PublishedSpec,
 }
+TOPOLOGIES = ("mesh", "bus")
 # Keys that must be strictly positive (everything else only >= 0).
 POSITIVE = {
     ("latency", "crossbar_read_ns"), ("latency", "adc_gsps"), ("latency", "buffer_bytes_per_ns"),
     ("write", "endurance"), ("digital", "clock_ghz"), ("digital", "vector_lanes"),
-    ("digital", "matmul_macs_per_cycle"),
+    ("digital", "matmul_macs_per_cycle"), ("interconnect", "tiles_per_router"),
+    ("interconnect", "router_ports"),
+    ("interconnect", "link_bytes_per_ns"), ("energy", "adc_reference_bits"),
 }

@@ -10,7 +10,10 @@ dac_cycles, dac_conversions (row drives: slots, an upper bound of the data-depen
 dac_pulses), adc_conversions, digital_ops {kind: elements; matmul_mac, quantize,
 shift_add, rescale included}, bytes_moved (float32 register bytes), instructions.
 Cost-model-only extras: interconnect_bytes (MVM inputs/outputs between tiles, float32
-bytes) and cell_writes (attention costed as crossbar rewrites)."""
+bytes), interconnect_byte_hops (those bytes times the hops they travel on the target's
+topology, set by cost.py from the placement), step_multiplies (ADC outputs scaled by a
+uniform, non power-of-two step: one per conversion of a layer with adc_step_rule =
+'uniform') and cell_writes (attention costed as crossbar rewrites)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 from farc.runtime.counters import BYTES_PER_ELEMENT, Counters, record, record_loop, record_mvm
 from farc.runtime.isa import DIGITAL_KINDS, MATMUL_KIND, disagreements
 from farc.runtime.walk import Shape
+from farc.targets.derived import adc_conversion_pj, step_multiply_pj
 from farc.targets.mvm import Geometry, activation_bytes
 from farc.targets.target import Target
 
@@ -27,7 +31,8 @@ from farc.errors import ConfigError
 
 COUNTS = ("dac_cycles", "dac_conversions", "adc_conversions", "bytes_moved", "instructions")
 """Scalar counts shared with the emulator's Counters."""
-SCALARS = (*COUNTS, "interconnect_bytes", "cell_writes")
+SCALARS = (*COUNTS, "interconnect_bytes", "interconnect_byte_hops", "step_multiplies",
+           "cell_writes")
 
 
 def new_events() -> dict[str, Any]:
@@ -76,6 +81,8 @@ def instruction_events(ins: dict[str, Any], in_shapes: tuple[Shape, ...],
     ev = events_of(c)
     if ins["op"] == "mvm":
         ev["interconnect_bytes"] = c.bytes_moved
+        if layer is not None and layer.get("adc_step_rule", "pow2") == "uniform":
+            ev["step_multiplies"] = c.adc_conversions
     return ev
 
 
@@ -104,7 +111,12 @@ def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
 
     Also prices the emulator's own counters (`Counters.to_dict()`): their measured
     `dac_pulses` (non-zero digits) replace the slot count `dac_conversions` when present;
-    they carry no `interconnect_bytes` or `cell_writes` (those components are then 0)."""
+    they carry no `interconnect_bytes` or `cell_writes` (those components are then 0).
+
+    The ADC's energy per conversion is `derived.adc_conversion_pj` (scaled with adc.bits);
+    a uniform ADC step adds one periphery multiply per conversion (`step_multiplies`, priced
+    in the shift_add component). Interconnect energy is per byte per hop: the bytes times
+    the hops they travel (`interconnect_byte_hops`; one hop each when absent)."""
     e, d = target.energy, target.digital
     pulses = ev.get("dac_pulses")
     pulses = ev["dac_conversions"] if pulses is None else pulses
@@ -114,12 +126,13 @@ def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
     return {
         "crossbar": ev["dac_cycles"] * e.crossbar_cycle_pj,
         "dac": pulses * e.dac_pulse_pj,
-        "adc": ev["adc_conversions"] * e.adc_conversion_pj,
-        "shift_add": ops.get("shift_add", 0) * e.shift_add_pj,
+        "adc": ev["adc_conversions"] * adc_conversion_pj(target),
+        "shift_add": ops.get("shift_add", 0) * e.shift_add_pj +
+        ev.get("step_multiplies", 0) * step_multiply_pj(target),
         "digital": digital,
         "buffer": ev["bytes_moved"] * byte_scale * e.buffer_pj_per_byte,
-        "interconnect": ev.get("interconnect_bytes", 0) * byte_scale *
-        e.interconnect_pj_per_byte,
+        "interconnect": ev.get("interconnect_byte_hops", ev.get("interconnect_bytes", 0)) *
+        byte_scale * e.interconnect_pj_per_byte,
         "write": ev.get("cell_writes", 0) * target.write.cell_pj,
     }
 

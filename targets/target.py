@@ -29,10 +29,14 @@ from farc.runtime.numerics import (
 from farc.targets.cost_specs import (
     COST_SPECS,
     POSITIVE,
+    TOPOLOGIES,
     AreaSpec,
     DigitalSpec,
     EnergySpec,
+    InterconnectSpec,
     LatencySpec,
+    PowerSpec,
+    PublishedSpec,
     WriteSpec,
 )
 
@@ -154,6 +158,12 @@ class Target:
     """Crossbar programming cost and endurance (attention costed as crossbar rewrites)."""
     digital: DigitalSpec = field(default_factory=DigitalSpec)
     """Digital vector units and the digital matmul unit."""
+    interconnect: InterconnectSpec = field(default_factory=InterconnectSpec)
+    """On-chip network between tiles: topology, concentration, link bandwidth, hop latency."""
+    power: PowerSpec = field(default_factory=PowerSpec)
+    """Peak power of the periphery the per-event costs do not cover (for chip totals)."""
+    published: PublishedSpec = field(default_factory=PublishedSpec)
+    """The paper's own totals (IMA/core, tile, chip), shown beside the model's."""
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The cost sections as given in the file (raw dicts; kept for older readers; the typed
     sections above are authoritative)."""
@@ -315,10 +325,18 @@ def _check_ranges(t: Target, source: str) -> None:
 
 
 def _check_costs(t: Target, source: str) -> None:
+    if t.interconnect.topology not in TOPOLOGIES:
+        raise ConfigError(f"{source}: [interconnect] topology = {t.interconnect.topology!r} "
+                          f"must be one of {', '.join(map(repr, TOPOLOGIES))}")
+    if not 1 <= t.energy.adc_reference_bits <= 16:
+        raise ConfigError(f"{source}: [energy] adc_reference_bits = "
+                          f"{t.energy.adc_reference_bits!r} must be in 1..16")
     for sec in COST_SECTIONS:
         spec = getattr(t, sec)
         for f in fields(spec):
             v = getattr(spec, f.name)
+            if isinstance(v, str):
+                continue
             if (sec, f.name) in POSITIVE and not v > 0:
                 raise ConfigError(f"{source}: [{sec}] {f.name} = {v!r} must be > 0")
             if not (v >= 0 and math.isfinite(v)):

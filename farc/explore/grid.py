@@ -1,7 +1,8 @@
 """The grid of `farc sweep`: `--grid section.key=v1,v2,...` (integer ranges `a..b` allowed
 among the values), expanded into the cartesian product of target overrides. Keys joined by
-`+` move together (one axis, values joined by `:`), e.g. an ADC's energy per conversion with
-its bits: `--grid adc.bits+energy.adc_conversion_pj=6:0.42,7:0.84,8:1.67`.
+`+` move together (one axis, values joined by `:`), e.g. a cell's bits with the weight bits:
+`--grid crossbar.cell_bits+quant.weight_bits=1:8,2:16`. (The cost model scales an ADC's
+energy and area with adc.bits itself, targets/derived.py: `adc.bits=4..8` is enough.)
 
 Which keys exist and which values they accept is decided by `Target.with_overrides`, never
 by a list kept here: a value is typed like the key's value in the base target (int, float,

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from farc.report.units import mm2, ns, pj
 from farc.targets import Target, list_targets, load_target
-from farc.targets.cost import chip_area_mm2
+from farc.targets.chip import chip_totals, published
 from farc.targets.events import mvm_layer_events, price
 from farc.targets.mvm import Geometry, cycle_ns, mvm_latency_ns
 from farc.targets.target import ALL_SECTIONS, TARGET_DIR, field_docs
@@ -41,8 +41,31 @@ def key_figures(t: Target) -> dict[str, str]:
         "cycle": ns(cycle_ns(t, g)),
         "MVM": ns(mvm_latency_ns(t, g)),
         "MVM energy": pj(sum(e.values())),
-        "chip area": mm2(chip_area_mm2(t)),
+        **chip_figures(t),
     }
+
+
+def _vs(model: float, paper: float, fmt) -> str:
+    """'65.8 W (paper 65.8 W, +0.0 %)', or the model's figure alone when none is published."""
+    if not paper:
+        return f"{fmt(model)} (no published total)"
+    return f"{fmt(model)} (paper {fmt(paper)}, {100 * (model / paper - 1):+.1f} %)"
+
+
+def chip_figures(t: Target) -> dict[str, str]:
+    """Peak power and area of the chip from the component constants (targets/chip.py),
+    beside the totals the target's paper publishes ([published])."""
+    c, pub = chip_totals(t), published(t)
+    out = {}
+    for level in ("tile", "chip"):
+        p_mw, a = pub[level]
+        out[f"{level} power"] = _vs(c.total_power_mw(level), p_mw, _mw)
+        out[f"{level} area"] = _vs(c.total_area_mm2(level), a, mm2)
+    return out
+
+
+def _mw(v: float) -> str:
+    return f"{v / 1000:.1f} W" if v >= 1000 else f"{v:.1f} mW"
 
 
 def targets_table() -> Table:

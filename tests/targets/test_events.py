@@ -10,6 +10,7 @@ from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.targets import load_target
 from farc.targets.cost import cost_program, static_events
+from farc.targets.derived import adc_conversion_pj
 from farc.targets.events import price
 from handmade_programs import D, T, attention_program, far_program
 
@@ -80,4 +81,4 @@ def test_emulator_counters_priced_directly(far_prog, isaac):
 def test_cost_uses_the_same_events(far_prog, isaac):
     r = cost_program(far_prog, isaac)
     assert r.energy_pj["adc"] == pytest.approx(r.events["adc_conversions"] *
-                                               isaac.energy.adc_conversion_pj)
+                                               adc_conversion_pj(isaac))
