@@ -6,10 +6,12 @@ Leaves, in a new module (the input is left unchanged):
 - every tile of every layer on its own physical crossbar, for the whole run (ids are
   consecutive: layer by first use, then replica, row tile, column tile); a PassError naming
   both numbers when the model needs more crossbars than the target has;
-- with `replicate`, spare crossbars given greedily to the layer with the most MVMs per
-  replica per inference (vectors through it: tokens for a linear layer, steps for an LSTM
-  cell; a replica lets the tokens of one image, or the sequences of a batch, run in
-  parallel), never more replicas than vectors;
+- with `replicate`, spare crossbars given by `farc.targets.schedule.plan_replicas`, the one
+  replication rule: always to the throughput bottleneck, the layer with the most vectors
+  per replica per image (tokens for a linear layer, steps for an LSTM cell; a replica takes
+  some of one image's tokens, or, for an LSTM cell whose steps are a recurrence, another
+  image in flight), stopping with a reason when the bottleneck's next replica does not fit
+  or it has one replica per vector (a replica elsewhere would not raise throughput);
 - `main`'s bindings reordered so that the LSTM scans that do not depend on each other (every
   head and direction of a FAR block) are adjacent, their inputs computed before them: the
   emitter puts each such group into one `loop`, so they run in lockstep;
@@ -20,12 +22,12 @@ Run before emit_tile_program (codegen)."""
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import tvm
 from farc.passes._crossbar_ir import CODEGEN, is_scan, with_functions
 from farc.targets import Target
+from farc.targets.schedule import plan_replicas
 from tvm import relax
 
 from farc.errors import PassError
@@ -52,13 +54,17 @@ class ScheduleCrossbar:
             raise PassError(f"model needs {used:,} crossbars, target "
                             f"'{self.target.name}' has {have:,}")
         replicas = {g: 1 for g in order}
+        reason = "replication off"
         if self.replicate:
-            used = _replicate(replicas, tiles, vectors, have - used) + used
+            plan = plan_replicas(tiles, vectors, have - used, {g: g.name_hint for g in order})
+            replicas, reason = plan.replicas, plan.reason
+            used += plan.added
         main, groups = _order_main(mod["main"])
         placed = _place(mod, order, tiles, replicas, vectors)
         return with_functions(mod, {**placed, mod.get_global_var("main"): main}).with_attr(
             "farc.schedule", {"crossbars_used": used, "crossbars_available": have,
-                              "loop_groups": [[str(v) for v in g] for g in groups]})
+                              "loop_groups": [[str(v) for v in g] for g in groups],
+                              "replication": reason})
 
 
 def _place(mod: tvm.IRModule, order: list, tiles: dict, replicas: dict, vectors: dict
@@ -78,21 +84,6 @@ def _place(mod: tvm.IRModule, order: list, tiles: dict, replicas: dict, vectors:
 
 def _tiles(func: relax.Function) -> int:
     return int(func.attrs["farc.row_tiles"]) * int(func.attrs["farc.col_tiles"])
-
-
-def _replicate(replicas: dict, tiles: dict, vectors: dict, spare: int) -> int:
-    """Greedy: one more replica for the busiest layer that fits. Returns crossbars added."""
-    heap = [(-vectors[g], i, g) for i, g in enumerate(replicas)]
-    heapq.heapify(heap)
-    added = 0
-    while heap:
-        _, i, g = heapq.heappop(heap)
-        if tiles[g] > spare - added or replicas[g] >= vectors[g]:
-            continue
-        replicas[g] += 1
-        added += tiles[g]
-        heapq.heappush(heap, (-vectors[g] / replicas[g], i, g))
-    return added
 
 
 # ---- which crossbar layers main uses, in order, and how many vectors each sees ----

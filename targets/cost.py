@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from farc.runtime.counters import BYTES_PER_ELEMENT
 from farc.runtime.isa import DIGITAL_EVENTS, IN_PLACE_OPS, OPS
 from farc.targets.dataflow import Step, manifest_of, numel, walk
 from farc.targets.derived import adc_area_mm2, adcs_per_crossbar
@@ -31,7 +32,14 @@ from farc.targets.events import (
     new_events,
     price,
 )
+from farc.targets.interconnect import (
+    input_hops,
+    network_capacity_bytes_per_ns,
+    placement_summary,
+    transfer_ns,
+)
 from farc.targets.mvm import Geometry, activation_bytes, mvm_latency_ns, write_latency_ns
+from farc.targets.schedule import ReplicaVerdict, Throughput, replica_verdicts, steady_state
 from farc.targets.target import Target
 from farc.targets.timeline import Span, critical_path
 
@@ -80,6 +88,12 @@ class CostReport:
     crossbars_used: int
     rewrite: dict[str, float] = field(default_factory=dict)
     """attention = rewrite: cell_writes, writes_per_cell, lifetime_inferences, crossbars."""
+    throughput: Throughput | None = None
+    """Steady state with several images in flight (targets/schedule.py)."""
+    replication: list[ReplicaVerdict] = field(default_factory=list)
+    """For each replicated layer: do its replicas cut latency, raise throughput, neither."""
+    tiles_used: int = 1
+    """Tiles the program's crossbars occupy (packed)."""
 
     @property
     def energy_total_pj(self) -> float:
@@ -97,7 +111,8 @@ def cost_program(program: Any, target: Target, attention: str = "digital") -> Co
     manifest = manifest_of(program)
     layers = {int(lay["id"]): lay for lay in manifest["layers"]}
     steps = list(walk(manifest))
-    costs = {s.path: op_cost(s, target, layers, attention) for s in steps}
+    hops = input_hops(manifest, target)
+    costs = {s.path: op_cost(s, target, layers, attention, hops.get(s.path, 0)) for s in steps}
     latency, spans = critical_path(manifest["instructions"], steps, costs)
     return _assemble(manifest, target, attention, steps, costs, latency, spans)
 
@@ -112,8 +127,10 @@ def static_events(program: Any, target: Target | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- one instruction
-def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str) -> OpCost:
-    """Events, energy and latency of one execution of `step`."""
+def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str,
+            hops: int = 0) -> OpCost:
+    """Events, energy and latency of one execution of `step`; an `mvm`'s input travels
+    `hops` network hops (interconnect.input_hops) before it."""
     op = step.instr["op"]
     if op == "loop":
         ev = loop_events(step.loop_io, step.count)
@@ -125,7 +142,10 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str)
     ev = instruction_events(step.instr, step.in_shapes, step.out_shape, layer)
     if op == "mvm":
         g = Geometry.from_layer(layer)
-        lat = mvm_latency_ns(target, g, numel(step.in_shapes[0][:-1]))
+        n_in = numel(step.in_shapes[0])
+        ev["interconnect_byte_hops"] = n_in * BYTES_PER_ELEMENT * hops
+        lat = mvm_latency_ns(target, g, numel(step.in_shapes[0][:-1])) + \
+            transfer_ns(target, hops, n_in * activation_bytes(target))
         return _priced(OpCost("mvm", str(layer["name"]), lat, events=ev), target)
     if op == "matmul":
         return _priced(_matmul_cost(step, target, attention, ev), target)
@@ -195,10 +215,46 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
             for lay in manifest["layers"])
     rewrite = _rewrite_summary(steps, costs, target) if attention == "rewrite" else {}
     area = area_mm2(target, manifest["layers"], int(rewrite.get("crossbars", 0)))
+    tiles = placement_summary(manifest, target)["tiles"]
+    occ, parallel = _occupancy(manifest, target, steps, costs, events, tiles)
+    thr = steady_state(latency, occ)
+    per_replica = {str(lay["name"]): Geometry.from_layer(lay).crossbars
+                   for lay in manifest["layers"]}
+    verdicts = replica_verdicts(manifest["layers"], parallel, occ, thr.interval_ns, per_replica)
     return CostReport(target.name, attention, latency, energy, area,
                       {k: dict(v) for k, v in by_layer.items()},
                       {k: dict(v) for k, v in by_kind.items()}, finalize(events), spans, used,
-                      rewrite)
+                      rewrite, thr, verdicts, tiles)
+
+
+def _occupancy(manifest: dict, target: Target, steps: list[Step], costs: dict,
+               events: dict, tiles: int) -> tuple[dict[str, float], dict[str, bool]]:
+    """Busy ns per image of every resource (targets/schedule.py), and for each crossbar
+    layer whether one image's vectors can be split over its replicas."""
+    layers = {int(lay["id"]): lay for lay in manifest["layers"]}
+    occ: dict[str, float] = defaultdict(float)
+    parallel: dict[str, bool] = {}
+    for s in steps:
+        c, op = costs[s.path], s.instr["op"]
+        if op == "mvm":
+            lay = layers[int(s.instr["layer"])]
+            g = Geometry.from_layer(lay)
+            v = numel(s.in_shapes[0][:-1])
+            one = mvm_latency_ns(target, replace(g, replicas=1), v)
+            occ[f"crossbars {lay['name']}"] += one * s.trips / g.replicas
+            parallel[str(lay["name"])] = parallel.get(str(lay["name"]), False) or v > 1
+        elif op == "matmul" and c.rewrite_crossbars:
+            occ[f"rewrite crossbars {s.path}"] += c.latency_ns * s.trips
+        elif op == "matmul":
+            occ["digital matmul units"] += c.latency_ns * s.trips / tiles
+        elif c.kind == "move":
+            occ["buffers"] += c.latency_ns * s.trips / tiles
+        else:
+            occ["digital vector units"] += c.latency_ns * s.trips / tiles
+    byte_hops = events["interconnect_byte_hops"] * activation_bytes(target) / BYTES_PER_ELEMENT
+    if byte_hops:
+        occ["network"] = byte_hops / network_capacity_bytes_per_ns(target, tiles)
+    return dict(occ), parallel
 
 
 def _rewrite_summary(steps: list[Step], costs: dict, target: Target) -> dict[str, float]:

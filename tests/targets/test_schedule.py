@@ -1,0 +1,90 @@
+"""The sequence schedule (targets/schedule.py) and the network (targets/interconnect.py):
+the replication rule, steady-state throughput with images in flight, which replicas earn
+their crossbars, hop counts on a mesh and a bus."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from farc.targets.cost import cost_program
+from farc.targets.interconnect import hops, input_hops
+from farc.targets.mvm import Geometry, mvm_latency_ns
+from farc.targets.schedule import plan_replicas, steady_state
+from handmade_programs import T, far_program
+
+
+def test_replicas_go_to_the_bottleneck_only():
+    # a: 20 vectors per image on 2 crossbars, b: 10 on 1, c: 1 on 5
+    tiles, vectors = {"a": 2, "b": 1, "c": 5}, {"a": 20, "b": 10, "c": 1}
+    plan = plan_replicas(tiles, vectors, spare=3)
+    # a (20) -> 2 replicas (10 each, 2 crossbars); now a and b tie at 10: a needs 2 more,
+    # only 1 spare -> stop; b's replica would not raise throughput and is not given
+    assert plan.replicas == {"a": 2, "b": 1, "c": 1}
+    assert plan.added == 2
+    assert "bottleneck a needs 2 more crossbars" in plan.reason
+
+
+def test_ties_are_given_back_and_vectors_cap_replicas():
+    plan = plan_replicas({"a": 1, "b": 1}, {"a": 4, "b": 4}, spare=100)
+    assert plan.replicas == {"a": 4, "b": 4}  # one replica per vector, then stop
+    assert "one replica per vector" in plan.reason
+    plan = plan_replicas({"a": 1, "b": 1}, {"a": 4, "b": 4}, spare=1)
+    assert plan.replicas == {"a": 1, "b": 1} and plan.added == 0  # a alone: b still limits
+
+
+def test_steady_state_is_set_by_the_largest_occupancy():
+    thr = steady_state(1000.0, {"x": 100.0, "y": 250.0})
+    assert thr.bottleneck == "y" and thr.interval_ns == 250.0
+    assert thr.images_per_s == pytest.approx(4e6) and thr.in_flight == 4
+
+
+def test_lstm_cell_occupancy_is_its_steps(far_prog, isaac):
+    r = cost_program(far_prog, isaac)
+    one_step = mvm_latency_ns(isaac, Geometry.for_matrix(isaac, 8, 12))
+    occ = r.throughput.occupancy_ns
+    assert occ["crossbars lstm0f"] == pytest.approx(T * one_step)
+    assert r.throughput.interval_ns == max(occ.values())
+    assert r.throughput.in_flight == -(-r.latency_ns // r.throughput.interval_ns)
+
+
+def test_replicas_of_a_linear_layer_cut_latency_not_a_tied_bottleneck(isaac):
+    one, two = far_program(isaac), far_program(isaac, replicas=2)
+    r1, r2 = cost_program(one, isaac), cost_program(two, isaac)
+    assert r2.latency_ns < r1.latency_ns  # pre_proj's tokens split over 2 replicas
+    (v,) = r2.replication
+    assert v.layer == "pre_proj" and v.replicas == 2 and v.cuts_latency
+    # pre_proj (T vectors) ties with each LSTM cell (T steps): halving it alone leaves the
+    # cells as the bottleneck, so its replica does not raise throughput
+    assert not v.raises_throughput
+    assert r2.throughput.images_per_s == pytest.approx(r1.throughput.images_per_s)
+
+
+def test_mesh_and_bus_hops(isaac):
+    per_router = isaac.interconnect.tiles_per_router
+    assert hops(isaac, 3, 3) == 0
+    assert hops(isaac, 0, per_router - 1) == 1  # same router
+    assert hops(isaac, 0, per_router) == 2  # next router on the grid row
+    bus = isaac.with_overrides(**{"interconnect.topology": "bus"})
+    assert hops(bus, 0, 1000) == 1
+
+
+def test_bytes_between_tiles_cost_hops(far_prog, isaac):
+    # spread the layers over tiles: one crossbar per tile
+    spread = isaac.with_overrides(**{"chip.imas_per_tile": 1, "chip.crossbars_per_ima": 1,
+                                     "chip.tiles": 16_128})
+    local, far = cost_program(far_prog, isaac), cost_program(far_prog, spread)
+    assert local.energy_pj["interconnect"] == 0  # everything on one tile
+    h = input_hops(far_prog.manifest, spread)
+    assert max(h.values()) >= 1
+    assert far.events["interconnect_byte_hops"] > 0
+    assert far.energy_pj["interconnect"] == pytest.approx(
+        far.events["interconnect_byte_hops"] * 2 / 4 * spread.energy.interconnect_pj_per_byte)
+    assert far.latency_ns > local.latency_ns  # hops and serialisation on the path
+
+
+def test_layers_without_placement_are_packed(far_prog, isaac):
+    m = copy.deepcopy(far_prog.manifest)
+    for lay in m["layers"]:
+        lay.pop("crossbars", None)
+    assert cost_program(m, isaac).latency_ns > 0
