@@ -183,6 +183,11 @@ def save(ref: RefViT, path: Path, layout: str) -> Path:
     """The ways the reference code saves: a bare state dict with the training arguments beside
     it, a training checkpoint {"model": ..., "args": Namespace, ...}, or the whole module."""
     sd = ref.state_dict()
+    if layout == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        return path
     obj = {"top": {**sd, "args": ARGS}, "model": {"model": sd, "args": ARGS, "epoch": 7},
            "module": ref}[layout]
     torch.save(obj, path)
@@ -191,7 +196,7 @@ def save(ref: RefViT, path: Path, layout: str) -> Path:
 
 # ----------------------------------------------------------------------------- the import
 @pytest.mark.parametrize("form", ["MultiHeadLstm", "ParallelLSTM"])
-@pytest.mark.parametrize("layout", ["top", "model", "module"])
+@pytest.mark.parametrize("layout", ["top", "model", "module", "safetensors"])
 def test_import_equals_the_reference_formulation(form, layout, tmp_path):
     ref = reference_model(form)
     got = import_reference_far(save(ref, tmp_path / "ref.pth", layout), "deit_digits_3h")
@@ -199,7 +204,7 @@ def test_import_equals_the_reference_formulation(form, layout, tmp_path):
         want, have = ref(images()), got.model(images())
     torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
     assert got.forms == [form] * DEPTH
-    assert any("argparse.Namespace" in n for n in got.notes) is (layout != "module")
+    assert any("argparse.Namespace" in n for n in got.notes) is (layout in ("top", "model"))
 
 
 def test_pruned_units_become_physically_smaller_heads(tmp_path):
@@ -300,6 +305,10 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     attn = dict(sd)
     attn["blocks.1.attn.qkv.weight"] = torch.zeros(3 * D, D)
     torch.save(attn, tmp_path / "attn.pth")
+    nan = dict(sd)
+    nan["blocks.0.attn.pre_proj.bias"] = torch.full((D,), float("nan"))
+    torch.save({"model": nan}, tmp_path / "nan.pth")
+    torch.save({"model": {"weight": torch.zeros(3)}, "epoch": 1}, tmp_path / "other.pth")
     return {
         "garbage": (tmp_path / "garbage.pth", "unreadable torch file"),
         "text": (Path(__file__), "not a torch.save or safetensors file"),
@@ -309,10 +318,14 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
                                           r"\[16, 10\]"),
         "diag": (tmp_path / "diag.pth", r"head_proj\.weight is not block-diagonal"),
         "attn": (tmp_path / "attn.pth", r"blocks\.1\.attn is still attention"),
+        "nan": (tmp_path / "nan.pth", r"pre_proj\.bias holds NaN or infinite values"),
+        "other": (tmp_path / "other.pth", r"not a FAR DeiT of this shape .*missing blocks\.0.*; unexpected weight$"),
+        "missing": (tmp_path / "nope.pth", "no such file"),
     }
 
 
-@pytest.mark.parametrize("case", ["garbage", "text", "layers", "keys", "shape", "diag", "attn"])
+@pytest.mark.parametrize("case", ["garbage", "text", "layers", "keys", "shape", "diag", "attn",
+                                  "nan", "other", "missing"])
 def test_cli_bad_file_one_line_exit_1_no_output(case, tmp_path, capsys):
     path, message = _bad_files(tmp_path)[case]
     out = tmp_path / "out" / "far.pt"

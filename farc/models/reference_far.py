@@ -472,6 +472,13 @@ def import_reference_far(path: str | Path, preset: str | DeiTConfig | None = Non
     notes: list[str] = []
     sd = extract_state_dict(path, load_object(path, notes), notes)
     sd = {k: v.detach().float() for k, v in sd.items()}
+    bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {_listed(bad)} holds NaN or infinite values")
+    if "distr_target" in sd:
+        raise CheckpointError(f"{path}: an A-ViT (adaptive token halting) checkpoint; farc's "
+                              "FAR runs every token through every block, so it is not "
+                              "supported")
     cfg = resolve_config(path, sd, preset, heads)
     _check_skeleton(path, sd, cfg)
     blocks, forms, before, bias_only = [], [], 0, 0
@@ -483,6 +490,7 @@ def import_reference_far(path: str | Path, preset: str | DeiTConfig | None = Non
                          for p in ("weight", "bias")])
         for n in ("pre_proj", "post_proj"):
             _shape(path, sd, f"{b}.{n}.weight", (cfg.embed_dim, cfg.embed_dim))
+            _shape(path, sd, f"{b}.{n}.bias", (cfg.embed_dim,))
         if form == "MultiHeadLstm":
             hw = multihead_heads(path, sd, b, cfg.embed_dim, cfg.num_heads, offmask_tol, notes)
         else:
