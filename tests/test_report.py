@@ -134,3 +134,22 @@ def test_targets_detail_of_a_toml_file(tmp_path):
     f.write_text('[target]\nname = "mine"\n[adc]\nbits = 6  # my ADC\n')
     out = _run("targets", f)
     assert "my ADC" in out and "mine" in out
+
+
+def test_targets_show_chip_totals_beside_the_papers():
+    out = _run("targets")
+    assert "chip power" in out and "chip area" in out
+    assert "paper 65.8 W" in out and "paper 85.4 mm²" in out  # ISAAC Table 6
+    assert "paper 62.5 W" in out  # PUMA Table 3
+
+
+def test_report_shows_throughput_and_replica_verdicts(tmp_path):
+    t = load_target("isaac")
+    p = far_program(t, replicas=2).save(tmp_path / "rep.farc")
+    out = _run("report", p, "--json", tmp_path / "r.json")
+    assert "images/s" in out and "throughput bottleneck" in out
+    assert "pre_proj" in out and "cuts latency" in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    (r,) = data.values()
+    assert r["images_per_s"] > 0 and r["throughput"]["bottleneck"].startswith("crossbars ")
+    assert r["replication"][0]["layer"] == "pre_proj"

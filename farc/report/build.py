@@ -103,7 +103,9 @@ def to_json(reports: list[tuple[str, CostReport]]) -> str:
         return x
 
     data = {name: {**asdict(r), "energy_total_pj": r.energy_total_pj,
-                   "area_total_mm2": r.area_total_mm2} for name, r in reports}
+                   "area_total_mm2": r.area_total_mm2,
+                   "images_per_s": r.throughput.images_per_s if r.throughput else None}
+            for name, r in reports}
     return json.dumps(clean(data), indent=1)
 
 

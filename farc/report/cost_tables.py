@@ -41,6 +41,12 @@ def summary(report: CostReport) -> list[tuple[str, str]]:
             ("crossbars used", count(report.crossbars_used)),
             ("act x act matmuls (not weight-stationary)",
              count(report.by_kind.get("matmul", {}).get("count", 0)))]
+    thr = report.throughput
+    if thr is not None:
+        rows += [("throughput (images in flight)",
+                  f"{thr.images_per_s:,.4g} images/s ({thr.in_flight} in flight)"),
+                 ("throughput bottleneck", f"{thr.bottleneck} ({ns(thr.interval_ns)} per image)"),
+                 ("tiles used", count(report.tiles_used))]
     if report.latency_ns:
         rows.append(("average power", f"{report.energy_total_pj / report.latency_ns:.3g} mW"))
     if report.attention == "rewrite":
@@ -64,6 +70,7 @@ def summary_section(reports: list[tuple[str, CostReport]]) -> Section:
     if len(reports) == 2:
         a, b = reports[0][1], reports[1][1]
         ratio = {"latency (critical path)": (b.latency_ns, a.latency_ns),
+                 "throughput (images in flight)": (_ips(b), _ips(a)),
                  "energy per inference": (b.energy_total_pj, a.energy_total_pj),
                  "area used": (b.area_total_mm2, a.area_total_mm2),
                  "crossbars used": (b.crossbars_used, a.crossbars_used)}
@@ -72,6 +79,22 @@ def summary_section(reports: list[tuple[str, CostReport]]) -> Section:
             row.append(f"{x / y:.3g}x" if x is not None and y else "")
         return Section("summary", ["", *names, f"{names[1]} / {names[0]}"], rows)
     return Section("summary", ["", *names], rows)
+
+
+def _ips(r: CostReport) -> float | None:
+    return r.throughput.images_per_s if r.throughput is not None else None
+
+
+def replication_section(reports: list[tuple[str, CostReport]]) -> Section | None:
+    """What each replicated layer's replicas buy: one image's latency (its tokens split),
+    throughput (without them the layer would be the bottleneck), or neither."""
+    rows = [[n, v.layer, str(v.replicas), count(v.crossbars), v.verdict]
+            for n, r in reports for v in r.replication]
+    if not rows:
+        return None
+    return Section("replicas", ["program", "layer", "replicas", "extra crossbars", "they"],
+                   rows, note="an LSTM cell's steps are a recurrence: one image uses one "
+                              "replica; its replicas serve other images in flight")
 
 
 def layer_section(name: str, r: CostReport) -> Section:
@@ -156,7 +179,8 @@ def area_section(reports: list[tuple[str, CostReport]]) -> Section:
 
 def events_section(reports: list[tuple[str, CostReport]]) -> Section:
     keys = ("dac_cycles", "dac_conversions", "adc_conversions", "bytes_moved",
-            "interconnect_bytes", "cell_writes", "instructions")
+            "interconnect_bytes", "interconnect_byte_hops", "step_multiplies", "cell_writes",
+            "instructions")
     rows = [[k, *(count(r.events.get(k, 0)) for _, r in reports)] for k in keys]
     kinds = sorted({k for _, r in reports for k in r.events["digital_ops"]})
     rows += [[f"digital_ops.{k}", *(count(r.events["digital_ops"].get(k, 0))
@@ -172,6 +196,8 @@ def report_sections(reports: list[tuple[str, CostReport]]) -> list[Section]:
     out = [summary_section(reports), component_section(reports), kind_section(reports),
            role_section(reports)]
     out += [layer_section(n, r) for n, r in reports]
+    rep = replication_section(reports)
+    out += [rep] if rep is not None else []
     out += [area_section(reports), events_section(reports)]
     return out
 
