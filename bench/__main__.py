@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench._common import CACHE, ROOT, md_table, pin_threads, python_cmd
 
-SUITES = ("compile", "throughput", "accuracy", "pruning", "verify", "adc")
+SUITES = ("compile", "throughput", "accuracy", "pruning", "verify", "adc", "cost")
 
 
 def _args() -> argparse.Namespace:
@@ -58,6 +58,9 @@ def _run_suite(name: str, args: argparse.Namespace, command: str):
     if name == "adc":
         from bench import bench_adc
         return bench_adc.run(args.quick, command)
+    if name == "cost":
+        from bench import bench_cost_model
+        return bench_cost_model.run(args.quick, command)
     from bench import bench_pruning
     return bench_pruning.run(args.quick, args.artifacts, command)
 
