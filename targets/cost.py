@@ -64,6 +64,9 @@ class OpCost:
     energy_pj: dict[str, float] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     rewrite_crossbars: int = 0
+    stream_rows: int = 0
+    """Rows (token vectors) the op emits one after another at an even pace, so that a
+    token-wise consumer can start on the first (timeline.py); 0 = all at the end."""
 
 
 @dataclass
@@ -144,16 +147,20 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str,
         g = Geometry.from_layer(layer)
         n_in = numel(step.in_shapes[0])
         ev["interconnect_byte_hops"] = n_in * BYTES_PER_ELEMENT * hops
-        lat = mvm_latency_ns(target, g, numel(step.in_shapes[0][:-1])) + \
+        v = numel(step.in_shapes[0][:-1])
+        lat = mvm_latency_ns(target, g, v) + \
             transfer_ns(target, hops, n_in * activation_bytes(target))
-        return _priced(OpCost("mvm", str(layer["name"]), lat, events=ev), target)
+        return _priced(OpCost("mvm", str(layer["name"]), lat, events=ev,
+                              stream_rows=math.ceil(v / g.replicas)), target)
     if op == "matmul":
         return _priced(_matmul_cost(step, target, attention, ev), target)
     if OPS[op].event in DIGITAL_EVENTS:
         d = target.digital
         n = sum(ev["digital_ops"].values())
         cycles = n * getattr(d, f"{DIGITAL_KEY[op]}_cycles") / d.vector_lanes
-        return _priced(OpCost(op, _group(step), cycles / d.clock_ghz, events=ev), target)
+        rows = numel(step.out_shape[:-1]) if step.out_shape else 0
+        return _priced(OpCost(op, _group(step), cycles / d.clock_ghz, events=ev,
+                              stream_rows=rows), target)
     lat = 0.0 if op in FREE else \
         numel(step.out_shape) * activation_bytes(target) / target.latency.buffer_bytes_per_ns
     return _priced(OpCost("move", _group(step), lat, events=ev), target)
