@@ -228,6 +228,37 @@ def test_dropping_bias_only_units_is_asked_for_and_changes_the_function(tmp_path
         assert (got.model(images()) - ref(images())).abs().max() > 1e-4
 
 
+def test_unit_removal_follows_chains_and_stays_exact():
+    """One ParallelLSTM head of 4 units, set by hand: unit 3 has no head_proj column and only
+    unit 2 reads it, unit 2 has no head_proj column and nobody reads it, so both go (3 only
+    once 2 is gone); unit 1's g-gate is all zero (weights and bias), so its output is 0 and
+    it goes although head_proj reads it; unit 0 stays. Outputs must not change."""
+    from farc.models.reference_far import HeadWeights, shrink
+
+    torch.manual_seed(3)
+    lstm, proj = nn.LSTM(DH, 4, batch_first=True), nn.Linear(4, DH)
+    with torch.no_grad():
+        hh, ih = lstm.weight_hh_l0.view(4, 4, 4), lstm.weight_ih_l0.view(4, 4, DH)
+        hh[:, :, 3] = 0
+        hh[:, 2, 3] = 0.7  # only unit 2 reads unit 3
+        hh[:, :, 2] = 0  # nobody reads unit 2
+        proj.weight[:, 2:] = 0
+        ih[2, 1], hh[2, 1] = 0, 0  # unit 1's g-gate: zero weights ...
+        lstm.bias_ih_l0.view(4, 4)[2, 1] = 0.25
+        lstm.bias_hh_l0.view(4, 4)[2, 1] = -0.25  # ... and zero summed bias
+    w = {p: getattr(lstm, f"{p}_l0").detach() for p in ("weight_ih", "weight_hh", "bias_ih",
+                                                          "bias_hh")}
+    small, _ = shrink(HeadWeights([w, w], [proj.weight.detach()] * 2, proj.bias.detach()), False)
+    assert small.units == (1, 1)
+    one = nn.LSTM(DH, 1, batch_first=True)
+    one.load_state_dict({f"{p}_l0": t for p, t in small.lstm[0].items()})
+    x = torch.randn(2, 5, DH)
+    with torch.no_grad():
+        full = proj(lstm(x)[0])
+        cut = one(x)[0] @ small.proj_cols[0].T + proj.bias
+    torch.testing.assert_close(cut, full, rtol=1e-6, atol=1e-6)
+
+
 def test_heads_inferred_without_a_preset(tmp_path):
     par = save(reference_model("ParallelLSTM"), tmp_path / "p.pth", "top")
     assert import_reference_far(par).model.cfg.deit.num_heads == H  # one LSTM per head
@@ -319,7 +350,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "diag": (tmp_path / "diag.pth", r"head_proj\.weight is not block-diagonal"),
         "attn": (tmp_path / "attn.pth", r"blocks\.1\.attn is still attention"),
         "nan": (tmp_path / "nan.pth", r"pre_proj\.bias holds NaN or infinite values"),
-        "other": (tmp_path / "other.pth", r"not a FAR DeiT of this shape .*missing blocks\.0.*; unexpected weight$"),
+        "other": (tmp_path / "other.pth",
+                  r"not a FAR DeiT of this shape .*missing blocks\.0.*; unexpected weight$"),
         "missing": (tmp_path / "nope.pth", "no such file"),
     }
 

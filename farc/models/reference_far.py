@@ -101,9 +101,9 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
     }
-    for name in dir(torch):
-        if isinstance(getattr(torch, name, None), torch.dtype):
-            allowed[("torch", name)] = getattr(torch, name)
+    for name, value in vars(torch).items():  # vars: no lazy submodule import
+        if isinstance(value, torch.dtype):
+            allowed[("torch", name)] = value
     return allowed
 
 
@@ -167,8 +167,8 @@ def load_object(path: Path, notes: list[str]) -> object:
 def extract_state_dict(path: Path, obj: object, notes: list[str]) -> dict[str, torch.Tensor]:
     """The tensors of a state dict (top level or under model/state_dict/model_state_dict) or
     of a pickled nn.Module tree; non-tensor entries beside them are noted and ignored."""
-    if isinstance(obj, _Inert):
-        return _module_state(obj, "")
+    if isinstance(obj, _Inert):  # torch.save(model), as the reference's scripts do
+        return _strip_ddp(_module_state(obj, ""))
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     for key in ("model", "state_dict", "model_state_dict"):
@@ -205,13 +205,18 @@ def _module_state(node: _Inert, prefix: str) -> dict[str, torch.Tensor]:
         state = state[0]
     if not isinstance(state, dict):
         return {}
+    def field(name: str) -> dict:
+        value = state.get(name)
+        return value if isinstance(value, dict) else {}
+
     out: dict[str, torch.Tensor] = {}
-    skip = state.get("_non_persistent_buffers_set") or set()
+    skip = state.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset)) else set()
     for attr in ("_parameters", "_buffers"):
-        for name, t in (state.get(attr) or {}).items():
+        for name, t in field(attr).items():
             if isinstance(t, torch.Tensor) and not (attr == "_buffers" and name in skip):
                 out[prefix + name] = t
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in field("_modules").items():
         if isinstance(child, _Inert):
             out.update(_module_state(child, f"{prefix}{name}."))
     return out
@@ -254,36 +259,36 @@ def removable_units(w: dict[str, torch.Tensor], cols: torch.Tensor,
     not) emits an input-independent sequence: it goes only with `drop_bias_only`, which
     changes the function. At least one unit stays (farc's LSTMs have >= 1 unit)."""
     k = w["weight_hh"].shape[1]
-    wih, whh = w["weight_ih"], w["weight_hh"]
-    bias = w["bias_ih"] + w["bias_hh"]
-    kept = set(range(k))
+    wih = w["weight_ih"].reshape(4, k, -1) != 0  # [gate, unit, input]
+    whh = w["weight_hh"].reshape(4, k, k) != 0  # [gate, unit, unit read]
+    g_bias = (w["bias_ih"] + w["bias_hh"]).reshape(4, k)[2] != 0
+    read = whh.any(0) & ~torch.eye(k, dtype=torch.bool)  # read[v, u]: v reads u (v != u)
+    no_input = ~wih.any(dim=(0, 2))
+    no_proj = ~(cols != 0).any(0)
+    kept = torch.ones(k, dtype=torch.bool)
 
-    def zero_output(u: int) -> bool:
-        g = 2 * k + u
-        return bool((wih[g] == 0).all() and (whh[g, sorted(kept)] == 0).all() and bias[g] == 0)
+    def criteria() -> tuple[torch.Tensor, torch.Tensor]:
+        """(can go, bias-only) per unit, given the units kept now; removing units only makes
+        a unit's criteria easier to meet, so removing every candidate at once is sound."""
+        zero_output = ~wih[2].any(1) & ~(whh[2] & kept).any(1) & ~g_bias
+        unread = no_proj & ~(read & kept[:, None]).any(0)
+        bias_only = no_input & ~(whh & kept).any(dim=(0, 2))
+        go = zero_output | unread | (bias_only if drop_bias_only else torch.zeros_like(kept))
+        return go, bias_only & ~zero_output & ~unread
 
-    def unread(u: int) -> bool:
-        others = [v for v in sorted(kept) if v != u]
-        return bool((cols[:, u] == 0).all() and (whh[_gate_rows(others, k), u] == 0).all())
-
-    def bias_only(u: int) -> bool:
-        rows = _gate_rows([u], k)
-        return bool((wih[rows] == 0).all() and (whh[rows][:, sorted(kept)] == 0).all())
-
-    def can_go(u: int) -> bool:
-        return zero_output(u) or unread(u) or (drop_bias_only and bias_only(u))
-
-    changed = True
-    while changed:
-        changed = False
-        for u in sorted(kept):
-            if len(kept) > 1 and can_go(u):
-                kept.discard(u)
-                changed = True
-    last_silent = len(kept) == 1 and can_go(min(kept))
-    n_bias_only = 0 if last_silent else sum(
-        bias_only(u) and not zero_output(u) and not unread(u) for u in kept)
-    return sorted(kept), last_silent, n_bias_only
+    while True:
+        go, _ = criteria()
+        go &= kept
+        if not go.any():
+            break
+        if bool(go.sum() == kept.sum()):  # every unit could go: keep the first (>= 1 unit)
+            first = int(kept.nonzero()[0])
+            kept &= ~go
+            kept[first] = True
+            return [first], True, 0
+        kept &= ~go
+    _, bias_only = criteria()
+    return kept.nonzero().flatten().tolist(), False, int((bias_only & kept).sum())
 
 
 def shrink(head: HeadWeights, drop_bias_only: bool) -> tuple[HeadWeights, int]:
@@ -586,16 +591,19 @@ class SourceMixer(nn.Module):
 
 def _linear(sd: dict, name: str) -> nn.Linear:
     w = sd[f"{name}.weight"]
-    lin = nn.Linear(w.shape[1], w.shape[0])
-    lin.load_state_dict({"weight": w, "bias": sd[f"{name}.bias"]})
+    with torch.device("meta"):  # no random init: the file's tensors go in
+        lin = nn.Linear(w.shape[1], w.shape[0])
+    lin.load_state_dict({"weight": w, "bias": sd[f"{name}.bias"]}, assign=True)
     return lin
 
 
 def _bilstm(sd: dict, name: str, d_in: int) -> nn.LSTM:
     k = sd[f"{name}.weight_hh_l0"].shape[1]
-    lstm = nn.LSTM(d_in, k, batch_first=True, bidirectional=True)
+    with torch.device("meta"):
+        lstm = nn.LSTM(d_in, k, batch_first=True, bidirectional=True)
     lstm.load_state_dict({f"{p}_l0{s}": sd[f"{name}.{p}_l0{s}"]
-                          for p in LSTM_PARAMS for s in DIRECTIONS})
+                          for p in LSTM_PARAMS for s in DIRECTIONS}, assign=True)
+    lstm.flatten_parameters()
     return lstm
 
 
@@ -606,6 +614,16 @@ def source_logits_change(imported: ImportedFAR, samples: int = 4) -> float:
     cfg = model.cfg.deit
     x = torch.randn(samples, cfg.in_chans, cfg.img_size, cfg.img_size,
                     generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # LSTM steps are small matmuls: more threads only contend
+    try:
+        return _logits_change(imported, x)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _logits_change(imported: ImportedFAR, x: torch.Tensor) -> float:
+    model = imported.model
     with torch.no_grad():
         got = model(x)
         t = model.embed(x)
