@@ -92,8 +92,8 @@ def test_layers_without_placement_are_packed(far_prog, isaac):
 
 def _mlp_program(target):
     """x -> fc1 -> gelu -> fc2 -> y over T tokens: a token pipeline."""
-    from handmade_programs import D, _Prog
     from farc.runtime.builder import make_program
+    from handmade_programs import D, _Prog
 
     pb = _Prog(target)
     ins = [{"op": "input", "in": [], "out": "x", "name": "x"},
