@@ -26,6 +26,7 @@ from .lockstep import Group, HoistedInputs, hoist_inputs, mvm_hoisted, mvm_stack
 from .noise import NoiseConfig, noisy_partial_sums, program_conductances
 from .numerics import Geometry
 from .program import Program
+from .split import SplitPlan, mvm_split, plan_split
 
 Handler = Callable[["Emulator", dict[str, Any], list[np.ndarray]], np.ndarray | None]
 HANDLERS: dict[str, Handler] = {}
@@ -116,6 +117,7 @@ class Emulator:
         self._step = 0
         self._step_out: dict[int, np.ndarray] = {}
         self._stack_ok: dict[int, bool] = {}
+        self._splits: dict[int, SplitPlan | None] = {}
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
 
@@ -381,9 +383,13 @@ class Emulator:
             raise EmulatorError(f"layer {layer} takes K = {pl.K} inputs, register has "
                                 f"{x.shape[-1]}")
         flat = x.reshape(-1, pl.K)
+        split = self._split_plan(layer)
         if self._devices is None and pl.lossless and self.mvm_path != "bitlevel":
             x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits, np.float32)
             y_int = xb.mvm_fast(pl, x_q)
+        elif split is not None:
+            x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits)
+            y_int = mvm_split(pl, split, x_q)
         else:
             x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits)
             y_int = (self._mvm_noisy(pl, x_q) if self._devices is not None
@@ -394,6 +400,16 @@ class Emulator:
             self.traces.setdefault(layer, []).append(
                 MvmTrace(flat.copy(), np.asarray(y_int, np.float64).copy(), y.copy()))
         return y.reshape(*x.shape[:-1], pl.N)
+
+    def _split_plan(self, layer: int) -> SplitPlan | None:
+        """The split path's plan of a lossy layer (runtime/split.py), built on first use;
+        None where the definition must run: bit-level forced, noisy devices, lossless
+        layers (the fast path), steps the residue rule does not cover."""
+        if self._devices is not None or self.mvm_path != "auto" or self.layers[layer].lossless:
+            return None
+        if layer not in self._splits:
+            self._splits[layer] = plan_split(self.layers[layer])
+        return self._splits[layer]
 
     def _mvm_noisy(self, pl: xb.PreparedLayer, x_int: np.ndarray) -> np.ndarray:
         """Vectors are shared among replicas in contiguous blocks, each replica its own

@@ -215,8 +215,24 @@ def lossless(steps: Sequence[int] | np.ndarray, stored: np.ndarray, dac_bits: in
     hold (complemented columns included when flip encoding is on)."""
     if not np.all(np.asarray(steps, dtype=np.float64) == 1):  # per row tile or per slice
         return False
-    peak = int(stored.sum(axis=1, dtype=np.int64).max(initial=0)) * max_code(dac_bits)
-    return peak <= max_code(adc_bits)
+    return int(column_peaks(stored, dac_bits).max(initial=0)) <= max_code(adc_bits)
+
+
+def column_peaks(stored: np.ndarray, dac_bits: int) -> np.ndarray:
+    """The largest partial sum each column of each row tile can reach on any input,
+    (2**dac_bits - 1) * (sum of its stored levels): int64 [row_tiles, J]. A column whose
+    peak is at most (2**adc_bits - 1) * step never clips (the rule `lossless` applies to
+    the whole layer with step 1)."""
+    return stored.sum(axis=1, dtype=np.int64) * max_code(dac_bits)
+
+
+def adc_error(residue: np.ndarray, step: int) -> np.ndarray:
+    """ADC(P) - P for a partial sum that cannot clip (0 <= P <= top * step) under a
+    power-of-two `step`, from r = P mod step alone: the ADC rounds P/step half up, so
+    ADC(P) = P - r + step * [2r >= step]. This is what lets the emulator form only the
+    residues (a few low bits of digits and levels) instead of every partial sum. Integer
+    array in, same dtype out."""
+    return np.where(2 * residue >= step, step - residue, -residue)
 
 
 # ---------------------------------------------------------------- quantization
