@@ -37,6 +37,7 @@ import collections
 import pickle
 import re
 import types
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -147,7 +148,9 @@ def load_object(path: Path, notes: list[str]) -> object:
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
         raise CheckpointError(f"{path}: not a torch.save or safetensors file")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc) and "Weights only" not in str(exc):
             raise CheckpointError(f"{path}: unreadable torch file ({_first_line(exc)})") from None
@@ -155,8 +158,10 @@ def load_object(path: Path, notes: list[str]) -> object:
         raise CheckpointError(f"{path}: unreadable torch file ({_first_line(exc)})") from None
     seen: dict[str, type] = {}
     try:  # weights_only=False only because pickle_module restricts every global itself
-        obj = torch.load(str(path), map_location="cpu", weights_only=False,
-                         pickle_module=_inert_pickle_module(seen))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=False,
+                             pickle_module=_inert_pickle_module(seen))
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable torch file ({_first_line(exc)})") from None
     kinds = sorted(seen)
