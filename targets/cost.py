@@ -39,7 +39,13 @@ from farc.targets.interconnect import (
     transfer_ns,
 )
 from farc.targets.mvm import Geometry, activation_bytes, mvm_latency_ns, write_latency_ns
-from farc.targets.schedule import ReplicaVerdict, Throughput, replica_verdicts, steady_state
+from farc.targets.schedule import (
+    ReplicaVerdict,
+    Throughput,
+    plan_replicas,
+    replica_verdicts,
+    steady_state,
+)
 from farc.targets.target import Target
 from farc.targets.timeline import Span, critical_path
 
@@ -97,6 +103,9 @@ class CostReport:
     """For each replicated layer: do its replicas cut latency, raise throughput, neither."""
     tiles_used: int = 1
     """Tiles the program's crossbars occupy (packed)."""
+    replication_reason: str = ""
+    """Why the replication rule (schedule.plan_replicas) gives no further replica on this
+    chip: what `--replicate` stopped at, or would stop at."""
 
     @property
     def energy_total_pj(self) -> float:
@@ -228,10 +237,14 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
     per_replica = {str(lay["name"]): Geometry.from_layer(lay).crossbars
                    for lay in manifest["layers"]}
     verdicts = replica_verdicts(manifest["layers"], parallel, occ, thr.interval_ns, per_replica)
+    vectors = {str(lay["name"]): events["mvms_per_layer"].get(int(lay["id"]), 0)
+               for lay in manifest["layers"]}
+    spare = target.crossbars - sum(per_replica.values())
+    reason = plan_replicas(per_replica, vectors, spare).reason if per_replica else ""
     return CostReport(target.name, attention, latency, energy, area,
                       {k: dict(v) for k, v in by_layer.items()},
                       {k: dict(v) for k, v in by_kind.items()}, finalize(events), spans, used,
-                      rewrite, thr, verdicts, tiles)
+                      rewrite, thr, verdicts, tiles, reason)
 
 
 def _occupancy(manifest: dict, target: Target, steps: list[Step], costs: dict,

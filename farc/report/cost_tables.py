@@ -92,9 +92,11 @@ def replication_section(reports: list[tuple[str, CostReport]]) -> Section | None
             for n, r in reports for v in r.replication]
     if not rows:
         return None
+    why = "; ".join(f"{n}: the rule stops because the {r.replication_reason}"
+                    for n, r in reports if r.replication and r.replication_reason)
     return Section("replicas", ["program", "layer", "replicas", "extra crossbars", "they"],
                    rows, note="an LSTM cell's steps are a recurrence: one image uses one "
-                              "replica; its replicas serve other images in flight")
+                              "replica; its replicas serve other images in flight. " + why)
 
 
 def layer_section(name: str, r: CostReport) -> Section:
