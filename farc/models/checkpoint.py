@@ -124,7 +124,8 @@ def _refuse_torch_save(path: Path) -> None:
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         raise CheckpointError(
             f"{path}: is a torch.save/pickle file, not a farc checkpoint; import timm or "
-            "facebookresearch weights with farc.models.loading.load_deit_state_dict"
+            "facebookresearch weights with farc.models.loading.load_deit_state_dict, FAR "
+            "checkpoints of the paper's reference code with `farc import-far`"
         )
 
 
