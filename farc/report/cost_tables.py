@@ -43,9 +43,13 @@ def summary(report: CostReport) -> list[tuple[str, str]]:
              count(report.by_kind.get("matmul", {}).get("count", 0)))]
     thr = report.throughput
     if thr is not None:
+        ips = thr.images_per_s
         rows += [("throughput (images in flight)",
-                  f"{thr.images_per_s:,.4g} images/s ({thr.in_flight} in flight)"),
+                  f"{ips:,.0f} images/s ({thr.in_flight} in flight)" if ips >= 10 else
+                  f"{ips:.3g} images/s ({thr.in_flight} in flight)"),
                  ("throughput bottleneck", f"{thr.bottleneck} ({ns(thr.interval_ns)} per image)"),
+                 ("power at that throughput",
+                  f"{report.energy_total_pj * ips * 1e-12:.3g} W"),
                  ("tiles used", count(report.tiles_used))]
     if report.latency_ns:
         rows.append(("average power", f"{report.energy_total_pj / report.latency_ns:.3g} mW"))
