@@ -333,8 +333,11 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     with torch.no_grad():
         multi.blocks[0].attn.head_proj.weight[0, K] = 0.5  # head 0's output reads head 1
     torch.save(multi.state_dict(), tmp_path / "diag.pth")
-    attn = dict(sd)
-    attn["blocks.1.attn.qkv.weight"] = torch.zeros(3 * D, D)
+    attn = {k: v for k, v in sd.items() if not k.startswith("blocks.1.attn.")}
+    attn.update({"blocks.1.attn.qkv.weight": torch.zeros(3 * D, D),  # block 1 not replaced
+                 "blocks.1.attn.qkv.bias": torch.zeros(3 * D),
+                 "blocks.1.attn.proj.weight": torch.zeros(D, D),
+                 "blocks.1.attn.proj.bias": torch.zeros(D)})
     torch.save(attn, tmp_path / "attn.pth")
     nan = dict(sd)
     nan["blocks.0.attn.pre_proj.bias"] = torch.full((D,), float("nan"))

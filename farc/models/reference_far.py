@@ -537,7 +537,7 @@ def _check_skeleton(path: Path, sd: dict, cfg: DeiTConfig) -> None:
         skeleton = {k: v for k, v in DeiT(cfg).state_dict().items() if ".attn." not in k}
     missing = sorted(set(skeleton) - set(sd))
     mixer = re.compile(r"blocks\.\d+\.attn\.(pre_proj|post_proj|lstm|lstms\.\d+|head_proj"
-                       r"|head_projs\.\d+|qkv)\.")
+                       r"|head_projs\.\d+|qkv|proj)\.")  # qkv, proj: named in _block_form
     unexpected = sorted(k for k in set(sd) - set(skeleton) if not mixer.match(k)
                         or int(k.split(".")[1]) >= cfg.depth)
     if missing or unexpected:
