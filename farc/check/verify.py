@@ -366,9 +366,7 @@ def resolve_references(program: Any, program_path: str | Path | None, *,
             raise ConfigError("verify builds its reference from the model the program was "
                               "compiled from, and the program's provenance names no existing "
                               "checkpoint: pass --checkpoint")
-        from farc.models.checkpoint import load_checkpoint
-
-        model = load_checkpoint(ckpt).model
+        model = _load_model(program, ckpt)
         notes[REFERENCE] = f"built from {ckpt}"
     else:
         notes[REFERENCE] = f"built from the given {type(model).__name__}"
@@ -379,14 +377,39 @@ def resolve_references(program: Any, program_path: str | Path | None, *,
         notes[FLOAT] = str(flt)
     elif beside_float is not None and beside_float.is_file():
         flt, notes[FLOAT] = beside_float, str(beside_float)
+    elif getattr(model, "source", {}).get("format") == "onnx":
+        flt = Path(model.source["path"])  # the user's own ONNX file is the float model
+        notes[FLOAT] = f"{flt} (the model compiled)"
     else:
-        from farc.check.onnx_export import export_onnx
-
         refs = References(None, ref, notes, workdir)
         out = Path(workdir or refs._scratch()) / "model.float.onnx"
-        refs.float_model, notes[FLOAT] = export_onnx(model, out), "exported from the model"
+        if hasattr(model, "export_onnx"):  # a user's .pt2 model (farc.models.graph)
+            refs.float_model = model.export_onnx(out)
+        else:
+            from farc.check.onnx_export import export_onnx
+
+            refs.float_model = export_onnx(model, out)
+        notes[FLOAT] = "exported from the model"
         return refs
     return References(flt, ref, notes, workdir)
+
+
+def _load_model(program: Any, path: Path) -> Any:
+    """The model a program was compiled from: a farc checkpoint, or a user's .pt2/.onnx
+    (rebuilt without running it), which must be the very file compiled (sha256)."""
+    from farc.models.graph import is_user_model_file, load_user_model
+
+    if not is_user_model_file(path):
+        from farc.models.checkpoint import load_checkpoint
+
+        return load_checkpoint(path).model
+    model = load_user_model(path)
+    want = program.manifest.get("model", {}).get("provenance", {}).get("model_sha256")
+    if want and model.source.get("sha256") != want:
+        raise ConfigError(f"{path} is not the file the program was compiled from (sha256 "
+                          f"{model.source.get('sha256', '')[:12]}..., the program records "
+                          f"{str(want)[:12]}...)")
+    return model
 
 
 def _existing(path: str | Path, flag: str) -> Path:

@@ -23,7 +23,8 @@ OVERRIDES = {
 
 
 @click.command("compile")
-@click.argument("checkpoint", metavar="CKPT", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", metavar="CKPT|MODEL.pt2|MODEL.onnx",
+                type=click.Path(dir_okay=False))
 @click.option("--target", "target_name", default="isaac", show_default=True,
               help="Shipped target name or a .toml file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
@@ -53,17 +54,21 @@ OVERRIDES = {
               help="Calibration images (the first N of the training split).")
 @click.option("--data", default="digits", show_default=True,
               help="Calibration data: 'digits' or an ImageNet-style folder.")
+@click.option("--calib-npy", type=click.Path(dir_okay=False), default=None,
+              help="Calibration inputs [N, *input shape] as .npy (overrides --data).")
 @click.option("--replicate/--no-replicate", default=False, show_default=True,
               help="Give spare crossbars to the busiest layers.")
 @click.option("--emit-onnx", is_flag=True, help="Also write MODEL.float.onnx and MODEL.qdq.onnx.")
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
               help="Write the IR after every stage here (numbered files).")
-def command(checkpoint, target_name, output, calib_samples, data, replicate, emit_onnx,
-            dump_dir, **overrides) -> None:
-    """Compile a DeiT or FAR checkpoint into a crossbar tile program (.farc)."""
+def command(checkpoint, target_name, output, calib_samples, data, calib_npy, replicate,
+            emit_onnx, dump_dir, **overrides) -> None:
+    """Compile a DeiT or FAR checkpoint, a torch.export program (.pt2) or an ONNX file into
+    a crossbar tile program (.farc)."""
     from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.errors import ConfigError
     from farc.models.checkpoint import load_checkpoint
+    from farc.models.graph import is_user_model_file, load_user_model
     from farc.targets import load_target
 
     if calib_samples < 1:
@@ -72,8 +77,15 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
         **{OVERRIDES[k]: v for k, v in overrides.items()})
     out = Path(output) if output else Path(checkpoint).with_suffix(".farc")
     _check_outputs(out, emit_onnx, checkpoint, target_name)  # before any work
-    ckpt = load_checkpoint(checkpoint)
+    if is_user_model_file(checkpoint):  # every op checked here, before any work
+        model = load_user_model(checkpoint)
+        ckpt = model
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        model = ckpt.model
+    calib = _calib_npy(calib_npy) if calib_npy else None
     opts = CompileOptions(calib_samples=calib_samples, data=data, replicate=replicate,
+                          calib_images=calib,
                           dump_dir=Path(dump_dir) if dump_dir else None,
                           checkpoint_path=str(Path(checkpoint).resolve()),
                           validate=False)  # save() validates before writing
@@ -81,8 +93,26 @@ def command(checkpoint, target_name, output, calib_samples, data, replicate, emi
     program.save(out)
     written = [out]
     if emit_onnx:
-        written += _emit_onnx(ckpt.model, program, out)
+        written += _emit_onnx(model, program, out)
     _summary(program, target, opts.timings, written)
+
+
+def _calib_npy(path: str):
+    """--calib-npy: one float array [N, *input shape], read header first, no pickle."""
+    import numpy as np
+    import torch
+
+    from farc.errors import DataError
+    from farc.npyio import load_arrays
+
+    if not Path(path).is_file():
+        raise DataError(f"--calib-npy {path}: no such file")
+    x = load_arrays(path, "--calib-npy")
+    if not isinstance(x, np.ndarray) or x.ndim < 2 or not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"--calib-npy {path}: expected one float array [N, ...]")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"--calib-npy {path}: holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
 
 def _check_outputs(out: Path, emit_onnx: bool, checkpoint: str, target_name: str) -> None:

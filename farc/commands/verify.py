@@ -37,12 +37,16 @@ def _bitlevel(value: str) -> int | None:
               help="'digits' or an ImageNet-style folder.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
+@click.option("--inputs-npy", type=click.Path(dir_okay=False), default=None,
+              help="Inputs [N, *input shape] as .npy instead of --data (any model).")
+@click.option("--labels-npy", type=click.Path(dir_okay=False), default=None,
+              help="Integer labels [N] for --inputs-npy (accuracy).")
 @click.option("--float-onnx", type=click.Path(dir_okay=False), default=None,
               help="Float golden model (default: MODEL.float.onnx beside the program, else "
                    "exported from the checkpoint named in its provenance).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="The checkpoint the program was compiled from (default: the one its "
-                   "provenance names); the reference is built from its model.")
+              help="The checkpoint, .pt2 or .onnx the program was compiled from (default: "
+                   "the one its provenance names); the reference is built from its model.")
 @click.option("--bitlevel-samples", default=str(DEFAULT_BITLEVEL_SAMPLES), show_default=True,
               metavar="N|all", help="Images also run on the bit-level path (every ADC "
                                     "conversion) for the exact per-layer check.")
@@ -61,10 +65,11 @@ def _bitlevel(value: str) -> int | None:
                    "sum|b| (checked without noise).")
 @click.option("--max-acc-drop", type=float, default=None,
               help="Largest emulator accuracy drop below float, in points (off by default).")
-def command(program_path, samples, data, split, float_onnx, checkpoint, bitlevel_samples,
-            per_layer, noise, seed, batch_size, min_agreement, max_rel, max_acc_drop) -> None:
+def command(program_path, samples, data, split, inputs_npy, labels_npy, float_onnx, checkpoint,
+            bitlevel_samples, per_layer, noise, seed, batch_size, min_agreement, max_rel,
+            max_acc_drop) -> None:
     """Check the emulator running MODEL.farc against the reference built from its checkpoint
-    and against float onnxruntime."""
+    (or .pt2/.onnx model) and against float onnxruntime."""
     import tempfile
 
     from farc.check.verify import VerifyError, resolve_references
@@ -79,7 +84,8 @@ def command(program_path, samples, data, split, float_onnx, checkpoint, bitlevel
     program = Program.load(program_path)
     tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
     noise_cfg = NoiseConfig.parse(list(noise)) if noise else None
-    x, y = _inputs(program, data, split, samples)
+    x, y = _npy_inputs(program, inputs_npy, labels_npy, samples) if inputs_npy else \
+        _inputs(program, data, split, samples)
     world = _world()
     with tempfile.TemporaryDirectory(prefix="farc-verify-") as tmp:
         refs = resolve_references(program, program_path, float_onnx=float_onnx,
@@ -98,16 +104,52 @@ def command(program_path, samples, data, split, float_onnx, checkpoint, bitlevel
 
 
 def _inputs(program, data: str, split: str, samples: int):
-    """The first `samples` images of the split, shaped like the program's input."""
+    """The first `samples` images of the split, shaped like the program's input (a model
+    of another input shape takes them reshaped when the element count matches, e.g. the
+    8x8 digits as [64] or [8, 8])."""
+    import math
+
     from farc.data import load_split
     from farc.errors import DataError
 
     shape = program.manifest["inputs"][0]["shape"]
-    if len(shape) != 4:
-        raise DataError(f"program input has shape {shape}; verify feeds images [N, C, H, W]")
-    x, y = load_split(data, split, img_size=shape[2], in_chans=shape[1])
+    if len(shape) == 4:
+        x, y = load_split(data, split, img_size=shape[2], in_chans=shape[1])
+    else:
+        x, y = load_split(data, split)
+        if math.prod(x.shape[1:]) != math.prod(shape[1:]):
+            raise DataError(f"program input has shape {shape} and {data} holds "
+                            f"{list(x.shape[1:])} images: pass --inputs-npy")
+        x = x.reshape(len(x), *shape[1:])
     n = len(x) if samples == 0 else min(samples, len(x))
     return x[:n].numpy().astype("float32"), y[:n].numpy()
+
+
+def _npy_inputs(program, path: str, labels_path: str | None, samples: int):
+    """--inputs-npy (and --labels-npy): arrays read header first, no pickle."""
+    import numpy as np
+
+    from farc.errors import DataError
+    from farc.npyio import load_arrays
+
+    shape = program.manifest["inputs"][0]["shape"]
+    for p in (path, labels_path):
+        if p is not None and not Path(p).is_file():
+            raise DataError(f"{p}: no such file")
+    x = load_arrays(path, "--inputs-npy")
+    if not isinstance(x, np.ndarray) or list(x.shape[1:]) != list(shape[1:]):
+        got = list(x.shape) if isinstance(x, np.ndarray) else "an .npz"
+        raise DataError(f"--inputs-npy {path}: expected [N, {', '.join(map(str, shape[1:]))}]"
+                        f", got {got}")
+    y = None
+    if labels_path:
+        y = load_arrays(labels_path, "--labels-npy")
+        if not isinstance(y, np.ndarray) or not np.issubdtype(y.dtype, np.integer) or \
+                y.reshape(-1).shape[0] != len(x):
+            raise DataError(f"--labels-npy {labels_path}: expected {len(x)} integer labels")
+        y = y.reshape(-1).astype(np.int64)
+    n = len(x) if samples == 0 else min(samples, len(x))
+    return x[:n].astype(np.float32), None if y is None else y[:n]
 
 
 def _run(program, x, y, refs, noise, seed, tol, batch_size, layer_opts):

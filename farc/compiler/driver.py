@@ -87,7 +87,8 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
         dump(name, mod)
     _well_formed(mod, "schedule")  # the module codegen reads
     # Codegen: instructions, layers and constants, every number read from the IR.
-    program = clock("emit", lambda: emit_tile_program(mod, target, model_info))
+    program = clock("emit", lambda: _name_interface(
+        emit_tile_program(mod, target, model_info), model))
     if opts.validate:  # the tile-program invariants on exit
         clock("validate", program.validate)
     dump.manifest(program)
@@ -104,11 +105,22 @@ def _well_formed(mod: tvm.IRModule, stage: str) -> tvm.IRModule:
 
 
 def _model_and_info(obj: Any, opts: CompileOptions) -> tuple[nn.Module, dict]:
-    if isinstance(obj, str | Path):
-        from farc.models.checkpoint import load_checkpoint
+    from farc.models.graph import GraphModel, is_user_model_file, load_user_model
 
+    if isinstance(obj, str | Path):
         opts.checkpoint_path = opts.checkpoint_path or str(Path(obj).resolve())
-        obj = load_checkpoint(obj)
+        if is_user_model_file(obj):  # .pt2 / .onnx: rebuilt from farc modules, never run
+            obj = load_user_model(obj)
+        else:
+            from farc.models.checkpoint import load_checkpoint
+
+            obj = load_checkpoint(obj)
+    if isinstance(obj, GraphModel):
+        return obj.eval(), _graph_info(obj, opts)
+    if isinstance(obj, nn.Module) and not hasattr(obj, "cfg"):
+        raise ConfigError(f"cannot compile a {type(obj).__name__}: not a farc DeiT/FAR "
+                          "model; save it with torch.export.save (.pt2) or as ONNX and "
+                          "compile that file")
     if isinstance(obj, nn.Module):
         model, kind, prov = obj, obj.kind, {}
     elif hasattr(obj, "model"):
@@ -124,6 +136,38 @@ def _model_and_info(obj: Any, opts: CompileOptions) -> tuple[nn.Module, dict]:
                           "provenance": _jsonable(prov)}
 
 
+def _graph_info(model: Any, opts: CompileOptions) -> dict:
+    """The manifest's model entry for a user's .pt2/.onnx model: the file it came from
+    (path and sha256: what `farc verify` rebuilds its reference from) and its interface."""
+    src = dict(model.source)
+    prov = {"checkpoint": opts.checkpoint_path or src.get("path"),
+            "model_format": src.get("format"), "model_sha256": src.get("sha256")}
+    stem = Path(str(src.get("path") or "model")).stem
+    config = {"input": model.input_name, "input_shape": list(model.input_shape[1:]),
+              "outputs": model.output_names,
+              "layers": sorted(n.attrs["module"] for n in model.nodes if "module" in n.attrs)}
+    return {"kind": "graph", "name": f"{src.get('format', 'graph')}-{stem}",
+            "config": config, "provenance": _jsonable(prov)}
+
+
+def _name_interface(program: Program, model: nn.Module) -> Program:
+    """Inputs and outputs of a user's model keep the model's own names."""
+    from farc.models.graph import GraphModel
+
+    if not isinstance(model, GraphModel):
+        return program
+    outs = dict(zip((o["name"] for o in program.manifest["outputs"]), model.output_names))
+    for ins in program.manifest["instructions"]:
+        if ins["op"] == "input":
+            ins["name"] = model.input_name
+        elif ins["op"] == "output":
+            ins["name"] = outs[ins["name"]]
+    program.manifest["inputs"][0]["name"] = model.input_name
+    for spec in program.manifest["outputs"]:
+        spec["name"] = outs[spec["name"]]
+    return program
+
+
 def _shape_name(model: nn.Module) -> str:
     d = getattr(model.cfg, "deit", model.cfg)
     return f"D{d.embed_dim}-L{d.depth}-H{d.num_heads}-T{d.num_tokens}"
@@ -134,15 +178,27 @@ def _jsonable(d: dict) -> dict:
 
 
 def _calib_images(model: nn.Module, opts: CompileOptions) -> torch.Tensor:
-    d = getattr(model.cfg, "deit", model.cfg)
+    from farc.models.graph import GraphModel, sample_inputs
+
+    if isinstance(model, GraphModel):
+        shape = model.input_shape[1:]
+    else:
+        d = getattr(model.cfg, "deit", model.cfg)
+        shape = (d.in_chans, d.img_size, d.img_size)
     if opts.calib_images is not None:
-        return opts.calib_images[: opts.calib_samples].float()
+        x = opts.calib_images[: opts.calib_samples].float()
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ConfigError(f"calibration inputs are {list(x.shape[1:])} per sample; the "
+                              f"model takes {list(shape)}")
+        return x
     if opts.data is None:
         g = torch.Generator().manual_seed(opts.seed)
-        return torch.randn(opts.calib_samples, d.in_chans, d.img_size, d.img_size, generator=g)
+        return torch.randn(opts.calib_samples, *shape, generator=g)
+    if isinstance(model, GraphModel):
+        return sample_inputs(model, opts.data, "train", opts.calib_samples)[0]
     from farc.data import load_split
 
-    x, _ = load_split(opts.data, "train", img_size=d.img_size, in_chans=d.in_chans)
+    x, _ = load_split(opts.data, "train", img_size=shape[1], in_chans=shape[0])
     return x[: opts.calib_samples].float()
 
 

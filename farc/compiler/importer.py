@@ -68,26 +68,37 @@ class ImportedModel:
 
 
 def import_model(model: nn.Module) -> ImportedModel:
-    """Export `model` (DeiT or FAR, eval mode) and import it into Relax.
+    """Export `model` (DeiT, FAR or a GraphModel; eval mode) and import it into Relax.
 
     Parameters
     ----------
-    model : DeiT or FAR (anything with `.cfg` holding a DeiTConfig or a FARConfig)
+    model : DeiT or FAR (anything with `.cfg` holding a DeiTConfig or a FARConfig), or a
+        farc.models.graph.GraphModel (a user's .pt2 or ONNX model)
 
     Returns
     -------
-    ImportedModel with `mod["main"](x: [1, C, H, W]) -> logits [1, classes]`."""
+    ImportedModel with `mod["main"](x: [1, *input]) -> outputs`."""
     from tvm.relax.frontend.torch import from_exported_program
 
-    cfg = getattr(model.cfg, "deit", model.cfg)
-    x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)
+    from farc.models.graph import GraphModel
+
     model = model.eval()
-    with torch.no_grad(), _lstms_as_custom_op(model):
+    if isinstance(model, GraphModel):
+        x = torch.zeros(model.input_shape)
+        routed = model.lstms_as_custom_op()
+        classifiers = model.classifier_paths()
+    else:
+        cfg = getattr(model.cfg, "deit", model.cfg)
+        x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)
+        routed = _lstms_as_custom_op(model)
+        classifiers = {"head"}
+    with torch.no_grad(), routed:
         ep = torch.export.export(model, (x,))
     names = _param_names(ep)
     convert = {
         "lstm.default": lambda node, imp: _convert_lstm(node, imp, names, ep),
-        "linear.default": lambda node, imp: _convert_linear(node, imp, names, ep),
+        "linear.default": lambda node, imp: _convert_linear(node, imp, names, ep,
+                                                            classifiers),
         "conv2d.default": lambda node, imp: _convert_conv(node, imp, names, ep),
     }
     mod = from_exported_program(ep, custom_convert_map=convert, run_ep_decomposition=False)
@@ -156,11 +167,11 @@ def _layer_of(param: str) -> str:
     return param.rsplit(".", 1)[0]
 
 
-def _convert_linear(node, imp, names, ep) -> relax.Var:
+def _convert_linear(node, imp, names, ep, classifiers: set[str]) -> relax.Var:
     x = imp.env[node.args[0]]
     wname, w = _param(node.args[1], names, ep)
     layer = _layer_of(wname)
-    kind = "classifier" if layer == "head" else "linear"
+    kind = "classifier" if layer in classifiers else "linear"
     bb = imp.block_builder
     y = bb.emit(relax.op.matmul(x, named_const(w.T, kind, layer)))
     if len(node.args) > 2 and node.args[2] is not None:

@@ -1,0 +1,509 @@
+"""An ONNX file -> GraphModel (farc.models.graph): every node mapped to farc modules or
+digital steps, nothing of the file executed.
+
+The graph is read as protobuf data (no external data files). Every node's op is checked
+against `SUPPORTED` before anything is built, so an unsupported graph is refused with one
+line naming the first unsupported op and its node. Shape arithmetic (Shape, Gather,
+Concat, Unsqueeze, Cast, ... on constants) is folded here at batch 1; a symbolic dimension
+is allowed only on the input's batch axis. Erf counts as supported only inside the
+exact-GELU pattern 0.5 * x * (1 + erf(x / sqrt 2)) (any association of the two products),
+which becomes one gelu. LSTM: forward, reverse or bidirectional, layout 0 or 1, with or
+without B, initial_h/initial_c absent or zero, default activations, no peepholes, clip or
+sequence lengths; each direction becomes one single-direction nn.LSTM (gates reordered
+from ONNX's i, o, f, c to PyTorch's i, f, g, o)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from farc.errors import CheckpointError
+from farc.models.graph import GraphBuilder, GraphModel, UnsupportedModelError, Val
+
+SUPPORTED = ("Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Dropout",
+             "Erf", "Flatten", "Gather", "Gelu", "Gemm", "Identity", "LSTM",
+             "LayerNormalization", "MatMul", "Mul", "Relu", "Reshape", "Shape", "Sigmoid",
+             "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
+SQRT1_2 = float(np.sqrt(0.5))
+
+
+def load_onnx(path: str | Path) -> GraphModel:
+    """Read `path` (an ONNX model, weights inside the file) as a GraphModel."""
+    import onnx
+
+    from farc.models.from_torch import file_sha256
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise CheckpointError(f"{path}: not a readable ONNX model ({type(exc).__name__})"
+                              ) from None
+    return from_onnx_proto(proto, {"format": "onnx", "path": str(path.resolve()),
+                                   "sha256": file_sha256(path)})
+
+
+def _node_name(node: Any, i: int) -> str:
+    return node.name or f"{node.op_type}_{i}"
+
+
+def from_onnx_proto(proto: Any, source: dict) -> GraphModel:
+    graph = proto.graph
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    for i, node in enumerate(graph.node):  # refuse before any work
+        if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED:
+            op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") \
+                else node.op_type
+            raise UnsupportedModelError(f"unsupported ONNX op {op} at node "
+                                        f"{_node_name(node, i)}: supported ops are "
+                                        f"{', '.join(SUPPORTED)}")
+    conv = _Converter(GraphBuilder(source), opset)
+    for init in graph.initializer:
+        conv.env[init.name] = conv.array(init, f"initializer {init.name}")
+    inputs = [v for v in graph.input if v.name not in conv.env]
+    if len(inputs) != 1:
+        raise UnsupportedModelError(f"the model has {len(inputs)} inputs; farc compiles "
+                                    "models of one tensor input")
+    conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input",
+                                            _input_shape(inputs[0]))
+    for i, node in enumerate(graph.node):
+        conv.node(node, f"node {_node_name(node, i)}", _node_name(node, i))
+    outs = []
+    for o in graph.output:
+        v = conv.env.get(o.name)
+        if not isinstance(v, Val):
+            raise UnsupportedModelError(f"output {o.name} is not a tensor computed from the "
+                                        "input (or is an unfinished Erf)")
+        outs.append((v, o.name))
+    return conv.b.finish(outs)
+
+
+def _input_shape(vi: Any) -> list[int]:
+    dims = vi.type.tensor_type.shape.dim
+    if not dims:
+        raise UnsupportedModelError(f"input {vi.name} has no shape")
+    shape = []
+    for k, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            shape.append(int(d.dim_value))
+        elif k == 0:
+            shape.append(1)  # a symbolic batch
+        else:
+            raise UnsupportedModelError(f"input {vi.name}: dimension {k} ({d.dim_param or '?'}"
+                                        ") is symbolic; only the batch axis may be")
+    return shape
+
+
+def _safe(name: str) -> str:
+    """A module/buffer-safe identifier from an ONNX name ("/fc1/Gemm" -> "fc1_Gemm")."""
+    s = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")
+    return ("n_" + s) if s and s[0].isdigit() else s
+
+
+class _Erf:
+    """erf(base / sqrt 2), and the GELU pattern's partial products around it."""
+
+    def __init__(self, base: Val, stage: str, where: str) -> None:
+        self.base, self.stage, self.where = base, stage, where  # erf, 1+erf, x(1+erf)
+
+
+class _CN:
+    """An LSTM's Y_c, which the tile program does not keep."""
+
+
+class _Converter:
+    def __init__(self, b: GraphBuilder, opset: int) -> None:
+        self.b, self.opset = b, opset
+        self.env: dict[str, Any] = {}
+        self.n_outputs = 1
+        self.input_names: list[str] = []
+        self.scaled: dict[str, tuple[Val, float]] = {}
+        """Value name -> (base, factor) for a value that is base times a scalar."""
+
+    def layer_path(self, name: str) -> str:
+        """The crossbar layer's name: its weight initializer's module path when it has one
+        ("fc1.weight" -> "fc1", as torch exports name them), else the node's name."""
+        w = self.input_names[1] if len(self.input_names) > 1 else ""
+        if re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\.weight", w):
+            return w[: -len(".weight")]
+        return _safe(name)
+
+    def array(self, tensor: Any, where: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        if tensor.data_location == 1:  # EXTERNAL
+            raise UnsupportedModelError(f"{where}: weights in an external data file; save "
+                                        "the model with its weights inside")
+        return np.asarray(numpy_helper.to_array(tensor))
+
+    def get(self, name: str) -> Any:
+        if name == "":
+            return None
+        if name not in self.env:
+            raise UnsupportedModelError(f"value {name} is used before it is defined")
+        return self.env[name]
+
+    def val(self, x: Any, where: str) -> Val:
+        if isinstance(x, _Erf):
+            raise UnsupportedModelError(f"{x.where}: Erf is supported only as part of GELU, "
+                                        "0.5 * x * (1 + erf(x / sqrt(2)))")
+        if isinstance(x, _CN):
+            raise UnsupportedModelError(f"{where}: uses an LSTM's Y_c (final cell state), "
+                                        "which the tile program does not keep")
+        if not isinstance(x, Val):
+            raise UnsupportedModelError(f"{where}: expected a tensor computed from the input")
+        return x
+
+    def node(self, node: Any, where: str, name: str) -> None:
+        attrs = {a.name: _attr(a, self) for a in node.attribute}
+        self.n_outputs = len(node.output)
+        self.input_names = list(node.input)
+        ins = [self.get(i) for i in node.input]
+        out = getattr(self, "_" + node.op_type)(ins, attrs, where, name)
+        outs = out if isinstance(out, list) else [out]
+        for o_name, o in zip(node.output, outs):
+            if o_name:
+                self.env[o_name] = np.asarray(o) if isinstance(o, np.generic) else o
+
+    # ---- constants and shape arithmetic
+    def _Constant(self, ins, a, where, name):
+        for k in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            if k in a:
+                return np.asarray(a[k])
+        raise UnsupportedModelError(f"{where}: Constant of an unsupported kind")
+
+    def _ConstantOfShape(self, ins, a, where, name):
+        if not isinstance(ins[0], np.ndarray):
+            raise UnsupportedModelError(f"{where}: ConstantOfShape of a computed shape")
+        value = a.get("value", np.zeros(1, np.float32))
+        return np.full([int(d) for d in ins[0].reshape(-1)], value.reshape(-1)[0],
+                       value.dtype)
+
+    def _Identity(self, ins, a, where, name):
+        return ins[0]
+
+    def _Dropout(self, ins, a, where, name):
+        return ins[0]
+
+    def _Cast(self, ins, a, where, name):
+        if isinstance(ins[0], np.ndarray):
+            from onnx import helper
+
+            return ins[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+        if a["to"] != 1:  # FLOAT
+            raise UnsupportedModelError(f"{where}: Cast of a tensor to a non-float type")
+        return ins[0]
+
+    def _Shape(self, ins, a, where, name):
+        x = ins[0]
+        shape = np.asarray(x.shape if isinstance(x, Val | np.ndarray) else (), np.int64)
+        return shape[a.get("start", 0):a.get("end", None)]
+
+    def _Gather(self, ins, a, where, name):
+        data, idx = ins
+        axis = a.get("axis", 0)
+        if not isinstance(idx, np.ndarray):
+            raise UnsupportedModelError(f"{where}: Gather with computed indices")
+        if isinstance(data, np.ndarray):
+            return np.take(data, idx, axis=axis)
+        if idx.ndim != 0:
+            raise UnsupportedModelError(f"{where}: Gather of a tensor with more than one "
+                                        "index")
+        return self.b.select(self.val(data, where), axis, int(idx), where)
+
+    def _axes(self, ins, a) -> list[int] | None:
+        if len(ins) > 1 and ins[1] is not None:
+            return [int(v) for v in np.asarray(ins[1]).reshape(-1)]
+        return a.get("axes")
+
+    def _Unsqueeze(self, ins, a, where, name):
+        x, axes = ins[0], self._axes(ins, a)
+        if isinstance(x, np.ndarray):
+            return np.expand_dims(x, tuple(axes))
+        v = self.val(x, where)
+        nd = v.ndim + len(axes)
+        for ax in sorted(k % nd for k in axes):
+            v = self.b.unsqueeze(v, ax, where)
+        return v
+
+    def _Squeeze(self, ins, a, where, name):
+        x, axes = ins[0], self._axes(ins, a)
+        if isinstance(x, np.ndarray):
+            return np.squeeze(x, tuple(axes) if axes else None)
+        v = self.val(x, where)
+        if not axes:
+            axes = [k for k, s in enumerate(v.shape) if s == 1 and k != v.batch_axis]
+        return self.b.squeeze(v, axes, where)
+
+    def _Concat(self, ins, a, where, name):
+        axis = a["axis"]
+        if all(isinstance(x, np.ndarray) for x in ins):
+            return np.concatenate(ins, axis=axis)
+        return self.b.concat([self.val(x, where) for x in ins], axis, where)
+
+    def _Reshape(self, ins, a, where, name):
+        x, shape = ins[0], np.asarray(ins[1], np.int64).reshape(-1)
+        if isinstance(x, np.ndarray):
+            shape = [x.shape[k] if s == 0 and not a.get("allowzero") else s
+                     for k, s in enumerate(shape)]
+            return x.reshape(shape)
+        v = self.val(x, where)
+        target = [v.shape[k] if s == 0 and not a.get("allowzero") else int(s)
+                  for k, s in enumerate(shape)]
+        copies = [k for k, s in enumerate(shape) if s == 0]
+        batch_out = v.batch_axis if v.batch_axis in copies else None
+        return self.b.reshape(v, target, where, batch_out=batch_out)
+
+    def _Flatten(self, ins, a, where, name):
+        axis = a.get("axis", 1)
+        if isinstance(ins[0], np.ndarray):
+            x = ins[0]
+            return x.reshape(math.prod(x.shape[:axis]), -1)
+        v = self.val(ins[0], where)
+        if axis % v.ndim != 1 or v.batch_axis != 0:
+            raise UnsupportedModelError(f"{where}: Flatten that does not keep the batch axis"
+                                        " first (axis must be 1)")
+        return self.b.reshape(v, [1, math.prod(v.shape[1:])], where)
+
+    def _Transpose(self, ins, a, where, name):
+        v = self.val(ins[0], where)
+        return self.b.transpose(v, a.get("perm", list(range(v.ndim))[::-1]), where)
+
+    def _Slice(self, ins, a, where, name):
+        x = ins[0]
+        starts, ends = (np.asarray(ins[k]).reshape(-1) for k in (1, 2))
+        nd = x.ndim if isinstance(x, Val | np.ndarray) else 0
+        axes = np.asarray(ins[3]).reshape(-1) if len(ins) > 3 and ins[3] is not None \
+            else np.arange(len(starts))
+        steps = np.asarray(ins[4]).reshape(-1) if len(ins) > 4 and ins[4] is not None \
+            else np.ones(len(starts), np.int64)
+        if any(not isinstance(t, np.ndarray) for t in ins[1:] if t is not None):
+            raise UnsupportedModelError(f"{where}: Slice with computed bounds")
+        if isinstance(x, np.ndarray):
+            idx = [slice(None)] * nd
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                idx[int(ax)] = slice(int(s), int(e), int(st))
+            return x[tuple(idx)]
+        v = self.val(x, where)
+        for s, e, ax, st in zip(starts, ends, axes, steps):
+            v = self.b.slice(v, int(ax), int(s), min(int(e), 2**62), int(st), where)
+        return v
+
+    def _Split(self, ins, a, where, name):
+        v = self.val(ins[0], where)
+        axis = a.get("axis", 0)
+        n = v.shape[axis % v.ndim]
+        if len(ins) > 1 and ins[1] is not None:
+            sizes = [int(s) for s in np.asarray(ins[1]).reshape(-1)]
+        elif "split" in a:
+            sizes = list(a["split"])
+        else:
+            k = a.get("num_outputs") or self.n_outputs
+            step = -(-n // k)
+            sizes = [min(step, n - s) for s in range(0, n, step)]
+        out, start = [], 0
+        for s in sizes:
+            out.append(self.b.slice(v, axis, start, start + s, 1, where))
+            start += s
+        return out
+
+    # ---- crossbar layers
+    def _MatMul(self, ins, a, where, name):
+        x, w = ins
+        if isinstance(w, np.ndarray) and not isinstance(x, np.ndarray):
+            if w.ndim != 2:
+                raise UnsupportedModelError(f"{where}: MatMul by a constant of rank {w.ndim}")
+            return self.b.linear(self.val(x, where), w.T, None, self.layer_path(name), where)
+        if isinstance(x, np.ndarray):
+            raise UnsupportedModelError(f"{where}: MatMul with a constant left operand")
+        return self.b.matmul(self.val(x, where), self.val(w, where), where)
+
+    def _Gemm(self, ins, a, where, name):
+        x, w = ins[0], ins[1]
+        c = ins[2] if len(ins) > 2 else None
+        if not isinstance(w, np.ndarray) or a.get("transA", 0):
+            raise UnsupportedModelError(f"{where}: Gemm needs a constant B and transA = 0")
+        v = self.val(x, where)
+        weight = (w if a.get("transB", 0) else w.T) * np.float32(a.get("alpha", 1.0))
+        bias = None
+        if c is not None:
+            if not isinstance(c, np.ndarray) or (c.ndim == 2 and c.shape[0] != 1):
+                raise UnsupportedModelError(f"{where}: Gemm with a C that is not a bias row")
+            bias = np.broadcast_to(c.reshape(-1) * np.float32(a.get("beta", 1.0)),
+                                   (weight.shape[0],)).astype(np.float32)
+        return self.b.linear(v, weight.astype(np.float32), bias, self.layer_path(name), where)
+
+    def _Conv(self, ins, a, where, name):
+        x, w = ins[0], ins[1]
+        b = ins[2] if len(ins) > 2 else None
+        if not isinstance(w, np.ndarray) or w.ndim != 4:
+            raise UnsupportedModelError(f"{where}: only 2-d Conv with constant weights")
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise UnsupportedModelError(f"{where}: Conv with auto_pad {a['auto_pad']}")
+        pads = a.get("pads", [0, 0, 0, 0])
+        return self.b.conv(self.val(x, where), w, b, a.get("strides", [1, 1]), pads,
+                           a.get("dilations", [1, 1]), a.get("group", 1),
+                           self.layer_path(name), where)
+
+    def _LSTM(self, ins, a, where, name):
+        ins = ins + [None] * (8 - len(ins))
+        x, w, r, b, seq_lens, h0, c0, peep = ins[:8]
+        direction = a.get("direction", "forward")
+        hidden = int(a["hidden_size"])
+        if any(k in a for k in ("clip", "activations", "activation_alpha", "activation_beta"))\
+                and (a.get("activations") not in (None, ["Sigmoid", "Tanh", "Tanh"] *
+                                                  (2 if direction == "bidirectional" else 1))
+                     or "clip" in a or "activation_alpha" in a or "activation_beta" in a):
+            raise UnsupportedModelError(f"{where}: LSTM with clip or non-default activations")
+        if a.get("input_forget", 0):
+            raise UnsupportedModelError(f"{where}: LSTM with input_forget")
+        if not all(isinstance(t, np.ndarray) for t in (w, r) if t is not None) or \
+                (b is not None and not isinstance(b, np.ndarray)):
+            raise UnsupportedModelError(f"{where}: LSTM with computed weights")
+        if seq_lens is not None:
+            raise UnsupportedModelError(f"{where}: LSTM with sequence_lens")
+        for t, what in ((h0, "initial_h"), (c0, "initial_c"), (peep, "P (peepholes)")):
+            if t is None:
+                continue
+            if not isinstance(t, np.ndarray):
+                raise UnsupportedModelError(f"{where}: LSTM with a computed {what}")
+            if np.any(t != 0):
+                raise UnsupportedModelError(f"{where}: LSTM with a non-zero {what}; only "
+                                            "zero initial states can be compiled")
+        layout = a.get("layout", 0)
+        v = self.val(x, where)
+        time_axis = 0 if layout == 0 else 1
+        dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[
+            direction]
+        gates = [0, 2, 3, 1]  # ONNX i, o, f, c -> PyTorch i, f, g(c), o
+
+        def reorder(m: np.ndarray) -> np.ndarray:
+            return m.reshape(4, hidden, *m.shape[1:])[gates].reshape(4 * hidden, *m.shape[1:])
+
+        seqs = []
+        for d, reverse in enumerate(dirs):
+            bias = np.zeros(8 * hidden, np.float32) if b is None else b[d]
+            path = f"{_safe(name)}.{'bwd' if reverse else 'fwd'}"
+            seqs.append(self.b.lstm_direction(
+                v, time_axis, reorder(w[d]), reorder(r[d]), reorder(bias[:4 * hidden]),
+                reorder(bias[4 * hidden:]), reverse, path, where))
+        # Y: [B, T, D, H] stored; layout 0 wants [T, D, B, H]
+        y = self.b.concat([self.b.unsqueeze(s, 2, where) for s in seqs], 2, where)
+        last = [self.b.unsqueeze(self.b.select(s, 1, 0 if rev else -1, where), 1, where)
+                for s, rev in zip(seqs, dirs)]
+        y_h = self.b.concat(last, 1, where)  # [B, D, H]
+        if layout == 0:
+            y, y_h = self.b.transpose(y, [1, 2, 0, 3], where), \
+                self.b.transpose(y_h, [1, 0, 2], where)
+        return [y, y_h, _CN()]
+
+    # ---- elementwise and the rest
+    def _unary(self, op: str, ins, where):
+        return self.b.unary(op, self.val(ins[0], where))
+
+    def _Relu(self, ins, a, where, name):
+        return self._unary("relu", ins, where)
+
+    def _Sigmoid(self, ins, a, where, name):
+        return self._unary("sigmoid", ins, where)
+
+    def _Tanh(self, ins, a, where, name):
+        return self._unary("tanh", ins, where)
+
+    def _Gelu(self, ins, a, where, name):
+        if a.get("approximate", "none") != "none":
+            raise UnsupportedModelError(f"{where}: Gelu(approximate=tanh); only the erf form")
+        return self._unary("gelu", ins, where)
+
+    def _Softmax(self, ins, a, where, name):
+        v = self.val(ins[0], where)
+        axis = a.get("axis", -1 if self.opset >= 13 else 1)
+        if self.opset < 13 and axis % v.ndim != v.ndim - 1:
+            raise UnsupportedModelError(f"{where}: Softmax (opset < 13) over several axes")
+        return self.b.softmax(v, axis, where)
+
+    def _LayerNormalization(self, ins, a, where, name):
+        ins = ins + [None] * (3 - len(ins))
+        x, scale, bias = ins[:3]
+        return self.b.layer_norm(self.val(x, where), scale, bias, a.get("epsilon", 1e-5),
+                                 a.get("axis", -1), where)
+
+    def _Erf(self, ins, a, where, name):
+        x = ins[0]
+        rec = self.scaled.get(x.name) if isinstance(x, Val) else None
+        if rec is None or not math.isclose(rec[1], SQRT1_2, rel_tol=1e-6):
+            raise UnsupportedModelError(f"{where}: Erf is supported only as part of GELU, "
+                                        "0.5 * x * (1 + erf(x / sqrt(2)))")
+        return _Erf(rec[0], "erf", where)
+
+    def _binary(self, op: str, ins, where):
+        x, y = ins
+        if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+            fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+            return fn[op](x, y)
+        gelu = self._gelu_step(op, x, y, where)
+        if gelu is not None:
+            return gelu
+        out = self.b.binary(op, self.val(x, where) if not isinstance(x, np.ndarray) else x,
+                            self.val(y, where) if not isinstance(y, np.ndarray) else y, where)
+        # remember base * scalar (for the GELU pattern)
+        if isinstance(x, Val) and isinstance(y, np.ndarray) and y.size == 1 and \
+                op in ("mul", "div"):
+            k = float(y.reshape(())) if op == "mul" else 1.0 / float(y.reshape(()))
+            self.scaled[out.name] = (x, k)
+        elif isinstance(y, Val) and isinstance(x, np.ndarray) and x.size == 1 and op == "mul":
+            self.scaled[out.name] = (y, float(x.reshape(())))
+        return out
+
+    def _gelu_step(self, op: str, x: Any, y: Any, where: str) -> Any:
+        """One step of 0.5 * x * (1 + erf(x / sqrt 2)); None when not part of it."""
+        if not isinstance(x, _Erf) and not isinstance(y, _Erf):
+            return None
+        e, other = (x, y) if isinstance(x, _Erf) else (y, x)
+        one = isinstance(other, np.ndarray) and other.size == 1
+        if e.stage == "erf" and op == "add" and one and float(other.reshape(())) == 1.0:
+            return _Erf(e.base, "1+erf", e.where)
+        if e.stage == "1+erf" and op == "mul" and isinstance(other, Val):
+            if other.name == e.base.name:
+                return _Erf(e.base, "x(1+erf)", e.where)
+            rec = self.scaled.get(other.name)
+            if rec and rec[0].name == e.base.name and rec[1] == 0.5:
+                return self.b.unary("gelu", e.base)
+        if e.stage == "x(1+erf)" and op == "mul" and one and float(other.reshape(())) == 0.5:
+            return self.b.unary("gelu", e.base)
+        if e.stage == "x(1+erf)" and op == "div" and one and float(other.reshape(())) == 2.0 \
+                and x is e:
+            return self.b.unary("gelu", e.base)
+        raise UnsupportedModelError(f"{e.where}: Erf is supported only as part of GELU, "
+                                    "0.5 * x * (1 + erf(x / sqrt(2)))")
+
+    def _Add(self, ins, a, where, name):
+        return self._binary("add", ins, where)
+
+    def _Sub(self, ins, a, where, name):
+        return self._binary("sub", ins, where)
+
+    def _Mul(self, ins, a, where, name):
+        return self._binary("mul", ins, where)
+
+    def _Div(self, ins, a, where, name):
+        return self._binary("div", ins, where)
+
+
+def _attr(a: Any, conv: _Converter) -> Any:
+    from onnx import helper
+
+    value = helper.get_attribute_value(a)
+    if hasattr(value, "dims") and hasattr(value, "data_type"):  # a TensorProto
+        return conv.array(value, f"attribute {a.name}")
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value

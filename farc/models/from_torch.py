@@ -1,0 +1,421 @@
+"""A saved `torch.export` program (`.pt2`) -> GraphModel, reading the graph as data.
+
+Trust model. `torch.export.load` alone is not safe on an untrusted file: for weights and
+constants saved in pickle form it calls `torch.load(..., weights_only=False)`, for opaque
+constants `pickle.loads`, and its legacy path falls back to a full unpickle when the
+weights-only one fails (torch 2.13, torch/export/pt2_archive/_package.py and
+torch/_export/serde/serialize.py). `load_pt2` therefore runs it with every `torch.load`
+forced to `weights_only=True` and every other unpickler refused, so a hostile file fails
+with a one-line error instead of running code. The deserialized graph is then never run:
+its nodes are read one by one and rebuilt from farc's own modules (farc.models.graph), and
+any op outside the supported list is refused, naming the op and the module it sits in.
+
+Supported ATen ops (inference graphs of torch.export, not decomposed): linear, conv2d
+(patch embedding: stride == kernel), lstm (any layers and directions, batch_first or not,
+zero initial state, with bias; h_n[i] and the output sequence may be used), relu, gelu (erf),
+sigmoid, tanh, softmax, layer_norm (last axis), add, sub, mul, div (by a constant), matmul
+(of two activations, or by a constant: a crossbar layer), view/reshape/flatten, permute,
+transpose, cat, slice (step 1), select, split/chunk, squeeze/unsqueeze, and the no-ops
+clone/contiguous/dropout/alias/detach."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import operator
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from farc.errors import CheckpointError
+from farc.models.graph import GraphBuilder, GraphModel, UnsupportedModelError, Val
+
+IDENTITY = ("clone", "contiguous", "dropout", "alias", "detach", "lift_fresh_copy",
+            "feature_dropout")
+UNARY = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
+         "gelu": "gelu"}
+BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
+SUPPORTED = sorted({"linear", "conv2d", "lstm", *UNARY, *BINARY, "softmax", "_softmax",
+                    "layer_norm", "matmul", "bmm", "view", "reshape", "_unsafe_view",
+                    "flatten", "permute", "transpose", "t", "cat", "slice", "select", "split",
+                    "split_with_sizes", "chunk", "squeeze", "unsqueeze", "zeros",
+                    "zeros_like", "new_zeros", *IDENTITY})
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_pt2(path: str | Path) -> GraphModel:
+    """Read a torch.export.save file into a GraphModel (never executing pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with _no_unpickling():
+            ep = torch.export.load(str(path))
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # torch raises many types on a bad archive
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable torch.export program ({msg[:200]})"
+                              ) from None
+    return from_exported_program(ep, {"format": "pt2", "path": str(path.resolve()),
+                                      "sha256": file_sha256(path)})
+
+
+@contextlib.contextmanager
+def _no_unpickling() -> Iterator[None]:
+    """torch.load forced to weights_only=True; plain and torchbind unpicklers refused."""
+    import torch.export.pt2_archive._package as pkg
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise CheckpointError("the .pt2 file holds pickled Python objects; farc loads "
+                              "tensors only (weights_only)")
+
+    real_load = torch.load
+
+    def weights_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        kwargs.pop("pickle_module", None)
+        return real_load(f, *args, **kwargs)
+
+    saved = (torch.load, pkg.pickle, torch._C._pickle_load_obj)
+    safe_pickle = type("SafePickle", (), {"loads": staticmethod(refuse),
+                                          "load": staticmethod(refuse),
+                                          "dumps": pickle.dumps})
+    torch.load = weights_only_load
+    pkg.pickle = safe_pickle
+    torch._C._pickle_load_obj = refuse
+    try:
+        yield
+    finally:
+        torch.load, pkg.pickle, torch._C._pickle_load_obj = saved
+
+
+# ---------------------------------------------------------------- graph -> GraphModel
+class _CN:
+    """c_n of an LSTM: the tile program does not keep the final cell state."""
+
+
+class _HN:
+    """h_n of an LSTM: per (layer, direction) output sequences [B, T, H]; h_n[i] is the
+    last step of a forward direction, the first of a reverse one."""
+
+    def __init__(self, seqs: list[tuple[Val, bool]]) -> None:
+        self.seqs = seqs
+
+
+def from_exported_program(ep: torch.export.ExportedProgram, source: dict) -> GraphModel:
+    """Rebuild `ep` (an inference graph with one tensor input) as a GraphModel."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    state = {**ep.state_dict, **getattr(ep, "constants", {})}
+    params: dict[str, str] = {}
+    user_inputs = []
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind == InputKind.USER_INPUT:
+            user_inputs.append(spec.arg.name)
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            params[spec.arg.name] = spec.target
+        else:
+            raise UnsupportedModelError(f"unsupported program input kind {spec.kind.name}")
+    if len(user_inputs) != 1:
+        raise UnsupportedModelError(f"the program takes {len(user_inputs)} inputs; farc "
+                                    "compiles models of one tensor input")
+    conv = _Converter(GraphBuilder(source), state, params)
+    outputs = []
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            conv.placeholder(node, node.name in user_inputs)
+        elif node.op == "call_function":
+            conv.env[node.name] = conv.call(node)
+        elif node.op == "output":
+            specs = [s for s in ep.graph_signature.output_specs]
+            for arg, spec in zip(node.args[0], specs):
+                if spec.kind != OutputKind.USER_OUTPUT:
+                    raise UnsupportedModelError(f"unsupported program output kind "
+                                                f"{spec.kind.name}")
+                v = conv.value(arg)
+                if not isinstance(v, Val):
+                    raise UnsupportedModelError(f"output {arg} is not computed from the "
+                                                "input")
+                outputs.append((v, "output" if len(specs) == 1 else str(arg)))
+        else:
+            raise UnsupportedModelError(f"unsupported graph node {node.op} {node.name}")
+    return conv.b.finish(outputs)
+
+
+def _where(node: Any) -> str:
+    """The module path a node sits in (its nn_module_stack), else its node name."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path = list(stack.values())[-1][0]
+        path = path.replace("L['self'].", "").replace("L['self']", "")
+        if path:
+            return f"module {path} (node {node.name})"
+    return f"node {node.name}"
+
+
+def _shape_of(node: Any) -> tuple[int, ...]:
+    val = node.meta.get("val")
+    if val is None or not hasattr(val, "shape"):
+        raise UnsupportedModelError(f"{_where(node)}: no shape recorded")
+    return tuple(int(s) if isinstance(s, int) else 1 for s in val.shape)
+
+
+class _Converter:
+    def __init__(self, b: GraphBuilder, state: dict, params: dict[str, str]) -> None:
+        self.b, self.state, self.params = b, state, params
+        self.env: dict[str, Any] = {}
+        self.batch = 1
+        """The batch size the program was exported with (1 when symbolic)."""
+        self.param_of: dict[str, str] = {}
+        """Value name of a constant -> its parameter name (for module paths)."""
+
+    def placeholder(self, node: Any, user: bool) -> None:
+        if user:
+            shape = _shape_of(node)
+            self.batch = shape[0] if shape else 1
+            self.env[node.name] = self.b.input(node.name, shape)
+            return
+        name = self.params[node.name]
+        self.env[node.name] = self.state[name].detach().float().numpy()
+        self.param_of[node.name] = name
+
+    def value(self, arg: Any) -> Any:
+        if hasattr(arg, "name") and hasattr(arg, "op"):
+            return self.env[arg.name]
+        if isinstance(arg, list | tuple):
+            return [self.value(a) for a in arg]
+        return arg
+
+    def path_of(self, arg: Any, node: Any, suffix: str = ".weight") -> str:
+        name = self.param_of.get(getattr(arg, "name", ""), "")
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path = list(stack.values())[-1][0].replace("L['self'].", "")
+            if path and "[" not in path:
+                return path
+        return node.name
+
+    def call(self, node: Any) -> Any:
+        where = _where(node)
+        if node.target is operator.getitem:
+            seq, i = self.value(node.args[0]), node.args[1]
+            if isinstance(seq, list | tuple):
+                return seq[i]
+            raise UnsupportedModelError(f"{where}: indexing a {type(seq).__name__}")
+        op = getattr(getattr(node.target, "overloadpacket", None), "__name__", None) or \
+            str(node.target)
+        if op not in SUPPORTED:
+            raise UnsupportedModelError(
+                f"unsupported torch op {op} at {where}: supported ops are "
+                f"{', '.join(s for s in SUPPORTED if not s.startswith('_'))}")
+        args = [self.value(a) for a in node.args]
+        kw = {k: self.value(v) for k, v in node.kwargs.items()}
+        return getattr(self, f"_{op.strip('_')}", self._default)(node, op, args, kw, where)
+
+    # ---- handlers
+    def _default(self, node, op, args, kw, where):
+        x = args[0]
+        if op in IDENTITY:
+            if op in ("dropout", "feature_dropout") and (len(args) > 2 and args[2]):
+                raise UnsupportedModelError(f"{where}: dropout in training mode")
+            return x
+        if op in UNARY:
+            if op == "gelu" and kw.get("approximate", "none") != "none":
+                raise UnsupportedModelError(f"{where}: gelu(approximate="
+                                            f"{kw['approximate']!r}); only the erf form")
+            return self.b.unary(UNARY[op], self._val(x, where))
+        if op in BINARY:
+            if kw.get("alpha", 1) != 1 or kw.get("rounding_mode") is not None:
+                raise UnsupportedModelError(f"{where}: {op} with alpha or rounding_mode")
+            a, c = args[0], args[1]
+            return self.b.binary(BINARY[op], _operand(a), _operand(c), where)
+        if op in ("view", "reshape", "_unsafe_view", "flatten"):
+            target = list(_shape_of(node))
+            if target and target[0] == self.batch:  # the exported batch -> batch 1
+                target[0] = 1
+            return self.b.reshape(self._val(x, where), target, where)
+        raise UnsupportedModelError(f"unsupported torch op {op} at {where}")
+
+    def _val(self, x: Any, where: str) -> Val:
+        if isinstance(x, _CN):
+            raise UnsupportedModelError(f"{where}: uses an LSTM's final cell state c_n, "
+                                        "which the tile program does not keep")
+        if not isinstance(x, Val):
+            raise UnsupportedModelError(f"{where}: expected a tensor computed from the input")
+        return x
+
+    def _linear(self, node, op, args, kw, where):
+        x, w = args[0], args[1]
+        b = args[2] if len(args) > 2 else kw.get("bias")
+        if not isinstance(w, np.ndarray):
+            raise UnsupportedModelError(f"{where}: linear with a computed weight")
+        return self.b.linear(self._val(x, where), w, b, self.path_of(node.args[1], node), where)
+
+    def _conv2d(self, node, op, args, kw, where):
+        a = list(args) + [None, (1, 1), (0, 0), (1, 1), 1][len(args) - 2:]
+        x, w, b, stride, padding, dilation, groups = a[:7]
+        stride = list(stride) * (2 if len(stride) == 1 else 1)
+        dilation = list(dilation) * (2 if len(dilation) == 1 else 1)
+        if isinstance(padding, str):
+            padding = [0, 0] if padding == "valid" else [1]
+        return self.b.conv(self._val(x, where), w, b, stride, padding, dilation, groups,
+                           self.path_of(node.args[1], node), where)
+
+    def _matmul(self, node, op, args, kw, where):
+        a, w = args
+        if isinstance(w, np.ndarray):
+            if w.ndim != 2:
+                raise UnsupportedModelError(f"{where}: matmul by a constant of rank {w.ndim}")
+            return self.b.linear(self._val(a, where), w.T, None,
+                                 self.path_of(node.args[1], node, suffix=""), where)
+        return self.b.matmul(self._val(a, where), self._val(w, where), where)
+
+    _bmm = _matmul
+
+    def _softmax(self, node, op, args, kw, where):
+        return self.b.softmax(self._val(args[0], where), int(args[1]), where)
+
+    def _layer_norm(self, node, op, args, kw, where):
+        a = list(args) + [None] * (5 - len(args))
+        x, shape, w, b, eps = a[:5]
+        if len(shape) != 1:
+            raise UnsupportedModelError(f"{where}: layer norm over {len(shape)} axes; "
+                                        "only the last")
+        return self.b.layer_norm(self._val(x, where), w, b, 1e-5 if eps is None else eps,
+                                 -1, where)
+
+    def _permute(self, node, op, args, kw, where):
+        return self.b.transpose(self._val(args[0], where), list(args[1]), where)
+
+    def _transpose(self, node, op, args, kw, where):
+        v = self._val(args[0], where)
+        perm = list(range(v.ndim))
+        i, j = (int(a) % v.ndim for a in args[1:3])
+        perm[i], perm[j] = perm[j], perm[i]
+        return self.b.transpose(v, perm, where)
+
+    def _t(self, node, op, args, kw, where):
+        return self._transpose(node, op, [args[0], 0, 1], kw, where)
+
+    def _cat(self, node, op, args, kw, where):
+        vals = [self._val(v, where) for v in args[0]]
+        return self.b.concat(vals, int(args[1]) if len(args) > 1 else int(kw.get("dim", 0)),
+                             where)
+
+    def _slice(self, node, op, args, kw, where):
+        a = list(args) + [0, None, None, 1][len(args) - 1:]
+        x, dim, start, end, step = a[:5]
+        v = self._val(x, where)
+        big = 2**62
+        start = 0 if start is None else int(start)
+        end = big if end is None or end >= big else int(end)
+        return self.b.slice(v, int(dim), start, end, int(step or 1), where)
+
+    def _select(self, node, op, args, kw, where):
+        x, dim, index = args
+        if isinstance(x, _HN):
+            if int(dim) != 0:
+                raise UnsupportedModelError(f"{where}: h_n indexed along axis {dim}")
+            seq, reverse = x.seqs[int(index)]
+            return self.b.select(seq, 1, 0 if reverse else -1, where)
+        return self.b.select(self._val(x, where), int(dim), int(index), where)
+
+    def _split(self, node, op, args, kw, where):
+        v = self._val(args[0], where)
+        size = args[1]
+        dim = int(args[2]) if len(args) > 2 else int(kw.get("dim", 0))
+        n = v.shape[_ax(dim, v.ndim)]
+        if op == "chunk":
+            step = -(-n // int(size))
+            sizes = [min(step, n - s) for s in range(0, n, step)]
+        elif isinstance(size, list):
+            sizes = [int(s) for s in size]
+        else:
+            sizes = [min(int(size), n - s) for s in range(0, n, int(size))]
+        out, start = [], 0
+        for s in sizes:
+            out.append(self.b.slice(v, dim, start, start + s, 1, where))
+            start += s
+        return out
+
+    _split_with_sizes = _split
+    _chunk = _split
+
+    def _squeeze(self, node, op, args, kw, where):
+        v = self._val(args[0], where)
+        dims = args[1] if len(args) > 1 else [k for k, s in enumerate(v.shape) if s == 1
+                                              and k != v.batch_axis]
+        dims = dims if isinstance(dims, list) else [dims]
+        return self.b.squeeze(v, [int(d) for d in dims], where)
+
+    def _unsqueeze(self, node, op, args, kw, where):
+        return self.b.unsqueeze(self._val(args[0], where), int(args[1]), where)
+
+    def _zeros(self, node, op, args, kw, where):
+        return np.zeros(_shape_of(node), np.float32)
+
+    _zeros_like = _zeros
+    _new_zeros = _zeros
+
+    def _lstm(self, node, op, args, kw, where):
+        if len(args) != 9 or not isinstance(args[1], list):
+            raise UnsupportedModelError(f"{where}: unsupported lstm overload (packed "
+                                        "sequences?)")
+        x, hx, flat, has_bias, layers, _dropout, train, bidir, batch_first = args
+        if train:
+            raise UnsupportedModelError(f"{where}: LSTM in training mode")
+        for h in hx:
+            if not isinstance(h, np.ndarray) or np.any(h != 0):
+                raise UnsupportedModelError(f"{where}: LSTM with a non-zero initial state; "
+                                            "only zero initial states can be compiled")
+        dirs = 2 if bidir else 1
+        per = len(flat) // (layers * dirs)
+        if per != (4 if has_bias else 2) or any(not isinstance(w, np.ndarray) for w in flat):
+            raise UnsupportedModelError(f"{where}: LSTM with projections (proj_size) or "
+                                        "computed weights")
+        base = self.path_of(node.args[2][0], node, suffix=".weight_ih_l0")
+        v = self._val(x, where)
+        time_axis = 1 if batch_first else 0
+        seqs: list[tuple[Val, bool]] = []
+        for layer in range(layers):
+            outs = []
+            for d in range(dirs):
+                w = flat[(layer * dirs + d) * per:(layer * dirs + d + 1) * per]
+                w_ih, w_hh = w[0], w[1]
+                zero = np.zeros(w_ih.shape[0], np.float32)
+                b_ih, b_hh = (w[2], w[3]) if has_bias else (zero, zero)
+                path = f"{base}.l{layer}" + ("_reverse" if d else "")
+                o = self.b.lstm_direction(v, time_axis, w_ih, w_hh, b_ih, b_hh, bool(d), path,
+                                          where)
+                outs.append(o)
+                seqs.append((o, bool(d)))
+            v = outs[0] if dirs == 1 else self.b.concat(outs, 2, where)
+            time_axis = 1
+        out = v if batch_first else self.b.transpose(v, [1, 0, 2], where)
+        return [out, _HN(seqs), _CN()]
+
+
+def _operand(x: Any) -> Any:
+    if isinstance(x, Val | np.ndarray):
+        return x
+    if isinstance(x, int | float):
+        return np.float32(x)
+    raise UnsupportedModelError(f"unsupported operand {type(x).__name__}")
+
+
+def _ax(a: int, nd: int) -> int:
+    return a + nd if a < 0 else a

@@ -1,0 +1,556 @@
+"""`GraphModel`: a user's model (a torch.export program or an ONNX file) rebuilt from farc's
+own modules, so that every later stage treats it like the built-in DeiT/FAR models.
+
+Why a rebuilt model rather than the user's graph: calibration hooks, the compiler's importer
+and verify's reference all find crossbar layers as *modules by path* (nn.Linear, the
+patch-embedding nn.Conv2d, single-direction batch-first nn.LSTM). A `GraphModel` holds
+exactly those, at paths named after the user's modules (.pt2) or nodes (ONNX), plus a flat
+list of digital steps between them, interpreted by `forward`. The user's file is read as
+data and never executed (docs/byom.md, trust model).
+
+Layout rule: every value is stored batch-first (axis 0 = batch), as the tile program wants.
+A front end whose tensors put the batch elsewhere (ONNX LSTM layout 0, a time-major
+`nn.LSTM`) speaks through `GraphBuilder`, which keeps each value's logical axis order as a
+permutation of the stored one and only emits a permute when a reshape needs the data in
+logical order. A multi-layer or bidirectional LSTM becomes one unidirectional LSTM module
+per layer and direction (`<path>.l<k>` and `<path>.l<k>_reverse`); the reverse one reads
+the sequence flipped (and `farc::lstm` with reverse=1 when exported for the compiler).
+
+Node ops (stored, batch-first semantics): input, const, linear, conv, lstm, relu, gelu,
+sigmoid, tanh, softmax, layer_norm, add, sub, mul, div, matmul, reshape, permute, cat, slice,
+select."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from farc.errors import ConfigError
+
+
+class UnsupportedModelError(ConfigError):
+    """The model uses an op, or an op in a form, that farc cannot map (named in the message)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step of a GraphModel: `op` on the values named `ins`, result named `out`."""
+
+    op: str
+    ins: tuple[str, ...]
+    out: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+UNARY = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+         "gelu": F.gelu}
+BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+          "matmul": torch.matmul}
+
+
+class GraphModel(nn.Module):
+    """A batch-first model as a list of nodes over farc modules (see the module docstring).
+
+    forward(x [B, *input_shape[1:]]) -> the output (one tensor) or a tuple of outputs."""
+
+    kind = "graph"
+
+    def __init__(self, nodes: Sequence[Node], input_name: str, input_shape: Sequence[int],
+                 outputs: Sequence[tuple[str, str]], modules: dict[str, nn.Module],
+                 consts: dict[str, torch.Tensor], source: dict[str, Any]) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        self.input_name = input_name
+        self.input_shape = tuple(int(s) for s in input_shape)
+        """Input shape, batch axis first (1 here; any batch at run time)."""
+        self.outputs = list(outputs)
+        """(value, output name) pairs, in the model's output order."""
+        self.source = dict(source)
+        """Where the model came from: format, path, sha256 (recorded in the program)."""
+        self.consts = nn.Module()
+        for name, value in consts.items():
+            self.consts.register_buffer(name, value.detach().float().clone())
+        for path, module in modules.items():
+            _set_module(self, path, module)
+        self._lstm_export = False
+
+    @property
+    def output_names(self) -> list[str]:
+        return [name for _, name in self.outputs]
+
+    def classifier_paths(self) -> set[str]:
+        """Linear layers whose result is a model output (program layer kind 'classifier')."""
+        outs = {v for v, _ in self.outputs}
+        return {n.attrs["module"] for n in self.nodes if n.op == "linear" and n.out in outs}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        env: dict[str, torch.Tensor] = {}
+        for node in self.nodes:
+            env[node.out] = self._step(node, [env[i] for i in node.ins], x)
+        outs = tuple(env[v] for v, _ in self.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _step(self, node: Node, xs: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        op, a = node.op, node.attrs
+        if op == "input":
+            return image
+        if op == "const":
+            return getattr(self.consts, a["name"])
+        if op in ("linear", "conv"):
+            return self.get_submodule(a["module"])(xs[0])
+        if op == "lstm":
+            return self._lstm(self.get_submodule(a["module"]), xs[0], bool(a["reverse"]))
+        if op in UNARY:
+            return UNARY[op](xs[0])
+        if op in BINARY:
+            return BINARY[op](xs[0], xs[1])
+        if op == "softmax":
+            return torch.softmax(xs[0], dim=a["dim"])
+        if op == "layer_norm":
+            return F.layer_norm(xs[0], (int(xs[1].shape[0]),), xs[1], xs[2], a["eps"])
+        if op == "reshape":
+            return xs[0].reshape(xs[0].shape[0], *a["shape"])
+        if op == "permute":
+            return xs[0].permute(*a["perm"])
+        if op == "cat":
+            return torch.cat(xs, dim=a["dim"])
+        if op == "slice":
+            return xs[0].narrow(a["dim"], a["start"], a["stop"] - a["start"])
+        if op == "select":
+            return xs[0].select(a["dim"], a["index"])
+        raise ConfigError(f"GraphModel: unknown node op {op!r}")
+
+    def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, reverse: bool) -> torch.Tensor:
+        if self._lstm_export:  # one farc::lstm node per direction (farc.compiler.importer)
+            return torch.ops.farc.lstm(x, lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                       lstm.bias_ih_l0, lstm.bias_hh_l0, reverse)
+        if reverse:
+            return lstm(x.flip(1))[0].flip(1)
+        return lstm(x)[0]
+
+    def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
+        """The float golden model as ONNX (TorchScript exporter: each LSTM one ONNX LSTM
+        node, a reverse one between two flips), inputs and outputs named as the model's,
+        dynamic batch; written atomically."""
+        import warnings
+
+        from farc.atomic import atomic_write
+
+        names = self.output_names
+        axes = {n: {0: "batch"} for n in [self.input_name, *names]}
+
+        def write(tmp: Path) -> None:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(self.eval(), (torch.zeros(2, *self.input_shape[1:]),),
+                                  str(tmp), dynamo=False, opset_version=opset,
+                                  input_names=[self.input_name], output_names=names,
+                                  dynamic_axes=axes, do_constant_folding=True)
+
+        atomic_write(Path(path), write)
+        return Path(path)
+
+    @contextlib.contextmanager
+    def lstms_as_custom_op(self) -> Iterator[None]:
+        """Route every LSTM through `farc::lstm` (registered by farc.compiler.importer)."""
+        self._lstm_export = True
+        try:
+            yield
+        finally:
+            self._lstm_export = False
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Place `module` at dotted `path`, creating plain containers on the way."""
+    parts = path.split(".")
+    parent = root
+    for p in parts[:-1]:
+        if not hasattr(parent, p):
+            parent.add_module(p, nn.Module())
+        parent = getattr(parent, p)
+        if not isinstance(parent, nn.Module) or isinstance(parent, nn.Linear | nn.LSTM |
+                                                           nn.Conv2d):
+            raise ConfigError(f"module path {path} runs through a layer")
+    if hasattr(parent, parts[-1]):
+        raise ConfigError(f"two layers at module path {path}")
+    parent.add_module(parts[-1], module)
+
+
+USER_SUFFIXES = (".pt2", ".onnx")
+"""Model files compiled without a farc checkpoint: torch.export programs and ONNX graphs."""
+
+
+def is_user_model_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in USER_SUFFIXES
+
+
+def load_user_model(path: str | Path) -> GraphModel:
+    """A .pt2 (torch.export.save) or .onnx file as a GraphModel; nothing in it is run."""
+    if Path(path).suffix.lower() == ".onnx":
+        from farc.models.from_onnx import load_onnx
+
+        return load_onnx(path)
+    from farc.models.from_torch import load_pt2
+
+    return load_pt2(path)
+
+
+def sample_inputs(model: GraphModel, data: str, split: str, limit: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of a data set shaped as `model`'s input: a dataset sample of the same element
+    count is reshaped (digits' 8x8 image -> [64] or [8, 8]); anything else is refused."""
+    from farc.data import load_split
+    from farc.errors import DataError
+
+    x, y = load_split(data, split)
+    want = model.input_shape[1:]
+    if math.prod(x.shape[1:]) != math.prod(want):
+        raise DataError(f"the model takes inputs {list(want)} and {data} holds "
+                        f"{list(x.shape[1:])} images; give inputs of the model's shape as "
+                        ".npy (--calib-npy for compile, --inputs-npy for verify)")
+    n = len(x) if limit is None else min(limit, len(x))
+    return x[:n].reshape(n, *want).float(), y[:n]
+
+
+# ---------------------------------------------------------------- the builder
+@dataclass(frozen=True)
+class Val:
+    """A value as a front end sees it: stored tensor `name` (batch first), and `order`:
+    logical axis k is stored axis order[k] (logical = stored.permute(order))."""
+
+    name: str
+    order: tuple[int, ...]
+    shape: tuple[int, ...]
+    """Logical shape, batch 1."""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def batch_axis(self) -> int:
+        """The logical axis holding the batch."""
+        return self.order.index(0)
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        out = [0] * self.ndim
+        for k, s in enumerate(self.order):
+            out[s] = self.shape[k]
+        return tuple(out)
+
+
+class GraphBuilder:
+    """Builds a GraphModel from logical-layout ops; every refusal names `where`."""
+
+    def __init__(self, source: dict[str, Any]) -> None:
+        self.nodes: list[Node] = []
+        self.modules: dict[str, nn.Module] = {}
+        self.consts: dict[str, torch.Tensor] = {}
+        self.source = source
+        self.n = 0
+        self.input_name = "input"
+        self.input_shape: tuple[int, ...] = ()
+
+    # ---- plumbing
+    def _new(self, op: str, ins: Sequence[str], attrs: dict | None = None) -> str:
+        self.n += 1
+        out = f"v{self.n}"
+        self.nodes.append(Node(op, tuple(ins), out, dict(attrs or {})))
+        return out
+
+    def input(self, name: str, shape: Sequence[int]) -> Val:
+        self.input_name, self.input_shape = name, (1, *[int(s) for s in shape[1:]])
+        return Val(self._new("input", []), tuple(range(len(shape))), self.input_shape)
+
+    def const(self, value: np.ndarray | torch.Tensor) -> str:
+        name = f"c{len(self.consts)}"
+        self.consts[name] = torch.tensor(np.array(value, np.float32))
+        return self._new("const", [], {"name": name})
+
+    def add_module(self, path: str, module: nn.Module, where: str) -> str:
+        path = path.strip(".") or "layer"
+        base, k = path, 1
+        while path in self.modules or any(p.startswith(path + ".") or
+                                          path.startswith(p + ".") for p in self.modules):
+            k += 1
+            path = f"{base}_{k}"
+        self.modules[path] = module
+        return path
+
+    def stored(self, v: Val, where: str) -> str:
+        """The value with stored order == logical order (a permute when needed)."""
+        if v.order == tuple(range(v.ndim)):
+            return v.name
+        if v.order[0] != 0:
+            raise UnsupportedModelError(f"{where}: needs the batch axis first, and this "
+                                        f"tensor's batch axis is logical axis {v.batch_axis}")
+        # logical = stored.permute(order): emit that permute
+        return self._new("permute", [v.name], {"perm": list(v.order)})
+
+    def plain(self, v: Val, where: str) -> Val:
+        return Val(self.stored(v, where), tuple(range(v.ndim)), v.shape)
+
+    def finish(self, outputs: Sequence[tuple[Val, str]]) -> GraphModel:
+        outs = []
+        for v, name in outputs:
+            outs.append((self.stored(v, f"output {name}"), name))
+        return GraphModel(self.nodes, self.input_name, self.input_shape, outs, self.modules,
+                          self.consts, self.source)
+
+    # ---- crossbar layers
+    def linear(self, v: Val, weight: np.ndarray, bias: np.ndarray | None, path: str,
+               where: str) -> Val:
+        """y = v @ weight.T + bias over the last logical axis; weight [N, K]."""
+        if v.order[-1] != v.ndim - 1:
+            v = self.plain(v, where)
+        n, k = weight.shape
+        if v.shape[-1] != k:
+            raise UnsupportedModelError(f"{where}: input has {v.shape[-1]} features, the "
+                                        f"weight expects {k}")
+        lin = nn.Linear(k, n, bias=bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor(np.array(weight, np.float32)))
+            if bias is not None:
+                lin.bias.copy_(torch.tensor(np.array(bias, np.float32).reshape(n)))
+        path = self.add_module(path, lin, where)
+        out = self._new("linear", [v.name], {"module": path})
+        return Val(out, v.order, (*v.shape[:-1], n))
+
+    def conv(self, v: Val, weight: np.ndarray, bias: np.ndarray | None, stride, padding,
+             dilation, groups: int, path: str, where: str) -> Val:
+        """A patch-embedding convolution (stride == kernel, no padding) on [B, C, H, W]."""
+        d, c, kh, kw = weight.shape
+        if list(stride) != [kh, kw] or any(padding) or any(x != 1 for x in dilation) \
+                or groups != 1 or v.ndim != 4:
+            raise UnsupportedModelError(
+                f"{where}: only patch-embedding convolutions (2-d, stride == kernel, no "
+                "padding, dilation 1, one group) can be compiled")
+        v = self.plain(v, where)
+        if v.batch_axis != 0 or v.shape[2] % kh or v.shape[3] % kw:
+            raise UnsupportedModelError(f"{where}: the image {list(v.shape[1:])} is not a "
+                                        f"whole number of {kh}x{kw} patches")
+        conv = nn.Conv2d(c, d, (kh, kw), stride=(kh, kw), bias=bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(torch.tensor(np.array(weight, np.float32)))
+            if bias is not None:
+                conv.bias.copy_(torch.tensor(np.array(bias, np.float32).reshape(d)))
+        path = self.add_module(path, conv, where)
+        out = self._new("conv", [v.name], {"module": path})
+        return Val(out, v.order, (v.shape[0], d, v.shape[2] // kh, v.shape[3] // kw))
+
+    def lstm_direction(self, v: Val, time_axis: int, w_ih: np.ndarray, w_hh: np.ndarray,
+                       b_ih: np.ndarray, b_hh: np.ndarray, reverse: bool, path: str,
+                       where: str) -> Val:
+        """One direction of one LSTM layer (PyTorch gate order i, f, g, o; zero initial
+        state) over logical [.., T, .., I] with time at `time_axis`; output logical
+        [B, T, H] (stored batch-first)."""
+        time_axis = _axis(time_axis, v.ndim, where)
+        if v.ndim != 3 or v.batch_axis == time_axis or 2 in (v.batch_axis, time_axis):
+            raise UnsupportedModelError(f"{where}: LSTM input must be [batch, time, "
+                                        "features] or [time, batch, features]")
+        want = [0, v.order[time_axis], v.order[2]]  # stored axes of batch, time, features
+        name = v.name if want == [0, 1, 2] else self._new("permute", [v.name],
+                                                          {"perm": want})
+        v = Val(name, (0, 1, 2), (1, v.shape[time_axis], v.shape[2]))
+        hidden, inp = w_hh.shape[1], w_ih.shape[1]
+        if v.shape[-1] != inp:
+            raise UnsupportedModelError(f"{where}: input has {v.shape[-1]} features, the "
+                                        f"LSTM expects {inp}")
+        m = nn.LSTM(inp, hidden, batch_first=True)
+        with torch.no_grad():
+            for name, val in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh),
+                              ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
+                getattr(m, name).copy_(torch.tensor(np.array(val, np.float32)))
+        path = self.add_module(path, m, where)
+        out = self._new("lstm", [v.name], {"module": path, "reverse": bool(reverse)})
+        return Val(out, (0, 1, 2), (1, v.shape[1], hidden))
+
+    # ---- digital ops
+    def unary(self, op: str, v: Val) -> Val:
+        return Val(self._new(op, [v.name]), v.order, v.shape)
+
+    def softmax(self, v: Val, axis: int, where: str) -> Val:
+        axis = _axis(axis, v.ndim, where)
+        return Val(self._new("softmax", [v.name], {"dim": v.order[axis]}), v.order, v.shape)
+
+    def layer_norm(self, v: Val, weight: np.ndarray | None, bias: np.ndarray | None,
+                   eps: float, axis: int, where: str) -> Val:
+        if _axis(axis, v.ndim, where) != v.ndim - 1:
+            raise UnsupportedModelError(f"{where}: layer norm only over the last axis")
+        if v.order[-1] != v.ndim - 1:
+            v = self.plain(v, where)
+        n = v.shape[-1]
+        w = np.ones(n, np.float32) if weight is None else np.asarray(weight, np.float32)
+        b = np.zeros(n, np.float32) if bias is None else np.asarray(bias, np.float32)
+        if w.size != n or b.size != n:
+            raise UnsupportedModelError(f"{where}: layer norm over more than the last axis")
+        out = self._new("layer_norm", [v.name, self.const(w.reshape(n)),
+                                       self.const(b.reshape(n))], {"eps": float(eps)})
+        return Val(out, v.order, v.shape)
+
+    def binary(self, op: str, a: Val | np.ndarray, b: Val | np.ndarray, where: str) -> Val:
+        """Elementwise add/sub/mul/div with numpy broadcasting; a constant operand is laid
+        out like the value's stored tensor. Division only by a constant."""
+        if not isinstance(a, Val) and not isinstance(b, Val):
+            raise UnsupportedModelError(f"{where}: both operands constant")
+        if op == "div" and not isinstance(b, Val):
+            c = np.asarray(b, np.float32)
+            if c.size != 1:
+                return self.binary("mul", a, (np.float32(1.0) / c).astype(np.float32), where)
+        elif op == "div":
+            raise UnsupportedModelError(f"{where}: division only by a constant")
+        if isinstance(a, Val) and isinstance(b, Val):
+            if a.order != b.order or a.ndim != b.ndim:
+                a, b = self.plain(a, where), self.plain(b, where)
+                if a.ndim != b.ndim:
+                    raise UnsupportedModelError(f"{where}: operands of rank {a.ndim} and "
+                                                f"{b.ndim}")
+            shape = tuple(int(s) for s in np.broadcast_shapes(a.shape, b.shape))
+            return Val(self._new(op, [a.name, b.name]), a.order, shape)
+        v, c, v_first = (a, np.asarray(b, np.float32), True) if isinstance(a, Val) else \
+            (b, np.asarray(a, np.float32), False)
+        if c.ndim > v.ndim:
+            raise UnsupportedModelError(f"{where}: a constant of rank {c.ndim} against a "
+                                        f"tensor of rank {v.ndim}")
+        try:
+            shape = tuple(int(s) for s in np.broadcast_shapes(v.shape, c.shape))
+        except ValueError:
+            raise UnsupportedModelError(f"{where}: shapes {list(v.shape)} and "
+                                        f"{list(c.shape)} do not broadcast") from None
+        if shape != v.shape:
+            raise UnsupportedModelError(f"{where}: a constant that enlarges the tensor")
+        full = c.reshape((1,) * (v.ndim - c.ndim) + c.shape) if c.ndim else c
+        if c.ndim:  # logical -> stored layout
+            inv = [v.order.index(s) for s in range(v.ndim)]
+            full = np.transpose(full, inv)
+            while full.ndim and full.shape[0] == 1:
+                full = full[0]  # no batch axis on constants (broadcast from the right)
+        ins = [v.name, self.const(full)] if v_first else [self.const(full), v.name]
+        return Val(self._new(op, ins), v.order, v.shape)
+
+    def matmul(self, a: Val, b: Val, where: str) -> Val:
+        """Activation x activation (constant weights go through `linear`)."""
+        a, b = self.plain(a, where), self.plain(b, where)
+        if a.ndim != b.ndim or a.ndim < 3:
+            raise UnsupportedModelError(f"{where}: matmul of two tensors needs the same rank "
+                                        ">= 3 (batch first)")
+        shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
+        return Val(self._new("matmul", [a.name, b.name]), tuple(range(a.ndim)),
+                   tuple(int(s) for s in shape))
+
+    def transpose(self, v: Val, perm: Sequence[int], where: str) -> Val:
+        perm = [_axis(p, v.ndim, where) for p in perm]
+        if sorted(perm) != list(range(v.ndim)):
+            raise UnsupportedModelError(f"{where}: bad permutation {perm}")
+        return Val(v.name, tuple(v.order[p] for p in perm), tuple(v.shape[p] for p in perm))
+
+    def reshape(self, v: Val, shape: Sequence[int], where: str,
+                batch_out: int | None = None) -> Val:
+        """Reshape in logical order (shapes at batch 1; -1 allowed once). The batch axis
+        stays an axis of its own: it is logical axis `batch_out` of the result (default:
+        first, with the target's first entry 1 or -1), and the axes before it hold the
+        same elements as the input's axes before its batch axis."""
+        shape = [int(s) for s in shape]
+        p = v.batch_axis
+        q = 0 if batch_out is None else int(batch_out)
+        if batch_out is None and (not shape or shape[0] not in (1, -1)):
+            raise UnsupportedModelError(f"{where}: reshape {list(v.shape)} -> {shape} "
+                                        "does not keep the batch axis first")
+        shape[q] = 1
+        rest = math.prod(v.shape) // max(v.shape[p], 1)
+        if shape.count(-1) == 1:
+            known = math.prod(s for s in shape if s != -1)
+            shape = [rest // known if s == -1 and known else s for s in shape]
+        pre_in, pre_out = math.prod(v.shape[:p]), math.prod(shape[:q])
+        if -1 in shape or math.prod(shape) != rest or pre_in != pre_out:
+            raise UnsupportedModelError(f"{where}: reshape {list(v.shape)} -> {shape} "
+                                        "mixes the batch axis with others")
+        # stored as [B, logical non-batch axes in order], then one reshape of the rest
+        perm = [0] + [v.order[k] for k in range(v.ndim) if k != p]
+        name = v.name if perm == list(range(v.ndim)) else \
+            self._new("permute", [v.name], {"perm": perm})
+        flat_in = [d for k, d in enumerate(v.shape) if k != p]
+        tail = [d for k, d in enumerate(shape) if k != q]
+        if tail != flat_in:
+            name = self._new("reshape", [name], {"shape": tail})
+        order = [0] * len(shape)
+        for k in range(len(shape)):
+            order[k] = 0 if k == q else 1 + k - (k > q)
+        return Val(name, tuple(order), tuple(shape))
+
+    def concat(self, vals: Sequence[Val], axis: int, where: str) -> Val:
+        first = vals[0]
+        axis = _axis(axis, first.ndim, where)
+        if any(x.order != first.order for x in vals):
+            vals = [self.plain(x, where) for x in vals]
+            first = vals[0]
+        if first.order[axis] == 0:
+            raise UnsupportedModelError(f"{where}: concatenation along the batch axis")
+        shape = list(first.shape)
+        shape[axis] = sum(x.shape[axis] for x in vals)
+        out = self._new("cat", [x.name for x in vals], {"dim": first.order[axis]})
+        return Val(out, first.order, tuple(shape))
+
+    def slice(self, v: Val, axis: int, start: int, stop: int, step: int, where: str) -> Val:
+        axis = _axis(axis, v.ndim, where)
+        if step != 1:
+            raise UnsupportedModelError(f"{where}: slices with a step other than 1")
+        if v.order[axis] == 0:
+            raise UnsupportedModelError(f"{where}: slicing the batch axis")
+        start, stop, _ = slice(start, stop).indices(v.shape[axis])
+        stop = max(stop, start)
+        if (start, stop) == (0, v.shape[axis]):
+            return v
+        shape = list(v.shape)
+        shape[axis] = stop - start
+        out = self._new("slice", [v.name], {"dim": v.order[axis], "start": start,
+                                            "stop": stop})
+        return Val(out, v.order, tuple(shape))
+
+    def select(self, v: Val, axis: int, index: int, where: str) -> Val:
+        axis = _axis(axis, v.ndim, where)
+        if v.order[axis] == 0:
+            raise UnsupportedModelError(f"{where}: indexing the batch axis")
+        index = range(v.shape[axis])[index]
+        s = v.order[axis]
+        out = self._new("select", [v.name], {"dim": s, "index": index})
+        order = tuple(o - (o > s) for k, o in enumerate(v.order) if k != axis)
+        return Val(out, order, tuple(d for k, d in enumerate(v.shape) if k != axis))
+
+    def unsqueeze(self, v: Val, axis: int, where: str) -> Val:
+        """A new size-1 logical axis at `axis` (of the result)."""
+        axis = _axis(axis, v.ndim + 1, where)
+        if axis == 0:
+            raise UnsupportedModelError(f"{where}: a new axis before the batch axis")
+        v = self.plain(v, where)
+        shape = (*v.shape[:axis], 1, *v.shape[axis:])
+        out = self._new("reshape", [v.name], {"shape": list(shape[1:])})
+        return Val(out, tuple(range(len(shape))), shape)
+
+    def squeeze(self, v: Val, axes: Sequence[int], where: str) -> Val:
+        axes = sorted({_axis(a, v.ndim, where) for a in axes})
+        if any(v.shape[a] != 1 for a in axes):
+            raise UnsupportedModelError(f"{where}: squeezing an axis of size > 1")
+        if v.batch_axis in axes:
+            raise UnsupportedModelError(f"{where}: squeezing the batch axis")
+        v = self.plain(v, where)
+        shape = tuple(d for k, d in enumerate(v.shape) if k not in axes)
+        out = self._new("reshape", [v.name], {"shape": list(shape[1:])})
+        return Val(out, tuple(range(len(shape))), shape)
+
+
+def _axis(axis: int, ndim: int, where: str) -> int:
+    a = int(axis)
+    if not -ndim <= a < ndim:
+        raise UnsupportedModelError(f"{where}: axis {a} out of range for rank {ndim}")
+    return a + ndim if a < 0 else a
