@@ -145,6 +145,8 @@ def _data_inputs(program, spec: str, split: str):
     size = shape[-1] if len(shape) == 4 else None
     chans = shape[1] if len(shape) == 4 else None
     x, y = load_split(spec, split, img_size=size, in_chans=chans)
+    if len(shape) != 4 and np.prod(x.shape[1:]) == np.prod(shape[1:]):  # .pt2/.onnx model
+        x = x.reshape(len(x), *shape[1:])  # e.g. the 8x8 digits as [64] or [8, 8]
     arrays = {names[0]: x.numpy().astype(np.float32)}
     labels = y.numpy().astype(np.int64)
     _check_arrays(program, arrays, labels, spec)
