@@ -359,6 +359,14 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
+def test_memory_budget_is_checked_before_reading(tmp_path, monkeypatch):
+    path = save(reference_model("ParallelLSTM"), tmp_path / "p.pth", "top")
+    monkeypatch.setenv("FARC_MAX_MEMORY", "64K")
+    with pytest.raises(CheckpointError, match=r"p\.pth: importing it needs .* over the memory "
+                                              r"budget of 64\.0 KiB"):
+        import_reference_far(path, "deit_digits_3h")
+
+
 @pytest.mark.parametrize("case", ["garbage", "text", "layers", "keys", "shape", "diag", "attn",
                                   "nan", "other", "missing"])
 def test_cli_bad_file_one_line_exit_1_no_output(case, tmp_path, capsys):

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from farc.errors import CheckpointError
+from farc.limits import check_memory
 from farc.models.deit import DEIT_PRESETS, DeiT, DeiTConfig
 from farc.models.far import FAR, FARConfig
 
@@ -139,6 +140,8 @@ def load_object(path: Path, notes: list[str]) -> object:
     """The file's top-level object, never running code from it (see the module docstring)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    # its tensors are read into memory, then converted to float32 (twice an fp16 file)
+    check_memory(2 * path.stat().st_size, f"{path}: importing it", CheckpointError)
     with open(path, "rb") as f:
         head = f.read(9)
     if head[8:9] == b"{":
