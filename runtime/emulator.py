@@ -103,11 +103,13 @@ class Emulator:
         prog_seed, read_seed = np.random.SeedSequence(seed).spawn(2)
         self._read_rng = np.random.default_rng(read_seed)
         self._devices = self._program_devices(np.random.default_rng(prog_seed))
+        self._splits: dict[int, SplitPlan | None] = {}
         self._plans = {id(ins): plan for ins in program.instructions if ins["op"] == "loop"
                        and lockstep and (plan := plan_body(ins["body"], self.layers,
                                                            fast_mvm=self._fast_ok(),
                                                            gathers=ins["gather"],
-                                                           live_out=_live_out(ins)))
+                                                           live_out=_live_out(ins),
+                                                           split=self._split_plan))
                        is not None}
         self.counters = Counters()
         self._pulses = 0
@@ -117,7 +119,6 @@ class Emulator:
         self._step = 0
         self._step_out: dict[int, np.ndarray] = {}
         self._stack_ok: dict[int, bool] = {}
-        self._splits: dict[int, SplitPlan | None] = {}
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
 
@@ -248,7 +249,8 @@ class Emulator:
             hx = self._hoisted.get(id(g))
             if hx is not None:
                 h = _stack([regs[r] for r in g.hoist.others], origin)
-                out, pulses = mvm_hoisted(g.mvm, hx, self._step, h)
+                out, pulses = mvm_hoisted(g.mvm, hx, self._step, h,
+                                          xs[0] if g.mvm.split is not None else None)
                 self._pulses += pulses
             elif g.mvm is not None:
                 out, pulses = mvm_stacked(g.mvm, xs[0])

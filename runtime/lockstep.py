@@ -15,6 +15,7 @@ MVMs, nested loops) runs one instruction at a time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 from .crossbar import PreparedLayer, dac_pulses
 from .isa import AXIS_OPS, LOCKSTEP_OPS
 from .numerics import qmax
+from .split import SplitPlan, SplitStack, stack_key, stack_plans, stacked_errors
 
 GROUPABLE = LOCKSTEP_OPS
 """Opcodes that may be grouped: those the opcode table marks `lockstep`."""
@@ -41,6 +43,8 @@ class MvmStack:
     bias: np.ndarray | None
     """[G, 1, N] float32 biases."""
     layers: list[PreparedLayer]
+    split: SplitStack | None = None
+    """Lossy members (runtime/split.py): the ADC-error term added to the exact matmul."""
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Group:
 
 def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer], fast_mvm: bool,
               gathers: list[dict[str, Any]] = (), live_out: set[str] | None = None,
+              split: Callable[[int], SplitPlan | None] | None = None,
               ) -> list[list[Group]] | None:
     """Dependency levels of grouped instructions, or None when the body holds a loop.
 
@@ -106,12 +111,13 @@ def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer], fast_mvm:
         buckets: dict[Any, list[tuple[int, dict]]] = {}
         for i, ins in enumerate(body):
             if levels[i] == lv:
-                buckets.setdefault(_signature(i, ins, layers, fast_mvm), []).append((i, ins))
+                buckets.setdefault(_signature(i, ins, layers, fast_mvm, split),
+                                   []).append((i, ins))
         groups = []
         for bucket in buckets.values():
             members = sorted(bucket, key=lambda m: _producer(m[1], pos))
-            sig = _signature(members[0][0], members[0][1], layers, fast_mvm)
-            groups.append(_group(members, layers, stack_mvm=sig[0] != "single"))
+            sig = _signature(members[0][0], members[0][1], layers, fast_mvm, split)
+            groups.append(_group(members, layers, stack_mvm=sig[0] != "single", split=split))
             for k, (_, ins) in enumerate(members):
                 if ins.get("out"):
                     pos[ins["out"]] = (len(plan), len(groups), k)
@@ -242,7 +248,7 @@ def _levels_quadratic(body: list[dict[str, Any]]) -> list[int]:
 
 
 def _signature(i: int, ins: dict[str, Any], layers: list[PreparedLayer],
-               fast_mvm: bool) -> Any:
+               fast_mvm: bool, split: Callable[[int], SplitPlan | None] | None = None) -> Any:
     op = ins["op"]
     if op not in GROUPABLE:
         return ("single", i)
@@ -252,14 +258,19 @@ def _signature(i: int, ins: dict[str, Any], layers: list[PreparedLayer],
     if op != "mvm":
         return key
     pl = layers[ins["layer"]]
-    if not (fast_mvm and pl.lossless):
+    lossy = None
+    if fast_mvm and not pl.lossless:  # lossy layers stack on the split path, if alike
+        lossy = stack_key(pl, split(ins["layer"])) if split is not None else None
+        if lossy is None:
+            return ("single", i)
+    if not fast_mvm:
         return ("single", i)
     return (*key, pl.K, pl.N, pl.input_bits, pl.dac_bits, pl.in_zero, pl.col_tiles,
-            str(pl.q.dtype), pl.bias is None)
+            str(pl.q.dtype), pl.bias is None, lossy)
 
 
 def _group(members: list[tuple[int, dict[str, Any]]], layers: list[PreparedLayer],
-           stack_mvm: bool) -> Group:
+           stack_mvm: bool, split: Callable[[int], SplitPlan | None] | None = None) -> Group:
     first = members[0][1]
     g = Group(op=first["op"], members=members)
     if stack_mvm and g.op == "mvm":
@@ -271,6 +282,8 @@ def _group(members: list[tuple[int, dict[str, Any]]], layers: list[PreparedLayer
             scale=np.stack([pl.scale for pl in pls])[:, None, :],
             bias=None if pls[0].bias is None else np.stack([pl.bias for pl in pls])[:, None, :],
             layers=pls)
+        if not pls[0].lossless:
+            g.mvm.split = stack_plans(pls, [split(ins["layer"]) for _, ins in members])
     if g.op in AXIS_OPS:
         axis = first["axis"]
         g.axis_ins = dict(first, axis=axis + 1 if axis >= 0 else axis)
@@ -288,6 +301,8 @@ def mvm_stacked(st: MvmStack, x: np.ndarray) -> tuple[np.ndarray, int]:
     xq = np.rint(flat / st.in_scale)
     np.clip(xq, -qx, qx, out=xq)
     y_int = xq.astype(st.q.dtype, copy=False) @ st.q
+    if st.split is not None:
+        y_int = y_int.astype(np.float64) + stacked_errors(st.split, xq)
     y = y_int.astype(np.float32, copy=False) * st.scale
     if st.bias is not None:
         y += st.bias
@@ -331,10 +346,11 @@ def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
                          q_h=np.ascontiguousarray(st.q[:, other])), pulses
 
 
-def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray
-                ) -> tuple[np.ndarray, int]:
+def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray,
+                full: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Step t of a hoisted group: y_int = y_x[t] + h_int @ q_h (exact), then the rescale.
-    Element for element the same float32 operations as mvm_stacked."""
+    Element for element the same float32 operations as mvm_stacked. Lossy members add
+    the ADC-error term of the whole input `full` (the concat [x_t, h], stacked)."""
     pl = st.layers[0]
     G, K = h.shape[0], h.shape[-1]
     flat = h.reshape(G, -1, K)
@@ -342,6 +358,10 @@ def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray
     hq = np.rint(flat / st.in_scale)
     np.clip(hq, -qx, qx, out=hq)
     y_int = hx.y_x[t].reshape(G, -1, pl.N) + hq.astype(st.q.dtype, copy=False) @ hx.q_h
+    if st.split is not None:
+        xq = np.rint(full.reshape(G, -1, full.shape[-1]) / st.in_scale)
+        np.clip(xq, -qx, qx, out=xq)
+        y_int = y_int.astype(np.float64) + stacked_errors(st.split, xq)
     y = y_int.astype(np.float32, copy=False) * st.scale
     if st.bias is not None:
         y += st.bias

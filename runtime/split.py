@@ -269,14 +269,16 @@ def _residue_errors(t: TilePlan, idx: np.ndarray, sp: SplitPlan, err: np.ndarray
         for pk, a in zip(t.packs, lhs):
             s = a[lo:hi] @ t.res_levels
             u = s.view(np.uint32) if t.bias else s.astype(np.int32).view(np.uint32)
-            _add_pack(t, sp, pk, u, acc)
+            _add_pack(t.field_bits, t.step, sp.cycle_w, pk, u, acc)
         if not direct:
             err[lo:hi, t.res_cols] += acc
 
 
-def _add_pack(t: TilePlan, sp: SplitPlan, pk: Pack, u: np.ndarray, acc: np.ndarray) -> None:
-    """acc += sum over the pack's cycles f of cw[f] * adc_error(field f of u mod step)."""
-    b, c0 = t.field_bits, pk.cycles.start
+def _add_pack(b: int, step: int, cycle_w: np.ndarray, pk: Pack, u: np.ndarray,
+              acc: np.ndarray) -> None:
+    """acc += sum over the pack's cycles f of cw[f] * adc_error(field f of u mod step);
+    u (uint32, any shape) holds the packed sums and is overwritten."""
+    c0 = pk.cycles.start
     if pk.magic is not None:
         mult, shift, mask = pk.magic
         u &= np.uint32(sum(1 << (b * (c - c0)) for c in pk.cycles))
@@ -287,9 +289,9 @@ def _add_pack(t: TilePlan, sp: SplitPlan, pk: Pack, u: np.ndarray, acc: np.ndarr
         return
     for c in pk.cycles:
         rho = (u >> np.uint32(b * (c - c0))).view(np.int32)
-        rho &= min(t.step, 1 << b) - 1  # field mod step (a field may be narrower)
-        e = rho if t.step == 2 else adc_error(rho, t.step)  # step 2: the error is rho
-        e *= np.int32(sp.cycle_w[c])
+        rho &= min(step, 1 << b) - 1  # field mod step (a field may be narrower)
+        e = rho if step == 2 else adc_error(rho, step)  # step 2: the error is rho
+        e *= np.int32(cycle_w[c])
         acc += e
 
 
@@ -316,3 +318,67 @@ def shift_add_columns(pl: PreparedLayer, per_col: np.ndarray) -> np.ndarray:
     if pl.pattern is not None:
         return per_col @ pl.pattern.astype(np.float64)
     return np.einsum("vnm,nm->vn", per_col, pl.colw)
+
+
+# ---------------------------------------------------------------- lockstep groups
+@dataclass
+class SplitStack:
+    """The split path of G layers run as one group (runtime/lockstep.py): layers with one
+    row tile, every column on the residue path, the same packing and the same shift-add
+    pattern, so each pack is one batched matmul over all of them."""
+
+    tile: TilePlan
+    """The first member's tile: packs, tables, field width, step, bias (shared)."""
+    res_levels: np.ndarray
+    """[G, rows (+1), J] float32."""
+    cycle_w: np.ndarray
+    acc_dtype: type
+    pattern: np.ndarray
+    """float64 shift-add weights of an output's columns."""
+    qx: int
+
+
+def stack_key(pl: PreparedLayer, sp: SplitPlan | None) -> tuple | None:
+    """What layers must share to be stacked (None: this layer cannot be)."""
+    if sp is None or len(sp.tiles) != 1 or pl.pattern is None:  # pattern: dense packing
+        return None
+    t = sp.tiles[0]
+    if t.res_levels is None or t.res_cols is not None or t.clip_cols.size or \
+            t.sign is not None:
+        return None
+    return ("split", t.step, t.field_bits, t.bias, tuple((pk.cycles.start, pk.cycles.stop,
+                                                         pk.magic) for pk in t.packs),
+            tuple(pl.pattern.tolist()), tuple(sp.cycle_w.tolist()), sp.acc_dtype,
+            pl.input_bits, pl.dac_bits, pl.encoding)
+
+
+def stack_plans(pls: list[PreparedLayer], sps: list[SplitPlan]) -> SplitStack:
+    """One SplitStack from members with equal stack_key."""
+    return SplitStack(tile=sps[0].tiles[0],
+                      res_levels=np.stack([sp.tiles[0].res_levels for sp in sps]),
+                      cycle_w=sps[0].cycle_w, acc_dtype=sps[0].acc_dtype,
+                      pattern=pls[0].pattern.astype(np.float64),
+                      qx=qmax(pls[0].input_bits))
+
+
+def stacked_errors(ss: SplitStack, x_int: np.ndarray) -> np.ndarray:
+    """The ADC-error term of G layers at once: x_int [G, V, K] (integers, any dtype) ->
+    [G, V, N] float64, what mvm_split adds to the fast path of each member."""
+    t = ss.tile
+    G, V, rows = x_int.shape
+    idx = x_int.astype(np.intp) + ss.qx
+    J = ss.res_levels.shape[2]
+    acc = np.zeros((G, V, J), dtype=ss.acc_dtype)
+    block = max(16, CACHE_ELEMENTS // max(G * J, 1))
+    for lo in range(0, V, block):
+        hi = min(V, lo + block)
+        for pk in t.packs:
+            a = np.empty((G, hi - lo, rows + t.bias), dtype=np.float32)
+            a[..., :rows] = pk.table[idx[:, lo:hi]]
+            if t.bias:
+                a[..., rows] = 1
+            s = a @ ss.res_levels
+            u = s.view(np.uint32) if t.bias else s.astype(np.int32).view(np.uint32)
+            _add_pack(t.field_bits, t.step, ss.cycle_w, pk, u, acc[:, lo:hi])
+    m = ss.pattern.size
+    return (acc.reshape(G, V, -1, m).astype(np.float64) @ ss.pattern)
