@@ -259,6 +259,20 @@ def test_unit_removal_follows_chains_and_stays_exact():
     torch.testing.assert_close(cut, full, rtol=1e-6, atol=1e-6)
 
 
+def test_ema_weights_on_request(tmp_path):
+    """The reference's training checkpoints also hold the EMA weights, under model_ema."""
+    live, ema = reference_model("ParallelLSTM", seed=0), reference_model("ParallelLSTM", seed=1)
+    torch.save({"model": live.state_dict(), "model_ema": ema.state_dict(), "args": ARGS},
+               tmp_path / "ckpt.pth")
+    for key, ref in ((None, live), ("model_ema", ema)):
+        got = import_reference_far(tmp_path / "ckpt.pth", "deit_digits_3h", key=key)
+        with torch.no_grad():
+            torch.testing.assert_close(got.model(images()), ref(images()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(CheckpointError, match=r"no state dict under key 'ema' \(keys: args, "
+                                              r"model, model_ema\)"):
+        import_reference_far(tmp_path / "ckpt.pth", "deit_digits_3h", key="ema")
+
+
 def test_heads_inferred_without_a_preset(tmp_path):
     par = save(reference_model("ParallelLSTM"), tmp_path / "p.pth", "top")
     assert import_reference_far(par).model.cfg.deit.num_heads == H  # one LSTM per head

@@ -23,6 +23,9 @@ import click
 @click.option("--heads", type=int, default=None,
               help="Number of heads (overrides the preset's; needed for a MultiHeadLstm file "
                    "without --preset, whose shapes do not show it).")
+@click.option("--key", default=None,
+              help="Take the state dict under this key of a training checkpoint (e.g. "
+                   "model_ema); default: model, state_dict or model_state_dict.")
 @click.option("--offmask-tol", type=float, default=0.0, show_default=True,
               help="Largest |weight| outside MultiHeadLstm's block-diagonal masks that is "
                    "dropped (with a note) rather than refused.")
@@ -32,7 +35,8 @@ import click
 @click.option("--max-change", type=float, default=1e-4, show_default=True,
               help="Largest |imported - file| logit accepted by the self-check (ignored "
                    "with --drop-bias-only-units, whose change is only reported).")
-def command(source, output, preset, heads, offmask_tol, drop_bias_only_units, max_change) -> None:
+def command(source, output, preset, heads, key, offmask_tol, drop_bias_only_units,
+            max_change) -> None:
     """Import reference-implementation FAR checkpoint FILE as a farc checkpoint."""
     from pathlib import Path
 
@@ -50,7 +54,7 @@ def command(source, output, preset, heads, offmask_tol, drop_bias_only_units, ma
         raise ConfigError(f"--heads must be >= 1, got {heads}")
     if not offmask_tol >= 0:
         raise ConfigError(f"--offmask-tol must be >= 0, got {offmask_tol}")
-    got = import_reference_far(source, preset, heads, offmask_tol, drop_bias_only_units)
+    got = import_reference_far(source, preset, heads, offmask_tol, drop_bias_only_units, key)
     change = source_logits_change(got)
     if change > max_change and not drop_bias_only_units:
         raise CheckpointError(f"{source}: the imported model differs from the file's own "
@@ -60,7 +64,7 @@ def command(source, output, preset, heads, offmask_tol, drop_bias_only_units, ma
     provenance = {
         "command": "import-far", "source": str(Path(source).resolve()),
         "source_sha256": file_sha256(source), "source_form": "+".join(forms),
-        "preset": preset, "notes": got.notes, "max_logit_change": change,
+        "preset": preset, "key": key, "notes": got.notes, "max_logit_change": change,
         "lstm_units": {"source": got.units_before, "imported": got.units_after},
         "farc_version": __version__, "torch_version": torch.__version__,
     }

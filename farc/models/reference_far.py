@@ -172,22 +172,29 @@ def load_object(path: Path, notes: list[str]) -> object:
     return obj
 
 
-def extract_state_dict(path: Path, obj: object, notes: list[str]) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict (top level or under model/state_dict/model_state_dict) or
-    of a pickled nn.Module tree; non-tensor entries beside them are noted and ignored."""
+def extract_state_dict(path: Path, obj: object, notes: list[str],
+                       key: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict (top level or under model/state_dict/model_state_dict, or
+    under `key`, e.g. the reference's `model_ema`) or of a pickled nn.Module tree; non-tensor
+    entries beside them are noted and ignored."""
     if isinstance(obj, _Inert):  # torch.save(model), as the reference's scripts do
         return _strip_ddp(_module_state(obj, ""))
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    for key in ("model", "state_dict", "model_state_dict"):
-        inner = obj.get(key)
+    if key is not None and not isinstance(obj.get(key), (dict, _Inert)):
+        raise CheckpointError(f"{path}: no state dict under key {key!r} (keys: "
+                              f"{_listed(sorted(map(str, obj)))})")
+    for name in ("model", "state_dict", "model_state_dict") if key is None else (key,):
+        inner = obj.get(name)
         if isinstance(inner, _Inert):
-            _note_extras(obj, {key}, notes)
+            _note_extras(obj, {name}, notes)
             return _strip_ddp(_module_state(inner, ""))
         if isinstance(inner, dict) and inner and all(
                 isinstance(v, torch.Tensor) for v in inner.values()):
-            _note_extras(obj, {key}, notes)
+            _note_extras(obj, {name}, notes)
             return _strip_ddp(dict(inner))
+    if key is not None:
+        raise CheckpointError(f"{path}: {key!r} holds no tensors")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: holds no tensors (keys: {_listed(sorted(map(str, obj)))})")
@@ -479,11 +486,11 @@ def resolve_config(path: Path, sd: dict, preset: str | DeiTConfig | None,
 
 def import_reference_far(path: str | Path, preset: str | DeiTConfig | None = None,
                          heads: int | None = None, offmask_tol: float = 0.0,
-                         drop_bias_only: bool = False) -> ImportedFAR:
+                         drop_bias_only: bool = False, key: str | None = None) -> ImportedFAR:
     """Read a reference-implementation FAR file and return the equivalent farc FAR (eval)."""
     path = Path(path)
     notes: list[str] = []
-    sd = extract_state_dict(path, load_object(path, notes), notes)
+    sd = extract_state_dict(path, load_object(path, notes), notes, key)
     sd = {k: v.detach().float() for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
     if bad:
