@@ -49,7 +49,6 @@ from farc.limits import check_memory
 from farc.models.deit import DEIT_PRESETS, DeiT, DeiTConfig
 from farc.models.far import FAR, FARConfig
 
-FORMS = ("MultiHeadLstm", "ParallelLSTM")
 DIRECTIONS = ("", "_reverse")  # nn.LSTM suffixes: forward, backward
 LSTM_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -220,7 +219,8 @@ def _module_state(node: _Inert, prefix: str) -> dict[str, torch.Tensor]:
         state = state[0]
     if not isinstance(state, dict):
         return {}
-    def field(name: str) -> dict:
+
+    def dict_of(name: str) -> dict:
         value = state.get(name)
         return value if isinstance(value, dict) else {}
 
@@ -228,10 +228,10 @@ def _module_state(node: _Inert, prefix: str) -> dict[str, torch.Tensor]:
     skip = state.get("_non_persistent_buffers_set")
     skip = skip if isinstance(skip, (set, frozenset)) else set()
     for attr in ("_parameters", "_buffers"):
-        for name, t in field(attr).items():
+        for name, t in dict_of(attr).items():
             if isinstance(t, torch.Tensor) and not (attr == "_buffers" and name in skip):
                 out[prefix + name] = t
-    for name, child in field("_modules").items():
+    for name, child in dict_of("_modules").items():
         if isinstance(child, _Inert):
             out.update(_module_state(child, f"{prefix}{name}."))
     return out
