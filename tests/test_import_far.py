@@ -2,8 +2,8 @@
 
 The reference formulation is written out here from the key layouts the reference code uses
 (a timm DeiT skeleton whose blocks' `attn` is a MultiHeadLstm or a ParallelLSTM), with
-random weights and pruned units; the importer must reproduce its logits. Nothing here
-comes from farc.models.reference_far."""
+random weights and pruned units; the importer must reproduce its logits. No expected value
+comes from farc.models.reference_far (the code under test)."""
 
 from __future__ import annotations
 
