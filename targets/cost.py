@@ -264,7 +264,7 @@ def _occupancy(manifest: dict, target: Target, steps: list[Step], costs: dict,
             occ[f"crossbars {lay['name']}"] += one * s.trips / g.replicas
             parallel[str(lay["name"])] = parallel.get(str(lay["name"]), False) or v > 1
         elif op == "matmul" and c.rewrite_crossbars:
-            occ[f"rewrite crossbars {s.path}"] += c.latency_ns * s.trips
+            occ[f"rewrite crossbars of matmul @{s.path[-1]}"] += c.latency_ns * s.trips
         elif op == "matmul":
             occ["digital matmul units"] += c.latency_ns * s.trips / tiles
         elif c.kind == "move":
