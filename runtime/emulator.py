@@ -592,12 +592,21 @@ def erfc_nonneg(z: np.ndarray) -> np.ndarray:
     return p
 
 
+GELU_BLOCK = 2**13
+"""Elements of one float64 block of `gelu`: its ~25 passes then run in the L2 cache (the
+same operations on every element, so blocks change no value; about 2x faster)."""
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU, erf form: 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)."""
-    x64 = x.astype(np.float64)
-    y = x64 * -np.sqrt(0.5)
-    r = erfc_nonneg(np.abs(y))
-    r = np.where(y >= 0, r, 2.0 - r)
-    r *= x64
-    r *= 0.5
-    return r.astype(np.float32)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    for lo in range(0, flat.size, GELU_BLOCK):
+        x64 = flat[lo:lo + GELU_BLOCK].astype(np.float64)
+        y = x64 * -np.sqrt(0.5)
+        r = erfc_nonneg(np.abs(y))
+        r = np.where(y >= 0, r, 2.0 - r)
+        r *= x64
+        r *= 0.5
+        out[lo:lo + GELU_BLOCK] = r
+    return out.reshape(x.shape)
