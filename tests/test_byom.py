@@ -48,7 +48,27 @@ def mlp() -> nn.Module:
                          nn.GELU(), nn.Linear(32, 10))
 
 
-MODELS = {"mlp": (mlp, (1, 8, 8)), "bilstm": (SeqClassifier, (8, 8))}
+class PatchAttention(nn.Module):
+    """A patch embedding (conv, kernel = stride), one softmax self-attention head (a split
+    of qkv, activation x activation matmuls) and a classifier not called `head`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 16, 2, stride=2)
+        self.norm = nn.LayerNorm(16)
+        self.qkv = nn.Linear(16, 48)
+        self.proj = nn.Linear(16, 16)
+        self.out = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(self.norm(t)).split(16, dim=-1)
+        t = t + self.proj(torch.softmax(q @ k.transpose(-2, -1) * 0.25, dim=-1) @ v)
+        return self.out(torch.sigmoid(t).reshape(t.shape[0], -1))
+
+
+MODELS = {"mlp": (mlp, (1, 8, 8)), "bilstm": (SeqClassifier, (8, 8)),
+          "patch": (PatchAttention, (1, 8, 8))}
 
 
 def _export(module: nn.Module, shape: tuple[int, ...], path: Path, fmt: str) -> Path:
@@ -113,6 +133,9 @@ def test_round_trip_compile_verify(user_models, name: str, fmt: str) -> None:
         assert layers[lstm] == "lstm_cell" and len(layers) == 3
         loops = [i for i in program.instructions if i["op"] == "loop"]
         assert len(loops) == 1 and len(loops[0]["gather"]) == 2  # both directions, one loop
+    if name == "patch":
+        assert layers["patch"] == "patch_embed"
+        assert sum(i["op"] == "matmul" for i in program.instructions) == 2
     assert list(layers.values()).count("classifier") == 1
     refs = resolve_references(program, None)  # the model file from the provenance
     report = verify(program, x.numpy(), None, refs, bitlevel_samples=2)

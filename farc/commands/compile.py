@@ -132,6 +132,14 @@ def _check_outputs(out: Path, emit_onnx: bool, checkpoint: str, target_name: str
 def _emit_onnx(model, program, out: Path) -> list[Path]:
     from farc.check.qdq import write_reference_models
 
+    if hasattr(model, "export_onnx"):  # a .pt2/.onnx model (farc.models.graph.GraphModel)
+        from farc.check.qdq import build_qdq_onnx, reference_paths, save_onnx
+
+        float_path, qdq_path = reference_paths(out)
+        qdq = build_qdq_onnx(program)  # first: a program it cannot translate leaves no files
+        model.export_onnx(float_path)
+        save_onnx(qdq, qdq_path)
+        return [float_path, qdq_path]
     return list(write_reference_models(program, model, out))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from farc.errors import CheckpointError
 from farc.models.graph import GraphBuilder, GraphModel, UnsupportedModelError, Val
@@ -64,6 +65,11 @@ def from_onnx_proto(proto: Any, source: dict) -> GraphModel:
                                         f"{_node_name(node, i)}: supported ops are "
                                         f"{', '.join(SUPPORTED)}")
     conv = _Converter(GraphBuilder(source), opset)
+    for node in graph.node:
+        for name in node.input:
+            conv.uses[name] = conv.uses.get(name, 0) + 1
+    for o in graph.output:
+        conv.uses[o.name] = conv.uses.get(o.name, 0) + 1
     for init in graph.initializer:
         conv.env[init.name] = conv.array(init, f"initializer {init.name}")
     inputs = [v for v in graph.input if v.name not in conv.env]
@@ -123,6 +129,11 @@ class _Converter:
         self.env: dict[str, Any] = {}
         self.n_outputs = 1
         self.input_names: list[str] = []
+        self.uses: dict[str, int] = {}
+        """ONNX value name -> how many node inputs and graph outputs read it."""
+        self.bias_free: dict[str, Any] = {}
+        """Value name -> the bias-less nn.Linear that computed it (a MatMul)."""
+        self.output_names: list[str] = []
         self.scaled: dict[str, tuple[Val, float]] = {}
         """Value name -> (base, factor) for a value that is base times a scalar."""
 
@@ -163,6 +174,7 @@ class _Converter:
     def node(self, node: Any, where: str, name: str) -> None:
         attrs = {a.name: _attr(a, self) for a in node.attribute}
         self.n_outputs = len(node.output)
+        self.output_names = list(node.output)
         self.input_names = list(node.input)
         ins = [self.get(i) for i in node.input]
         out = getattr(self, "_" + node.op_type)(ins, attrs, where, name)
@@ -319,7 +331,10 @@ class _Converter:
         if isinstance(w, np.ndarray) and not isinstance(x, np.ndarray):
             if w.ndim != 2:
                 raise UnsupportedModelError(f"{where}: MatMul by a constant of rank {w.ndim}")
-            return self.b.linear(self.val(x, where), w.T, None, self.layer_path(name), where)
+            out = self.b.linear(self.val(x, where), w.T, None, self.layer_path(name), where)
+            self.bias_free[out.name] = (self.b.modules[self.b.nodes[-1].attrs["module"]],
+                                        self.uses.get(self.output_names[0], 0))
+            return out
         if isinstance(x, np.ndarray):
             raise UnsupportedModelError(f"{where}: MatMul with a constant left operand")
         return self.b.matmul(self.val(x, where), self.val(w, where), where)
@@ -484,6 +499,18 @@ class _Converter:
                                     "0.5 * x * (1 + erf(x / sqrt(2)))")
 
     def _Add(self, ins, a, where, name):
+        """MatMul + Add(bias) as exporters write nn.Linear on 3-d inputs: the bias joins
+        the crossbar layer (as for Gemm), so the layer's outputs are the model's."""
+        x, c = ins
+        if isinstance(c, Val) and isinstance(x, np.ndarray):
+            x, c = c, x
+        if isinstance(x, Val) and isinstance(c, np.ndarray) and x.name in self.bias_free:
+            lin, uses = self.bias_free.pop(x.name)
+            if uses == 1 and c.size == lin.out_features and c.shape[-1:] == (c.size,) and \
+                    x.order[-1] == x.ndim - 1:
+                lin.bias = torch.nn.Parameter(torch.tensor(np.array(c, np.float32)
+                                                           .reshape(-1)))
+                return x
         return self._binary("add", ins, where)
 
     def _Sub(self, ins, a, where, name):

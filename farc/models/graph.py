@@ -124,7 +124,7 @@ class GraphModel(nn.Module):
         if op == "cat":
             return torch.cat(xs, dim=a["dim"])
         if op == "slice":
-            return xs[0].narrow(a["dim"], a["start"], a["stop"] - a["start"])
+            return xs[0][(slice(None),) * a["dim"] + (slice(a["start"], a["stop"]),)]
         if op == "select":
             return xs[0].select(a["dim"], a["index"])
         raise ConfigError(f"GraphModel: unknown node op {op!r}")
