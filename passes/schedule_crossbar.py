@@ -27,7 +27,7 @@ import math
 import tvm
 from farc.passes._crossbar_ir import CODEGEN, is_scan, with_functions
 from farc.targets import Target
-from farc.targets.schedule import plan_replicas
+from farc.targets.schedule import layer_load, plan_replicas
 from tvm import relax
 
 from farc.errors import PassError
@@ -46,7 +46,7 @@ class ScheduleCrossbar:
         self.target, self.replicate = target, replicate
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        order, vectors = _layer_uses(mod)
+        order, vectors, calls = _layer_uses(mod)
         tiles = {g: _tiles(mod[g]) for g in order}
         used = sum(tiles.values())
         have = self.target.crossbars
@@ -56,7 +56,11 @@ class ScheduleCrossbar:
         replicas = {g: 1 for g in order}
         reason = "replication off"
         if self.replicate:
-            plan = plan_replicas(tiles, vectors, have - used, {g: g.name_hint for g in order})
+            x = self.target.xbar
+            loads = {g: layer_load(vectors[g], calls[g], x.cycles,
+                                   self.target.latency.mvm_pipeline_cycles) for g in order}
+            plan = plan_replicas(tiles, loads, have - used, {g: g.name_hint for g in order},
+                                 vectors)
             replicas, reason = plan.replicas, plan.reason
             used += plan.added
         main, groups = _order_main(mod["main"])
@@ -93,15 +97,19 @@ def _is_crossbar_call(mod: tvm.IRModule, e: relax.Expr) -> bool:
             and (mod[e.op].attrs or {}).get("Codegen") == CODEGEN)
 
 
-def _layer_uses(mod: tvm.IRModule) -> tuple[list, dict]:
+def _layer_uses(mod: tvm.IRModule) -> tuple[list, dict, dict]:
+    """Crossbar layers in order of first use, input vectors per image through each, and
+    MVM instructions per image (one per step inside a scan)."""
     order: list = []
     vectors: dict = {}
+    calls: dict = {}
 
-    def use(gv, n: int) -> None:
+    def use(gv, n: int, k: int = 1) -> None:
         if gv not in vectors:
             order.append(gv)
-            vectors[gv] = 0
+            vectors[gv] = calls[gv] = 0
         vectors[gv] += n
+        calls[gv] += k
 
     for binding in _bindings(mod["main"]):
         v = binding.value
@@ -111,8 +119,8 @@ def _layer_uses(mod: tvm.IRModule) -> tuple[list, dict]:
             steps = int(v.args[1].ty.shape[1])
             for inner in _bindings(mod[v.args[2]]):
                 if _is_crossbar_call(mod, inner.value):
-                    use(inner.value.op, steps)
-    return order, vectors
+                    use(inner.value.op, steps, steps)
+    return order, vectors, calls
 
 
 def _bindings(func: relax.Function) -> list:

@@ -42,6 +42,7 @@ from farc.targets.mvm import Geometry, activation_bytes, mvm_latency_ns, write_l
 from farc.targets.schedule import (
     ReplicaVerdict,
     Throughput,
+    layer_load,
     plan_replicas,
     replica_verdicts,
     steady_state,
@@ -231,6 +232,7 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
             for lay in manifest["layers"])
     rewrite = _rewrite_summary(steps, costs, target) if attention == "rewrite" else {}
     area = area_mm2(target, manifest["layers"], int(rewrite.get("crossbars", 0)))
+    layers_by_id = {int(lay["id"]): lay for lay in manifest["layers"]}
     tiles = placement_summary(manifest, target)["tiles"]
     occ, parallel = _occupancy(manifest, target, steps, costs, events, tiles)
     thr = steady_state(latency, occ)
@@ -239,8 +241,14 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
     verdicts = replica_verdicts(manifest["layers"], parallel, occ, thr.interval_ns, per_replica)
     vectors = {str(lay["name"]): events["mvms_per_layer"].get(int(lay["id"]), 0)
                for lay in manifest["layers"]}
+    calls: dict[str, int] = defaultdict(int)
+    for s in steps:
+        if s.instr["op"] == "mvm":
+            calls[str(layers_by_id[int(s.instr["layer"])]["name"])] += s.trips
+    loads = {n: layer_load(v, calls[n], target.input_cycles,
+                           target.latency.mvm_pipeline_cycles) for n, v in vectors.items()}
     spare = target.crossbars - sum(per_replica.values())
-    reason = plan_replicas(per_replica, vectors, spare).reason if per_replica else ""
+    reason = plan_replicas(per_replica, loads, spare, caps=vectors).reason if per_replica else ""
     return CostReport(target.name, attention, latency, energy, area,
                       {k: dict(v) for k, v in by_layer.items()},
                       {k: dict(v) for k, v in by_kind.items()}, finalize(events), spans, used,

@@ -45,22 +45,31 @@ class ReplicaPlan:
     """Why no further replica was given (or why none was)."""
 
 
-def plan_replicas(tiles: dict[Any, int], vectors: dict[Any, int], spare: int,
-                  names: dict[Any, str] | None = None) -> ReplicaPlan:
+def layer_load(vectors: int, calls: int, cycles: int, pipeline_cycles: int) -> int:
+    """Crossbar cycles one image keeps a layer busy: `vectors` input vectors of `cycles`
+    DAC cycles each, plus the pipeline fill of each of its `calls` MVM instructions (one per
+    step for an LSTM cell, one in all for a linear layer over the tokens)."""
+    return vectors * cycles + calls * pipeline_cycles
+
+
+def plan_replicas(tiles: dict[Any, int], loads: dict[Any, float], spare: int,
+                  names: dict[Any, str] | None = None,
+                  caps: dict[Any, int] | None = None) -> ReplicaPlan:
     """Give spare crossbars only where they raise the crossbar-bound throughput: always one
-    more replica to the layer with the most vectors per replica per image (the bottleneck),
-    stopping when that layer's next replica does not fit (a replica elsewhere would not
-    raise throughput) or when it already has one replica per vector. Replicas that leave
-    the final bottleneck unchanged (ties) are given back."""
+    more replica to the layer with the largest load per replica per image (the bottleneck;
+    `layer_load`), stopping when that layer's next replica does not fit (a replica elsewhere
+    would not raise throughput) or when it already has `caps` replicas (one per input vector
+    of an image). Replicas that leave the final bottleneck unchanged (ties) are given back."""
     names = names or {g: str(g) for g in tiles}
+    caps = caps or {g: math.inf for g in tiles}
     replicas = dict.fromkeys(tiles, 1)
-    heap = [(-vectors[g], i, g) for i, g in enumerate(tiles)]
+    heap = [(-loads[g], i, g) for i, g in enumerate(tiles)]
     heapq.heapify(heap)
     added, reason = 0, "no crossbar layers"
     while heap:
-        _, _, g = heap[0]
-        if replicas[g] >= vectors[g]:
-            reason = (f"bottleneck {names[g]} has one replica per vector ({vectors[g]} per "
+        _, i, g = heap[0]
+        if replicas[g] >= caps[g]:
+            reason = (f"bottleneck {names[g]} has one replica per vector ({caps[g]} per "
                       "image): more would not raise throughput")
             break
         if tiles[g] > spare - added:
@@ -71,12 +80,12 @@ def plan_replicas(tiles: dict[Any, int], vectors: dict[Any, int], spare: int,
         heapq.heappop(heap)
         replicas[g] += 1
         added += tiles[g]
-        heapq.heappush(heap, (-vectors[g] / replicas[g], _, g))
+        heapq.heappush(heap, (-loads[g] / replicas[g], i, g))
     if replicas and heap:
         # ties: keep for each layer only the replicas needed to stay at the bottleneck
-        worst = max(vectors[g] / replicas[g] for g in tiles)
+        worst = max(loads[g] / replicas[g] for g in tiles)
         for g in tiles:
-            need = max(1, math.ceil(vectors[g] / worst - 1e-9))
+            need = max(1, math.ceil(loads[g] / worst - 1e-9))
             if need < replicas[g]:
                 added -= (replicas[g] - need) * tiles[g]
                 replicas[g] = need

@@ -10,14 +10,14 @@ import pytest
 from farc.targets.cost import cost_program
 from farc.targets.interconnect import hops, input_hops
 from farc.targets.mvm import Geometry, mvm_latency_ns
-from farc.targets.schedule import plan_replicas, steady_state
+from farc.targets.schedule import layer_load, plan_replicas, steady_state
 from handmade_programs import T, far_program
 
 
 def test_replicas_go_to_the_bottleneck_only():
     # a: 20 vectors per image on 2 crossbars, b: 10 on 1, c: 1 on 5
     tiles, vectors = {"a": 2, "b": 1, "c": 5}, {"a": 20, "b": 10, "c": 1}
-    plan = plan_replicas(tiles, vectors, spare=3)
+    plan = plan_replicas(tiles, vectors, spare=3, caps=vectors)
     # a (20) -> 2 replicas (10 each, 2 crossbars); now a and b tie at 10: a needs 2 more,
     # only 1 spare -> stop; b's replica would not raise throughput and is not given
     assert plan.replicas == {"a": 2, "b": 1, "c": 1}
@@ -26,11 +26,23 @@ def test_replicas_go_to_the_bottleneck_only():
 
 
 def test_ties_are_given_back_and_vectors_cap_replicas():
-    plan = plan_replicas({"a": 1, "b": 1}, {"a": 4, "b": 4}, spare=100)
+    v = {"a": 4, "b": 4}
+    plan = plan_replicas({"a": 1, "b": 1}, v, spare=100, caps=v)
     assert plan.replicas == {"a": 4, "b": 4}  # one replica per vector, then stop
     assert "one replica per vector" in plan.reason
-    plan = plan_replicas({"a": 1, "b": 1}, {"a": 4, "b": 4}, spare=1)
+    plan = plan_replicas({"a": 1, "b": 1}, v, spare=1, caps=v)
     assert plan.replicas == {"a": 1, "b": 1} and plan.added == 0  # a alone: b still limits
+
+
+def test_pipeline_fill_per_step_makes_an_lstm_cell_the_bottleneck():
+    # puma-like: 16 cycles per vector + 2 fill per MVM instruction; an LSTM cell issues one
+    # instruction per step (197), a linear layer one for all 197 tokens
+    cell = layer_load(197, 197, 16, 2)
+    linear = layer_load(197, 1, 16, 2)
+    assert cell == 197 * 18 and linear == 197 * 16 + 2
+    plan = plan_replicas({"cell": 1, "linear": 1}, {"cell": cell, "linear": linear}, spare=1,
+                         caps={"cell": 197, "linear": 197})
+    assert plan.replicas == {"cell": 2, "linear": 1}
 
 
 def test_steady_state_is_set_by_the_largest_occupancy():
