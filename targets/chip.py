@@ -66,14 +66,16 @@ def chip_totals(t: Target) -> ChipTotals:
     ic = t.interconnect
     ima_p, ima_a = ima_power_mw(t), ima_area_mm2(t)
     k = t.chip.imas_per_tile
+    network = t.energy.interconnect_pj_per_byte * ic.link_bytes_per_ns * ic.router_ports
+    mesh = ic.topology == "mesh"  # a router per `tiles_per_router` tiles; a bus is one link
     tile_p = {"imas": k * sum(ima_p.values()),
               "buffer": t.energy.buffer_pj_per_byte * t.latency.buffer_bytes_per_ns,
-              "router": t.energy.interconnect_pj_per_byte * ic.link_bytes_per_ns
-              * ic.router_ports / ic.tiles_per_router,
+              "router": network / ic.tiles_per_router if mesh else 0.0,
               "other": t.power.tile_other_mw}
     tile_a = {"imas": k * sum(ima_a.values()), "other": t.area.tile_overhead_mm2}
     tiles = t.chip.tiles
-    chip_p = {"tiles": tiles * sum(tile_p.values()), "other": t.power.chip_other_mw}
+    chip_p = {"tiles": tiles * sum(tile_p.values()), "bus": 0.0 if mesh else network,
+              "other": t.power.chip_other_mw}
     chip_a = {"tiles": tiles * sum(tile_a.values()), "other": t.area.chip_overhead_mm2}
     return ChipTotals({"ima": ima_p, "tile": tile_p, "chip": chip_p},
                       {"ima": ima_a, "tile": tile_a, "chip": chip_a})
