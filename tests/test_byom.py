@@ -333,9 +333,7 @@ def test_onnx_erf_gelu_pattern_and_lone_erf(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------- refusals
-def test_unsupported_onnx_op_one_line_and_no_output(tmp_path) -> None:
-    from tests.test_bad_inputs import farc, one_line_error
-
+def test_unsupported_onnx_op_one_line_and_no_output(tmp_path, capsys) -> None:
     node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="/up/Resize")
     proto = _model([node], [_vi("x", [1, 1, 4, 4])], [_vi("y", [1, 1, 8, 8])],
                    [_t("scales", np.array([1, 1, 2, 2]))])
@@ -345,8 +343,10 @@ def test_unsupported_onnx_op_one_line_and_no_output(tmp_path) -> None:
     assert str(exc.value).startswith("unsupported ONNX op Resize at node /up/Resize: "
                                      "supported ops are Add, ")
     out = tmp_path / "m.farc"
-    one_line_error(farc("compile", path, "-o", out), "unsupported ONNX op Resize at node "
-                                                    "/up/Resize")
+    assert _cli("compile", path, "-o", out) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("farc: error: unsupported ONNX op Resize "
+                                                   "at node /up/Resize: supported ops are")
     assert not out.exists()
 
 
@@ -410,3 +410,27 @@ def test_pt2_with_pickled_objects_is_refused_without_running_them(tmp_path) -> N
         load_pt2(evil)
     assert not marker.exists()
     assert load_pt2(path).source["format"] == "pt2"  # the genuine file still loads
+
+
+def _cli(*args: object) -> int:
+    """farc's command line in this process (no second torch/TVM import)."""
+    from farc.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_compile_verify_run_onnx(user_models, tmp_path, capsys) -> None:
+    """The commands a user types: compile the ONNX file (calibrated on digits reshaped to
+    the model's input), verify it (the reference rebuilt from the recorded file), run it."""
+    _, _, path = user_models["bilstm", "onnx"]
+    prog = tmp_path / "seq.farc"
+    assert _cli("compile", path, "-o", prog, "--calib-samples", "16") == 0
+    assert _cli("verify", prog, "--samples", "16", "--bitlevel-samples", "1") == 0
+    assert f"reference: built from {path}" in " ".join(capsys.readouterr().out.split())
+    out = tmp_path / "y.npy"
+    assert _cli("run", prog, "--data", "digits", "-o", out) == 0
+    assert np.load(out).shape == (360, 10)
