@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "teacher": ("teacher", "Train a small DeiT teacher on a dataset."),
     "distill": ("distill", "Distil a DeiT teacher into a FAR student."),
     "prune": ("prune", "Hoyer-Square structured pruning of FAR LSTM hidden units."),
+    "finetune": ("finetune", "Fine-tune a FAR through its program's crossbar numerics and noise."),
     "import-far": ("import_far", "Import a FAR checkpoint of the paper's reference code."),
     "export": ("export", "Export a DeiT or FAR checkpoint to ONNX."),
     "compile": ("compile", "Compile a checkpoint into a crossbar tile program (.farc)."),

@@ -1,6 +1,11 @@
 """`farc run MODEL.farc (--input X.npy | --data digits|DIR) -o OUT.npy`: run a tile program
 on the functional ReRAM emulator, in batches, with a progress bar; prints top-1 accuracy
-when labels are known. Nothing is written unless every batch succeeded (atomic rename)."""
+when labels are known. Nothing is written unless every batch succeeded (atomic rename).
+
+`--seeds 0..9` with `--noise` is a Monte-Carlo evaluation: one programmed chip per seed
+(each its own draw of the device model), the whole split on each, and the mean, min and max
+accuracy over them; under torchrun the seeds (not the images) are split over the processes.
+docs/finetune.md."""
 
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ from farc.errors import DataError
               help="Device non-ideality, e.g. read_sigma=0.01 (repeatable; see "
                    "docs/emulator.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
+@click.option("--seeds", "seeds_spec", default=None, metavar="A..B|A,B,...",
+              help="Monte-Carlo over device instances: run every seed (with --noise), report "
+                   "mean, min and max accuracy; -o gets an .npz of every seed's outputs.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--mvm-path", type=click.Choice(["auto", "bitlevel", "fast"]), default="auto",
               show_default=True, help="Crossbar arithmetic: auto uses one matmul where the "
@@ -38,8 +46,8 @@ from farc.errors import DataError
               help="Write outputs holding NaN or Inf instead of failing (exit 1).")
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Outputs: .npy (one-output programs) or .npz.")
-def command(program_path, input_path, labels_path, data_spec, split, noise, seed, batch_size,
-            mvm_path, counters_path, allow_nonfinite, output_path) -> None:
+def command(program_path, input_path, labels_path, data_spec, split, noise, seed, seeds_spec,
+            batch_size, mvm_path, counters_path, allow_nonfinite, output_path) -> None:
     """Run MODEL.farc on the functional ReRAM emulator."""
     from farc.atomic import check_outputs
     from farc.errors import ConfigError
@@ -51,12 +59,21 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         raise ConfigError("give exactly one of --input and --data")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
+    seeds = parse_seeds(seeds_spec) if seeds_spec is not None else None
+    if seeds is not None:
+        _check_monte_carlo(noise, seed, counters_path, output_path)
     check_outputs({"-o": output_path, "--counters": counters_path},  # before emulating
                   {"MODEL.farc": program_path, "--input": input_path, "--labels": labels_path})
     program = Program.load(program_path)
     cfg = NoiseConfig.parse(list(noise)) if noise else None
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
                       else _data_inputs(program, data_spec, split))
+    if seeds is not None:
+        if labels is None:
+            raise ConfigError("--seeds reports accuracy: give --data, or --input with --labels")
+        _monte_carlo(program, inputs, labels, cfg, seeds, batch_size, mvm_path,
+                     allow_nonfinite, Path(output_path))
+        return
     world, inputs = _shard(inputs)
     emu = Emulator(program, noise=cfg, seed=seed, mvm_path=mvm_path)
     outputs, counters = _run_batches(emu, inputs, batch_size), emu.counters.to_dict()
@@ -73,6 +90,104 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         logits = next(iter(outputs.values()))
         acc = float((logits.reshape(n, -1).argmax(axis=1) == labels).mean())
         click.echo(f"top-1 accuracy: {100 * acc:.2f}% ({n} samples)")
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0..9' (inclusive) or '0,3,7' -> seeds, distinct, in the given order."""
+    from farc.errors import ConfigError
+
+    text = spec.strip()
+    try:
+        if ".." in text:
+            lo, hi = (int(t) for t in text.split("..", 1))
+            seeds = list(range(lo, hi + 1))
+        else:
+            seeds = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"bad --seeds {spec!r}: expected A..B or A,B,... of integers") \
+            from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"bad --seeds {spec!r}: need at least one seed, distinct, >= 0")
+    return seeds
+
+
+def _check_monte_carlo(noise, seed: int, counters_path, output_path: str) -> None:
+    """--seeds needs noise (ideal chips are all alike), writes an .npz, has no single
+    --seed and no --counters (events do not depend on the seed: run one seed for them)."""
+    from farc.errors import ConfigError
+
+    if not noise:
+        raise ConfigError("--seeds draws device instances: give --noise (ideal chips are all "
+                          "alike)")
+    if seed != 0:
+        raise ConfigError("give --seed or --seeds, not both")
+    if counters_path:
+        raise ConfigError("--counters with --seeds: the events do not depend on the seed; "
+                          "run one --seed for them")
+    if Path(output_path).suffix != ".npz":
+        raise ConfigError(f"-o {output_path}: --seeds writes every seed's outputs, give an "
+                          ".npz")
+
+
+def _monte_carlo(program, inputs: dict[str, np.ndarray], labels: np.ndarray, cfg,
+                 seeds: list[int], batch_size: int, mvm_path: str, allow_nonfinite: bool,
+                 output: Path) -> None:
+    """Every seed a chip: run the inputs on each, gather on rank 0 (torchrun: a contiguous
+    block of seeds per process), write `<output>_seed<s>` arrays plus `seeds` and
+    `accuracy`, print per-seed accuracy and mean / min / max."""
+    from farc.runtime.emulator import Emulator
+
+    world, mine = None, seeds
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from farc.distributed import contiguous_shard, eval_world
+
+        world = eval_world()
+        if world.size > len(seeds):
+            from farc.errors import ConfigError
+
+            raise ConfigError(f"{world.size} processes for {len(seeds)} seeds: use at most "
+                              "one process per seed")
+        mine = seeds[contiguous_shard(len(seeds), world)]
+    runs: dict[str, list[np.ndarray]] = {}
+    for s in mine:
+        out = _run_batches(Emulator(program, noise=cfg, seed=s, mvm_path=mvm_path), inputs,
+                           batch_size)
+        for k, v in out.items():
+            runs.setdefault(k, []).append(v)
+    packed = {k: np.stack(v) for k, v in runs.items()}
+    packed["seeds"] = np.asarray(mine, dtype=np.int64)
+    if world is not None:
+        from farc.distributed import gather_arrays, teardown
+
+        try:
+            packed = gather_arrays(packed, world)
+        finally:
+            teardown()
+        if packed is None:
+            return
+    seeds_run = packed.pop("seeds")
+    if not allow_nonfinite:
+        _check_finite(packed)
+    acc = np.array([_accuracy(packed, i, labels) for i in range(len(seeds_run))])
+    arrays = {f"{k}_seed{s}": v[i] for k, v in packed.items() for i, s in enumerate(seeds_run)}
+    _save_all({**arrays, "seeds": seeds_run, "accuracy": acc}, output, {}, None)
+    _print_monte_carlo(seeds_run, acc, len(labels), output)
+
+
+def _accuracy(packed: dict[str, np.ndarray], i: int, labels: np.ndarray) -> float:
+    if len(packed) != 1:
+        return float("nan")
+    logits = next(iter(packed.values()))[i]
+    return float((logits.reshape(len(labels), -1).argmax(axis=1) == labels).mean())
+
+
+def _print_monte_carlo(seeds: np.ndarray, acc: np.ndarray, n: int, output: Path) -> None:
+    click.echo(f"ran {n} samples on {len(seeds)} device instances -> {output}")
+    for s, a in zip(seeds, acc):
+        click.echo(f"  seed {s}: top-1 accuracy {100 * a:.2f}%")
+    click.echo(f"top-1 accuracy over {len(seeds)} seeds: mean {100 * acc.mean():.2f}%, "
+               f"min {100 * acc.min():.2f}%, max {100 * acc.max():.2f}%, "
+               f"std {100 * acc.std():.2f} pt")
 
 
 def _shard(inputs: dict[str, np.ndarray]):

@@ -91,10 +91,10 @@ def quantize_input_t(x: torch.Tensor, in_scale: float, input_bits: int) -> torch
 
 
 def _digits(d: torch.Tensor, cycles: int, dac_bits: int) -> torch.Tensor:
-    """[V, K] non-negative integers (float) -> [cycles, V, K] digits base 2**dac_bits."""
-    base = float(max_code(dac_bits) + 1)
-    div = base ** torch.arange(cycles, dtype=d.dtype, device=d.device)
-    return torch.remainder(torch.floor(d.unsqueeze(0) / div[:, None, None]), base)
+    """[V, K] non-negative integers (float) -> [cycles, V, K] float32 digits base
+    2**dac_bits, LSB first (numerics.bit_planes)."""
+    shifts = torch.arange(cycles, device=d.device, dtype=torch.int32)[:, None, None] * dac_bits
+    return ((d.to(torch.int32).unsqueeze(0) >> shifts) & max_code(dac_bits)).float()
 
 
 class PreparedXbar:
@@ -115,12 +115,15 @@ class PreparedXbar:
         self.zero = float(p.in_zero)
         self.offset_qw = float(p.qw) if p.mapping == "offset" else 0.0
         self.rt = math.ceil(K / p.rows)
+        # one row tile: only its K driven rows (the others see 0 V and add nothing)
+        self.rows = p.rows if self.rt > 1 else K
+        self._w_ste: torch.Tensor | None = None
         with torch.no_grad():
             levels, self.colw = self._encode(q)                       # [K, J], [S*signs]
-            tiles = torch.zeros(self.rt * p.rows, levels.shape[1], dtype=torch.float64,
+            tiles = torch.zeros(self.rt * self.rows, levels.shape[1], dtype=torch.float64,
                                 device=dev)
             tiles[:K] = levels
-            tiles = tiles.reshape(self.rt, p.rows, -1)
+            tiles = tiles.reshape(self.rt, self.rows, -1)
             used = torch.tensor([min(p.rows, K - r * p.rows) for r in range(self.rt)],
                                 device=dev)
             self.cell_top = float(max_code(p.cell_bits))
@@ -128,9 +131,10 @@ class PreparedXbar:
             if p.adc_flip:  # numerics.flip_mask / physical_codes
                 self.flip = tiles.sum(dim=1) > torch.div(used * max_code(p.cell_bits), 2,
                                                          rounding_mode="floor")[:, None]
-                live = torch.arange(p.rows, device=dev)[None, :, None] < used[:, None, None]
+                live = torch.arange(self.rows, device=dev)[None, :, None] < used[:, None, None]
                 tiles = torch.where(self.flip[:, None, :] & live, self.cell_top - tiles, tiles)
             self.stored = tiles
+            self.pow2_tile = p.adc_granularity == "tile" and p.adc_step_rule == "pow2"
             self.steps = self._column_steps(dev)                     # [RT, J] float64
             self.lossless = lossless(ln.adc_step, tiles.cpu().numpy(), p.dac_bits,
                                      p.adc_bits)
@@ -216,9 +220,10 @@ class PreparedXbar:
         inside = (flat.detach().abs() <= self.qx * self.s_x).to(flat.dtype)
         x_q = (x_int * self.s_x).to(flat.dtype)
         x_ste = x_q + (flat - flat.detach()) * inside
-        w_q = (self.q * self.s_w.double()).to(self.W.dtype)
-        w_ste = w_q + (self.W - self.W.detach())
-        y = x_ste @ w_ste
+        if self._w_ste is None:  # once per programming, not per LSTM step
+            w_q = (self.q * self.s_w.double()).to(self.W.dtype)
+            self._w_ste = w_q + (self.W - self.W.detach())
+        y = x_ste @ self._w_ste
         return y if self.bias is None else y + self.bias
 
     def integers(self, x_int: torch.Tensor) -> torch.Tensor:
@@ -227,9 +232,10 @@ class PreparedXbar:
         (row tile, cycle, column) partial sum through the ADC."""
         if self.g is None and self.lossless:
             return x_int.double() @ self.q
-        return self._bitlevel(x_int.double())
+        return self._bitlevel(x_int)
 
-    def _bitlevel(self, x_int: torch.Tensor) -> torch.Tensor:
+    def _planes(self, x_int: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(DAC digits [RT, C*V, rows] float32, the driven values u [V, K] float64)."""
         p = self.p
         v = x_int.shape[0]
         if p.input_encoding == "sign_magnitude":
@@ -240,25 +246,50 @@ class PreparedXbar:
         else:
             u = x_int + self.zero
             planes = _digits(u, p.cycles, p.dac_bits)                # [C, V, K]
-        pad = self.rt * p.rows - self.K
+        pad = self.rt * self.rows - self.K
         if pad:
             planes = torch.nn.functional.pad(planes, (0, pad))
-        lhs = planes.reshape(p.cycles * v, self.rt, p.rows).transpose(0, 1)  # [RT, C*V, rows]
-        cond = self.stored if self.g is None else self.g
-        part = torch.bmm(lhs.float(), cond.float()).double()          # [RT, C*V, J]
+        lhs = planes.reshape(p.cycles * v, self.rt, self.rows).transpose(0, 1)
+        return lhs, u
+
+    def _bitlevel(self, x_int: torch.Tensor) -> torch.Tensor:
+        """The definition (runtime/crossbar.py mvm_bitlevel): ADC per partial sum, flip
+        recovery, shift-add over cycles and slices, digital corrections."""
+        p = self.p
+        v = x_int.shape[0]
+        lhs, u = self._planes(x_int)                                   # [RT, C*V, rows]
+        cond = self.stored.float() if self.g is None else self.g
+        part = torch.bmm(lhs, cond)                                    # [RT, C*V, J]
         if self.noise is not None and self.noise.read_sigma > 0:
             sigma = self.noise.read_sigma * self.cell_top
             sumsq = (lhs * lhs).sum(dim=2, keepdim=True)
-            part = part + sigma * torch.sqrt(sumsq) * self._randn(part.shape)
-        code = torch.clamp(torch.floor(part / self.steps[:, None, :] + 0.5), 0.0,
-                           float(max_code(p.adc_bits)))
-        digit = code * self.steps[:, None, :]
-        if self.flip is not None:  # P = top * sum_k u_c[k] - ADC(P')
-            total = lhs.sum(dim=2, keepdim=True) * self.cell_top
-            digit = torch.where(self.flip[:, None, :], total - digit, digit)
-        per_cycle = digit.sum(dim=0).reshape(p.cycles, v, -1)          # [C, V, J]
-        per_col = torch.tensordot(self.pw, per_cycle, dims=([0], [0]))  # [V, J]
+            part += (sigma * torch.sqrt(sumsq)) * torch.randn(
+                part.shape, generator=self.gen, device=part.device)
+        top = float(max_code(p.adc_bits))
+        if self.pow2_tile:  # one power-of-two step per row tile: exact in float32,
+            step = self.steps[:, 0]                                     # applied after the sums
+            if bool(torch.any(step != 1)):
+                part.div_(step[:, None, None].float())
+            code = part.add_(0.5).floor_().clamp_(0.0, top)
+        else:  # per-column steps divide in float64, as the emulator does
+            steps = self.steps[:, None, :]
+            code = torch.clamp(torch.floor(part.double() / steps + 0.5), 0.0, top) * steps
+            step = None
+        # shift-add over cycles per row tile: [RT, C, V, J] -> [RT, V, J]
+        per_col = torch.tensordot(code.reshape(self.rt, p.cycles, v, -1),
+                                  self.pw.to(code.dtype), dims=([1], [0])).double()
+        if step is not None:
+            per_col = per_col * step.double()[:, None, None]
+        if self.flip is not None:  # P = top * sum_k u_c[k] - ADC(P'), shift-added: linear
+            drive = torch.tensordot(lhs.reshape(self.rt, p.cycles, v, -1).sum(dim=3).double(),
+                                    self.pw, dims=([1], [0]))           # [RT, V]
+            f = self.flip[:, None, :].double()
+            per_col = per_col * (1.0 - 2.0 * f) + f * (drive[:, :, None] * self.cell_top)
+        per_col = per_col[0] if self.rt == 1 else per_col.sum(dim=0)   # [V, J]
         acc = per_col.reshape(v, self.N, -1) @ self.colw
+        return self._corrected(acc, u)
+
+    def _corrected(self, acc: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         if self.offset_qw:
             acc = acc - self.offset_qw * u.sum(dim=1, keepdim=True)
         return acc - self.zero * self.q.sum(dim=0)

@@ -1,0 +1,137 @@
+"""The torch crossbar numerics (farc/far/crossbar_torch.py) against the emulator.
+
+Noise-free they must give the emulator's integers bit for bit, on every layer of a compiled
+digits FAR (pruned: every LSTM its own size), for a lossless program and for lossy ones
+(calibrated per-slice uniform steps with sign-magnitude inputs; a coarse full-range ADC with
+flip encoding, differential weights, 2-bit DACs and several row tiles). With noise, handed the
+emulator's own programmed conductances, they must give its integers too (up to float32
+summation order). The expected values are the emulator's, never this module's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from farc.compiler.driver import CompileOptions, compile_checkpoint
+from farc.data import load_split
+from farc.far.crossbar_torch import (
+    CrossbarNumerics,
+    far_forward,
+    layer_weights,
+    quantize_input_t,
+    quantize_weights_t,
+)
+from farc.models.checkpoint import load_checkpoint
+from farc.runtime.emulator import Emulator
+from farc.runtime.noise import NoiseConfig
+from farc.runtime.numerics import quantize_weights
+from farc.targets import load_target
+
+BITS = {"quant.weight_bits": 8, "quant.input_bits": 8, "crossbar.cell_bits": 2}
+PROGRAMS = {
+    "lossless": {"adc.bits": 9, "adc.range": "full"},
+    "calibrated_slice_uniform_sm": {"adc.bits": 5, "adc.range": "calibrated",
+                                    "quant.input_encoding": "sign_magnitude",
+                                    "adc.granularity": "slice", "adc.step_rule": "uniform",
+                                    "adc.statistic": "percentile"},
+    "full_flip_differential_tiles": {"adc.bits": 5, "adc.range": "full",
+                                     "quant.mapping": "differential", "dac.bits": 2,
+                                     "crossbar.rows": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    x, _ = load_split("digits", "test")
+    return x[:6].numpy()
+
+
+@pytest.fixture(scope="module", params=list(PROGRAMS))
+def compiled(request, pruned_far_checkpoint):
+    target = load_target("isaac").with_overrides(**BITS, **PROGRAMS[request.param])
+    program = compile_checkpoint(str(pruned_far_checkpoint), target,
+                                 CompileOptions(calib_samples=32, data="digits"))
+    return request.param, program, load_checkpoint(pruned_far_checkpoint).model
+
+
+def _traced(program, images, noise=None, seed=0):
+    emu = Emulator(program, noise=noise, seed=seed, trace=True)
+    return emu, emu.run({"image": images})["logits"]
+
+
+def test_noise_free_numerics_give_the_emulators_integers(compiled, images):
+    name, program, model = compiled
+    emu, logits = _traced(program, images)
+    numerics = CrossbarNumerics.from_program(program)
+    weights = layer_weights(model)
+    lossy = 0
+    for i, layer in enumerate(program.layers):
+        W, b = weights[layer["name"]]
+        prep = numerics.layers[layer["name"]].prepare(W.detach(), b.detach())
+        lossy += not prep.lossless
+        for tr in emu.traces[i][:4]:
+            x_int = quantize_input_t(torch.from_numpy(tr.x), prep.s_x, prep.p.input_bits)
+            np.testing.assert_array_equal(prep.integers(x_int).numpy(), tr.y_int,
+                                          err_msg=f"{name}: layer {layer['name']}")
+    assert (lossy > 0) == (name != "lossless")  # the lossy programs exercise the ADC path
+    with torch.no_grad():
+        mine = far_forward(model, torch.from_numpy(images), numerics.matmul).numpy()
+    np.testing.assert_allclose(mine, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_noisy_numerics_on_the_emulators_devices(compiled, images):
+    """Programming variation and a finite on/off ratio: hand the torch layer the very
+    conductances the emulator programmed; the ADC outputs then agree (a partial sum within
+    float32 rounding of a rounding boundary may land on the other side: < 0.5 % of outputs)."""
+    name, program, model = compiled
+    noise = NoiseConfig(prog_sigma=0.03, on_off_ratio=50.0)
+    emu, _ = _traced(program, images, noise, seed=3)
+    numerics = CrossbarNumerics.from_program(program, noise)
+    weights = layer_weights(model)
+    same = total = 0
+    for i, layer in enumerate(program.layers):
+        W, b = weights[layer["name"]]
+        prep = numerics.layers[layer["name"]].prepare(W.detach(), b.detach())
+        g = torch.from_numpy(emu._devices[i][0])
+        prep.g = g[:, :prep.rows].float()
+        for tr in emu.traces[i][:2]:
+            x_int = quantize_input_t(torch.from_numpy(tr.x), prep.s_x, prep.p.input_bits)
+            got = prep.integers(x_int).numpy()
+            same += int((got == tr.y_int).sum())
+            total += got.size
+            assert np.abs(got - tr.y_int).mean() <= 1e-3 * np.abs(tr.y_int).mean() + 1.0
+    assert same / total > 0.995, name
+
+
+def test_weight_quantization_is_the_runtimes():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 9, generator=g) * torch.logspace(-3, 1, 9)
+    W[:, 4] = 0.0  # an all-zero column keeps scale 1
+    q, s_w = quantize_weights_t(W, 6)
+    q_ref, s_ref = quantize_weights(W.numpy(), 6)
+    np.testing.assert_array_equal(q.numpy(), q_ref)
+    np.testing.assert_array_equal(s_w.numpy(), s_ref)
+
+
+def test_gradients_are_straight_through(compiled):
+    """d sum(y) / dW = x_q^T 1 (the rounding passes gradients unchanged) and d/dx is
+    (q s_w) 1 where the input quantizer does not clip, 0 where it does."""
+    _, program, model = compiled
+    layer = program.layers[1]
+    numerics = CrossbarNumerics.from_program(program, NoiseConfig(prog_sigma=0.05))
+    W0, b0 = layer_weights(model)[layer["name"]]
+    W = W0.detach().clone().requires_grad_(True)
+    prep = numerics.layers[layer["name"]].prepare(W, b0.detach())
+    s_x = prep.s_x
+    x = (torch.linspace(-1.5, 1.5, 5 * W.shape[0]).reshape(5, -1) * prep.qx * s_x)
+    x.requires_grad_(True)
+    prep.mvm(x).sum().backward()
+    x_q = torch.clamp(torch.round(x.detach() / s_x), -prep.qx, prep.qx) * s_x
+    np.testing.assert_allclose(W.grad.numpy(), (x_q.T @ torch.ones(5, W.shape[1])).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    w_q = quantize_weights(W0.detach().numpy(), 8)
+    row = (w_q[0] * w_q[1][None, :]).sum(axis=1)
+    inside = np.abs(x.detach().numpy()) <= prep.qx * s_x
+    np.testing.assert_allclose(x.grad.numpy(), np.where(inside, row[None, :], 0.0),
+                               rtol=1e-5, atol=1e-6)
