@@ -43,6 +43,16 @@ class NoiseConfig:
     """Seconds since programming at which the crossbars are read."""
     drift_t0: float = 1.0
     """Reference time of the programmed conductances, seconds."""
+    drift_nu_sigma: float = 0.0
+    """Device-to-device spread of the drift exponent: each cell drifts with its own
+    nu ~ N(drift_nu, drift_nu_sigma), clipped at 0 (as in PCM/ReRAM drift models, e.g.
+    aihwkit's). With one nu for every cell, drift is a pure gain that compensation undoes."""
+    drift_compensation: float = 0.0
+    """1: global drift compensation. Right after programming (t0) the chip reads a reference
+    input (every used row driven) and stores the summed column currents per layer; at
+    drift_t it reads it again and applies the gain sum(t0) / sum(t) to that layer's reads
+    (in the analog domain, like a read-voltage or integration-time trim, so read noise is
+    not amplified). 0: off."""
 
     @property
     def enabled(self) -> bool:
@@ -51,7 +61,7 @@ class NoiseConfig:
                 or (self.drift_nu > 0 and self.drift_t != self.drift_t0))
 
     def __post_init__(self) -> None:
-        for name in ("prog_sigma", "read_sigma", "drift_nu"):
+        for name in ("prog_sigma", "read_sigma", "drift_nu", "drift_nu_sigma"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be finite "
                                   "and >= 0")
@@ -61,6 +71,9 @@ class NoiseConfig:
         if self.sa0_rate + self.sa1_rate > 1:
             raise ConfigError(f"noise sa0_rate + sa1_rate = {self.sa0_rate + self.sa1_rate} "
                               "exceeds 1")
+        if self.drift_compensation not in (0.0, 1.0):
+            raise ConfigError(f"noise drift_compensation = {self.drift_compensation!r} must be "
+                              "0 (off) or 1 (on)")
         if not self.on_off_ratio > 1:
             raise ConfigError(f"noise on_off_ratio = {self.on_off_ratio!r} must be > 1")
         if not (0 < self.drift_t0 <= self.drift_t < math.inf):
@@ -98,14 +111,41 @@ def program_conductances(levels: np.ndarray, cell_bits: int, cfg: NoiseConfig,
     g = levels.astype(np.float64) + off
     if cfg.prog_sigma > 0:
         g = np.maximum(g + rng.normal(0.0, cfg.prog_sigma * span, size=g.shape), 0.0)
-    if cfg.drift_nu > 0:
-        g = g * (cfg.drift_t / cfg.drift_t0) ** -cfg.drift_nu
+    if cfg.drift_nu > 0 and cfg.drift_t != cfg.drift_t0:
+        g = drift(g, cfg, rng)
     if cfg.sa0_rate > 0 or cfg.sa1_rate > 0:
         draw = rng.random(size=g.shape)
         g = np.where(draw < cfg.sa0_rate, off, g)
         g = np.where((draw >= cfg.sa0_rate) & (draw < cfg.sa0_rate + cfg.sa1_rate),
                      off + span, g)
     return g.astype(np.float32)
+
+
+def drift_exponents(shape: tuple[int, ...], cfg: NoiseConfig,
+                    rng: np.random.Generator) -> np.ndarray | float:
+    """Each cell's drift exponent: drift_nu, or N(drift_nu, drift_nu_sigma) clipped at 0."""
+    if cfg.drift_nu_sigma <= 0:
+        return cfg.drift_nu
+    return np.maximum(rng.normal(cfg.drift_nu, cfg.drift_nu_sigma, size=shape), 0.0)
+
+
+def drift(g: np.ndarray, cfg: NoiseConfig, rng: np.random.Generator) -> np.ndarray:
+    """Conductances g (level units, at t0) read at drift_t: g * (t/t0)**-nu per cell, then,
+    with drift_compensation, times the layer's gain re-estimated from a reference read
+    (`compensation_gain`)."""
+    nu = drift_exponents(g.shape, cfg, rng)
+    out = g * (cfg.drift_t / cfg.drift_t0) ** -nu
+    if cfg.drift_compensation:
+        out = out * compensation_gain(g, out)
+    return out
+
+
+def compensation_gain(g_t0: np.ndarray, g_t: np.ndarray) -> float:
+    """Global drift compensation: the reference read (every row driven with the top DAC
+    digit) sums each column's conductances; the gain is the ratio of the summed reads at t0
+    (stored at programming time) and now. One number per layer and replica."""
+    now = float(g_t.sum(dtype=np.float64))
+    return float(g_t0.sum(dtype=np.float64)) / now if now > 0 else 1.0
 
 
 def noisy_partial_sums(pl: PreparedLayer, g: np.ndarray, cell_bits: int, cfg: NoiseConfig,

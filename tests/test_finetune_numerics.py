@@ -12,6 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from farc.runtime.emulator import Emulator
+from farc.runtime.noise import NoiseConfig
+from farc.runtime.numerics import quantize_weights
+from farc.targets import load_target
 
 from farc.compiler.driver import CompileOptions, compile_checkpoint
 from farc.data import load_split
@@ -23,10 +27,6 @@ from farc.far.crossbar_torch import (
     quantize_weights_t,
 )
 from farc.models.checkpoint import load_checkpoint
-from farc.runtime.emulator import Emulator
-from farc.runtime.noise import NoiseConfig
-from farc.runtime.numerics import quantize_weights
-from farc.targets import load_target
 
 BITS = {"quant.weight_bits": 8, "quant.input_bits": 8, "crossbar.cell_bits": 2}
 PROGRAMS = {
