@@ -67,8 +67,25 @@ class PatchAttention(nn.Module):
         return self.out(torch.sigmoid(t).reshape(t.shape[0], -1))
 
 
+class TimeMajor(nn.Module):
+    """Time-major LSTMs (batch_first=False): two bidirectional layers, then a
+    unidirectional one whose first output step and h_n feed two classifiers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 5, num_layers=2, bidirectional=True)
+        self.uni = nn.LSTM(10, 4)
+        self.fc = nn.Linear(4, 10)
+        self.fc2 = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(x.transpose(0, 1))
+        z, (h, _) = self.uni(torch.relu(y))
+        return self.fc(z[0]) + self.fc2(h[0])
+
+
 MODELS = {"mlp": (mlp, (1, 8, 8)), "bilstm": (SeqClassifier, (8, 8)),
-          "patch": (PatchAttention, (1, 8, 8))}
+          "patch": (PatchAttention, (1, 8, 8)), "timemajor": (TimeMajor, (8, 8))}
 
 
 def _export(module: nn.Module, shape: tuple[int, ...], path: Path, fmt: str) -> Path:
@@ -109,7 +126,7 @@ def test_round_trip_compile_verify(user_models, name: str, fmt: str) -> None:
     compile -> verify passes, exact against the reference on a lossless target."""
     from farc.targets import load_target
 
-    from farc.check.verify import program_is_lossless, resolve_references, verify
+    from farc.check.verify import program_is_lossless
     from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.data import load_split
 
@@ -136,8 +153,19 @@ def test_round_trip_compile_verify(user_models, name: str, fmt: str) -> None:
     if name == "patch":
         assert layers["patch"] == "patch_embed"
         assert sum(i["op"] == "matmul" for i in program.instructions) == 2
+    if name == "timemajor":
+        assert list(layers.values()).count("lstm_cell") == 5
+        assert list(layers.values()).count("classifier") == 0  # two linears, then an add
+        return _verify_passes(program, x, path)
     assert list(layers.values()).count("classifier") == 1
+    _verify_passes(program, x, path)
+
+
+def _verify_passes(program, x: torch.Tensor, path: Path) -> None:
+    from farc.check.verify import resolve_references, verify
+
     refs = resolve_references(program, None)  # the model file from the provenance
+    assert refs.notes["reference"] == f"built from {path.resolve()}"
     report = verify(program, x.numpy(), None, refs, bitlevel_samples=2)
     assert report.ok, report.failure_line()
     pair = report.pairs["emulator", "reference"]

@@ -530,23 +530,19 @@ class GraphBuilder:
     def unsqueeze(self, v: Val, axis: int, where: str) -> Val:
         """A new size-1 logical axis at `axis` (of the result)."""
         axis = _axis(axis, v.ndim + 1, where)
-        if axis == 0:
-            raise UnsupportedModelError(f"{where}: a new axis before the batch axis")
-        v = self.plain(v, where)
-        shape = (*v.shape[:axis], 1, *v.shape[axis:])
-        out = self._new("reshape", [v.name], {"shape": list(shape[1:])})
-        return Val(out, tuple(range(len(shape))), shape)
+        p = v.batch_axis
+        shape = [*v.shape[:axis], 1, *v.shape[axis:]]
+        return self.reshape(v, shape, where, batch_out=p + (axis <= p))
 
     def squeeze(self, v: Val, axes: Sequence[int], where: str) -> Val:
         axes = sorted({_axis(a, v.ndim, where) for a in axes})
         if any(v.shape[a] != 1 for a in axes):
             raise UnsupportedModelError(f"{where}: squeezing an axis of size > 1")
-        if v.batch_axis in axes:
+        p = v.batch_axis
+        if p in axes:
             raise UnsupportedModelError(f"{where}: squeezing the batch axis")
-        v = self.plain(v, where)
-        shape = tuple(d for k, d in enumerate(v.shape) if k not in axes)
-        out = self._new("reshape", [v.name], {"shape": list(shape[1:])})
-        return Val(out, tuple(range(len(shape))), shape)
+        shape = [d for k, d in enumerate(v.shape) if k not in axes]
+        return self.reshape(v, shape, where, batch_out=p - sum(a < p for a in axes))
 
 
 def _axis(axis: int, ndim: int, where: str) -> int:
