@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bench._common import CACHE, ROOT, md_table, pin_threads, python_cmd
 
-SUITES = ("compile", "throughput", "accuracy", "pruning", "verify", "adc", "cost")
+SUITES = ("compile", "throughput", "accuracy", "pruning", "verify", "adc", "cost",
+          "finetune")
 
 
 def _args() -> argparse.Namespace:
@@ -58,6 +59,9 @@ def _run_suite(name: str, args: argparse.Namespace, command: str):
     if name == "adc":
         from bench import bench_adc
         return bench_adc.run(args.quick, command)
+    if name == "finetune":
+        from bench import bench_finetune
+        return bench_finetune.run(args.quick, command)
     if name == "cost":
         from bench import bench_cost_model
         return bench_cost_model.run(args.quick, command)

@@ -22,6 +22,7 @@ the same parameter names, so its resume state and the written checkpoint are a p
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -271,6 +272,7 @@ def run_finetune(student: FAR, teacher: torch.nn.Module | None, p: XbarParams,
     report = {
         "metrics": {"before": before, "after": after},
         "history": run.history, "seconds": seconds, "recalibrations": recal.count,
+        "load_average": list(os.getloadavg()),
         "options": {k: v for k, v in asdict(opts).items() if k != "train"},
         "train_options": asdict(opts.train), "world_size": w.size,
         "xbar": asdict(p), "noise": None if noise is None else asdict(noise),
