@@ -459,6 +459,25 @@ def test_cli_compile_verify_run_onnx(user_models, tmp_path, capsys) -> None:
     assert _cli("compile", path, "-o", prog, "--calib-samples", "16") == 0
     assert _cli("verify", prog, "--samples", "16", "--bitlevel-samples", "1") == 0
     assert f"reference: built from {path}" in " ".join(capsys.readouterr().out.split())
+    x = np.random.default_rng(0).normal(size=(12, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    prog2 = tmp_path / "seq2.farc"
+    assert _cli("compile", path, "-o", prog2, "--calib-npy", tmp_path / "x.npy") == 0
+    assert _cli("verify", prog2, "--inputs-npy", tmp_path / "x.npy", "--bitlevel-samples",
+                "1") == 0
+    assert "12 images" in capsys.readouterr().out
     out = tmp_path / "y.npy"
     assert _cli("run", prog, "--data", "digits", "-o", out) == 0
     assert np.load(out).shape == (360, 10)
+
+
+def test_calibration_data_of_another_shape_is_a_one_line_error(tmp_path) -> None:
+    from farc.targets import load_target
+
+    from farc.compiler.driver import CompileOptions, compile_checkpoint
+    from farc.errors import DataError
+
+    path = _write(tmp_path, gemm_model(1, 1.0, 1.0, True, np.random.default_rng(0)))
+    with pytest.raises(DataError, match=r"the model takes inputs \[10\] and digits holds "
+                                        r"\[1, 8, 8\] images; .*--calib-npy"):
+        compile_checkpoint(path, load_target("isaac"), CompileOptions(calib_samples=4))
