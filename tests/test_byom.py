@@ -481,3 +481,18 @@ def test_calibration_data_of_another_shape_is_a_one_line_error(tmp_path) -> None
     with pytest.raises(DataError, match=r"the model takes inputs \[10\] and digits holds "
                                         r"\[1, 8, 8\] images; .*--calib-npy"):
         compile_checkpoint(path, load_target("isaac"), CompileOptions(calib_samples=4))
+
+
+def test_onnx_constant_of_shape_within_the_memory_budget(tmp_path) -> None:
+    """Shape arithmetic is folded here, so a hostile ConstantOfShape must not allocate."""
+    from farc.errors import ConfigError
+
+    nodes = [helper.make_node("ConstantOfShape", ["s"], ["z"], name="/big"),
+             helper.make_node("Add", ["x", "z"], ["y"])]
+    shape = np.array([2**20, 2**20, 4], np.int64)
+    from onnx import numpy_helper
+
+    proto = _model(nodes, [_vi("x", ["batch", 4])], [_vi("y", ["batch", 4])],
+                   [numpy_helper.from_array(shape, "s")])
+    with pytest.raises(ConfigError, match=r"node /big needs 16\.0 TiB, over the memory"):
+        load_onnx(_write(tmp_path, proto))

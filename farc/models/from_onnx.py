@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from farc.errors import CheckpointError
+from farc.limits import check_memory
 from farc.models.graph import GraphBuilder, GraphModel, UnsupportedModelError, Val
 
 SUPPORTED = ("Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Dropout",
@@ -103,6 +104,7 @@ def _input_shape(vi: Any) -> list[int]:
         else:
             raise UnsupportedModelError(f"input {vi.name}: dimension {k} ({d.dim_param or '?'}"
                                         ") is symbolic; only the batch axis may be")
+    check_memory(4 * math.prod(shape[1:]), f"input {vi.name} (one sample)")
     return shape
 
 
@@ -194,6 +196,7 @@ class _Converter:
         if not isinstance(ins[0], np.ndarray):
             raise UnsupportedModelError(f"{where}: ConstantOfShape of a computed shape")
         value = a.get("value", np.zeros(1, np.float32))
+        check_memory(math.prod(int(d) for d in ins[0].reshape(-1)) * value.itemsize, where)
         return np.full([int(d) for d in ins[0].reshape(-1)], value.reshape(-1)[0],
                        value.dtype)
 
