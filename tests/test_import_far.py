@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,29 @@ from farc.errors import CheckpointError
 from farc.models.checkpoint import file_sha256, load_checkpoint
 from farc.models.reference_far import import_reference_far
 
-D, H, DEPTH, PATCH, IMG, CLASSES = 48, 3, 2, 4, 8, 10
-DH = D // H  # per-head input width
-K = 16  # MultiHeadLstm hidden units per head
+
+@dataclass(frozen=True)
+class Shape:
+    """The reference model's size: a DeiT plus MultiHeadLstm's hidden units per head (k)."""
+
+    d: int = 48
+    h: int = 3
+    depth: int = 2
+    patch: int = 4
+    img: int = 8
+    chans: int = 1
+    classes: int = 10
+    mlp: int = 2
+    k: int = 16
+
+    @property
+    def dh(self) -> int:
+        return self.d // self.h
+
+
+DIGITS = Shape()  # = the deit_digits_3h preset
+TINY = Shape(d=192, h=3, depth=12, patch=16, img=224, chans=3, classes=1000, mlp=4, k=64)
+D, H, DEPTH, K, DH = DIGITS.d, DIGITS.h, DIGITS.depth, DIGITS.k, DIGITS.dh
 
 
 @pytest.fixture(autouse=True)
@@ -36,72 +57,73 @@ def _one_thread():
 
 # ----------------------------------------------------------------------------- reference
 class RefMultiHeadLstm(nn.Module):
-    """The reference MultiHeadLstm: one bidirectional LSTM(D, H*K) block-diagonal by masks."""
+    """The reference MultiHeadLstm: one bidirectional LSTM(d, h*k) block-diagonal by masks."""
 
-    def __init__(self) -> None:
+    def __init__(self, s: Shape = DIGITS) -> None:
         super().__init__()
-        self.pre_proj = nn.Linear(D, D)
-        self.lstm = nn.LSTM(D, H * K, batch_first=True, bidirectional=True)
-        self.head_proj = nn.Linear(2 * H * K, H * K)
-        self.post_proj = nn.Linear(D, D)
+        self.pre_proj = nn.Linear(s.d, s.d)
+        self.lstm = nn.LSTM(s.d, s.h * s.k, batch_first=True, bidirectional=True)
+        self.head_proj = nn.Linear(2 * s.h * s.k, s.h * s.k)
+        self.post_proj = nn.Linear(s.d, s.d)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 if "weight_ih" in name:
-                    p.mul_(block_mask(DH, K))
+                    p.mul_(block_mask(s.h, s.dh, s.k))
                 elif "weight_hh" in name:
-                    p.mul_(block_mask(K, K))
+                    p.mul_(block_mask(s.h, s.k, s.k))
                 elif name == "head_proj.weight":
-                    p.mul_(head_mask(K))
+                    p.mul_(head_mask(s.h, s.k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.post_proj(self.head_proj(self.lstm(self.pre_proj(x))[0]))
 
 
-def block_mask(n_in: int, k: int) -> torch.Tensor:
+def block_mask(heads: int, n_in: int, k: int) -> torch.Tensor:
     """Rows g*H*k + h*k .. +k (gate g of head h) see only input columns h*n_in .. +n_in."""
-    m = torch.zeros(4 * H * k, H * n_in)
-    for h in range(H):
+    m = torch.zeros(4 * heads * k, heads * n_in)
+    for h in range(heads):
         for g in range(4):
-            m[g * H * k + h * k: g * H * k + (h + 1) * k, h * n_in:(h + 1) * n_in] = 1
+            m[g * heads * k + h * k: g * heads * k + (h + 1) * k, h * n_in:(h + 1) * n_in] = 1
     return m
 
 
-def head_mask(k: int) -> torch.Tensor:
-    one = torch.block_diag(*[torch.ones(k, k)] * H)
+def head_mask(heads: int, k: int) -> torch.Tensor:
+    one = torch.block_diag(*[torch.ones(k, k)] * heads)
     return torch.cat([one, one], dim=1)
 
 
 class RefParallelLSTM(nn.Module):
     """The reference ParallelLSTM, generalised to a hidden size per head (pruned)."""
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], s: Shape = DIGITS) -> None:
         super().__init__()
-        self.pre_proj = nn.Linear(D, D)
-        self.lstms = nn.ModuleList(nn.LSTM(DH, k, batch_first=True, bidirectional=True)
+        self.pre_proj = nn.Linear(s.d, s.d)
+        self.lstms = nn.ModuleList(nn.LSTM(s.dh, k, batch_first=True, bidirectional=True)
                                    for k in sizes)
-        self.head_projs = nn.ModuleList(nn.Linear(2 * k, DH) for k in sizes)
-        self.post_proj = nn.Linear(D, D)
+        self.head_projs = nn.ModuleList(nn.Linear(2 * k, s.dh) for k in sizes)
+        self.post_proj = nn.Linear(s.d, s.d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        chunks = torch.chunk(self.pre_proj(x), H, dim=-1)
+        chunks = torch.chunk(self.pre_proj(x), len(self.lstms), dim=-1)
         return self.post_proj(torch.cat(
             [p(lstm(c)[0]) for lstm, p, c in zip(self.lstms, self.head_projs, chunks)], -1))
 
 
 class RefMlp(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, s: Shape) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D)
+        self.fc1, self.act = nn.Linear(s.d, s.mlp * s.d), nn.GELU()
+        self.fc2 = nn.Linear(s.mlp * s.d, s.d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
 class RefBlock(nn.Module):
-    def __init__(self, attn: nn.Module) -> None:
+    def __init__(self, attn: nn.Module, s: Shape) -> None:
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(D, eps=1e-6), attn
-        self.norm2, self.mlp = nn.LayerNorm(D, eps=1e-6), RefMlp()
+        self.norm1, self.attn = nn.LayerNorm(s.d, eps=1e-6), attn
+        self.norm2, self.mlp = nn.LayerNorm(s.d, eps=1e-6), RefMlp(s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -109,22 +131,22 @@ class RefBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, s: Shape) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(1, D, PATCH, PATCH)
+        self.proj = nn.Conv2d(s.chans, s.d, s.patch, s.patch)
 
 
 class RefViT(nn.Module):
     """timm's VisionTransformer names; CLS pooling; the head reads norm(x)[:, 0]."""
 
-    def __init__(self, mixers: list[nn.Module]) -> None:
+    def __init__(self, mixers: list[nn.Module], s: Shape = DIGITS) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed()
-        self.cls_token = nn.Parameter(torch.randn(1, 1, D) * 0.5)
-        self.pos_embed = nn.Parameter(torch.randn(1, (IMG // PATCH) ** 2 + 1, D) * 0.5)
-        self.blocks = nn.ModuleList(RefBlock(m) for m in mixers)
-        self.norm = nn.LayerNorm(D, eps=1e-6)
-        self.head = nn.Linear(D, CLASSES)
+        self.patch_embed = PatchEmbed(s)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, s.d) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, (s.img // s.patch) ** 2 + 1, s.d) * 0.5)
+        self.blocks = nn.ModuleList(RefBlock(m, s) for m in mixers)
+        self.norm = nn.LayerNorm(s.d, eps=1e-6)
+        self.head = nn.Linear(s.d, s.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
@@ -172,8 +194,8 @@ def reference_model(form: str, seed: int = 0) -> RefViT:
     return RefViT(mixers).eval()
 
 
-def images(n: int = 6) -> torch.Tensor:
-    return torch.rand(n, 1, IMG, IMG, generator=torch.Generator().manual_seed(1)) * 16
+def images(n: int = 6, s: Shape = DIGITS) -> torch.Tensor:
+    return torch.rand(n, s.chans, s.img, s.img, generator=torch.Generator().manual_seed(1)) * 16
 
 
 ARGS = argparse.Namespace(lr=5e-4, output_dir=Path("/nonexistent/run"), rep_by="multi-lstm")
@@ -205,6 +227,31 @@ def test_import_equals_the_reference_formulation(form, layout, tmp_path):
     torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
     assert got.forms == [form] * DEPTH
     assert any("argparse.Namespace" in n for n in got.notes) is (layout in ("top", "model"))
+
+
+@pytest.mark.slow
+def test_deit_tiny_preset(tmp_path, capsys):
+    """The issue's command: `farc import-far FILE --preset deit_tiny_patch16_224 -o far.pt`
+    on a DeiT-Tiny-sized MultiHeadLstm training checkpoint (12 blocks, 197 tokens), head 1 of
+    every block pruned by 20 units the reference's way (biases kept: bias-only units stay),
+    head 2 of the odd blocks by 8 units with their head_proj columns zeroed too (removed)."""
+    torch.manual_seed(0)
+    mixers = [RefMultiHeadLstm(TINY) for _ in range(TINY.depth)]
+    for i, m in enumerate(mixers):
+        _prune(m.lstm, list(range(20)), TINY.h, TINY.k, head=1)
+        if i % 2:
+            _prune(m.lstm, list(range(30, 38)), TINY.h, TINY.k, head=2, proj=m.head_proj,
+                   proj_col0=2 * TINY.k)
+    ref = RefViT(mixers, TINY).eval()
+    src, out = save(ref, tmp_path / "tiny.pth", "model"), tmp_path / "far.pt"
+    _cli(["import-far", str(src), "--preset", "deit_tiny_patch16_224", "-o", str(out)])
+    ckpt = load_checkpoint(out, expect="far")
+    assert ckpt.model.cfg.hidden == tuple(((64, 64), (64, 64), (56 if i % 2 else 64,) * 2)
+                                          for i in range(TINY.depth))
+    with torch.no_grad():
+        x = images(2, TINY) / 16
+        torch.testing.assert_close(ckpt.model(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert "4608 -> 4512" in capsys.readouterr().out
 
 
 def test_pruned_units_become_physically_smaller_heads(tmp_path):
