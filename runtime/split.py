@@ -159,7 +159,8 @@ def plan_split(pl: PreparedLayer) -> SplitPlan | None:
             packs=packs, bias=bias, clip_cols=clip_cols,
             clip_levels=np.ascontiguousarray(levels[:, clip_cols], pl.levels_dtype)
             if clip_cols.size else None, sign=sign))
-        bound += step
+        # |ADC(P) - P| <= step on residue columns; up to the column's peak where it clips
+        bound += max(step, int(peaks[r][clip].max(initial=0)))
     bound *= int(np.abs(cycle_w).sum())
     return SplitPlan(tiles=tiles, cycle_w=cycle_w,
                      acc_dtype=np.int32 if bound < 2**30 else np.int64,

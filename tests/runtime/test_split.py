@@ -84,6 +84,21 @@ def test_extreme_inputs_and_levels() -> None:
         np.testing.assert_array_equal(mvm_split(pl, sp, x_int), xb.mvm_bitlevel(pl, x_int))
 
 
+def test_wide_parameters_take_int64_accumulators() -> None:
+    """Clipping columns on 4096-row tiles with 8-bit cells and DACs and 16-bit inputs: the
+    errors exceed int32, the plan says so, and the result is still the definition's."""
+    p = XbarParams(rows=4096, cols=64, cell_bits=8, dac_bits=8, adc_bits=6, weight_bits=8,
+                   input_bits=16, adc_range="calibrated")
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(4096, 2))
+    x = np.abs(rng.normal(size=(3, 4096))).astype(np.float32)
+    pl = _layer(W, x, p, adc_pmax=p.pmax / 50)
+    sp = plan_split(pl)
+    assert sp.acc_dtype == np.int64 and sp.clip_cols > 0
+    x_int = _x_int(pl, x)
+    np.testing.assert_array_equal(mvm_split(pl, sp, x_int), xb.mvm_bitlevel(pl, x_int))
+
+
 def test_classification() -> None:
     """Lossless layer: every pair exact, no work. ISAAC-like 8-bit full range without flip
     (step 2, cannot clip): every pair on the residue path. A calibrated range well below
