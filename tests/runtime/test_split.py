@@ -90,8 +90,9 @@ def test_wide_parameters_take_int64_accumulators() -> None:
     p = XbarParams(rows=4096, cols=64, cell_bits=8, dac_bits=8, adc_bits=6, weight_bits=8,
                    input_bits=16, adc_range="calibrated")
     rng = np.random.default_rng(3)
-    W = rng.normal(size=(4096, 2))
-    x = np.abs(rng.normal(size=(3, 4096))).astype(np.float32)
+    W = np.abs(rng.normal(size=(4096, 2))) + 1.0  # large levels on every row
+    x = np.ones((3, 4096), np.float32)  # every digit at its top: P near the peak
+    x[1:] = rng.random((2, 4096))
     pl = _layer(W, x, p, adc_pmax=p.pmax / 50)
     sp = plan_split(pl)
     assert sp.acc_dtype == np.int64 and sp.clip_cols > 0
