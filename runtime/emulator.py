@@ -70,8 +70,10 @@ class Emulator:
     program: the tile program.
     noise: device non-idealities; None (or an all-ideal config) is bit-exact to the numerics.
     seed: seeds programming-time draws and read noise; same seed, same outputs.
-    mvm_path: 'auto' (fast path on layers where it is provably exact), 'bitlevel' (always the
-        per-cycle/per-column ADC path) or 'fast' (refused unless every layer is lossless).
+    mvm_path: 'auto' (fast path on layers where it is provably exact, the split path of
+        runtime/split.py on lossy ones: same integers), 'bitlevel' (always the
+        per-cycle/per-column ADC path, the definition) or 'fast' (refused unless every layer
+        is lossless).
     lockstep: run the same instruction of every LSTM in a loop body as one numpy call
         (runtime/lockstep.py); False runs the body one instruction at a time.
     hoist: with lockstep, move the x_t part of fast-path LSTM cell MVMs out of the loop
