@@ -31,8 +31,10 @@ PROGRAM_9 = [*BITS, "--adc-bits", "9", "--adc-range", "full"]
 PROGRAM_5 = [*BITS, "--adc-bits", "5", "--adc-range", "calibrated", "--input-encoding",
              "sign_magnitude", "--adc-granularity", "slice", "--adc-step-rule", "uniform",
              "--adc-statistic", "percentile"]
-TRAIN_NOISE = ["--noise", "prog_sigma=0.03", "--noise", "read_sigma=0.03"]
-FT_ARGS = ["--epochs", "1"]
+TRAIN_NOISE = ["--noise", "prog_sigma=0.02"]
+FT_ARGS = ["--epochs", "1", "--lr", "3e-4", "--eval-seeds", "0"]
+FT5_ARGS = ["--epochs", "1"]
+"""The 5-bit ADC fine-tune: noise-free, the default learning rate."""
 EVALS = [("prog_sigma=0.02", 2.0), ("prog_sigma=0.03", 5.0), ("read_sigma=0.03", 3.0)]
 """(noise, the issue's allowed drop below float in points)."""
 DRIFT = "drift_nu=0.05,drift_nu_sigma=0.02,drift_t=86400"
@@ -87,11 +89,12 @@ def models(quick: bool) -> dict[str, Path]:
     if not got["pruned"].is_file():
         print(f"  farc prune (log {rel(log)})", flush=True)
         farc_cli(["prune", got["far"], "-o", got["pruned"]], log)
-    for name, extra in (("ft_noise", [*PROGRAM_9, *TRAIN_NOISE]), ("ft_adc5", PROGRAM_5)):
+    for name, extra in (("ft_noise", [*PROGRAM_9, *TRAIN_NOISE, *FT_ARGS]),
+                        ("ft_adc5", [*PROGRAM_5, *FT5_ARGS])):
         if not got[name].is_file():
             print(f"  farc finetune -> {name} (log {rel(log)})", flush=True)
             farc_cli(["finetune", got["pruned"], "--target", "isaac", *extra, "--teacher",
-                      got["teacher"], *FT_ARGS, "-o", got[name]], log)
+                      got["teacher"], "-o", got[name]], log)
     return got
 
 
