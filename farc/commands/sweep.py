@@ -25,7 +25,7 @@ OUTPUTS = ("sweep.csv", "sweep.md", "sweep.json", "pareto.png", "sweep.html")
 @click.option("--grid", "grid_items", multiple=True, metavar="SECTION.KEY=V1,V2|A..B",
               help="A swept target key and its values, e.g. adc.bits=4..9 or "
                    "crossbar.cell_bits=1,2,4 (repeatable; the grid is their product). Keys "
-                   "joined by + move together: adc.bits+energy.adc_conversion_pj=6:0.42,8:1.67.")
+                   "joined by + move together: quant.weight_bits+quant.input_bits=8:8,16:16.")
 @click.option("--set", "fixed_items", multiple=True, metavar="SECTION.KEY=VALUE",
               help="A target key every point shares, e.g. quant.weight_bits=8 (repeatable; "
                    "same syntax as --grid, one value).")
