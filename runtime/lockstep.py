@@ -325,7 +325,7 @@ def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
     Returns (None, 0) when run-time shapes do not fit the pattern; else the hoisted part and
     the DAC pulses of all the x digits (their share of the loop's pulses)."""
     st, h = g.mvm, g.hoist
-    parts, pulses, d = [], 0, None
+    y_x, pulses, d = None, 0, None
     for m, (gt, axis) in enumerate(zip(h.gathers, h.concat_axes)):
         src = regs[gt["src"]]
         ga = gt["axis"] % src.ndim
@@ -338,12 +338,13 @@ def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
         qx = np.float32(qmax(pl.input_bits))
         xq = np.clip(np.rint(src / st.in_scale[m]), -qx, qx)
         pulses += dac_pulses(pl, xq)
-        steps = np.arange(T)
-        idx = src.shape[ga] - 1 - steps if gt.get("reverse") else steps
-        parts.append((np.moveaxis(xq, ga, 0)[idx]).astype(st.q.dtype) @ st.q[m, rows])
+        xs = np.moveaxis(xq, ga, 0)  # [T, ..., d]: step t reads index t (T-1-t reversed)
+        xs = (xs[::-1] if gt.get("reverse") else xs).astype(st.q.dtype, copy=False)
+        if y_x is None:  # written in place, member by member: no stacked copy
+            y_x = np.empty((T, len(h.gathers), *xs.shape[1:-1], st.q.shape[2]), st.q.dtype)
+        np.matmul(xs, st.q[m, rows], out=y_x[:, m])  # exact: integers, whatever the order
     other = slice(d, None) if h.x_first else slice(0, st.q.shape[1] - d)
-    return HoistedInputs(y_x=np.stack(parts, axis=1),
-                         q_h=np.ascontiguousarray(st.q[:, other])), pulses
+    return HoistedInputs(y_x=y_x, q_h=np.ascontiguousarray(st.q[:, other])), pulses
 
 
 def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray,
