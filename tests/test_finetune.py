@@ -10,6 +10,7 @@ import torch
 from farc.runtime.builder import input_scale, make_program, pack_layer
 from farc.runtime.noise import NoiseConfig
 from farc.runtime.numerics import XbarParams
+from farc.runtime.program import Program
 from farc.targets import load_target
 
 from farc import distributed as D
@@ -35,19 +36,19 @@ def farc(capsys, *args: object) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def tuned(pruned_far_checkpoint, tmp_path_factory):
-    """Two steps of noisy fine-tuning on 32 images (a smoke run, not an accuracy claim)."""
+    """Two steps of noisy fine-tuning on 16 images (a smoke run, not an accuracy claim)."""
     torch.manual_seed(0)
     model = load_checkpoint(pruned_far_checkpoint).model
     x, y = load_split("digits", "train")
     xt, yt = load_split("digits", "test")
     world = D.setup("cpu")
     out = tmp_path_factory.mktemp("ft") / "ft.pt"
-    opts = FinetuneOptions(epochs=1, eval_seeds=1, calib_samples=16,
-                           train=TrainOptions(batch_size=16, seed=0))
-    run = Run(world, (x[:32], y[:32]), (x[:16], y[:16]), opts.train, state_path_for(out), {})
+    opts = FinetuneOptions(epochs=1, eval_seeds=1, calib_samples=8,
+                           train=TrainOptions(batch_size=8, seed=0, eval_batch=8))
+    run = Run(world, (x[:16], y[:16]), (x[:8], y[:8]), opts.train, state_path_for(out), {})
     target = load_target("isaac").with_overrides(**{"adc.bits": 9, "adc.range": "full"})
     tuned, report = run_finetune(model, None, target.xbar, NoiseConfig(prog_sigma=0.02), run,
-                                 opts, (xt[:16], yt[:16]), x[:16])
+                                 opts, (xt[:8], yt[:8]), x[:8])
     save_checkpoint(out, tuned, {"command": "finetune", **report})
     return out, report, target, model
 
@@ -56,11 +57,13 @@ def test_the_result_compiles_with_the_scales_it_trained_against(tuned):
     path, report, target, before = tuned
     assert report["recalibrations"] >= 2 and report["history"][0]["stage"] == "hw-finetune"
     program = compile_checkpoint(str(path), target,
-                                 CompileOptions(calib_samples=16, data="digits"))
+                                 CompileOptions(calib_samples=8, data="digits"))
+    program.save(path.with_suffix(".farc"))  # the provenance travels into the manifest
+    program = Program.load(path.with_suffix(".farc"))
     from farc.far.finetune import calibrate_layers
 
     x, _ = load_split("digits", "train")
-    mine = calibrate_layers(load_checkpoint(path).model, x[:16], target.xbar)
+    mine = calibrate_layers(load_checkpoint(path).model, x[:8], target.xbar)
     for layer in program.layers:  # the compiler's calibration of the tuned weights
         assert mine[layer["name"]].in_scale == pytest.approx(layer["in_scale"], rel=1e-5)
         assert mine[layer["name"]].adc_step == layer["adc_step"]

@@ -275,9 +275,16 @@ def run_finetune(student: FAR, teacher: torch.nn.Module | None, p: XbarParams,
         "load_average": list(os.getloadavg()),
         "options": {k: v for k, v in asdict(opts).items() if k != "train"},
         "train_options": asdict(opts.train), "world_size": w.size,
-        "xbar": asdict(p), "noise": None if noise is None else asdict(noise),
+        "xbar": asdict(p), "noise": None if noise is None else _finite(asdict(noise)),
     }
     return hw.plain(), report
+
+
+def _finite(d: dict) -> dict:
+    """Infinite values (on_off_ratio's ideal default) as the string 'inf': the provenance
+    travels into program manifests, which hold finite numbers only."""
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in d.items()}
 
 
 def _measure(hw: HardwareFAR, recal: Recalibrator, noise: NoiseConfig | None, test: Split,
