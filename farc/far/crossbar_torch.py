@@ -24,7 +24,6 @@ exactly; the partial sums themselves are exact in float32 below 2**24 (checked).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +113,7 @@ class PreparedXbar:
         self.qx = float(p.qx)
         self.zero = float(p.in_zero)
         self.offset_qw = float(p.qw) if p.mapping == "offset" else 0.0
-        self.rt = math.ceil(K / p.rows)
+        self.rt = p.geometry(K, N).row_tiles
         # one row tile: only its K driven rows (the others see 0 V and add nothing)
         self.rows = p.rows if self.rt > 1 else K
         self._w_ste: torch.Tensor | None = None
