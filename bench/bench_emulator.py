@@ -5,8 +5,9 @@ pre_proj -> per-head BiLSTMs in one lockstep loop -> head_proj -> post_proj -> r
 as a tile program for the emulator and as a float ONNX model (native LSTM nodes) for
 onnxruntime. For each shape it reports seconds per batch and the ratio emulator / ORT for
   - lossless: an ADC wide enough that every MVM takes the one-matmul fast path;
-  - full-adc: an ISAAC-like 8-bit full-range ADC (step 2), i.e. the bit-level path with
-    every (cycle, slice, column) partial sum digitised.
+  - full-adc: an ISAAC-like 8-bit full-range ADC (step 2, lossy): the emulator's default
+    `mvm_path="auto"` runs it on the split path (runtime/split.py), which gives the
+    bit-level definition's integers without forming every partial sum.
 
 Run:  python bench/bench_emulator.py [--shapes digits,tiny] [--repeat 3] [--threads 1]
       [--program X.farc [--onnx X.float.onnx]]

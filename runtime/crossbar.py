@@ -8,6 +8,8 @@ Two paths compute the same integers:
 - the fast path computes `x_int @ q` with one matmul, with `q` rebuilt from the codes once.
   It is used only where it is provably identical: every ADC step of the layer is 1 and the
   largest partial sum any input can produce on the programmed codes fits the ADC.
+Lossy layers on ideal devices take a third path, runtime/split.py: this fast path plus the
+ADC's errors, formed only where the ADC can lose information (same integers).
 
 Everything here is numpy; arrays are prepared once per layer (`PreparedLayer`) so a run
 spends its time in BLAS, never in Python loops over rows, columns or vectors.
