@@ -12,7 +12,8 @@ One emitter per Relax op (`_op_<name>`), each mirroring one emulator handler:
 - a call to a crossbar function -> `mvm`; a `farc.digital.matmul` composite -> `matmul`;
 - each run of adjacent, mutually independent LSTM scans -> ONE `loop` whose body holds
   every cell (gather x_t, concat [x_t ; h], mvm, gate math, scatter h), so all heads and
-  directions of a block step in lockstep; h and c are carry registers set to zero first;
+  directions of a block step in lockstep; h and c are carry registers set to zero first
+  (or to a constant initial state, broadcast over the batch with `zeros` + `add`);
 - constants become `const` registers (broadcast against the batch); a constant used where
   a batch axis is needed (the CLS token) is materialised with `zeros` + `add`;
 - a `permute_dims` that moves the batch axis (DeiT's qkv split) is kept pending and folded
@@ -237,7 +238,8 @@ class _Emitter:
             cell = self.mod[b.value.args[2]]
             reverse = bool(int(b.value.args[3].value))
             hidden = _shape(cell.params[1])[1]
-            h, c = self.zeros_before(outer, x, hidden), self.zeros_before(outer, x, hidden)
+            state = [const_value(a) for a in b.value.args[4:6]] or [None, None]
+            h, c = (self.state_before(outer, x, hidden, s) for s in state)
             carry += [h.name, c.name]
             xt = Reg(self.fresh(), (x.shape[0], *x.shape[2:]))
             gather.append({"src": x.name, "axis": 1, "dst": xt.name, "reverse": reverse})
@@ -254,6 +256,21 @@ class _Emitter:
     def zeros_before(self, code: list, x: Reg, hidden: int) -> Reg:
         reg = Reg(self.fresh(), (x.shape[0], hidden))
         code.append({"op": "zeros", "in": [x.name], "out": reg.name, "shape": [hidden]})
+        return reg
+
+    def state_before(self, code: list, x: Reg, hidden: int, value: np.ndarray | None) -> Reg:
+        """The loop's initial h or c: zeros, or a constant [hidden] broadcast over the
+        batch as the CLS token is (`const` + `zeros` + `add`: the ISA has no broadcast of
+        a constant to the batch). An all-zero constant stays the plain `zeros`."""
+        zeros = self.zeros_before(code, x, hidden)
+        if value is None or not np.any(value):
+            return zeros
+        name = f"c{len(self.constants)}"
+        self.constants[name] = np.ascontiguousarray(value, dtype=np.float32).reshape(hidden)
+        const = Reg(self.fresh(), (hidden,))
+        code.append({"op": "const", "in": [], "out": const.name, "name": name})
+        reg = Reg(self.fresh(), zeros.shape)
+        code.append({"op": "add", "in": [zeros.name, const.name], "out": reg.name})
         return reg
 
     def write_carry(self, new: Reg, carry: Reg) -> None:

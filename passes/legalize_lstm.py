@@ -10,11 +10,14 @@ Leaves: for each LSTM a private Relax function `cell_<layer>(x_t [B,I], h [B,H],
 digital gate math (split into i, f, g, o; sigmoid/tanh; c' = f*c + i*g; h' = o*tanh(c')).
 The recurrence becomes `R.call_pure_packed("farc.lstm_scan", x, cell_<layer>, reverse)`:
 the scan runs the cell over T steps from zero state (from the last step when reverse = 1)
-and returns every h in original time order. IR size does not depend on T.
+and returns every h in original time order. IR size does not depend on T. A recurrence
+with a constant initial state (the importer's two extra fields h0, c0 [H]) keeps them as
+two more scan arguments, `(x, cell, reverse, h0, c0)`: the scan starts from h0, c0 on
+every batch row.
 
 Returns a new module; the input is left unchanged. Run before PartitionCrossbar, which then
-finds the cell's matmul like any other constant matmul. Does not handle initial states other
-than zero, multi-layer or projected LSTMs (the importer refuses those)."""
+finds the cell's matmul like any other constant matmul. Does not handle batch-dependent
+initial states, multi-layer or projected LSTMs (the importer refuses those)."""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ class _Rewriter(relax.PyExprMutator):
         call = super().visit_call_(call)
         if not is_extern_call(call, "relax.call_dps_packed", LSTM_EXTERN):
             return call
-        x, w_ih, w_hh, b_ih, b_hh, reverse = call.args[1].fields
+        x, w_ih, w_hh, b_ih, b_hh, reverse, *state = call.args[1].fields
         layer = const_label(w_ih)[1].rsplit(".", 1)[0]
         w = np.concatenate([const_value(w_ih).T, const_value(w_hh).T], axis=0)
         b = const_value(b_ih) + const_value(b_hh)
@@ -65,7 +68,7 @@ class _Rewriter(relax.PyExprMutator):
         gv = tvm.ir.GlobalVar("cell_" + layer.replace(".", "_"))
         relax.expr._update_type(gv, cell.ty)
         self.cells[gv] = cell
-        return relax.call_pure_packed(SCAN_EXTERN, x, gv, reverse, ty_args=call.ty)
+        return relax.call_pure_packed(SCAN_EXTERN, x, gv, reverse, *state, ty_args=call.ty)
 
 
 def _cell_function(layer: str, batch: int, w: np.ndarray, b: np.ndarray) -> relax.Function:

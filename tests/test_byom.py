@@ -305,18 +305,18 @@ def test_onnx_lstm_variant(variant, tmp_path) -> None:
         _compile_and_check(tmp_path, proto, x, ort_proto)
 
 
-def test_onnx_lstm_constant_initial_state_refused(tmp_path) -> None:
-    """A non-zero constant initial state cannot be compiled (the tile program starts every
-    recurrence from zero); refused with the node named."""
+def test_onnx_lstm_batch_dependent_initial_state_refused(tmp_path) -> None:
+    """An initial state whose batch rows differ cannot be one constant broadcast over the
+    batch; refused with the node named (constant states: tests/test_byom_init_state.py)."""
     rng = np.random.default_rng(0)
     proto = onnx.load_from_string(lstm_model("forward", 1, True, "zero", rng))
     for init in proto.graph.initializer:
-        if init.name == "h0":
-            init.CopyFrom(_t("h0", np.full((1, 1, 3), 0.5)))
+        if init.name == "h0":  # layout 1: [B, D, H]
+            init.CopyFrom(_t("h0", np.arange(9).reshape(3, 1, 3) * 0.1))
     path = tmp_path / "h0.onnx"
     path.write_bytes(proto.SerializeToString())
-    with pytest.raises(UnsupportedModelError, match="node /rnn/LSTM: LSTM with a non-zero "
-                                                    "initial_h"):
+    with pytest.raises(UnsupportedModelError, match="node /rnn/LSTM: LSTM with a batch-"
+                                                    "dependent initial_h"):
         load_onnx(path)
 
 

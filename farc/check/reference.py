@@ -272,17 +272,23 @@ class ReferencePatchEmbed(nn.Module):
 
 
 class ReferenceLSTM(nn.Module):
-    """A single-layer, unidirectional, batch-first nn.LSTM with zero initial state: one
-    crossbar matmul of [x_t ; h_{t-1}] per step, PyTorch gate order i, f, g, o."""
+    """A single-layer, unidirectional, batch-first nn.LSTM: one crossbar matmul of
+    [x_t ; h_{t-1}] per step, PyTorch gate order i, f, g, o. The initial state is what
+    the model calls it with (nn.LSTM's `hx`: a GraphModel's constant h0, c0 from the
+    model file), else zero; never anything read from the program."""
 
     def __init__(self, layer: CrossbarMatmul, hidden: int, taps: Recorder) -> None:
         super().__init__()
         self.layer, self.hidden, self._taps = layer, hidden, taps
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         b, t = x.shape[0], x.shape[1]
         h = torch.zeros(b, self.hidden, dtype=x.dtype)
         c = torch.zeros(b, self.hidden, dtype=x.dtype)
+        if hx is not None:  # [1, B, H] each, as nn.LSTM takes them
+            h = h + hx[0].reshape(b, self.hidden).to(x.dtype)
+            c = c + hx[1].reshape(b, self.hidden).to(x.dtype)
         outs = []
         for step in range(t):
             xh = torch.cat([x[:, step], h], dim=1)

@@ -4,7 +4,8 @@ layer, what reaches its input.
 Layer names are module names, which are also the names the importer gives the weight
 constants: `blocks.0.mlp.fc1`, `patch_embed.proj` (its input: the image cut into the same
 patches the importer's matmul sees), `head`, and `blocks.0.far.lstm_fwd.1` for an LSTM,
-whose crossbar input is the stacked `[x_t ; h_{t-1}]` over every step (h_{-1} = 0).
+whose crossbar input is the stacked `[x_t ; h_{t-1}]` over every step (h_{-1} = 0, or
+the constant initial state a GraphModel's LSTM is called with).
 
 Policy (docs/numerics.md): `max` uses max |x|; `percentile` the target's percentile of |x|
 over every input element of every calibration sample. A seeded subsample of input vectors
@@ -70,7 +71,8 @@ def _hook(mod: nn.Module, name: str, seen: dict) -> torch.utils.hooks.RemovableH
     if isinstance(mod, nn.Conv2d):
         return mod.register_forward_pre_hook(lambda m, args: record(_patches(m, args[0])))
     if isinstance(mod, nn.LSTM):
-        return mod.register_forward_hook(lambda m, args, out: record(_stacked(args[0], out[0])))
+        return mod.register_forward_hook(
+            lambda m, args, out: record(_stacked(args[0], out[0], *args[1:2])))
     return None
 
 
@@ -88,9 +90,14 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return p.reshape(b, (h // kh) * (w // kw), c * kh * kw)
 
 
-def _stacked(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """[x_t ; h_{t-1}] for every step of a batch_first LSTM run, h_{-1} = 0."""
-    prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+def _stacked(x: torch.Tensor, h: torch.Tensor,
+             hx: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """[x_t ; h_{t-1}] for every step of a batch_first LSTM run; h_{-1} is the initial
+    state the LSTM was called with (`hx`, [1, B, H] each: a GraphModel's constant
+    initial state), else 0. The first step's crossbar input holds h_{-1}, so its range
+    must be seen here."""
+    first = torch.zeros_like(h[:, :1]) if hx is None else hx[0][0][:, None].to(h.dtype)
+    prev = torch.cat([first, h[:, :-1]], dim=1)
     return torch.cat([x, prev], dim=-1)
 
 

@@ -7,7 +7,9 @@ map three ops to Relax in the form the passes expect:
 - `farc::lstm` -> `R.call_dps_packed("farc.lstm", (x, W_ih, W_hh, b_ih, b_hh, reverse))`:
   one recurrence node, weights as visible constants (PyTorch layout, gates i, f, g, o),
   `reverse` a `R.prim_value` flag (1 = the backward direction: the LSTM reads the sequence
-  from its end, and its outputs are written back in the original time order);
+  from its end, and its outputs are written back in the original time order); an LSTM
+  with a constant initial state (a GraphModel from an ONNX initial_h / initial_c) adds
+  two fields, `h0, c0` [H] constants, after `reverse`;
 - `aten.linear` -> `R.matmul(x, W^T) + b` with `W^T` as a `[K, N]` constant;
 - `aten.conv2d` with stride == kernel (the patch embedding) -> patches `[B, P, C*kh*kw]`
   `@ W [C*kh*kw, D] + b`, reshaped back to the conv's `[B, D, Hp, Wp]`.
@@ -36,12 +38,16 @@ from farc.passes._crossbar_ir import LSTM_EXTERN, named_const
 
 @torch.library.custom_op("farc::lstm", mutates_args=())
 def lstm_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-            b_hh: torch.Tensor, reverse: bool) -> torch.Tensor:
-    """One single-layer LSTM over x [B, T, I] with zero initial state -> h [B, T, H].
+            b_hh: torch.Tensor, reverse: bool, h0: torch.Tensor | None = None,
+            c0: torch.Tensor | None = None) -> torch.Tensor:
+    """One single-layer LSTM over x [B, T, I] -> h [B, T, H], from the initial state
+    h0, c0 [H] (shared by every batch row; omitted: zero, the form FAR models use).
     `reverse` runs it from the last step back; outputs stay in the original time order."""
     hidden = w_hh.shape[1]
     h = x.new_zeros(x.shape[0], hidden)
     c = x.new_zeros(x.shape[0], hidden)
+    if h0 is not None:
+        h, c = h + h0, c + c0
     steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
     out = x.new_zeros(x.shape[0], x.shape[1], hidden)
     for t in steps:
@@ -53,7 +59,7 @@ def lstm_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch
 
 
 @lstm_op.register_fake
-def _lstm_fake(x, w_ih, w_hh, b_ih, b_hh, reverse):
+def _lstm_fake(x, w_ih, w_hh, b_ih, b_hh, reverse, h0=None, c0=None):
     return x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1])
 
 
@@ -214,7 +220,14 @@ def _convert_lstm(node, imp, names, ep) -> relax.Var:
     consts = [named_const(v, "lstm", n) for n, v in params]
     b_, t, _ = (int(s) for s in x.ty.shape)
     hidden = params[1][1].shape[1]
+    init = [n for n in node.args[6:8] if n is not None]
+    if len(init) == 1:
+        raise PassError(f"{layer}: an LSTM initial state needs both h0 and c0")
+    # A constant initial state: two more fields, h0 and c0 [H] (plain constants, not crossbar
+    # weights). Absent for the zero state, so those programs are unchanged.
+    state = [relax.const(np.ascontiguousarray(_param(n, names, ep)[1], np.float32))
+             for n in init]
     out = relax.TensorType((b_, t, hidden), "float32")
     call = relax.call_dps_packed(
-        LSTM_EXTERN, relax.Tuple([x, *consts, relax.prim_value(int(reverse))]), out)
+        LSTM_EXTERN, relax.Tuple([x, *consts, relax.prim_value(int(reverse)), *state]), out)
     return imp.block_builder.emit(call, name_hint=layer.replace(".", "_"))

@@ -8,9 +8,9 @@ Concat, Unsqueeze, Cast, ... on constants) is folded here at batch 1; a symbolic
 is allowed only on the input's batch axis. Erf counts as supported only inside the
 exact-GELU pattern 0.5 * x * (1 + erf(x / sqrt 2)) (any association of the two products),
 which becomes one gelu. LSTM: forward, reverse or bidirectional, layout 0 or 1, with or
-without B, initial_h/initial_c absent or zero, default activations, no peepholes, clip or
-sequence lengths; each direction becomes one single-direction nn.LSTM (gates reordered
-from ONNX's i, o, f, c to PyTorch's i, f, g, o)."""
+without B, initial_h/initial_c absent, zero or constant (the same for every batch row),
+default activations, no peepholes, clip or sequence lengths; each direction becomes one
+single-direction nn.LSTM (gates reordered from ONNX's i, o, f, c to PyTorch's i, f, g, o)."""
 
 from __future__ import annotations
 
@@ -112,6 +112,27 @@ def _safe(name: str) -> str:
     """A module/buffer-safe identifier from an ONNX name ("/fc1/Gemm" -> "fc1_Gemm")."""
     s = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")
     return ("n_" + s) if s and s[0].isdigit() else s
+
+
+def _initial_state(t: np.ndarray | None, what: str, layout: int, n_dir: int, hidden: int,
+                   where: str) -> np.ndarray | None:
+    """An LSTM's constant initial_h / initial_c as [num_directions, hidden], or None when
+    absent or all zero (the zero-state program). The tile program broadcasts one initial
+    vector per direction over the batch, so every batch row must hold the same one; a
+    batch-dependent state is refused."""
+    if t is None or not np.any(t != 0):
+        return None
+    if t.ndim != 3:
+        raise UnsupportedModelError(f"{where}: LSTM {what} of rank {t.ndim}; expected 3")
+    s = np.asarray(t if layout == 0 else t.transpose(1, 0, 2), np.float32)  # [D, B, H]
+    if s.shape[0] != n_dir or s.shape[2] != hidden:
+        raise UnsupportedModelError(f"{where}: LSTM {what} of shape {list(t.shape)} does "
+                                    f"not fit {n_dir} direction(s) of {hidden} units")
+    if np.any(s != s[:, :1]):
+        raise UnsupportedModelError(f"{where}: LSTM with a batch-dependent {what} (its "
+                                    "batch rows differ); only an initial state shared by "
+                                    "every batch row can be compiled")
+    return s[:, 0]
 
 
 class _Erf:
@@ -391,10 +412,12 @@ class _Converter:
                 continue
             if not isinstance(t, np.ndarray):
                 raise UnsupportedModelError(f"{where}: LSTM with a computed {what}")
-            if np.any(t != 0):
-                raise UnsupportedModelError(f"{where}: LSTM with a non-zero {what}; only "
-                                            "zero initial states can be compiled")
+            if what.startswith("P") and np.any(t != 0):
+                raise UnsupportedModelError(f"{where}: LSTM with non-zero peepholes")
         layout = a.get("layout", 0)
+        n_dir = 2 if direction == "bidirectional" else 1
+        h0, c0 = (_initial_state(t, what, layout, n_dir, hidden, where)
+                  for t, what in ((h0, "initial_h"), (c0, "initial_c")))
         v = self.val(x, where)
         time_axis = 0 if layout == 0 else 1
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[
@@ -410,7 +433,8 @@ class _Converter:
             path = f"{_safe(name)}.{'bwd' if reverse else 'fwd'}"
             seqs.append(self.b.lstm_direction(
                 v, time_axis, reorder(w[d]), reorder(r[d]), reorder(bias[:4 * hidden]),
-                reorder(bias[4 * hidden:]), reverse, path, where))
+                reorder(bias[4 * hidden:]), reverse, path, where,
+                None if h0 is None else h0[d], None if c0 is None else c0[d]))
         # Y: [B, T, D, H] stored; layout 0 wants [T, D, B, H]
         y = self.b.concat([self.b.unsqueeze(s, 2, where) for s in seqs], 2, where)
         last = [self.b.unsqueeze(self.b.select(s, 1, 0 if rev else -1, where), 1, where)

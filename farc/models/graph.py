@@ -15,6 +15,8 @@ permutation of the stored one and only emits a permute when a reshape needs the 
 logical order. A multi-layer or bidirectional LSTM becomes one unidirectional LSTM module
 per layer and direction (`<path>.l<k>` and `<path>.l<k>_reverse`); the reverse one reads
 the sequence flipped (and `farc::lstm` with reverse=1 when exported for the compiler).
+An `lstm` node reads x, or x and two `const` values: a constant initial h and c [hidden],
+the same for every batch row (ONNX initial_h / initial_c; absent = zero).
 
 Node ops (stored, batch-first semantics): input, const, linear, conv, lstm, relu, gelu,
 sigmoid, tanh, softmax, layer_norm, add, sub, mul, div, matmul, reshape, permute, cat, slice,
@@ -107,8 +109,9 @@ class GraphModel(nn.Module):
             return getattr(self.consts, a["name"])
         if op in ("linear", "conv"):
             return self.get_submodule(a["module"])(xs[0])
-        if op == "lstm":
-            return self._lstm(self.get_submodule(a["module"]), xs[0], bool(a["reverse"]))
+        if op == "lstm":  # ins: x, or x, h0, c0 (constant [hidden] initial states)
+            return self._lstm(self.get_submodule(a["module"]), xs[0], bool(a["reverse"]),
+                              *xs[1:3])
         if op in UNARY:
             return UNARY[op](xs[0])
         if op in BINARY:
@@ -129,13 +132,19 @@ class GraphModel(nn.Module):
             return xs[0].select(a["dim"], a["index"])
         raise ConfigError(f"GraphModel: unknown node op {op!r}")
 
-    def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, reverse: bool) -> torch.Tensor:
+    def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, reverse: bool,
+              h0: torch.Tensor | None = None, c0: torch.Tensor | None = None) -> torch.Tensor:
+        """One direction; h0/c0 [hidden] are the same for every batch row (absent: zero).
+        The zero-state call stays exactly as before, so such programs do not change."""
+        state = () if h0 is None else ((h0.expand(1, x.shape[0], -1).contiguous(),
+                                        c0.expand(1, x.shape[0], -1).contiguous()),)
         if self._lstm_export:  # one farc::lstm node per direction (farc.compiler.importer)
+            init = () if h0 is None else (h0, c0)
             return torch.ops.farc.lstm(x, lstm.weight_ih_l0, lstm.weight_hh_l0,
-                                       lstm.bias_ih_l0, lstm.bias_hh_l0, reverse)
+                                       lstm.bias_ih_l0, lstm.bias_hh_l0, reverse, *init)
         if reverse:
-            return lstm(x.flip(1))[0].flip(1)
-        return lstm(x)[0]
+            return lstm(x.flip(1), *state)[0].flip(1)
+        return lstm(x, *state)[0]
 
     def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
         """The float golden model as ONNX (TorchScript exporter: each LSTM one ONNX LSTM
@@ -350,10 +359,12 @@ class GraphBuilder:
 
     def lstm_direction(self, v: Val, time_axis: int, w_ih: np.ndarray, w_hh: np.ndarray,
                        b_ih: np.ndarray, b_hh: np.ndarray, reverse: bool, path: str,
-                       where: str) -> Val:
-        """One direction of one LSTM layer (PyTorch gate order i, f, g, o; zero initial
-        state) over logical [.., T, .., I] with time at `time_axis`; output logical
-        [B, T, H] (stored batch-first)."""
+                       where: str, h0: np.ndarray | None = None,
+                       c0: np.ndarray | None = None) -> Val:
+        """One direction of one LSTM layer (PyTorch gate order i, f, g, o) over logical
+        [.., T, .., I] with time at `time_axis`; output logical [B, T, H] (stored
+        batch-first). `h0`/`c0` [H]: a constant initial state shared by every batch row
+        (None or all zero: the zero state, and the node stays the zero-state form)."""
         time_axis = _axis(time_axis, v.ndim, where)
         if v.ndim != 3 or v.batch_axis == time_axis or 2 in (v.batch_axis, time_axis):
             raise UnsupportedModelError(f"{where}: LSTM input must be [batch, time, "
@@ -372,7 +383,16 @@ class GraphBuilder:
                               ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
                 getattr(m, name).copy_(torch.tensor(np.array(val, np.float32)))
         path = self.add_module(path, m, where)
-        out = self._new("lstm", [v.name], {"module": path, "reverse": bool(reverse)})
+        ins = [v.name]
+        if any(s is not None and np.any(s != 0) for s in (h0, c0)):
+            for given in (h0, c0):
+                s = np.zeros(hidden, np.float32) if given is None else \
+                    np.asarray(given, np.float32)
+                if s.shape != (hidden,):
+                    raise UnsupportedModelError(f"{where}: initial state of shape "
+                                                f"{list(s.shape)}, the LSTM has {hidden} units")
+                ins.append(self.const(s))
+        out = self._new("lstm", ins, {"module": path, "reverse": bool(reverse)})
         return Val(out, (0, 1, 2), (1, v.shape[1], hidden))
 
     # ---- digital ops
