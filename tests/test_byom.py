@@ -469,6 +469,14 @@ def test_cli_compile_verify_run_onnx(user_models, tmp_path, capsys) -> None:
     out = tmp_path / "y.npy"
     assert _cli("run", prog, "--data", "digits", "-o", out) == 0
     assert np.load(out).shape == (360, 10)
+    capsys.readouterr()
+    assert _cli("inspect", prog) == 0
+    assert "onnx-bilstm on isaac" in capsys.readouterr().out  # named from the model
+    html = tmp_path / "r.html"
+    assert _cli("report", prog, "--html", html) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "energy per inference" in text and "throughput" in text
+    assert html.stat().st_size > 0
 
 
 def test_calibration_data_of_another_shape_is_a_one_line_error(tmp_path) -> None:
