@@ -3,6 +3,7 @@ dumps and the CLI."""
 
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def test_cli_compile_with_overrides_and_onnx(tmp_path, capsys):
     from farc.models.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "far.ckpt"
-    save_checkpoint(ckpt, tiny("far"), {"note": "test"})
+    # an infinite setting in the provenance (as farc finetune records an ideal on/off ratio)
+    save_checkpoint(ckpt, tiny("far"), {"note": "test", "noise": {"on_off_ratio": math.inf}})
     out = tmp_path / "far.farc"
     main(["compile", str(ckpt), "--target", "isaac", "--weight-bits", "6", "--adc-bits", "9",
           "--mapping", "differential", "--calib-samples", "4", "--emit-onnx", "-o", str(out)])
@@ -101,6 +103,8 @@ def test_cli_compile_with_overrides_and_onnx(tmp_path, capsys):
     assert program.manifest["target"]["quant"]["weight_bits"] == 6
     assert program.manifest["target"]["quant"]["mapping"] == "differential"
     assert program.manifest["model"]["provenance"]["checkpoint"] == str(ckpt.resolve())
+    # strict JSON in the manifest, so Program.load (above) accepts what compile wrote
+    assert program.manifest["model"]["provenance"]["noise"] == {"on_off_ratio": "inf"}
     assert "crossbars" in capsys.readouterr().out
 
 

@@ -14,6 +14,7 @@ attributes, tensors as shape, dtype and sha256), and the manifest last."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,18 @@ def _shape_name(model: nn.Module) -> str:
 
 
 def _jsonable(d: dict) -> dict:
-    return json.loads(json.dumps(d, default=str))
+    """Provenance as strict JSON: a program's manifest refuses non-finite numbers (the
+    loader's rule), so an infinite setting in a checkpoint's provenance (e.g. an on/off
+    ratio of inf) is recorded as the string 'inf' rather than written as Infinity."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return repr(v)
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [finite(x) for x in v]
+        return v
+    return finite(json.loads(json.dumps(d, default=str)))
 
 
 def _calib_images(model: nn.Module, opts: CompileOptions) -> torch.Tensor:
