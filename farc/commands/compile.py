@@ -12,14 +12,7 @@ from pathlib import Path
 
 import click
 
-OVERRIDES = {
-    "weight_bits": "quant.weight_bits", "input_bits": "quant.input_bits",
-    "mapping": "quant.mapping", "calibration": "quant.calibration",
-    "adc_bits": "adc.bits", "adc_range": "adc.range", "cell_bits": "crossbar.cell_bits",
-    "dac_bits": "dac.bits", "input_encoding": "quant.input_encoding",
-    "adc_granularity": "adc.granularity", "adc_step_rule": "adc.step_rule",
-    "adc_statistic": "adc.statistic", "adc_percentile": "adc.percentile",
-}
+from farc.commands._target_options import overridden_target, target_override_options
 
 
 @click.command("compile")
@@ -29,27 +22,7 @@ OVERRIDES = {
               help="Shipped target name or a .toml file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Program path (default: CKPT with suffix .farc).")
-@click.option("--weight-bits", type=int, default=None, help="Override quant.weight_bits.")
-@click.option("--input-bits", type=int, default=None, help="Override quant.input_bits.")
-@click.option("--adc-bits", type=int, default=None, help="Override adc.bits.")
-@click.option("--cell-bits", type=int, default=None, help="Override crossbar.cell_bits.")
-@click.option("--dac-bits", type=int, default=None, help="Override dac.bits.")
-@click.option("--mapping", type=click.Choice(["differential", "offset"]), default=None,
-              help="Override quant.mapping (signed weights).")
-@click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default=None,
-              help="Override adc.range.")
-@click.option("--input-encoding", type=click.Choice(["offset", "sign_magnitude"]), default=None,
-              help="Override quant.input_encoding (docs/numerics.md).")
-@click.option("--adc-granularity", type=click.Choice(["tile", "slice"]), default=None,
-              help="Override adc.granularity: one ADC range per row tile or per weight slice.")
-@click.option("--adc-step-rule", type=click.Choice(["pow2", "uniform"]), default=None,
-              help="Override adc.step_rule.")
-@click.option("--adc-statistic", type=click.Choice(["max", "percentile"]), default=None,
-              help="Override adc.statistic (what a calibrated ADC range covers).")
-@click.option("--adc-percentile", type=float, default=None,
-              help="Override adc.percentile (with --adc-statistic percentile).")
-@click.option("--calibration", type=click.Choice(["max", "percentile"]), default=None,
-              help="Override quant.calibration (input-range policy).")
+@target_override_options
 @click.option("--calib-samples", type=int, default=64, show_default=True,
               help="Calibration images (the first N of the training split).")
 @click.option("--data", default="digits", show_default=True,
@@ -69,12 +42,10 @@ def command(checkpoint, target_name, output, calib_samples, data, calib_npy, rep
     from farc.errors import ConfigError
     from farc.models.checkpoint import load_checkpoint
     from farc.models.graph import is_user_model_file, load_user_model
-    from farc.targets import load_target
 
     if calib_samples < 1:
         raise ConfigError(f"--calib-samples must be >= 1, got {calib_samples}")
-    target = load_target(target_name).with_overrides(
-        **{OVERRIDES[k]: v for k, v in overrides.items()})
+    target = overridden_target(target_name, overrides)
     out = Path(output) if output else Path(checkpoint).with_suffix(".farc")
     _check_outputs(out, emit_onnx, checkpoint, target_name)  # before any work
     if is_user_model_file(checkpoint):  # every op checked here, before any work

@@ -14,19 +14,11 @@ from pathlib import Path
 import click
 import torch
 
+from farc.commands._target_options import overridden_target, target_override_options
 from farc.commands._training import run_training, training_options
 from farc.far.distill import TrainOptions
 from farc.far.finetune import FinetuneOptions
 from farc.models.checkpoint import file_sha256
-
-XBAR_OVERRIDES = {
-    "weight_bits": "quant.weight_bits", "input_bits": "quant.input_bits",
-    "adc_bits": "adc.bits", "adc_range": "adc.range", "cell_bits": "crossbar.cell_bits",
-    "dac_bits": "dac.bits", "mapping": "quant.mapping", "input_encoding": "quant.input_encoding",
-    "adc_granularity": "adc.granularity", "adc_step_rule": "adc.step_rule",
-    "adc_statistic": "adc.statistic", "adc_percentile": "adc.percentile",
-}
-"""The `farc compile` options that change the numerics, with the same target keys."""
 
 
 @click.command("finetune")
@@ -39,24 +31,7 @@ XBAR_OVERRIDES = {
               help="Checkpoint whose logits are distilled (default: CKPT itself, float).")
 @click.option("--noise", multiple=True, metavar="KEY=VALUE",
               help="Device model sampled every step, e.g. prog_sigma=0.02 (docs/emulator.md).")
-@click.option("--weight-bits", type=int, default=None, help="Override quant.weight_bits.")
-@click.option("--input-bits", type=int, default=None, help="Override quant.input_bits.")
-@click.option("--adc-bits", type=int, default=None, help="Override adc.bits.")
-@click.option("--cell-bits", type=int, default=None, help="Override crossbar.cell_bits.")
-@click.option("--dac-bits", type=int, default=None, help="Override dac.bits.")
-@click.option("--mapping", type=click.Choice(["differential", "offset"]), default=None,
-              help="Override quant.mapping.")
-@click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default=None,
-              help="Override adc.range.")
-@click.option("--input-encoding", type=click.Choice(["offset", "sign_magnitude"]), default=None,
-              help="Override quant.input_encoding.")
-@click.option("--adc-granularity", type=click.Choice(["tile", "slice"]), default=None,
-              help="Override adc.granularity.")
-@click.option("--adc-step-rule", type=click.Choice(["pow2", "uniform"]), default=None,
-              help="Override adc.step_rule.")
-@click.option("--adc-statistic", type=click.Choice(["max", "percentile"]), default=None,
-              help="Override adc.statistic.")
-@click.option("--adc-percentile", type=float, default=None, help="Override adc.percentile.")
+@target_override_options
 @click.option("--epochs", type=int, default=FinetuneOptions.epochs, show_default=True)
 @click.option("--lr", type=float, default=FinetuneOptions.lr, show_default=True,
               help="Peak learning rate (warmup, cosine decay).")
@@ -74,10 +49,8 @@ def command(checkpoint, output, target_name, teacher, noise, epochs, lr, kd, rec
             **overrides) -> None:
     """Fine-tune FAR checkpoint CKPT through the crossbar numerics of its program."""
     from farc.runtime.noise import NoiseConfig
-    from farc.targets import load_target
 
-    target = load_target(target_name).with_overrides(
-        **{XBAR_OVERRIDES[k]: v for k, v in overrides.items() if v is not None})
+    target = overridden_target(target_name, overrides)
     cfg = NoiseConfig.parse(list(noise)) if noise else None
     q = target.quant
     opts = FinetuneOptions(epochs=epochs, lr=lr, kd=kd, recalibrate_every=recalibrate_every,
