@@ -465,7 +465,7 @@ def test_cli_compile_verify_run_onnx(user_models, tmp_path, capsys) -> None:
     assert _cli("compile", path, "-o", prog2, "--calib-npy", tmp_path / "x.npy") == 0
     assert _cli("verify", prog2, "--inputs-npy", tmp_path / "x.npy", "--bitlevel-samples",
                 "1") == 0
-    assert "12 images" in capsys.readouterr().out
+    assert "12 inputs from" in capsys.readouterr().out  # not "images of digits"
     out = tmp_path / "y.npy"
     assert _cli("run", prog, "--data", "digits", "-o", out) == 0
     assert np.load(out).shape == (360, 10)

@@ -30,7 +30,8 @@ from farc.commands._target_options import overridden_target, target_override_opt
 @click.option("--calib-npy", type=click.Path(dir_okay=False), default=None,
               help="Calibration inputs [N, *input shape] as .npy (overrides --data).")
 @click.option("--replicate/--no-replicate", default=False, show_default=True,
-              help="Give spare crossbars to the busiest layers.")
+              help="Replicate the throughput bottleneck into spare crossbars while that raises "
+                   "throughput; `farc report` says what each replica buys.")
 @click.option("--emit-onnx", is_flag=True, help="Also write MODEL.float.onnx and MODEL.qdq.onnx.")
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
               help="Write the IR after every stage here (numbered files).")

@@ -98,7 +98,8 @@ def command(program_path, samples, data, split, inputs_npy, labels_npy, float_on
                                   batch_size, layer_opts)
             if report is None:  # not rank 0: rank 0 prints and decides the exit code
                 return
-    _print(report, Path(program_path).name, data, split)
+    source = f"inputs from {inputs_npy}" if inputs_npy else f"images of {data}/{split}"
+    _print(report, Path(program_path).name, source)
     if not report.ok:
         raise VerifyError(f"verify failed: {report.failure_line()}")
 
@@ -196,10 +197,10 @@ def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size, layer
     return report
 
 
-def _print(report, name: str, data: str, split: str) -> None:
+def _print(report, name: str, source: str) -> None:
     from farc.progress import make_table, out_console, print_table
 
-    table = make_table(f"{name}: {report.samples} images of {data}/{split}",
+    table = make_table(f"{name}: {report.samples} {source}",
                        ["pair", "max err", "avg err", "rel err", "cosine", "min cos",
                         "top-1"],
                        [(p.name, f"{p.max_abs:.2g}", f"{p.mean_abs:.2g}", f"{p.rel:.2g}",
