@@ -329,6 +329,18 @@ def _need(path: Path, sd: dict, names: list[str]) -> None:
         raise CheckpointError(f"{path}: missing {_listed(missing)}")
 
 
+def _bilstm_shapes(path: Path, sd: dict, lstm: str, hp: str, hidden: int, d_in: int,
+                   d_out: int) -> None:
+    """The shapes of one bidirectional nn.LSTM (both directions) and its head_proj."""
+    for s in DIRECTIONS:
+        _shape(path, sd, f"{lstm}.weight_ih_l0{s}", (4 * hidden, d_in))
+        _shape(path, sd, f"{lstm}.weight_hh_l0{s}", (4 * hidden, hidden))
+        _shape(path, sd, f"{lstm}.bias_ih_l0{s}", (4 * hidden,))
+        _shape(path, sd, f"{lstm}.bias_hh_l0{s}", (4 * hidden,))
+    _shape(path, sd, f"{hp}.weight", (d_out, 2 * hidden))
+    _shape(path, sd, f"{hp}.bias", (d_out,))
+
+
 def _shape(path: Path, sd: dict, name: str, want: tuple[int, ...]) -> None:
     got = tuple(sd[name].shape)
     if got != want:
@@ -360,13 +372,7 @@ def multihead_heads(path: Path, sd: dict, b: str, dim: int, heads: int,
         raise CheckpointError(f"{path}: {lstm} has {total} hidden units, not divisible by "
                               f"{heads} heads")
     k, d_in = total // heads, dim // heads
-    for s in DIRECTIONS:
-        _shape(path, sd, f"{lstm}.weight_ih_l0{s}", (4 * total, dim))
-        _shape(path, sd, f"{lstm}.weight_hh_l0{s}", (4 * total, total))
-        _shape(path, sd, f"{lstm}.bias_ih_l0{s}", (4 * total,))
-        _shape(path, sd, f"{lstm}.bias_hh_l0{s}", (4 * total,))
-    _shape(path, sd, f"{hp}.weight", (dim, 2 * total))
-    _shape(path, sd, f"{hp}.bias", (dim,))
+    _bilstm_shapes(path, sd, lstm, hp, total, dim, dim)
     masks = _masks(total, dim, heads)
     for name, mask in [*((f"{lstm}.weight_ih_l0{s}", masks["ih"]) for s in DIRECTIONS),
                        *((f"{lstm}.weight_hh_l0{s}", masks["hh"]) for s in DIRECTIONS),
@@ -424,13 +430,7 @@ def parallel_heads(path: Path, sd: dict, b: str, dim: int, heads: int) -> list[H
         _check_lstm_layers(path, sd, lstm)
         _need(path, sd, [*_lstm_keys(lstm), f"{hp}.weight", f"{hp}.bias"])
         k = sd[f"{lstm}.weight_hh_l0"].shape[1]
-        for s in DIRECTIONS:
-            _shape(path, sd, f"{lstm}.weight_ih_l0{s}", (4 * k, d_in))
-            _shape(path, sd, f"{lstm}.weight_hh_l0{s}", (4 * k, k))
-            _shape(path, sd, f"{lstm}.bias_ih_l0{s}", (4 * k,))
-            _shape(path, sd, f"{lstm}.bias_hh_l0{s}", (4 * k,))
-        _shape(path, sd, f"{hp}.weight", (d_in, 2 * k))
-        _shape(path, sd, f"{hp}.bias", (d_in,))
+        _bilstm_shapes(path, sd, lstm, hp, k, d_in, d_in)
         per_dir = [{p: sd[f"{lstm}.{p}_l0{s}"] for p in LSTM_PARAMS} for s in DIRECTIONS]
         w = sd[f"{hp}.weight"]
         out.append(HeadWeights(per_dir, [w[:, :k], w[:, k:]], sd[f"{hp}.bias"]))
