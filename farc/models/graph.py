@@ -326,11 +326,7 @@ class GraphBuilder:
         if v.shape[-1] != k:
             raise UnsupportedModelError(f"{where}: input has {v.shape[-1]} features, the "
                                         f"weight expects {k}")
-        lin = nn.Linear(k, n, bias=bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(torch.tensor(np.array(weight, np.float32)))
-            if bias is not None:
-                lin.bias.copy_(torch.tensor(np.array(bias, np.float32).reshape(n)))
+        lin = _with_params(nn.Linear(k, n, bias=bias is not None), weight, bias)
         path = self.add_module(path, lin, where)
         out = self._new("linear", [v.name], {"module": path})
         return Val(out, v.order, (*v.shape[:-1], n))
@@ -348,11 +344,8 @@ class GraphBuilder:
         if v.batch_axis != 0 or v.shape[2] % kh or v.shape[3] % kw:
             raise UnsupportedModelError(f"{where}: the image {list(v.shape[1:])} is not a "
                                         f"whole number of {kh}x{kw} patches")
-        conv = nn.Conv2d(c, d, (kh, kw), stride=(kh, kw), bias=bias is not None)
-        with torch.no_grad():
-            conv.weight.copy_(torch.tensor(np.array(weight, np.float32)))
-            if bias is not None:
-                conv.bias.copy_(torch.tensor(np.array(bias, np.float32).reshape(d)))
+        conv = _with_params(nn.Conv2d(c, d, (kh, kw), stride=(kh, kw), bias=bias is not None),
+                            weight, bias)
         path = self.add_module(path, conv, where)
         out = self._new("conv", [v.name], {"module": path})
         return Val(out, v.order, (v.shape[0], d, v.shape[2] // kh, v.shape[3] // kw))
@@ -570,3 +563,12 @@ def _axis(axis: int, ndim: int, where: str) -> int:
     if not -ndim <= a < ndim:
         raise UnsupportedModelError(f"{where}: axis {a} out of range for rank {ndim}")
     return a + ndim if a < 0 else a
+
+
+def _with_params(module: nn.Module, weight: np.ndarray, bias: np.ndarray | None) -> nn.Module:
+    """`module` (a Linear or Conv2d) holding the file's weight and bias, as float32."""
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(np.array(weight, np.float32)))
+        if bias is not None:
+            module.bias.copy_(torch.tensor(np.array(bias, np.float32).reshape(-1)))
+    return module
