@@ -30,7 +30,8 @@ LSTM_EXTERN = "farc.lstm"
 """Recurrence node left by the importer: call_dps_packed(farc.lstm, (x, W_ih, W_hh, b_ih,
 b_hh, reverse))."""
 SCAN_EXTERN = "farc.lstm_scan"
-"""Scan node left by LegalizeLSTM: call_pure_packed(farc.lstm_scan, x, cell, reverse)."""
+"""Scan node left by LegalizeLSTM: call_pure_packed(farc.lstm_scan, x, cell, reverse[, h0,
+c0]) (h0, c0: a constant initial state, only when the model has one; docs/byom.md)."""
 CODEGEN = "farc"
 """Codegen attribute of crossbar functions."""
 

@@ -501,7 +501,7 @@ def test_unwritable_output_fails_before_the_work(tmp_path: Path, monkeypatch, ca
 @pytest.mark.parametrize("cmd", ["run", "report", "inspect"])
 def test_missing_output_folder_is_created_by_every_command(tmp_path: Path, cmd) -> None:
     prog, x = base_program().save(tmp_path / "m.farc"), inputs(tmp_path)
-    out = tmp_path / "new" / "sub" / "out.file"
+    out = tmp_path / "new" / "sub" / ("out.npy" if cmd == "run" else "out.file")  # run: numpy
     args = {"run": ["run", prog, "--input", x, "-o", out],
             "report": ["report", prog, "--json", out],
             "inspect": ["inspect", prog, "--plot", out]}[cmd]
@@ -509,7 +509,7 @@ def test_missing_output_folder_is_created_by_every_command(tmp_path: Path, cmd) 
         args[1] = isaac_program().save(tmp_path / "m.farc")
     res = farc(*args)
     assert res.returncode == 0, res.stderr
-    assert [p.name for p in out.parent.iterdir()] == ["out.file"]
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
     assert out.stat().st_mode & 0o777 == file_mode()
 
 

@@ -64,6 +64,9 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         _check_monte_carlo(noise, seed, counters_path, output_path)
     check_outputs({"-o": output_path, "--counters": counters_path},  # before emulating
                   {"MODEL.farc": program_path, "--input": input_path, "--labels": labels_path})
+    if Path(output_path).suffix not in (".npy", ".npz"):
+        raise ConfigError(f"-o {output_path}: outputs are numpy arrays, give a .npy (one "
+                          "output) or .npz path")
     program = Program.load(program_path)
     cfg = NoiseConfig.parse(list(noise)) if noise else None
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path

@@ -61,6 +61,7 @@ def test_run_with_noise_is_seeded(files, tmp_path: Path) -> None:
     ("corrupt", "corrupt or truncated program"),
     ("noise", "bad --noise 'bogus=1'"),
     ("outdir", "cannot create it, .* is not a folder"),
+    ("suffix", r"out\.txt: outputs are numpy arrays, give a \.npy"),
 ])
 def test_bad_input_one_line_no_output(files, tmp_path: Path, case: str, match: str) -> None:
     args = ["run", files["prog"], "--input", files["x"], "-o", tmp_path / "out.npy"]
@@ -75,6 +76,8 @@ def test_bad_input_one_line_no_output(files, tmp_path: Path, case: str, match: s
     elif case == "outdir":  # a missing folder is created (as by every command); a file isn't
         (tmp_path / "file").write_text("")
         args[-1] = tmp_path / "file" / "out.npy"
+    elif case == "suffix":  # numpy data under a .txt name would mislead
+        args[-1] = tmp_path / "out.txt"
     else:
         args += ["--noise", "bogus=1"]
     res = farc(*args)
@@ -83,7 +86,7 @@ def test_bad_input_one_line_no_output(files, tmp_path: Path, case: str, match: s
     assert len(lines) == 1 and lines[0].startswith("farc: error:"), res.stderr
     import re
     assert re.search(match, lines[0]), lines[0]
-    assert not (tmp_path / "out.npy").exists()
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.txt").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
