@@ -25,6 +25,7 @@ import numpy as np
 from .numerics import (
     XbarParams,
     adc,
+    column_peaks,
     digit_counts,
     drive,
     full_scale_pmax,
@@ -147,7 +148,7 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     if p.adc_flip:  # the crossbars hold the complemented columns
         flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=True)
     top = max_code(p.adc_bits)
-    tile_peak = flat.sum(axis=1, dtype=np.int64).max(axis=1, initial=0) * max_code(p.dac_bits)
+    tile_peak = column_peaks(flat, p.dac_bits).max(axis=1, initial=0)
     fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None and col_steps is None \
         else 0
     pattern = None
@@ -272,11 +273,19 @@ def shift_add(pl: PreparedLayer, digit: np.ndarray) -> np.ndarray:
         m = pl.pattern.size
         per_n = digit.reshape(-1, m).astype(pl.pattern.dtype, copy=False) @ pl.pattern
         return (pl.cycle_w @ per_n.reshape(c, -1)).reshape(v, pl.N)
-    per_col = np.tensordot(pl.cycle_w, digit, axes=(0, 0))
+    return shift_add_columns(pl, np.tensordot(pl.cycle_w, digit, axes=(0, 0)))
+
+
+def shift_add_columns(pl: PreparedLayer, per_col: np.ndarray) -> np.ndarray:
+    """Per-column integers [V, J] -> [V, N]: each output's columns weighted by
+    sign * 2**(slice*cell_bits) and summed (float64, exact for these magnitudes)."""
+    v = per_col.shape[0]
     if pl.order is not None:
         per_col = per_col[:, pl.order]
-    v = per_col.shape[0]
-    return np.einsum("vnm,nm->vn", per_col.reshape(v, pl.N, -1), pl.colw)
+    per_col = per_col.astype(np.float64, copy=False).reshape(v, pl.N, -1)
+    if pl.pattern is not None:
+        return per_col @ pl.pattern.astype(np.float64)
+    return np.einsum("vnm,nm->vn", per_col, pl.colw)
 
 
 def dequantize(pl: PreparedLayer, y_int: np.ndarray) -> np.ndarray:

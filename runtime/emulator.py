@@ -410,11 +410,10 @@ class Emulator:
             raise EmulatorError(f"layer {layer} takes K = {pl.K} inputs, register has "
                                 f"{x.shape[-1]}")
         flat = x.reshape(-1, pl.K)
-        split = self._split_plan(layer)
         if self._devices is None and pl.lossless and self.mvm_path != "bitlevel":
             x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits, np.float32)
             y_int = xb.mvm_fast(pl, x_q)
-        elif split is not None:
+        elif (split := self._split_plan(layer)) is not None:
             x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits)
             y_int = mvm_split(pl, split, x_q)
         else:

@@ -114,9 +114,8 @@ def plan_body(body: list[dict[str, Any]], layers: list[PreparedLayer], fast_mvm:
                 buckets.setdefault(_signature(i, ins, layers, fast_mvm, split),
                                    []).append((i, ins))
         groups = []
-        for bucket in buckets.values():
+        for sig, bucket in buckets.items():  # the key is every member's signature
             members = sorted(bucket, key=lambda m: _producer(m[1], pos))
-            sig = _signature(members[0][0], members[0][1], layers, fast_mvm, split)
             groups.append(_group(members, layers, stack_mvm=sig[0] != "single", split=split))
             for k, (_, ins) in enumerate(members):
                 if ins.get("out"):
@@ -258,13 +257,13 @@ def _signature(i: int, ins: dict[str, Any], layers: list[PreparedLayer],
     if op != "mvm":
         return key
     pl = layers[ins["layer"]]
+    if not fast_mvm:
+        return ("single", i)
     lossy = None
-    if fast_mvm and not pl.lossless:  # lossy layers stack on the split path, if alike
+    if not pl.lossless:  # lossy layers stack on the split path, if alike
         lossy = stack_key(pl, split(ins["layer"])) if split is not None else None
         if lossy is None:
             return ("single", i)
-    if not fast_mvm:
-        return ("single", i)
     return (*key, pl.K, pl.N, pl.input_bits, pl.dac_bits, pl.in_zero, pl.col_tiles,
             str(pl.q.dtype), pl.bias is None, lossy)
 

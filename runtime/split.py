@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crossbar import CHUNK_ELEMENTS, F32_EXACT, PreparedLayer, mvm_fast
+from .crossbar import CHUNK_ELEMENTS, F32_EXACT, PreparedLayer, mvm_fast, shift_add_columns
 from .numerics import adc, adc_error, column_peaks, input_planes, max_code, qmax
 
 # A float32 holding 2**23 + R, 0 <= R < 2**23 an integer, has R as its 23 mantissa bits:
@@ -56,6 +56,8 @@ class Pack:
     magic: tuple[int, int, int] | None
     """(multiplier, right shift, mask) that turns a sum into sum_f cw[f] * rho_f at once
     (step 2 with cycle weights w, 2w, 4w, ...), else None (field by field)."""
+    lows: np.uint32
+    """The low bit of every field (what the magic multiply keeps of a sum)."""
 
 
 @dataclass
@@ -187,7 +189,8 @@ def _packs(pl: PreparedLayer, step: int, b: int, pack: int, cycle_w: np.ndarray
                 break
         cycles = range(c0, c0 + p)
         table = sum(digits[c] << (b * (c - c0)) for c in cycles)
-        out.append(Pack(cycles=cycles, table=np.asarray(table, np.float32), magic=magic))
+        out.append(Pack(cycles=cycles, table=np.asarray(table, np.float32), magic=magic,
+                        lows=np.uint32(sum(1 << (b * f) for f in range(p)))))
         c0 += p
     return out
 
@@ -282,7 +285,7 @@ def _add_pack(b: int, step: int, cycle_w: np.ndarray, pk: Pack, u: np.ndarray,
     c0 = pk.cycles.start
     if pk.magic is not None:
         mult, shift, mask = pk.magic
-        u &= np.uint32(sum(1 << (b * (c - c0)) for c in pk.cycles))
+        u &= pk.lows
         u *= np.uint32(mult)
         u >>= np.uint32(shift)
         u &= np.uint32(mask)
@@ -304,21 +307,8 @@ def _clip_errors(pl: PreparedLayer, t: TilePlan, digits: np.ndarray, sp: SplitPl
     p = digits.reshape(C * V, rows).astype(t.clip_levels.dtype) @ t.clip_levels
     d = adc(p.copy(), t.step, pl.adc_bits, integral=True)
     d -= p
-    e = np.tensordot(sp.cycle_w.astype(np.float64), d.reshape(C, V, -1).astype(np.float64),
-                     axes=(0, 0))
+    e = np.tensordot(pl.cycle_w, d.reshape(C, V, -1).astype(np.float64), axes=(0, 0))
     err[:, t.clip_cols] += e.astype(err.dtype)
-
-
-def shift_add_columns(pl: PreparedLayer, per_col: np.ndarray) -> np.ndarray:
-    """Per-column integers [V, J] -> [V, N]: each output's columns weighted by
-    sign * 2**(slice*cell_bits) and summed (float64, exact for these magnitudes)."""
-    v = per_col.shape[0]
-    if pl.order is not None:
-        per_col = per_col[:, pl.order]
-    per_col = per_col.astype(np.float64).reshape(v, pl.N, -1)
-    if pl.pattern is not None:
-        return per_col @ pl.pattern.astype(np.float64)
-    return np.einsum("vnm,nm->vn", per_col, pl.colw)
 
 
 # ---------------------------------------------------------------- lockstep groups
