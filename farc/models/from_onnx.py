@@ -24,7 +24,15 @@ import torch
 
 from farc.errors import CheckpointError
 from farc.limits import check_memory
-from farc.models.graph import GraphBuilder, GraphModel, UnsupportedModelError, Val
+from farc.models.graph import (
+    FinalCellState,
+    GraphBuilder,
+    GraphModel,
+    NotATensor,
+    UnsupportedModelError,
+    Val,
+    as_val,
+)
 
 SUPPORTED = ("Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Dropout",
              "Erf", "Flatten", "Gather", "Gelu", "Gemm", "Identity", "LSTM",
@@ -37,7 +45,7 @@ def load_onnx(path: str | Path) -> GraphModel:
     """Read `path` (an ONNX model, weights inside the file) as a GraphModel."""
     import onnx
 
-    from farc.models.from_torch import file_sha256
+    from farc.models.checkpoint import file_sha256
 
     path = Path(path)
     if not path.is_file():
@@ -135,15 +143,15 @@ def _initial_state(t: np.ndarray | None, what: str, layout: int, n_dir: int, hid
     return s[:, 0]
 
 
-class _Erf:
+class _Erf(NotATensor):
     """erf(base / sqrt 2), and the GELU pattern's partial products around it."""
 
     def __init__(self, base: Val, stage: str, where: str) -> None:
         self.base, self.stage, self.where = base, stage, where  # erf, 1+erf, x(1+erf)
 
-
-class _CN:
-    """An LSTM's Y_c, which the tile program does not keep."""
+    def refusal(self, where: str) -> str:
+        return (f"{self.where}: Erf is supported only as part of GELU, "
+                "0.5 * x * (1 + erf(x / sqrt(2)))")
 
 
 class _Converter:
@@ -182,17 +190,6 @@ class _Converter:
         if name not in self.env:
             raise UnsupportedModelError(f"value {name} is used before it is defined")
         return self.env[name]
-
-    def val(self, x: Any, where: str) -> Val:
-        if isinstance(x, _Erf):
-            raise UnsupportedModelError(f"{x.where}: Erf is supported only as part of GELU, "
-                                        "0.5 * x * (1 + erf(x / sqrt(2)))")
-        if isinstance(x, _CN):
-            raise UnsupportedModelError(f"{where}: uses an LSTM's Y_c (final cell state), "
-                                        "which the tile program does not keep")
-        if not isinstance(x, Val):
-            raise UnsupportedModelError(f"{where}: expected a tensor computed from the input")
-        return x
 
     def node(self, node: Any, where: str, name: str) -> None:
         attrs = {a.name: _attr(a, self) for a in node.attribute}
@@ -251,7 +248,7 @@ class _Converter:
         if idx.ndim != 0:
             raise UnsupportedModelError(f"{where}: Gather of a tensor with more than one "
                                         "index")
-        return self.b.select(self.val(data, where), axis, int(idx), where)
+        return self.b.select(as_val(data, where), axis, int(idx), where)
 
     def _axes(self, ins, a) -> list[int] | None:
         if len(ins) > 1 and ins[1] is not None:
@@ -262,7 +259,7 @@ class _Converter:
         x, axes = ins[0], self._axes(ins, a)
         if isinstance(x, np.ndarray):
             return np.expand_dims(x, tuple(axes))
-        v = self.val(x, where)
+        v = as_val(x, where)
         nd = v.ndim + len(axes)
         for ax in sorted(k % nd for k in axes):
             v = self.b.unsqueeze(v, ax, where)
@@ -272,7 +269,7 @@ class _Converter:
         x, axes = ins[0], self._axes(ins, a)
         if isinstance(x, np.ndarray):
             return np.squeeze(x, tuple(axes) if axes else None)
-        v = self.val(x, where)
+        v = as_val(x, where)
         if not axes:
             axes = [k for k, s in enumerate(v.shape) if s == 1 and k != v.batch_axis]
         return self.b.squeeze(v, axes, where)
@@ -281,7 +278,7 @@ class _Converter:
         axis = a["axis"]
         if all(isinstance(x, np.ndarray) for x in ins):
             return np.concatenate(ins, axis=axis)
-        return self.b.concat([self.val(x, where) for x in ins], axis, where)
+        return self.b.concat([as_val(x, where) for x in ins], axis, where)
 
     def _Reshape(self, ins, a, where, name):
         x, shape = ins[0], np.asarray(ins[1], np.int64).reshape(-1)
@@ -289,7 +286,7 @@ class _Converter:
             shape = [x.shape[k] if s == 0 and not a.get("allowzero") else s
                      for k, s in enumerate(shape)]
             return x.reshape(shape)
-        v = self.val(x, where)
+        v = as_val(x, where)
         target = [v.shape[k] if s == 0 and not a.get("allowzero") else int(s)
                   for k, s in enumerate(shape)]
         copies = [k for k, s in enumerate(shape) if s == 0]
@@ -301,14 +298,14 @@ class _Converter:
         if isinstance(ins[0], np.ndarray):
             x = ins[0]
             return x.reshape(math.prod(x.shape[:axis]), -1)
-        v = self.val(ins[0], where)
+        v = as_val(ins[0], where)
         if axis % v.ndim != 1 or v.batch_axis != 0:
             raise UnsupportedModelError(f"{where}: Flatten that does not keep the batch axis"
                                         " first (axis must be 1)")
         return self.b.reshape(v, [1, math.prod(v.shape[1:])], where)
 
     def _Transpose(self, ins, a, where, name):
-        v = self.val(ins[0], where)
+        v = as_val(ins[0], where)
         return self.b.transpose(v, a.get("perm", list(range(v.ndim))[::-1]), where)
 
     def _Slice(self, ins, a, where, name):
@@ -326,13 +323,13 @@ class _Converter:
             for s, e, ax, st in zip(starts, ends, axes, steps):
                 idx[int(ax)] = slice(int(s), int(e), int(st))
             return x[tuple(idx)]
-        v = self.val(x, where)
+        v = as_val(x, where)
         for s, e, ax, st in zip(starts, ends, axes, steps):
             v = self.b.slice(v, int(ax), int(s), min(int(e), 2**62), int(st), where)
         return v
 
     def _Split(self, ins, a, where, name):
-        v = self.val(ins[0], where)
+        v = as_val(ins[0], where)
         axis = a.get("axis", 0)
         n = v.shape[axis % v.ndim]
         if len(ins) > 1 and ins[1] is not None:
@@ -355,20 +352,20 @@ class _Converter:
         if isinstance(w, np.ndarray) and not isinstance(x, np.ndarray):
             if w.ndim != 2:
                 raise UnsupportedModelError(f"{where}: MatMul by a constant of rank {w.ndim}")
-            out = self.b.linear(self.val(x, where), w.T, None, self.layer_path(name), where)
+            out = self.b.linear(as_val(x, where), w.T, None, self.layer_path(name), where)
             self.bias_free[out.name] = (self.b.modules[self.b.nodes[-1].attrs["module"]],
                                         self.uses.get(self.output_names[0], 0))
             return out
         if isinstance(x, np.ndarray):
             raise UnsupportedModelError(f"{where}: MatMul with a constant left operand")
-        return self.b.matmul(self.val(x, where), self.val(w, where), where)
+        return self.b.matmul(as_val(x, where), as_val(w, where), where)
 
     def _Gemm(self, ins, a, where, name):
         x, w = ins[0], ins[1]
         c = ins[2] if len(ins) > 2 else None
         if not isinstance(w, np.ndarray) or a.get("transA", 0):
             raise UnsupportedModelError(f"{where}: Gemm needs a constant B and transA = 0")
-        v = self.val(x, where)
+        v = as_val(x, where)
         weight = (w if a.get("transB", 0) else w.T) * np.float32(a.get("alpha", 1.0))
         bias = None
         if c is not None:
@@ -386,7 +383,7 @@ class _Converter:
         if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             raise UnsupportedModelError(f"{where}: Conv with auto_pad {a['auto_pad']}")
         pads = a.get("pads", [0, 0, 0, 0])
-        return self.b.conv(self.val(x, where), w, b, a.get("strides", [1, 1]), pads,
+        return self.b.conv(as_val(x, where), w, b, a.get("strides", [1, 1]), pads,
                            a.get("dilations", [1, 1]), a.get("group", 1),
                            self.layer_path(name), where)
 
@@ -418,7 +415,7 @@ class _Converter:
         n_dir = 2 if direction == "bidirectional" else 1
         h0, c0 = (_initial_state(t, what, layout, n_dir, hidden, where)
                   for t, what in ((h0, "initial_h"), (c0, "initial_c")))
-        v = self.val(x, where)
+        v = as_val(x, where)
         time_axis = 0 if layout == 0 else 1
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[
             direction]
@@ -443,11 +440,11 @@ class _Converter:
         if layout == 0:
             y, y_h = self.b.transpose(y, [1, 2, 0, 3], where), \
                 self.b.transpose(y_h, [1, 0, 2], where)
-        return [y, y_h, _CN()]
+        return [y, y_h, FinalCellState("Y_c (final cell state)")]
 
     # ---- elementwise and the rest
     def _unary(self, op: str, ins, where):
-        return self.b.unary(op, self.val(ins[0], where))
+        return self.b.unary(op, as_val(ins[0], where))
 
     def _Relu(self, ins, a, where, name):
         return self._unary("relu", ins, where)
@@ -464,7 +461,7 @@ class _Converter:
         return self._unary("gelu", ins, where)
 
     def _Softmax(self, ins, a, where, name):
-        v = self.val(ins[0], where)
+        v = as_val(ins[0], where)
         axis = a.get("axis", -1 if self.opset >= 13 else 1)
         if self.opset < 13 and axis % v.ndim != v.ndim - 1:
             raise UnsupportedModelError(f"{where}: Softmax (opset < 13) over several axes")
@@ -473,7 +470,7 @@ class _Converter:
     def _LayerNormalization(self, ins, a, where, name):
         ins = ins + [None] * (3 - len(ins))
         x, scale, bias = ins[:3]
-        return self.b.layer_norm(self.val(x, where), scale, bias, a.get("epsilon", 1e-5),
+        return self.b.layer_norm(as_val(x, where), scale, bias, a.get("epsilon", 1e-5),
                                  a.get("axis", -1), where)
 
     def _Erf(self, ins, a, where, name):
@@ -492,8 +489,8 @@ class _Converter:
         gelu = self._gelu_step(op, x, y, where)
         if gelu is not None:
             return gelu
-        out = self.b.binary(op, self.val(x, where) if not isinstance(x, np.ndarray) else x,
-                            self.val(y, where) if not isinstance(y, np.ndarray) else y, where)
+        out = self.b.binary(op, as_val(x, where) if not isinstance(x, np.ndarray) else x,
+                            as_val(y, where) if not isinstance(y, np.ndarray) else y, where)
         # remember base * scalar (for the GELU pattern)
         if isinstance(x, Val) and isinstance(y, np.ndarray) and y.size == 1 and \
                 op in ("mul", "div"):

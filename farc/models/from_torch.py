@@ -21,7 +21,6 @@ clone/contiguous/dropout/alias/detach."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import operator
 import pickle
 from collections.abc import Iterator
@@ -32,7 +31,15 @@ import numpy as np
 import torch
 
 from farc.errors import CheckpointError
-from farc.models.graph import GraphBuilder, GraphModel, UnsupportedModelError, Val
+from farc.models.checkpoint import file_sha256
+from farc.models.graph import (
+    FinalCellState,
+    GraphBuilder,
+    GraphModel,
+    UnsupportedModelError,
+    Val,
+    as_val,
+)
 
 IDENTITY = ("clone", "contiguous", "dropout", "alias", "detach", "lift_fresh_copy",
             "feature_dropout")
@@ -44,14 +51,6 @@ SUPPORTED = sorted({"linear", "conv2d", "lstm", *UNARY, *BINARY, "softmax", "_so
                     "flatten", "permute", "transpose", "t", "cat", "slice", "select", "split",
                     "split_with_sizes", "chunk", "squeeze", "unsqueeze", "zeros",
                     "zeros_like", "new_zeros", *IDENTITY})
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_pt2(path: str | Path) -> GraphModel:
@@ -102,10 +101,6 @@ def _no_unpickling() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- graph -> GraphModel
-class _CN:
-    """c_n of an LSTM: the tile program does not keep the final cell state."""
-
-
 class _HN:
     """h_n of an LSTM: per (layer, direction) output sequences [B, T, H]; h_n[i] is the
     last step of a forward direction, the first of a reverse one."""
@@ -237,7 +232,7 @@ class _Converter:
             if op == "gelu" and kw.get("approximate", "none") != "none":
                 raise UnsupportedModelError(f"{where}: gelu(approximate="
                                             f"{kw['approximate']!r}); only the erf form")
-            return self.b.unary(UNARY[op], self._val(x, where))
+            return self.b.unary(UNARY[op], as_val(x, where))
         if op in BINARY:
             if kw.get("alpha", 1) != 1 or kw.get("rounding_mode") is not None:
                 raise UnsupportedModelError(f"{where}: {op} with alpha or rounding_mode")
@@ -247,23 +242,15 @@ class _Converter:
             target = list(_shape_of(node))
             if target and target[0] == self.batch:  # the exported batch -> batch 1
                 target[0] = 1
-            return self.b.reshape(self._val(x, where), target, where)
+            return self.b.reshape(as_val(x, where), target, where)
         raise UnsupportedModelError(f"unsupported torch op {op} at {where}")
-
-    def _val(self, x: Any, where: str) -> Val:
-        if isinstance(x, _CN):
-            raise UnsupportedModelError(f"{where}: uses an LSTM's final cell state c_n, "
-                                        "which the tile program does not keep")
-        if not isinstance(x, Val):
-            raise UnsupportedModelError(f"{where}: expected a tensor computed from the input")
-        return x
 
     def _linear(self, node, op, args, kw, where):
         x, w = args[0], args[1]
         b = args[2] if len(args) > 2 else kw.get("bias")
         if not isinstance(w, np.ndarray):
             raise UnsupportedModelError(f"{where}: linear with a computed weight")
-        return self.b.linear(self._val(x, where), w, b, self.path_of(node.args[1], node), where)
+        return self.b.linear(as_val(x, where), w, b, self.path_of(node.args[1], node), where)
 
     def _conv2d(self, node, op, args, kw, where):
         a = list(args) + [None, (1, 1), (0, 0), (1, 1), 1][len(args) - 2:]
@@ -272,7 +259,7 @@ class _Converter:
         dilation = list(dilation) * (2 if len(dilation) == 1 else 1)
         if isinstance(padding, str):
             padding = [0, 0] if padding == "valid" else [1]
-        return self.b.conv(self._val(x, where), w, b, stride, padding, dilation, groups,
+        return self.b.conv(as_val(x, where), w, b, stride, padding, dilation, groups,
                            self.path_of(node.args[1], node), where)
 
     def _matmul(self, node, op, args, kw, where):
@@ -280,14 +267,14 @@ class _Converter:
         if isinstance(w, np.ndarray):
             if w.ndim != 2:
                 raise UnsupportedModelError(f"{where}: matmul by a constant of rank {w.ndim}")
-            return self.b.linear(self._val(a, where), w.T, None,
+            return self.b.linear(as_val(a, where), w.T, None,
                                  self.path_of(node.args[1], node, suffix=""), where)
-        return self.b.matmul(self._val(a, where), self._val(w, where), where)
+        return self.b.matmul(as_val(a, where), as_val(w, where), where)
 
     _bmm = _matmul
 
     def _softmax(self, node, op, args, kw, where):
-        return self.b.softmax(self._val(args[0], where), int(args[1]), where)
+        return self.b.softmax(as_val(args[0], where), int(args[1]), where)
 
     def _layer_norm(self, node, op, args, kw, where):
         a = list(args) + [None] * (5 - len(args))
@@ -295,14 +282,14 @@ class _Converter:
         if len(shape) != 1:
             raise UnsupportedModelError(f"{where}: layer norm over {len(shape)} axes; "
                                         "only the last")
-        return self.b.layer_norm(self._val(x, where), w, b, 1e-5 if eps is None else eps,
+        return self.b.layer_norm(as_val(x, where), w, b, 1e-5 if eps is None else eps,
                                  -1, where)
 
     def _permute(self, node, op, args, kw, where):
-        return self.b.transpose(self._val(args[0], where), list(args[1]), where)
+        return self.b.transpose(as_val(args[0], where), list(args[1]), where)
 
     def _transpose(self, node, op, args, kw, where):
-        v = self._val(args[0], where)
+        v = as_val(args[0], where)
         perm = list(range(v.ndim))
         i, j = (int(a) % v.ndim for a in args[1:3])
         perm[i], perm[j] = perm[j], perm[i]
@@ -312,14 +299,14 @@ class _Converter:
         return self._transpose(node, op, [args[0], 0, 1], kw, where)
 
     def _cat(self, node, op, args, kw, where):
-        vals = [self._val(v, where) for v in args[0]]
+        vals = [as_val(v, where) for v in args[0]]
         return self.b.concat(vals, int(args[1]) if len(args) > 1 else int(kw.get("dim", 0)),
                              where)
 
     def _slice(self, node, op, args, kw, where):
         a = list(args) + [0, None, None, 1][len(args) - 1:]
         x, dim, start, end, step = a[:5]
-        v = self._val(x, where)
+        v = as_val(x, where)
         big = 2**62
         start = 0 if start is None else int(start)
         end = big if end is None or end >= big else int(end)
@@ -332,13 +319,13 @@ class _Converter:
                 raise UnsupportedModelError(f"{where}: h_n indexed along axis {dim}")
             seq, reverse = x.seqs[int(index)]
             return self.b.select(seq, 1, 0 if reverse else -1, where)
-        return self.b.select(self._val(x, where), int(dim), int(index), where)
+        return self.b.select(as_val(x, where), int(dim), int(index), where)
 
     def _split(self, node, op, args, kw, where):
-        v = self._val(args[0], where)
+        v = as_val(args[0], where)
         size = args[1]
         dim = int(args[2]) if len(args) > 2 else int(kw.get("dim", 0))
-        n = v.shape[_ax(dim, v.ndim)]
+        n = v.shape[dim % v.ndim]
         if op == "chunk":
             step = -(-n // int(size))
             sizes = [min(step, n - s) for s in range(0, n, step)]
@@ -356,14 +343,14 @@ class _Converter:
     _chunk = _split
 
     def _squeeze(self, node, op, args, kw, where):
-        v = self._val(args[0], where)
+        v = as_val(args[0], where)
         dims = args[1] if len(args) > 1 else [k for k, s in enumerate(v.shape) if s == 1
                                               and k != v.batch_axis]
         dims = dims if isinstance(dims, list) else [dims]
         return self.b.squeeze(v, [int(d) for d in dims], where)
 
     def _unsqueeze(self, node, op, args, kw, where):
-        return self.b.unsqueeze(self._val(args[0], where), int(args[1]), where)
+        return self.b.unsqueeze(as_val(args[0], where), int(args[1]), where)
 
     def _zeros(self, node, op, args, kw, where):
         return np.zeros(_shape_of(node), np.float32)
@@ -388,7 +375,7 @@ class _Converter:
             raise UnsupportedModelError(f"{where}: LSTM with projections (proj_size) or "
                                         "computed weights")
         base = self.path_of(node.args[2][0], node, suffix=".weight_ih_l0")
-        v = self._val(x, where)
+        v = as_val(x, where)
         time_axis = 1 if batch_first else 0
         seqs: list[tuple[Val, bool]] = []
         for layer in range(layers):
@@ -406,7 +393,7 @@ class _Converter:
             v = outs[0] if dirs == 1 else self.b.concat(outs, 2, where)
             time_axis = 1
         out = v if batch_first else self.b.transpose(v, [1, 0, 2], where)
-        return [out, _HN(seqs), _CN()]
+        return [out, _HN(seqs), FinalCellState("final cell state c_n")]
 
 
 def _operand(x: Any) -> Any:
@@ -415,7 +402,3 @@ def _operand(x: Any) -> Any:
     if isinstance(x, int | float):
         return np.float32(x)
     raise UnsupportedModelError(f"unsupported operand {type(x).__name__}")
-
-
-def _ax(a: int, nd: int) -> int:
-    return a + nd if a < 0 else a

@@ -258,6 +258,35 @@ class Val:
         return tuple(out)
 
 
+class NotATensor:
+    """A front end's stand-in for an op output that is not a tensor the tile program computes
+    (an LSTM's final cell state, a pattern's partial product): `as_val` refuses it with
+    `refusal(where)`."""
+
+    def refusal(self, where: str) -> str:
+        raise NotImplementedError
+
+
+class FinalCellState(NotATensor):
+    """An LSTM's final cell state (`what` names it as the front end does), which the tile
+    program does not keep."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def refusal(self, where: str) -> str:
+        return f"{where}: uses an LSTM's {self.what}, which the tile program does not keep"
+
+
+def as_val(x: Any, where: str) -> Val:
+    """`x` as a Val, or the refusal of a front-end value that is not one."""
+    if isinstance(x, NotATensor):
+        raise UnsupportedModelError(x.refusal(where))
+    if not isinstance(x, Val):
+        raise UnsupportedModelError(f"{where}: expected a tensor computed from the input")
+    return x
+
+
 class GraphBuilder:
     """Builds a GraphModel from logical-layout ops; every refusal names `where`."""
 
