@@ -297,16 +297,16 @@ def _check_ranges(t: Target, source: str) -> None:
             raise bad(section, key, value, rule)
     if t.adc.range not in ADC_RANGES:
         raise bad("adc", "range", t.adc.range, "must be 'full' or 'calibrated'")
-    for key, value, allowed in (("granularity", t.adc.granularity, ADC_GRANULARITIES),
-                                ("step_rule", t.adc.step_rule, STEP_RULES),
-                                ("statistic", t.adc.statistic, ADC_STATISTICS)):
+    for section, key, allowed in (("adc", "granularity", ADC_GRANULARITIES),
+                                  ("adc", "step_rule", STEP_RULES),
+                                  ("adc", "statistic", ADC_STATISTICS),
+                                  ("quant", "input_encoding", INPUT_ENCODINGS),
+                                  ("interconnect", "topology", TOPOLOGIES)):
+        value = getattr(getattr(t, section), key)
         if value not in allowed:
-            raise bad("adc", key, value, f"must be one of {', '.join(map(repr, allowed))}")
+            raise bad(section, key, value, f"must be one of {', '.join(map(repr, allowed))}")
     if not 50.0 < t.adc.percentile <= 100.0:
         raise bad("adc", "percentile", t.adc.percentile, "must be in (50, 100]")
-    if t.quant.input_encoding not in INPUT_ENCODINGS:
-        raise bad("quant", "input_encoding", t.quant.input_encoding,
-                  f"must be one of {', '.join(map(repr, INPUT_ENCODINGS))}")
     if t.adc.columns_per_adc < 1:
         raise bad("adc", "columns_per_adc", t.adc.columns_per_adc, "must be >= 1")
     q = t.quant
@@ -325,12 +325,10 @@ def _check_ranges(t: Target, source: str) -> None:
 
 
 def _check_costs(t: Target, source: str) -> None:
-    if t.interconnect.topology not in TOPOLOGIES:
-        raise ConfigError(f"{source}: [interconnect] topology = {t.interconnect.topology!r} "
-                          f"must be one of {', '.join(map(repr, TOPOLOGIES))}")
-    if not 1 <= t.energy.adc_reference_bits <= 16:
+    rule = limit_violation("adc_bits", t.energy.adc_reference_bits)  # the ADC's own range
+    if rule:
         raise ConfigError(f"{source}: [energy] adc_reference_bits = "
-                          f"{t.energy.adc_reference_bits!r} must be in 1..16")
+                          f"{t.energy.adc_reference_bits!r} {rule}")
     for sec in COST_SECTIONS:
         spec = getattr(t, sec)
         for f in fields(spec):
