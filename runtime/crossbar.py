@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .numerics import (
+    F32_EXACT,
     XbarParams,
     adc,
     column_peaks,
@@ -37,8 +38,6 @@ from .numerics import (
     stored_levels,
 )
 
-# Largest integer magnitude below which float32 arithmetic on integers is exact.
-F32_EXACT = 2**24
 # Elements of the [row_tiles, cycles, vectors, columns] partial-sum block built at once.
 CHUNK_ELEMENTS = 2**22
 

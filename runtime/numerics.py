@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 # ---------------------------------------------------------------- bit widths
+# Largest integer magnitude below which float32 arithmetic on integers is exact.
+F32_EXACT = 2**24
 MAPPINGS = ("differential", "offset")
 ADC_RANGES = ("full", "calibrated")
 ADC_GRANULARITIES = ("tile", "slice")
@@ -557,7 +559,7 @@ def adc_ranges(codes: np.ndarray, col_slice: np.ndarray, K: int, x_int: np.ndarr
     rt = codes.shape[0]
     padded = np.zeros((len(x_int), rt * p.rows), dtype=np.int64)
     padded[:, :K] = x_int
-    dtype = np.float32 if full_scale_pmax(p.rows, p.dac_bits, p.cell_bits) < 2**24 \
+    dtype = np.float32 if full_scale_pmax(p.rows, p.dac_bits, p.cell_bits) < F32_EXACT \
         else np.float64
     planes = input_planes(padded, p.input_bits, p.dac_bits, p.input_encoding).astype(dtype)
     stored, _ = stored_levels(codes, K, len(col_slice), p.cell_bits, p.adc_flip)
