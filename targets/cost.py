@@ -33,9 +33,10 @@ from farc.targets.events import (
     price,
 )
 from farc.targets.interconnect import (
+    crossbars_used,
     input_hops,
     network_capacity_bytes_per_ns,
-    placement_summary,
+    tiles_used,
     transfer_ns,
 )
 from farc.targets.mvm import Geometry, activation_bytes, mvm_latency_ns, write_latency_ns
@@ -227,13 +228,11 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
         by_kind[c.kind]["busy_ns"] += c.latency_ns * s.trips
         by_kind[c.kind]["count"] += s.trips
         accumulate(events, c.events, s.trips)
-    used = sum(len(r) for lay in manifest["layers"] for r in lay.get("crossbars", [])) or \
-        sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
-            for lay in manifest["layers"])
+    used = crossbars_used(manifest)
     rewrite = _rewrite_summary(steps, costs, target) if attention == "rewrite" else {}
     area = area_mm2(target, manifest["layers"], int(rewrite.get("crossbars", 0)))
     layers_by_id = {int(lay["id"]): lay for lay in manifest["layers"]}
-    tiles = placement_summary(manifest, target)["tiles"]
+    tiles = tiles_used(target, used)
     occ, parallel = _occupancy(manifest, target, steps, costs, events, tiles)
     thr = steady_state(latency, occ)
     per_replica = {str(lay["name"]): Geometry.from_layer(lay).crossbars

@@ -16,7 +16,6 @@ scatters their body register's."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from farc.runtime.numerics import Geometry
 from farc.targets.target import Target
@@ -104,9 +103,14 @@ def network_capacity_bytes_per_ns(t: Target, tiles_used: int) -> float:
     return routers * ic.router_ports * ic.link_bytes_per_ns
 
 
-def placement_summary(manifest: dict, t: Target) -> dict[str, Any]:
-    """Tiles the program's layers occupy."""
-    used = sum(len(r) for lay in manifest["layers"] for r in lay.get("crossbars", [])) or \
+def crossbars_used(manifest: dict) -> int:
+    """Physical crossbars the program's layers occupy: the placed ids when the scheduler
+    placed them, else every layer's crossbars times its replicas."""
+    return sum(len(r) for lay in manifest["layers"] for r in lay.get("crossbars", [])) or \
         sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
             for lay in manifest["layers"])
-    return {"tiles": max(1, math.ceil(used / crossbars_per_tile(t)))}
+
+
+def tiles_used(t: Target, crossbars: int) -> int:
+    """Tiles `crossbars` crossbars occupy, packed tile by tile (at least one)."""
+    return max(1, math.ceil(crossbars / crossbars_per_tile(t)))
