@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from farc.report.units import mm2, ns, pj
+from farc.report.units import mm2, mw, ns, pj
 from farc.targets import Target, list_targets, load_target
 from farc.targets.chip import chip_totals, published
 from farc.targets.events import mvm_layer_events, price
@@ -59,13 +59,9 @@ def chip_figures(t: Target) -> dict[str, str]:
     out = {}
     for level in ("tile", "chip"):
         p_mw, a = pub[level]
-        out[f"{level} power"] = _vs(c.total_power_mw(level), p_mw, _mw)
+        out[f"{level} power"] = _vs(c.total_power_mw(level), p_mw, mw)
         out[f"{level} area"] = _vs(c.total_area_mm2(level), a, mm2)
     return out
-
-
-def _mw(v: float) -> str:
-    return f"{v / 1000:.1f} W" if v >= 1000 else f"{v:.1f} mW"
 
 
 def targets_table() -> Table:

@@ -37,6 +37,11 @@ def mm2(value: float) -> str:
     return f"{value:.4g} mm²"
 
 
+def mw(value: float) -> str:
+    """A power given in mW: '65.8 W', '330.0 mW' (one decimal, beside a paper's total)."""
+    return f"{value / 1000:.1f} W" if value >= 1000 else f"{value:.1f} mW"
+
+
 def count(value: float) -> str:
     if value == math.inf:
         return "∞"
