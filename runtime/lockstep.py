@@ -291,22 +291,30 @@ def _group(members: list[tuple[int, dict[str, Any]]], layers: list[PreparedLayer
 
 def mvm_stacked(st: MvmStack, x: np.ndarray) -> tuple[np.ndarray, int]:
     """Batched fast-path MVM of G layers on x [G, ..., K]: (y [G, ..., N], DAC pulses).
-    Element for element the same float32 operations as crossbar.quantize_input_f32,
+    Element for element the same float32 operations as numerics.quantize_input (float32),
     mvm_fast and dequantize."""
     pl = st.layers[0]
-    G, K = x.shape[0], x.shape[-1]
-    flat = x.reshape(G, -1, K)
-    qx = np.float32(qmax(pl.input_bits))
-    xq = np.rint(flat / st.in_scale)
-    np.clip(xq, -qx, qx, out=xq)
-    y_int = xq.astype(st.q.dtype, copy=False) @ st.q
+    xq = _quantize(st, x)
+    y = _rescale(st, xq.astype(st.q.dtype, copy=False) @ st.q, xq)
+    return y.reshape(*x.shape[:-1], pl.N), dac_pulses(pl, xq)
+
+
+def _quantize(st: MvmStack, x: np.ndarray) -> np.ndarray:
+    """x [G, ..., K] -> x_int [G, V, K] in float32, as numerics.quantize_input (float32)."""
+    xq = np.rint(x.reshape(x.shape[0], -1, x.shape[-1]) / st.in_scale)
+    qx = np.float32(qmax(st.layers[0].input_bits))
+    return np.clip(xq, -qx, qx, out=xq)
+
+
+def _rescale(st: MvmStack, y_int: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """y_int [G, V, N] (plus the ADC-error term of the whole input xq on the split path)
+    -> y float32, as crossbar.dequantize."""
     if st.split is not None:
         y_int = y_int.astype(np.float64) + stacked_errors(st.split, xq)
     y = y_int.astype(np.float32, copy=False) * st.scale
     if st.bias is not None:
         y += st.bias
-    pulses = dac_pulses(pl, xq)
-    return y.reshape(*x.shape[:-1], pl.N), pulses
+    return y
 
 
 @dataclass
@@ -352,18 +360,7 @@ def mvm_hoisted(st: MvmStack, hx: HoistedInputs, t: int, h: np.ndarray,
     Element for element the same float32 operations as mvm_stacked. Lossy members add
     the ADC-error term of the whole input `full` (the concat [x_t, h], stacked)."""
     pl = st.layers[0]
-    G, K = h.shape[0], h.shape[-1]
-    flat = h.reshape(G, -1, K)
-    qx = np.float32(qmax(pl.input_bits))
-    hq = np.rint(flat / st.in_scale)
-    np.clip(hq, -qx, qx, out=hq)
-    y_int = hx.y_x[t].reshape(G, -1, pl.N) + hq.astype(st.q.dtype, copy=False) @ hx.q_h
-    if st.split is not None:
-        xq = np.rint(full.reshape(G, -1, full.shape[-1]) / st.in_scale)
-        np.clip(xq, -qx, qx, out=xq)
-        y_int = y_int.astype(np.float64) + stacked_errors(st.split, xq)
-    y = y_int.astype(np.float32, copy=False) * st.scale
-    if st.bias is not None:
-        y += st.bias
-    pulses = dac_pulses(pl, hq)
-    return y.reshape(*h.shape[:-1], pl.N), pulses
+    hq = _quantize(st, h)
+    y_int = hx.y_x[t].reshape(h.shape[0], -1, pl.N) + hq.astype(st.q.dtype, copy=False) @ hx.q_h
+    y = _rescale(st, y_int, None if st.split is None else _quantize(st, full))
+    return y.reshape(*h.shape[:-1], pl.N), dac_pulses(pl, hq)
