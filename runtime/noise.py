@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,12 @@ class NoiseConfig:
     def enabled(self) -> bool:
         return (self.prog_sigma > 0 or self.read_sigma > 0 or self.sa0_rate > 0
                 or self.sa1_rate > 0 or math.isfinite(self.on_off_ratio)
-                or (self.drift_nu > 0 and self.drift_t != self.drift_t0))
+                or self.drifts)
+
+    @property
+    def drifts(self) -> bool:
+        """True when the conductances drift between programming and the read."""
+        return self.drift_nu > 0 and self.drift_t != self.drift_t0
 
     def __post_init__(self) -> None:
         for name in ("prog_sigma", "read_sigma", "drift_nu", "drift_nu_sigma"):
@@ -111,8 +117,8 @@ def program_conductances(levels: np.ndarray, cell_bits: int, cfg: NoiseConfig,
     g = levels.astype(np.float64) + off
     if cfg.prog_sigma > 0:
         g = np.maximum(g + rng.normal(0.0, cfg.prog_sigma * span, size=g.shape), 0.0)
-    if cfg.drift_nu > 0 and cfg.drift_t != cfg.drift_t0:
-        g = drift(g, cfg, rng)
+    if cfg.drifts:
+        g = drift(g, cfg, drift_exponents(g.shape, cfg, rng))
     if cfg.sa0_rate > 0 or cfg.sa1_rate > 0:
         draw = rng.random(size=g.shape)
         g = np.where(draw < cfg.sa0_rate, off, g)
@@ -129,23 +135,24 @@ def drift_exponents(shape: tuple[int, ...], cfg: NoiseConfig,
     return np.maximum(rng.normal(cfg.drift_nu, cfg.drift_nu_sigma, size=shape), 0.0)
 
 
-def drift(g: np.ndarray, cfg: NoiseConfig, rng: np.random.Generator) -> np.ndarray:
-    """Conductances g (level units, at t0) read at drift_t: g * (t/t0)**-nu per cell, then,
-    with drift_compensation, times the layer's gain re-estimated from a reference read
-    (`compensation_gain`)."""
-    nu = drift_exponents(g.shape, cfg, rng)
+def drift(g: Any, cfg: NoiseConfig, nu: Any) -> Any:
+    """Conductances g (level units, at t0) read at drift_t: g * (t/t0)**-nu per cell (`nu`:
+    `drift_exponents`, or the same draw as a tensor), then, with drift_compensation, times
+    the layer's gain re-estimated from a reference read (`compensation_gain`). numpy arrays
+    or float64 torch tensors (farc/far/crossbar_torch.py) alike."""
     out = g * (cfg.drift_t / cfg.drift_t0) ** -nu
     if cfg.drift_compensation:
         out = out * compensation_gain(g, out)
     return out
 
 
-def compensation_gain(g_t0: np.ndarray, g_t: np.ndarray) -> float:
+def compensation_gain(g_t0: Any, g_t: Any) -> float:
     """Global drift compensation: the reference read (every row driven with the top DAC
     digit) sums each column's conductances; the gain is the ratio of the summed reads at t0
-    (stored at programming time) and now. One number per layer and replica."""
-    now = float(g_t.sum(dtype=np.float64))
-    return float(g_t0.sum(dtype=np.float64)) / now if now > 0 else 1.0
+    (stored at programming time) and now. One number per layer and replica. float64 arrays
+    or tensors."""
+    now = float(g_t.sum())
+    return float(g_t0.sum()) / now if now > 0 else 1.0
 
 
 def noisy_partial_sums(pl: PreparedLayer, g: np.ndarray, cell_bits: int, cfg: NoiseConfig,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from farc.errors import ConfigError
-from farc.runtime.noise import NoiseConfig, g_off_units
+from farc.runtime.noise import NoiseConfig, drift, g_off_units
 from farc.runtime.numerics import (
     XbarParams,
     full_scale_pmax,
@@ -183,14 +183,10 @@ class PreparedXbar:
         g = tiles + off
         if cfg.prog_sigma > 0:
             g = torch.clamp(g + cfg.prog_sigma * span * self._randn(g.shape), min=0.0)
-        if cfg.drift_nu > 0 and cfg.drift_t != cfg.drift_t0:  # noise.drift
+        if cfg.drifts:  # noise.drift_exponents drawn here, noise.drift applied as there
             nu = cfg.drift_nu if cfg.drift_nu_sigma <= 0 else torch.clamp(
                 cfg.drift_nu + cfg.drift_nu_sigma * self._randn(g.shape), min=0.0)
-            g_t = g * (cfg.drift_t / cfg.drift_t0) ** -nu
-            if cfg.drift_compensation:  # noise.compensation_gain, per layer
-                now = g_t.sum()
-                g_t = g_t * torch.where(now > 0, g.sum() / now, torch.ones_like(now))
-            g = g_t
+            g = drift(g, cfg, nu)
         if cfg.sa0_rate > 0 or cfg.sa1_rate > 0:
             draw = torch.rand(g.shape, generator=self.gen, dtype=torch.float64,
                               device=g.device)
