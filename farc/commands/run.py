@@ -90,8 +90,7 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
     n = len(next(iter(outputs.values())))
     click.echo(f"ran {n} samples -> {output_path}")
     if labels is not None and len(outputs) == 1:
-        logits = next(iter(outputs.values()))
-        acc = float((logits.reshape(n, -1).argmax(axis=1) == labels).mean())
+        acc = _top1(next(iter(outputs.values())), labels)
         click.echo(f"top-1 accuracy: {100 * acc:.2f}% ({n} samples)")
 
 
@@ -178,10 +177,13 @@ def _monte_carlo(program, inputs: dict[str, np.ndarray], labels: np.ndarray, cfg
 
 
 def _accuracy(packed: dict[str, np.ndarray], i: int, labels: np.ndarray) -> float:
-    if len(packed) != 1:
-        return float("nan")
-    logits = next(iter(packed.values()))[i]
-    return float((logits.reshape(len(labels), -1).argmax(axis=1) == labels).mean())
+    """Seed i's top-1 accuracy (NaN unless the program has one output)."""
+    return _top1(next(iter(packed.values()))[i], labels) if len(packed) == 1 else float("nan")
+
+
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of logits [samples, ...] (one row per sample)."""
+    return float((logits.reshape(len(logits), -1).argmax(axis=1) == labels).mean())
 
 
 def _print_monte_carlo(seeds: np.ndarray, acc: np.ndarray, n: int, output: Path) -> None:
