@@ -37,7 +37,8 @@ from farc.models.checkpoint import file_sha256
               help="Peak learning rate (warmup, cosine decay).")
 @click.option("--kd/--no-kd", default=FinetuneOptions.kd, show_default=True,
               help="Logit distillation from --teacher.")
-@click.option("--recalibrate-every", type=int, default=0, show_default=True,
+@click.option("--recalibrate-every", type=int, default=FinetuneOptions.recalibrate_every,
+              show_default=True,
               help="Steps between input-scale recalibrations (0: every epoch).")
 @click.option("--calib-samples", type=int, default=FinetuneOptions.calib_samples,
               show_default=True, help="Calibration images, as `farc compile --calib-samples`.")
@@ -76,14 +77,13 @@ def _finetune(ckpt_path, teacher_path, output, data, target, noise, opts, resume
     ckpt = load_checkpoint(ckpt_path, expect="far")
     D.configure_threads(threads, ckpt.model)
     student = ckpt.model.to(world.device)
-    tckpt = load_checkpoint(teacher_path) if teacher_path else None
-    teacher = freeze((tckpt.model if tckpt else ckpt.model).to(world.device)) \
-        if opts.kd else None
-    if tckpt is None and opts.kd:  # the float student as its own teacher: a copy
+    teacher = None
+    if opts.kd:  # without --teacher, the float student is its own teacher: a copy
         from farc.models.far import FAR
 
-        teacher = FAR(ckpt.model.cfg)
-        teacher.load_state_dict(ckpt.model.state_dict())
+        teacher = load_checkpoint(teacher_path).model if teacher_path else FAR(student.cfg)
+        if not teacher_path:
+            teacher.load_state_dict(student.state_dict())
         teacher = freeze(teacher.to(world.device))
     train, val, test = _splits(data, student.cfg.deit)
     args = {"student": str(Path(ckpt_path).resolve()), "seed": opts.train.seed, "data": data,
