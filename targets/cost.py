@@ -128,7 +128,7 @@ def cost_program(program: Any, target: Target, attention: str = "digital") -> Co
     hops = input_hops(manifest, target)
     costs = {s.path: op_cost(s, target, layers, attention, hops.get(s.path, 0)) for s in steps}
     latency, spans = critical_path(manifest["instructions"], steps, costs)
-    return _assemble(manifest, target, attention, steps, costs, latency, spans)
+    return _assemble(manifest, layers, target, attention, steps, costs, latency, spans)
 
 
 def static_events(program: Any, target: Target | None = None) -> dict[str, Any]:
@@ -211,8 +211,9 @@ def _matmul_cost(step: Step, target: Target, attention: str, ev: dict) -> OpCost
 
 
 # ---------------------------------------------------------------- totals
-def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
-              costs: dict[tuple, OpCost], latency: float, spans: list[Span]) -> CostReport:
+def _assemble(manifest: dict, layers: dict[int, dict], target: Target, attention: str,
+              steps: list[Step], costs: dict[tuple, OpCost], latency: float,
+              spans: list[Span]) -> CostReport:
     energy: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)
     by_layer: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     by_kind: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -231,9 +232,8 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
     used = crossbars_used(manifest)
     rewrite = _rewrite_summary(steps, costs, target) if attention == "rewrite" else {}
     area = area_mm2(target, manifest["layers"], int(rewrite.get("crossbars", 0)))
-    layers_by_id = {int(lay["id"]): lay for lay in manifest["layers"]}
     tiles = tiles_used(target, used)
-    occ, parallel = _occupancy(manifest, target, steps, costs, events, tiles)
+    occ, parallel = _occupancy(layers, target, steps, costs, events, tiles)
     thr = steady_state(latency, occ)
     per_replica = {str(lay["name"]): Geometry.from_layer(lay).crossbars
                    for lay in manifest["layers"]}
@@ -243,7 +243,7 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
     calls: dict[str, int] = defaultdict(int)
     for s in steps:
         if s.instr["op"] == "mvm":
-            calls[str(layers_by_id[int(s.instr["layer"])]["name"])] += s.trips
+            calls[str(layers[int(s.instr["layer"])]["name"])] += s.trips
     loads = {n: layer_load(v, calls[n], target.input_cycles,
                            target.latency.mvm_pipeline_cycles) for n, v in vectors.items()}
     spare = target.crossbars - sum(per_replica.values())
@@ -254,11 +254,10 @@ def _assemble(manifest: dict, target: Target, attention: str, steps: list[Step],
                       rewrite, thr, verdicts, tiles, reason)
 
 
-def _occupancy(manifest: dict, target: Target, steps: list[Step], costs: dict,
+def _occupancy(layers: dict[int, dict], target: Target, steps: list[Step], costs: dict,
                events: dict, tiles: int) -> tuple[dict[str, float], dict[str, bool]]:
     """Busy ns per image of every resource (targets/schedule.py), and for each crossbar
     layer whether one image's vectors can be split over its replicas."""
-    layers = {int(lay["id"]): lay for lay in manifest["layers"]}
     occ: dict[str, float] = defaultdict(float)
     parallel: dict[str, bool] = {}
     for s in steps:
