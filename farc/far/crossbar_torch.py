@@ -378,12 +378,14 @@ def _lstm(cell: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 class CrossbarNumerics:
     """Every layer's numerics plus the device model: a `Matmul` for `far_forward`.
     Each call of `matmul` programs the layer afresh (a new device draw with noise); one
-    forward is one chip instance."""
+    forward is one chip instance. With `fixed`, a layer already in `prepared` is reused:
+    one chip for many forwards (clear `prepared` for a new one)."""
 
     layers: dict[str, LayerNumerics]
     noise: NoiseConfig | None = None
     gen: torch.Generator | None = None
     prepared: dict[str, PreparedXbar] = field(default_factory=dict)
+    fixed: bool = False
 
     @classmethod
     def from_program(cls, program: Any, noise: NoiseConfig | None = None,
@@ -395,6 +397,8 @@ class CrossbarNumerics:
                ) -> Callable[[torch.Tensor], torch.Tensor]:
         if name not in self.layers:
             raise ConfigError(f"no crossbar numerics for layer {name!r}")
+        if self.fixed and name in self.prepared:
+            return self.prepared[name].mvm
         prep = self.layers[name].prepare(W, bias, self.noise, self.gen)
         self.prepared[name] = prep
         return prep.mvm

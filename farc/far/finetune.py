@@ -228,23 +228,13 @@ def hardware_accuracy(model: HardwareFAR, split: Split, world: D.World, noise: N
 
 def _one_chip_accuracy(model: HardwareFAR, split: Split, world: D.World, batch: int) -> float:
     """Accuracy with the chip programmed once (the first batch's draw kept for the rest)."""
-    from farc.far.crossbar_torch import PreparedXbar
-
     num = model.numerics
-    fixed: dict[str, PreparedXbar] = {}
-    orig = num.matmul
-
-    def matmul(name, W, b):
-        if name not in fixed:
-            orig(name, W, b)
-            fixed[name] = num.prepared[name]
-        return fixed[name].mvm
-
-    num.matmul = matmul  # type: ignore[method-assign]
+    num.prepared.clear()
+    num.fixed = True
     try:
         return accuracy(model, *split, world, batch)
     finally:
-        del num.matmul
+        num.fixed = False
 
 
 def run_finetune(student: FAR, teacher: torch.nn.Module | None, p: XbarParams,
