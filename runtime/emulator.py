@@ -25,7 +25,7 @@ from .bounds import check_run_bounds
 from .counters import Counters, record, record_move
 from .isa import HANDLED_OPS, OPS, disagreements
 from .lockstep import Group, HoistedInputs, hoist_inputs, mvm_hoisted, mvm_stacked, plan_body
-from .noise import NoiseConfig, noisy_partial_sums, program_conductances
+from .noise import NoiseConfig, ProgrammedLayer, noisy_partial_sums, program_layer
 from .numerics import Geometry
 from .program import Program
 from .split import SplitPlan, mvm_split, plan_split
@@ -128,11 +128,12 @@ class Emulator:
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
 
-    def _program_devices(self, rng: np.random.Generator) -> list[list[np.ndarray]] | None:
-        """Conductances of every replica of every layer, drawn once (programming time)."""
+    def _program_devices(self, rng: np.random.Generator) -> list[list[ProgrammedLayer]] | None:
+        """Conductances (and column ADC mismatch) of every replica of every layer, drawn
+        once (programming time)."""
         if self.noise is None:
             return None
-        return [[program_conductances(pl.levels, L["cell_bits"], self.noise, rng)
+        return [[program_layer(pl.levels, L["cell_bits"], self.noise, rng)
                  for _ in range(L["replicas"])]
                 for pl, L in zip(self.layers, self.program.layers)]
 

@@ -67,7 +67,8 @@ def test_torch_numerics_drift_matches_the_emulator() -> None:
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"drift_compensation": 0.5}, "drift_compensation = 0.5 must be 0 \\(off\\) or 1 \\(on\\)"),
+    ({"drift_compensation": 0.5}, "drift_compensation = 0.5 must be 0 \\(off\\), "
+                                   "1 \\(global\\) or 2 \\(per column\\)"),
     ({"drift_nu_sigma": -0.1}, "drift_nu_sigma = -0.1 must be finite and >= 0"),
 ])
 def test_bad_drift_settings(kw: dict, match: str) -> None:
