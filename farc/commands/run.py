@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from farc.commands._noise_options import device_model_option
 from farc.errors import DataError
 
 
@@ -32,6 +33,7 @@ from farc.errors import DataError
 @click.option("--noise", multiple=True, metavar="KEY=VALUE",
               help="Device non-ideality, e.g. read_sigma=0.01 (repeatable; see "
                    "docs/emulator.md).")
+@device_model_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--seeds", "seeds_spec", default=None, metavar="A..B|A,B,...",
               help="Monte-Carlo over device instances: run every seed (with --noise), report "
@@ -46,13 +48,13 @@ from farc.errors import DataError
               help="Write outputs holding NaN or Inf instead of failing (exit 1).")
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Outputs: .npy (one-output programs) or .npz.")
-def command(program_path, input_path, labels_path, data_spec, split, noise, seed, seeds_spec,
-            batch_size, mvm_path, counters_path, allow_nonfinite, output_path) -> None:
+def command(program_path, input_path, labels_path, data_spec, split, noise, device_model, seed,
+            seeds_spec, batch_size, mvm_path, counters_path, allow_nonfinite, output_path) -> None:
     """Run MODEL.farc on the functional ReRAM emulator."""
     from farc.atomic import check_outputs
     from farc.errors import ConfigError
+    from farc.runtime.devices import noise_from_options
     from farc.runtime.emulator import Emulator
-    from farc.runtime.noise import NoiseConfig
     from farc.runtime.program import Program
 
     if (input_path is None) == (data_spec is None):
@@ -61,14 +63,14 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, seed
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
     seeds = parse_seeds(seeds_spec) if seeds_spec is not None else None
     if seeds is not None:
-        _check_monte_carlo(noise, seed, counters_path, output_path)
+        _check_monte_carlo(noise or device_model, seed, counters_path, output_path)
     check_outputs({"-o": output_path, "--counters": counters_path},  # before emulating
                   {"MODEL.farc": program_path, "--input": input_path, "--labels": labels_path})
     if Path(output_path).suffix not in (".npy", ".npz"):
         raise ConfigError(f"-o {output_path}: outputs are numpy arrays, give a .npy (one "
                           "output) or .npz path")
+    cfg = noise_from_options(device_model, noise)  # a bad name fails before any work
     program = Program.load(program_path)
-    cfg = NoiseConfig.parse(list(noise)) if noise else None
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
                       else _data_inputs(program, data_spec, split))
     if seeds is not None:
@@ -119,8 +121,8 @@ def _check_monte_carlo(noise, seed: int, counters_path, output_path: str) -> Non
     from farc.errors import ConfigError
 
     if not noise:
-        raise ConfigError("--seeds draws device instances: give --noise (ideal chips are all "
-                          "alike)")
+        raise ConfigError("--seeds draws device instances: give --noise or --device-model "
+                          "(ideal chips are all alike)")
     if seed != 0:
         raise ConfigError("give --seed or --seeds, not both")
     if counters_path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from farc.check.verify import DEFAULT_BITLEVEL_SAMPLES, Tolerances
+from farc.commands._noise_options import device_model_option
 
 
 def _bitlevel(value: str) -> int | None:
@@ -56,6 +57,7 @@ def _bitlevel(value: str) -> int | None:
 @click.option("--noise", multiple=True, metavar="KEY=VALUE",
               help="Device non-ideality for the emulator, e.g. read_sigma=0.01 (repeatable). "
                    "Disables the exactness checks.")
+@device_model_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--min-agreement", type=float, default=Tolerances.min_agreement,
@@ -66,15 +68,15 @@ def _bitlevel(value: str) -> int | None:
 @click.option("--max-acc-drop", type=float, default=None,
               help="Largest emulator accuracy drop below float, in points (off by default).")
 def command(program_path, samples, data, split, inputs_npy, labels_npy, float_onnx, checkpoint,
-            bitlevel_samples, per_layer, noise, seed, batch_size, min_agreement, max_rel,
-            max_acc_drop) -> None:
+            bitlevel_samples, per_layer, noise, device_model, seed, batch_size, min_agreement,
+            max_rel, max_acc_drop) -> None:
     """Check the emulator running MODEL.farc against the reference built from its checkpoint
     (or .pt2/.onnx model) and against float onnxruntime."""
     import tempfile
 
     from farc.check.verify import VerifyError, resolve_references
     from farc.errors import ConfigError
-    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.devices import noise_from_options
     from farc.runtime.program import Program
 
     if samples < 0 or batch_size < 1 or not 0 <= min_agreement <= 1:
@@ -83,7 +85,7 @@ def command(program_path, samples, data, split, inputs_npy, labels_npy, float_on
     bitlevel = _bitlevel(bitlevel_samples)
     program = Program.load(program_path)
     tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
-    noise_cfg = NoiseConfig.parse(list(noise)) if noise else None
+    noise_cfg = noise_from_options(device_model, noise)
     x, y = _npy_inputs(program, inputs_npy, labels_npy, samples) if inputs_npy else \
         _inputs(program, data, split, samples)
     world = _world()
