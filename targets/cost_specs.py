@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from farc.errors import ConfigError
+
+ADC_LAWS = ("walden", "sar")
+"""`[energy] adc_law` values (the laws themselves: targets/derived.py)."""
+
 
 @dataclass(frozen=True)
 class LatencySpec:
@@ -17,8 +22,10 @@ class LatencySpec:
     """Time of one crossbar read (one DAC input cycle: drive rows, settle, sample-and-hold),
     ns. ISAAC: 100 ns. > 0."""
     adc_gsps: float = 1.28
-    """ADC sample rate, giga-samples/s. One ADC digitises its `adc.columns_per_adc` columns
-    one after another, so a cycle lasts at least columns / adc_gsps ns. > 0."""
+    """Sample rate of the reference ADC (`energy.adc_reference_bits`), giga-samples/s; another
+    `adc.bits` is scaled by `energy.adc_law` (`targets/derived.py`). One ADC digitises its
+    `adc.columns_per_adc` columns one after another, so a cycle lasts at least columns /
+    rate ns. > 0."""
     mvm_pipeline_cycles: int = 0
     """Extra cycles to fill/drain the MVM pipeline once per MVM instruction (PUMA: 2, for the
     DAC input and the ADC/shift-add stages; ISAAC's 16-cycle MVM counts none). >= 0."""
@@ -35,8 +42,12 @@ class EnergySpec:
     """Energy of one DAC pulse (one row, one input cycle), pJ."""
     adc_conversion_pj: float = 1.5625
     """Energy of one conversion of the reference ADC (`adc_reference_bits`), pJ. Another
-    `adc.bits` scales it by 2**(bits - adc_reference_bits) (Walden figure of merit held
-    constant; `targets/derived.py`)."""
+    `adc.bits` is priced by `adc_law` (`targets/derived.py`)."""
+    adc_law: str = "walden"
+    """How ADC energy, area and rate scale from `adc_reference_bits` to another width:
+    'walden' (Walden figure of merit: 2x energy and area per bit, same rate) or 'sar'
+    (NeuroSim's SarADC.cpp: energy ∝ (bits + 8.13)(bits + 1), area ∝ bits + 1.6, rate ∝
+    1/(bits + 1)). Both equal the published ADC at the reference width."""
     adc_reference_bits: int = 8
     """Resolution of the ADC whose energy (`adc_conversion_pj`) and area (`area.adc_mm2`) the
     file gives: the published ADC. 1..16."""
@@ -47,6 +58,12 @@ class EnergySpec:
     interconnect_pj_per_byte: float = 1.09
     """On-chip network energy per byte per hop (one router traversal and its link), pJ/B."""
 
+    def __post_init__(self) -> None:
+        """An unknown ADC law is refused on load (one line, like every bad key)."""
+        if self.adc_law not in ADC_LAWS:
+            raise ConfigError(f"[energy] adc_law = {self.adc_law!r} must be one of "
+                              f"{', '.join(map(repr, ADC_LAWS))}")
+
 
 @dataclass(frozen=True)
 class AreaSpec:
@@ -55,8 +72,8 @@ class AreaSpec:
     dac_mm2: float = 0.00000017
     """Area of one DAC (one per crossbar row), mm^2."""
     adc_mm2: float = 0.0012
-    """Area of one reference ADC (`energy.adc_reference_bits`), mm^2; another `adc.bits`
-    scales it by 2**(bits - adc_reference_bits) (`targets/derived.py`)."""
+    """Area of one reference ADC (`energy.adc_reference_bits`), mm^2; another `adc.bits` is
+    scaled by `energy.adc_law` (`targets/derived.py`)."""
     sample_hold_mm2: float = 0.00000004
     """Area of one sample-and-hold (one per crossbar column), mm^2."""
     ima_overhead_mm2: float = 0.00311

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from farc.runtime.numerics import Geometry
+from farc.targets.derived import adc_gsps
 from farc.targets.target import Target
 
 __all__ = ["Geometry", "activation_bytes", "cycle_ns", "mvm_latency_ns", "write_latency_ns"]
@@ -18,7 +19,7 @@ def cycle_ns(target: Target, g: Geometry) -> float:
     `columns_per_adc` columns needs more time to convert the used ones (read and conversion
     of consecutive cycles are pipelined, so the slower of the two sets the pace)."""
     per_adc = min(target.adc.columns_per_adc, g.used_cols)
-    return max(target.latency.crossbar_read_ns, per_adc / target.latency.adc_gsps)
+    return max(target.latency.crossbar_read_ns, per_adc / adc_gsps(target))
 
 
 def mvm_latency_ns(target: Target, g: Geometry, vectors: int = 1) -> float:
