@@ -16,6 +16,10 @@ sum |y|^2); mean and std over chips. Three columns besides CrossSim's:
 - closed form: the expected error from the clipped-Gaussian mean and variance of every cell
   (conductances cannot go negative in either tool), computed here from the codes alone.
 
+A second table gives farc's figure for every device preset of runtime/devices.py on the
+same problem (no CrossSim counterpart: its calibrated devices are other fits, see
+docs/devices.md).
+
 Run: python -m bench.bench_crosssim_noise [--chips 20] [--crosssim DIR]
 (DIR: a checkout of github.com/sandialabs/cross-sim, the folder holding `simulator/`)."""
 
@@ -75,19 +79,52 @@ def farc_layer(W: np.ndarray, x: np.ndarray) -> Any:
 def farc_side(W: np.ndarray, x: np.ndarray, model: str, sigma: float,
               chip: int) -> tuple[float, float, float]:
     """(no-ADC error, 9-bit-ADC error, closed-form expectation) of one chip."""
+    from farc.runtime.noise import NoiseConfig
+
+    pl, x_int, ideal = farc_problem(W, x)
+    analog, adc = farc_errors(pl, x_int, ideal, NoiseConfig(prog_sigma=sigma, prog_model=model),
+                              chip)
+    return analog, adc, expected_rel_rms(pl, x_int, ideal, model, sigma)
+
+
+def farc_problem(W: np.ndarray, x: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(prepared layer, input integers, exact integer result x_int @ q)."""
     from farc.runtime import crossbar as xb
-    from farc.runtime.noise import NoiseConfig, noisy_partial_sums, program_layer
 
     pl = farc_layer(W, x)
     x_int = xb.quantize_input(x, pl.in_scale, pl.input_bits)
-    ideal = x_int.astype(np.float64) @ pl.q.astype(np.float64)
-    cfg = NoiseConfig(prog_sigma=sigma, prog_model=model)
+    return pl, x_int, x_int.astype(np.float64) @ pl.q.astype(np.float64)
+
+
+def farc_errors(pl: Any, x_int: np.ndarray, ideal: np.ndarray, cfg: Any,
+                chip: int) -> tuple[float, float]:
+    """(no-ADC error, 9-bit-ADC error) of one chip programmed with `cfg` (seed `chip`)."""
+    from farc.runtime import crossbar as xb
+    from farc.runtime.noise import noisy_partial_sums, program_layer
+
     rng = np.random.default_rng(chip)
     chip_layer = program_layer(pl.levels, CELL_BITS, cfg, rng)
     ps = noisy_partial_sums(pl, chip_layer, CELL_BITS, cfg, rng)
-    adc = xb.mvm_bitlevel(pl, x_int, ps)
-    return (rel_rms(analog_mvm(pl, x_int, ps), ideal), rel_rms(adc, ideal),
-            expected_rel_rms(pl, x_int, ideal, model, sigma))
+    return (rel_rms(analog_mvm(pl, x_int, ps), ideal),
+            rel_rms(xb.mvm_bitlevel(pl, x_int, ps), ideal))
+
+
+def preset_rows(chips: int) -> list[list[str]]:
+    """Every device preset of runtime/devices.py on the same problem, farc only."""
+    from farc.runtime.devices import DEVICE_PRESETS
+
+    rows = []
+    for name, cfg in DEVICE_PRESETS.items():
+        if not cfg.enabled:
+            continue
+        cols: dict[str, list[float]] = {"none": [], "adc": []}
+        for chip in range(chips):
+            pl, x_int, ideal = farc_problem(*problem(chip))
+            a, b = farc_errors(pl, x_int, ideal, cfg, chip)
+            cols["none"].append(a)
+            cols["adc"].append(b)
+        rows.append([name, fmt(cols["none"]), fmt(cols["adc"])])
+    return rows
 
 
 def analog_mvm(pl: Any, x_int: np.ndarray, ps: Any) -> np.ndarray:
@@ -214,7 +251,9 @@ def main() -> None:
     print(md_table(["programming noise", "sigma", "CrossSim (ideal ADC)", "farc, no ADC",
                     "farc / CrossSim", "farc, 9-bit ADC (step 1)", "closed form"], rows))
     print(f"\nrelative RMS error of y = W x in %, mean ± std over {args.chips} chips; "
-          f"{time.time() - t0:.0f} s")
+          f"{time.time() - t0:.0f} s\n")
+    print(md_table(["device preset (runtime/devices.py)", "farc, no ADC",
+                    "farc, 9-bit ADC (step 1)"], preset_rows(args.chips)))
 
 
 if __name__ == "__main__":
