@@ -137,3 +137,28 @@ def noise_from_options(device_model: str | None, items: Sequence[str]) -> NoiseC
         return None
     base = device_preset(device_model) if device_model is not None else NoiseConfig()
     return NoiseConfig.parse(list(items), base=base)
+
+
+def sigma_table() -> str:
+    """The fitted programming sigmas, % of g_max, at the levels of a 2-bit cell and at their
+    peak, and PCM's 1/f term: the derived figures of docs/devices.md
+    (`python -m farc.runtime.devices`)."""
+    grid = np.linspace(0.0, 1.0, 10001)
+    curves = {"pcm_joshi2020": pcm_prog_sigma}
+    curves.update({f"rram_wan2022, {t:g} s": (lambda g, t=t: rram_prog_sigma(g, t))
+                   for t in RRAM_WAN_COEFF})
+    lines = ["| model | 0 | 1/3 | 2/3 | 1 | max (at g_rel) |", "|---|---|---|---|---|---|"]
+    for name, f in curves.items():
+        at = 100 * f(np.array([0.0, 1 / 3, 2 / 3, 1.0]))
+        peak = f(grid)
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in at)
+                     + f" | {100 * peak.max():.2f} ({grid[peak.argmax()]:.2f}) |")
+    lines += ["", "PCM 1/f read noise, % of the drifted G, at g_rel 1/3, 2/3, 1:"]
+    for t in (0.0, 3600.0, 86400.0):
+        at = 100 * pcm_read_sigma(np.array([1 / 3, 2 / 3, 1.0]), PCM_T0 + t)
+        lines.append(f"- {t:g} s after programming: " + " / ".join(f"{v:.2f}" for v in at))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(sigma_table())
