@@ -3,7 +3,8 @@ and the whole chip, computed from the same per-event energies and areas the cost
 prices programs with, to be set beside the paper's own totals (`[published]`).
 
 Peak power is every component at full activity, as ISAAC Table 6 and PUMA's simulator
-(`compute_pow_peak`) state it: each crossbar read once per `crossbar_read_ns`, each of its
+(`compute_pow_peak`) state it: each crossbar read once per input cycle (`mvm.cycle_ns` of a
+full crossbar: the read, or longer when its shared ADCs convert more slowly), each of its
 rows driven by a DAC, each ADC converting at its full rate with a shift-and-add per result,
 the buffer at its bandwidth, every router port moving a flit per cycle (a router shared by
 `tiles_per_router` tiles), plus the periphery the events do not cover ([power]). Energy per
@@ -19,6 +20,7 @@ from farc.targets.derived import (
     adc_conversions_per_ns,
     adcs_per_crossbar,
 )
+from farc.targets.mvm import Geometry, cycle_ns
 from farc.targets.target import Target
 
 LEVELS = ("ima", "tile", "chip")
@@ -43,7 +45,7 @@ class ChipTotals:
 def ima_power_mw(t: Target) -> dict[str, float]:
     """Peak power of one IMA by component, mW."""
     x, n = t.crossbar, t.chip.crossbars_per_ima
-    read = t.latency.crossbar_read_ns
+    read = cycle_ns(t, Geometry.for_matrix(t, x.rows, x.cols))  # one input cycle
     adcs = n * adcs_per_crossbar(t)
     rate = adcs * adc_conversions_per_ns(t)  # conversions per ns in the IMA
     return {"crossbar": n * t.energy.crossbar_cycle_pj / read,

@@ -33,11 +33,12 @@ def test_puma_16bit_mvm_takes_1_8_us():
 
 
 def test_adc_sharing_bounds_column_throughput():
-    # neurosim_rram: 8 columns per 0.5 GS/s ADC = 16 ns > the 10 ns read
+    # neurosim_rram: 8 columns per 5-bit SAR ADC of (5 + 1) x 1 ns (NeuroSim SarADC.cpp
+    # CalculateLatency) = 48 ns > the 10 ns read (Param.cpp readPulseWidth)
     t = load_target("neurosim_rram")
     g = Geometry.for_matrix(t, 128, 128)
-    assert cycle_ns(t, g) == pytest.approx(8 / 0.5)
-    assert cycle_ns(t.with_overrides(**{"adc.columns_per_adc": 4}), g) == pytest.approx(10.0)
+    assert cycle_ns(t, g) == pytest.approx(8 * (5 + 1) * 1.0, rel=1e-4)
+    assert cycle_ns(t.with_overrides(**{"adc.columns_per_adc": 1}), g) == pytest.approx(10.0)
 
 
 def test_replicas_divide_the_vectors():
