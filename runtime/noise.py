@@ -107,6 +107,16 @@ class NoiseConfig:
         """True when each chip draws per-column ADC offsets or gains."""
         return self.adc_offset_sigma > 0 or self.adc_gain_sigma > 0
 
+    @property
+    def beyond_twin(self) -> list[str]:
+        """The enabled models farc/far/crossbar_torch.py (the fine-tuning twin) does not
+        draw yet: it takes prog_sigma as `independent`, `fixed` drift, read noise, stuck-at
+        cells, on/off ratio and both compensations, nothing else."""
+        out = [f"prog_model={self.prog_model}"] if self.prog_model != "independent" else []
+        out += [f"drift_model={self.drift_model}"] if self.drift_model != "fixed" else []
+        return out + [k for k in ("adc_sigma", "adc_offset_sigma", "adc_gain_sigma")
+                      if getattr(self, k) > 0]
+
     def __post_init__(self) -> None:
         for name in ("prog_sigma", "read_sigma", "drift_nu", "drift_nu_sigma", "prog_scale",
                      "adc_sigma", "adc_offset_sigma", "adc_gain_sigma"):

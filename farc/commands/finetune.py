@@ -49,10 +49,14 @@ def command(checkpoint, output, target_name, teacher, noise, epochs, lr, kd, rec
             calib_samples, eval_seeds, data, batch_size, seed, resume, device, threads,
             **overrides) -> None:
     """Fine-tune FAR checkpoint CKPT through the crossbar numerics of its program."""
+    from farc.errors import ConfigError
     from farc.runtime.noise import NoiseConfig
 
     target = overridden_target(target_name, overrides)
     cfg = NoiseConfig.parse(list(noise)) if noise else None
+    if cfg is not None and cfg.beyond_twin:
+        raise ConfigError(f"--noise {', '.join(cfg.beyond_twin)}: fine-tuning's torch numerics "
+                          "do not model it yet (docs/devices.md); farc run does")
     q = target.quant
     opts = FinetuneOptions(epochs=epochs, lr=lr, kd=kd, recalibrate_every=recalibrate_every,
                            calib_samples=calib_samples, calibration=q.calibration,

@@ -251,3 +251,14 @@ def test_cli_unknown_device_model_is_one_line(tmp_path) -> None:
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0
     assert "unknown device model 'rram'" in res.stderr
+
+
+def test_finetune_refuses_models_its_twin_lacks(tmp_path) -> None:
+    """The torch twin would silently draw `independent` noise instead: refused, one line."""
+    res = subprocess.run([sys.executable, "-c", "from farc.cli import main; main()", "finetune",
+                          str(tmp_path / "c.pt"), "-o", str(tmp_path / "o.pt"), "--noise",
+                          "prog_model=proportional", "--noise", "prog_sigma=0.02"],
+                         check=False, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "prog_model=proportional: fine-tuning's torch numerics do not model it" in res.stderr
+    assert NoiseConfig(prog_sigma=0.02, read_sigma=0.01, drift_compensation=2.0).beyond_twin == []
