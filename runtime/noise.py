@@ -261,9 +261,7 @@ def read_at(g: np.ndarray, target: np.ndarray, g_max: float, cfg: NoiseConfig,
     if cfg.drift_model == "pcm_joshi2020":
         sigma = pcm_read_sigma(g / g_max, cfg.drift_t)
         out = np.maximum(out + np.abs(out) * sigma * rng.normal(0.0, 1.0, size=g.shape), 0.0)
-    if cfg.drift_compensation:
-        out = out * compensation_gain(g, out, per_column=cfg.drift_compensation == 2)
-    return out
+    return compensated(g, out, cfg)
 
 
 def drift_exponents(shape: tuple[int, ...], cfg: NoiseConfig, rng: np.random.Generator,
@@ -290,10 +288,14 @@ def drift(g: Any, cfg: NoiseConfig, nu: Any) -> Any:
     `drift_exponents`, or the same draw as a tensor), then, with drift_compensation, times
     the gain re-estimated from a reference read (`compensation_gain`). numpy arrays or
     float64 torch tensors (farc/far/crossbar_torch.py) alike."""
-    out = drift_only(g, cfg, nu)
-    if cfg.drift_compensation:
-        out = out * compensation_gain(g, out, per_column=cfg.drift_compensation == 2)
-    return out
+    return compensated(g, drift_only(g, cfg, nu), cfg)
+
+
+def compensated(g_t0: Any, g_t: Any, cfg: NoiseConfig) -> Any:
+    """g_t times the drift_compensation gain (global or per column), or g_t when off."""
+    if not cfg.drift_compensation:
+        return g_t
+    return g_t * compensation_gain(g_t0, g_t, per_column=cfg.drift_compensation == 2)
 
 
 def compensation_gain(g_t0: Any, g_t: Any, per_column: bool = False) -> Any:
