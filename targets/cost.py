@@ -35,6 +35,7 @@ from farc.targets.events import (
 from farc.targets.interconnect import (
     crossbars_used,
     input_hops,
+    layer_tiles,
     network_capacity_bytes_per_ns,
     tiles_used,
     transfer_ns,
@@ -75,6 +76,8 @@ class OpCost:
     stream_rows: int = 0
     """Rows (token vectors) the op emits one after another at an even pace, so that a
     token-wise consumer can start on the first (timeline.py); 0 = all at the end."""
+    transfer_ns: float = 0.0
+    """Of `latency_ns`, the network transfer of an mvm's input before the crossbars start."""
 
 
 @dataclass
@@ -108,6 +111,13 @@ class CostReport:
     replication_reason: str = ""
     """Why the replication rule (schedule.plan_replicas) gives no further replica on this
     chip: what `--replicate` stopped at, or would stop at."""
+    schedule: list[Span] = field(default_factory=list)
+    """With `cost_program(..., schedule=True)`: the full schedule of one image (every executed
+    instruction, loop steps unrolled; timeline.critical_path's `detail`), each span with the
+    resource it occupies (`unit`: the throughput model's resource names). Its last end is
+    `latency_ns`. `farc report --trace` writes it out (farc/report/trace.py)."""
+    layer_tiles: dict[str, int] = field(default_factory=dict)
+    """Crossbar layer name -> tile of its first crossbar (interconnect.layer_tiles)."""
 
     @property
     def energy_total_pj(self) -> float:
@@ -118,8 +128,10 @@ class CostReport:
         return sum(self.area_mm2.values())
 
 
-def cost_program(program: Any, target: Target, attention: str = "digital") -> CostReport:
-    """Latency, energy and area of one inference of `program` (Program or manifest dict)."""
+def cost_program(program: Any, target: Target, attention: str = "digital",
+                 schedule: bool = False) -> CostReport:
+    """Latency, energy and area of one inference of `program` (Program or manifest dict);
+    with `schedule`, also the full schedule the latency is read from (`CostReport.schedule`)."""
     if attention not in ATTENTION_MODES:
         raise ConfigError(f"attention = {attention!r} must be one of {', '.join(ATTENTION_MODES)}")
     manifest = manifest_of(program)
@@ -127,8 +139,30 @@ def cost_program(program: Any, target: Target, attention: str = "digital") -> Co
     steps = list(walk(manifest))
     hops = input_hops(manifest, target)
     costs = {s.path: op_cost(s, target, layers, attention, hops.get(s.path, 0)) for s in steps}
-    latency, spans = critical_path(manifest["instructions"], steps, costs)
-    return _assemble(manifest, layers, target, attention, steps, costs, latency, spans)
+    detail: list[Span] | None = [] if schedule else None
+    latency, spans = critical_path(manifest["instructions"], steps, costs, detail)
+    report = _assemble(manifest, layers, target, attention, steps, costs, latency, spans)
+    if detail is not None:
+        info = {s.path: s for s in steps}
+        report.schedule = [replace(d, unit=resource(info[d.path], costs[d.path], layers),
+                                   transfer_ns=costs[d.path].transfer_ns if d.kind == "mvm"
+                                   else 0.0) for d in detail]
+        report.layer_tiles = {str(layers[i]["name"]): tile
+                              for i, tile in layer_tiles(manifest, target).items() if i in layers}
+    return report
+
+
+def resource(step: Step, cost: OpCost, layers: dict[int, dict]) -> str:
+    """The resource an instruction occupies, as the throughput model names it: a crossbar
+    layer's crossbars, an attention matmul's rewrite crossbars, the digital matmul units,
+    the buffers (moves, loop gathers/scatters) or the digital vector units."""
+    op = step.instr["op"]
+    if op == "mvm":
+        return f"crossbars {layers[int(step.instr['layer'])]['name']}"
+    if op == "matmul":
+        return (f"rewrite crossbars of matmul @{step.path[-1]}" if cost.rewrite_crossbars
+                else "digital matmul units")
+    return "buffers" if cost.kind == "move" else "digital vector units"
 
 
 def static_events(program: Any, target: Target | None = None) -> dict[str, Any]:
@@ -159,10 +193,10 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str,
         n_in = numel(step.in_shapes[0])
         ev["interconnect_byte_hops"] = n_in * BYTES_PER_ELEMENT * hops
         v = numel(step.in_shapes[0][:-1])
-        lat = mvm_latency_ns(target, g, v) + \
-            transfer_ns(target, hops, n_in * activation_bytes(target))
-        return _priced(OpCost("mvm", str(layer["name"]), lat, events=ev,
-                              stream_rows=math.ceil(v / g.replicas)), target)
+        move = transfer_ns(target, hops, n_in * activation_bytes(target))
+        return _priced(OpCost("mvm", str(layer["name"]), mvm_latency_ns(target, g, v) + move,
+                              events=ev, stream_rows=math.ceil(v / g.replicas),
+                              transfer_ns=move), target)
     if op == "matmul":
         return _priced(_matmul_cost(step, target, attention, ev), target)
     if OPS[op].event in DIGITAL_EVENTS:
@@ -261,22 +295,18 @@ def _occupancy(layers: dict[int, dict], target: Target, steps: list[Step], costs
     occ: dict[str, float] = defaultdict(float)
     parallel: dict[str, bool] = {}
     for s in steps:
-        c, op = costs[s.path], s.instr["op"]
+        c, op, unit = costs[s.path], s.instr["op"], resource(s, costs[s.path], layers)
         if op == "mvm":
             lay = layers[int(s.instr["layer"])]
             g = Geometry.from_layer(lay)
             v = numel(s.in_shapes[0][:-1])
             one = mvm_latency_ns(target, replace(g, replicas=1), v)
-            occ[f"crossbars {lay['name']}"] += one * s.trips / g.replicas
+            occ[unit] += one * s.trips / g.replicas
             parallel[str(lay["name"])] = parallel.get(str(lay["name"]), False) or v > 1
-        elif op == "matmul" and c.rewrite_crossbars:
-            occ[f"rewrite crossbars of matmul @{s.path[-1]}"] += c.latency_ns * s.trips
-        elif op == "matmul":
-            occ["digital matmul units"] += c.latency_ns * s.trips / tiles
-        elif c.kind == "move":
-            occ["buffers"] += c.latency_ns * s.trips / tiles
-        else:
-            occ["digital vector units"] += c.latency_ns * s.trips / tiles
+        elif c.rewrite_crossbars:
+            occ[unit] += c.latency_ns * s.trips
+        else:  # digital matmul units, buffers, digital vector units: one set per tile
+            occ[unit] += c.latency_ns * s.trips / tiles
     byte_hops = events["interconnect_byte_hops"] * activation_bytes(target) / BYTES_PER_ELEMENT
     if byte_hops:
         occ["network"] = byte_hops / network_capacity_bytes_per_ns(target, tiles)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from farc.errors import ConfigError
@@ -55,9 +55,11 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 def cost_all(programs: list[tuple[str, Any]], attention: str,
-             overrides: dict[str, Any] | None = None) -> list[tuple[str, CostReport]]:
+             overrides: dict[str, Any] | None = None,
+             schedule: bool = False) -> list[tuple[str, CostReport]]:
     """(name, program) -> (name, report) on each program's own target (with cost-section
-    `overrides`); refuses programs built for different targets."""
+    `overrides`); refuses programs built for different targets. `schedule`: the first
+    report also carries its full schedule (for `--trace`)."""
     out = []
     targets = {manifest_of(p)["target"].get("target", {}).get("name") for _, p in programs}
     if len(targets) > 1:
@@ -67,7 +69,7 @@ def cost_all(programs: list[tuple[str, Any]], attention: str,
         target = program_target(manifest_of(p))
         if overrides:
             target = target.with_overrides(**overrides)
-        out.append((name, cost_program(p, target, attention)))
+        out.append((name, cost_program(p, target, attention, schedule=schedule and not out)))
     return out
 
 
@@ -102,7 +104,8 @@ def to_json(reports: list[tuple[str, CostReport]]) -> str:
             return [clean(v) for v in x]
         return x
 
-    data = {name: {**asdict(r), "energy_total_pj": r.energy_total_pj,
+    data = {name: {**asdict(replace(r, schedule=[])),  # the schedule is --trace's
+                   "energy_total_pj": r.energy_total_pj,
                    "area_total_mm2": r.area_total_mm2,
                    "images_per_s": r.throughput.images_per_s if r.throughput else None}
             for name, r in reports}
@@ -110,13 +113,13 @@ def to_json(reports: list[tuple[str, CostReport]]) -> str:
 
 
 def report_for(programs: list[tuple[str, Any]], attention: str,
-               overrides: dict[str, Any] | None = None
+               overrides: dict[str, Any] | None = None, schedule: bool = False
                ) -> tuple[list[tuple[str, CostReport]], list[Section]]:
     """Cost the programs and build the tables; columns carry `short_labels`, the summary
-    names the full models."""
+    names the full models. `schedule`: keep the first program's full schedule."""
     labels = short_labels(programs)
     reports = cost_all([(lab, p) for lab, (_, p) in zip(labels, programs)], attention,
-                       overrides)
+                       overrides, schedule)
     sections = report_sections(reports)
     sections[0].rows.insert(0, ["model", *(n for n, _ in programs)] +
                             ([""] if len(sections[0].header) > len(programs) + 1 else []))
