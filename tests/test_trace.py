@@ -59,7 +59,7 @@ def test_trace_span_equals_the_reported_latency(traced):
     first = _spans(trace, image=0)
     start = min(e["ts"] for e in first)
     end = max(e["ts"] + e["dur"] for e in first)
-    assert (end - start) * 1000 == pytest.approx(rep["latency_ns"], rel=1e-9)
+    assert (end - start) * 1000 == pytest.approx(rep["latency_ns"], abs=0.01)  # ts: 1 ps
     assert trace["otherData"]["latency_ns"] == rep["latency_ns"]
 
 
@@ -73,10 +73,10 @@ def test_images_enter_one_interval_apart_at_the_reported_throughput(traced):
                     key=lambda e: e["ts"])
     assert len(images) == other["images_drawn"]
     for k, e in enumerate(images):
-        assert e["ts"] * 1000 == pytest.approx(k * interval)
-        assert e["dur"] * 1000 == pytest.approx(rep["latency_ns"])
+        assert e["ts"] * 1000 == pytest.approx(k * interval, abs=0.01)
+        assert e["dur"] * 1000 == pytest.approx(rep["latency_ns"], abs=0.01)
     shifted = _spans(trace, image=1)
-    assert min(e["ts"] for e in shifted) * 1000 == pytest.approx(interval)
+    assert min(e["ts"] for e in shifted) * 1000 == pytest.approx(interval, abs=0.01)
 
 
 def test_every_loop_step_is_drawn(traced, far_path):

@@ -118,3 +118,39 @@ def timeline_png(reports: list[tuple[str, CostReport]]) -> bytes:
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("time (us)")
     return _png(fig)
+
+
+def trace_png(trace: dict, title: str, max_rows: int = 60) -> bytes:
+    """A picture of a `farc report --trace` document (farc/report/trace.py), drawn from the
+    file's own events: a row per track (resource lane), bars coloured by image, the image
+    rows on top. Tracks beyond `max_rows` (the busiest are kept) are folded into one row."""
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    bars: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
+    for e in trace["traceEvents"]:
+        if e["ph"] == "X":
+            bars.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["dur"],
+                                                              e["args"]["image"]))
+    busy = sorted(bars, key=lambda k: (-sum(d for _, d, _ in bars[k]), k))
+    keep = sorted(busy[:max_rows])
+    rows = [(names.get(k, str(k)), bars[k]) for k in keep]
+    rest = [b for k in busy[max_rows:] for b in bars[k]]
+    if rest:
+        rows.append((f"{len(busy) - max_rows} more tracks", rest))
+    end = max((t + d for _, bs in rows for t, d, _ in bs), default=1.0)
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.16 * len(rows)))
+    cmap = plt.get_cmap("tab10")
+    for y, (_, bs) in enumerate(rows):
+        for img in sorted({i for _, _, i in bs}):
+            ax.broken_barh([(t, max(d, end * 2e-4)) for t, d, i in bs if i == img],
+                           (y - 0.4, 0.8), color=cmap(img % 10), linewidth=0)
+    ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, end * 1.01)
+    ax.set_xlabel("time (us); colour = image")
+    o = trace.get("otherData", {})
+    ax.set_title(f"{title}: latency {o.get('latency_ns', 0) / 1e3:,.1f} us, a new image every "
+                 f"{o.get('interval_ns', 0) / 1e3:,.1f} us ({o.get('bottleneck', '')}), "
+                 f"{o.get('images_drawn', 1)} images drawn", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)

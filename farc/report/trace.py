@@ -14,7 +14,7 @@ and one thread per resource, named as the throughput model names it (a crossbar 
 the tile of its first crossbar). Spans that overlap on one resource (independent heads and
 directions, images in flight) go to numbered lanes of that resource. An mvm whose input
 crosses the network starts with a transfer span on the network track. Times are in us
-(the format's unit) with ns precision; zero-length spans (views, constants) are left out."""
+(the format's unit) rounded to 1 ps; zero-length spans (views, constants) are left out."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from farc.targets.timeline import Span
 
 MAX_IMAGES = 4
 """Images drawn at most: enough to show the steady state without a huge file."""
-MAX_EVENTS = 2_000_000
-"""Events per file at most (about 300 MB of JSON): fewer images are drawn above it."""
+MAX_EVENTS = 500_000
+"""Spans per file at most (about 60 MB of JSON, which Perfetto opens in seconds): fewer
+images are drawn above it (FAR-T at 197 tokens has 225,000 spans per image: 2 images)."""
 PROCESSES = {"images": 0, "crossbars": 1, "digital units": 2, "buffers": 3, "network": 4}
 
 
@@ -84,13 +85,13 @@ def trace_events(report: CostReport, name: str, images: int | None = None) -> di
             ends.append(t1)
         ends[lane] = t1
         tid = tids.setdefault((s.unit, lane), len(tids) + 1)
-        args: dict[str, Any] = {"image": k, "start_ns": t0, "ns": t1 - t0}
+        args: dict[str, Any] = {"image": k}
         if s.path:
             args["instruction"] = list(s.path)
         if s.step >= 0:
             args["step"] = s.step
-        events.append({"name": s.label, "cat": s.kind, "ph": "X", "ts": t0 / 1000.0,
-                       "dur": (t1 - t0) / 1000.0, "pid": PROCESSES[_process(s.unit)],
+        events.append({"name": s.label, "cat": s.kind, "ph": "X", "ts": round(t0 / 1e3, 6),
+                       "dur": round((t1 - t0) / 1e3, 6), "pid": PROCESSES[_process(s.unit)],
                        "tid": tid, "args": args})
     return {"traceEvents": _metadata(report, tids) + events, "displayTimeUnit": "ns",
             "otherData": _summary(report, name, n, interval)}
