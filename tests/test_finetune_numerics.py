@@ -93,7 +93,7 @@ def test_noisy_numerics_on_the_emulators_devices(compiled, images):
     for i, layer in enumerate(program.layers):
         W, b = weights[layer["name"]]
         prep = numerics.layers[layer["name"]].prepare(W.detach(), b.detach())
-        g = torch.from_numpy(emu._devices[i][0])
+        g = torch.from_numpy(emu._devices[i][0].g)
         prep.g = g[:, :prep.rows].float()
         for tr in emu.traces[i][:2]:
             x_int = quantize_input_t(torch.from_numpy(tr.x), prep.s_x, prep.p.input_bits)
