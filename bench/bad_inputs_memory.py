@@ -89,7 +89,8 @@ def build(d: Path) -> list[tuple[str, list, list]]:
         zf.writestr("x.npy", fh.getvalue() + b"\0" * 64)
     rng = np.random.default_rng(0)
     layer, arrays = pack_layer(rng.normal(size=(192, 4)).astype(np.float32), None,
-                               input_scale(np.ones(1), 8), XbarParams(rows=8, cols=16))
+                               input_scale(np.ones(1), 8), XbarParams().with_overrides(
+                                   **{"crossbar.rows": 8, "crossbar.cols": 16}))
     img_prog = make_program([{"op": "input", "name": "x", "out": "x"},
                              {"op": "reshape", "in": ["x"], "shape": [192], "out": "f"},
                              {"op": "mvm", "layer": 0, "in": ["f"], "out": "y"},

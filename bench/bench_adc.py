@@ -37,10 +37,10 @@ POLICIES: dict[str, dict] = {
 }
 QUICK_POLICIES = ("before: offset, calibrated max", "sign-magnitude + per-slice",
                   "best: + uniform step, p99.9")
-MVM_POLICIES = {"before (calibrated max)": {"adc_range": "calibrated"},
-                "best": {"adc_range": "calibrated", "input_encoding": "sign_magnitude",
-                         "adc_granularity": "slice", "adc_step_rule": "uniform",
-                         "adc_statistic": "percentile", "adc_percentile": 99.9}}
+MVM_POLICIES = {"before (calibrated max)": {"adc.range": "calibrated"},
+                "best": {"adc.range": "calibrated", "quant.input_encoding": "sign_magnitude",
+                         "adc.granularity": "slice", "adc.step_rule": "uniform",
+                         "adc.statistic": "percentile", "adc.percentile": 99.9}}
 
 
 def accuracy(far_path, overrides: dict, x: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
@@ -60,11 +60,13 @@ def single_mvm(section: Section, bits: tuple[int, ...]) -> None:
 
     from farc.check.adc_error import single_mvm_rms
 
-    base = dict(rows=128, cols=128, cell_bits=2, dac_bits=1, weight_bits=8, input_bits=8)
+    base = {"crossbar.rows": 128, "crossbar.cols": 128, "crossbar.cell_bits": 2, "dac.bits": 1,
+            "quant.weight_bits": 8, "quant.input_bits": 8}
     rows = []
     for kind in ("gauss", "relu"):
         for b in bits:
-            errs = [single_mvm_rms(XbarParams(**base, adc_bits=b, **pol), kind)
+            errs = [single_mvm_rms(XbarParams().with_overrides(**base, **{"adc.bits": b}, **pol),
+                                   kind)
                     for pol in MVM_POLICIES.values()]
             rows.append((kind, b, *(f"{e:.3g}" for e in errs),
                          f"{errs[0] / errs[1]:.0f}x" if errs[1] else "lossless"))

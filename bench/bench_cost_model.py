@@ -49,7 +49,7 @@ def _fitting_target(name: str, params: int):
     from farc.targets import load_target
 
     t = load_target(name)
-    need = params * t.weight_slices * t.signs * 1.5 / (t.crossbar.rows * t.crossbar.cols)
+    need = params * t.xbar.slices * t.xbar.signs * 1.5 / (t.crossbar.rows * t.crossbar.cols)
     per_tile = t.chip.imas_per_tile * t.chip.crossbars_per_ima
     tiles = max(t.chip.tiles, math.ceil(need / per_tile))
     return t.with_overrides(**{"chip.tiles": tiles}) if tiles > t.chip.tiles else t

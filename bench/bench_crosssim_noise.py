@@ -64,10 +64,11 @@ def farc_layer(W: np.ndarray, x: np.ndarray) -> Any:
     from farc.runtime.crossbar import prepare_layer
     from farc.runtime.numerics import XbarParams
 
-    p = XbarParams(rows=128, cols=128, cell_bits=CELL_BITS, dac_bits=1, adc_bits=9,
-                   weight_bits=WEIGHT_BITS, input_bits=8, mapping="differential",
-                   input_encoding="sign_magnitude")
-    layer, arrays = pack_layer(W, None, input_scale(x, p.input_bits), p)
+    p = XbarParams().with_overrides(**{
+        "crossbar.rows": 128, "crossbar.cols": 128, "crossbar.cell_bits": CELL_BITS,
+        "dac.bits": 1, "adc.bits": 9, "quant.weight_bits": WEIGHT_BITS, "quant.input_bits": 8,
+        "quant.mapping": "differential", "quant.input_encoding": "sign_magnitude"})
+    layer, arrays = pack_layer(W, None, input_scale(x, p.quant.input_bits), p)
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
                          {"op": "output", "name": "y", "in": ["y"]}],

@@ -54,8 +54,9 @@ SHAPES = {
     "tiny": (192, 3, 64, 197, 8),      # FAR-Tiny-shaped block at 197 tokens
 }
 CONFIGS = {
-    "lossless": XbarParams(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=9),
-    "full-adc": XbarParams(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=8),
+    name: XbarParams().with_overrides(**{"crossbar.rows": 128, "crossbar.cols": 128,
+                                         "crossbar.cell_bits": 2, "dac.bits": 1, "adc.bits": b})
+    for name, b in (("lossless", 9), ("full-adc", 8))
 }
 
 

@@ -12,11 +12,13 @@ the `NN-<stage>.state.json` file written beside each dump."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 import tvm_ffi
+from farc.runtime.numerics import XbarParams
 from tvm import relax
 from tvm.relax import _ffi_api as _relax_ffi
 
@@ -94,6 +96,26 @@ def attr_array(func: relax.Function, name: str) -> np.ndarray:
     """A read-only numpy view of the crossbar function's tensor attribute `farc.<name>`
     (no copy: a Base model's codes are hundreds of MB; read-only: the IR is immutable)."""
     return _view(func.attrs[f"farc.{name}"])
+
+
+XBAR_ATTR = "farc.xbar"
+"""The crossbar function attribute holding the schema sections (crossbar, dac, adc, quant)
+its layer is packed with, as JSON text: QuantizeCrossbar sets it from the target, and every
+later pass and codegen read it (one holder per layer; per-layer precision changes it)."""
+
+
+def set_xbar(func: relax.Function, p: XbarParams) -> relax.Function:
+    """`func` with its layer's sections recorded."""
+    return func.with_attr(XBAR_ATTR, json.dumps(p.sections(), sort_keys=True))
+
+
+def xbar_of(func: relax.Function) -> XbarParams:
+    """The sections a crossbar function's layer is packed with (`set_xbar`)."""
+    if XBAR_ATTR not in func.attrs:
+        raise PassError(f"crossbar layer {func.attrs['farc.layer']} has no {XBAR_ATTR}: run "
+                        "QuantizeCrossbar first")
+    return XbarParams.from_sections(json.loads(str(func.attrs[XBAR_ATTR])),
+                                    str(func.attrs["farc.layer"]), PassError)
 
 
 def program_arrays(func: relax.Function) -> dict[str, np.ndarray]:

@@ -23,14 +23,14 @@ One emitter per Relax op (`_op_<name>`), each mirroring one emulator handler:
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tvm
-from farc.passes._crossbar_ir import CODEGEN, const_value, is_scan, program_arrays
+from farc.passes._crossbar_ir import CODEGEN, const_value, is_scan, program_arrays, xbar_of
 from farc.runtime.builder import layer_fields
+from farc.runtime.numerics import Geometry
 from farc.runtime.program import Program
 from farc.targets import Target
 from tvm import relax
@@ -471,7 +471,7 @@ class _Emitter:
             prefix = f"layer{lid}"
             own = program_arrays(func)
             arrays.update({f"{prefix}.{k}": v for k, v in own.items()})
-            layers.append({"id": lid, **_layer_fields(func, target),
+            layers.append({"id": lid, **_layer_fields(func),
                            "arrays": {k: f"{prefix}.{k}" for k in own}})
         const_names = {}
         for cname, value in self.constants.items():
@@ -482,25 +482,26 @@ class _Emitter:
         manifest = {
             "model": model, "target": target.to_dict(), "constants": const_names,
             "layers": layers, "instructions": self.code,
-            "schedule": _schedule(sched, layers),
+            "schedule": _schedule(sched, layers, target),
         }
         return manifest, arrays
 
 
-_LAYER_ATTRS = ("farc.in_scale", "farc.row_tiles", "farc.col_tiles", "farc.adc_step",
+_LAYER_ATTRS = ("farc.xbar", "farc.in_scale", "farc.row_tiles", "farc.col_tiles", "farc.adc_step",
                 "farc.codes", "farc.replicas", "farc.crossbars")
 """What codegen reads from each crossbar function, by the pass that leaves it."""
 
 
-def _layer_fields(func: relax.Function, target: Target) -> dict[str, Any]:
+def _layer_fields(func: relax.Function) -> dict[str, Any]:
     """The layer dict of docs/tile-program.md (without id and arrays), from the crossbar
-    function's attributes and the target's crossbar parameters."""
+    function's attributes alone (its sections included: the IR, not the target, says how
+    each layer is packed)."""
     a = func.attrs
     missing = [k for k in _LAYER_ATTRS if k not in a]
     if missing:
         raise PassError(f"crossbar layer {a['farc.layer']} lacks {', '.join(missing)}: "
                         "run QuantizeCrossbar, TileCrossbar and ScheduleCrossbar first")
-    fields = layer_fields(target.xbar, int(a["farc.row_tiles"]), int(a["farc.col_tiles"]),
+    fields = layer_fields(xbar_of(func), int(a["farc.row_tiles"]), int(a["farc.col_tiles"]),
                           float(a["farc.in_scale"]), _plain(a["farc.adc_step"]))
     clipped = {"adc_calib_clipped": float(a["farc.adc_calib_clipped"])} \
         if "farc.adc_calib_clipped" in a else {}
@@ -521,8 +522,8 @@ def _plain(value: Any) -> Any:
     return [_plain(v) for v in value]
 
 
-def _schedule(sched, layers: list[dict]) -> dict:
-    used = sum(len(L["crossbars"]) * L["row_tiles"] * L["col_tiles"] for L in layers)
+def _schedule(sched, layers: list[dict], target: Target) -> dict:
+    used = sum(Geometry.from_layer(L).all_crossbars for L in layers)
     avail = int(sched.get("crossbars_available", 0)) if sched else 0
     return {
         "crossbars_used": used, "crossbars_available": avail,
@@ -531,8 +532,7 @@ def _schedule(sched, layers: list[dict]) -> dict:
         "replicas": {L["name"]: L["replicas"] for L in layers if L["replicas"] > 1},
         "loop_groups": [[str(v) for v in g] for g in sched.get("loop_groups", [])],
         "layer_crossbars": {L["name"]: L["crossbars"] for L in layers},
-        "cells_per_crossbar": math.prod([layers[0]["rows"], layers[0]["cols"]])
-        if layers else 0,
+        "cells_per_crossbar": target.crossbar.rows * target.crossbar.cols if layers else 0,
     }
 
 

@@ -4,9 +4,10 @@ Expects: Relax after PartitionCrossbar (crossbar functions with `farc.layer`), p
 calibration statistics of every layer (farc.compiler.calibrate), keyed by layer name.
 
 Leaves: a new module whose crossbar functions carry, besides their earlier attributes,
-- `farc.calib_range` (r, the calibrated input range under the target's policy: max |x| or
-  its percentile), `farc.in_scale` (s_x = r / Qx), `farc.in_zero` (z = 2**(input_bits-1)),
-  `farc.weight_bits`, `farc.input_bits`;
+- `farc.xbar` (the schema sections the layer is packed with, `_crossbar_ir.set_xbar`: the
+  target's today; every later pass and codegen read them here, never from the target);
+- `farc.calib_range` (r, the calibrated input range under the layer's policy: max |x| or
+  its percentile) and `farc.in_scale` (s_x = r / Qx);
 - `farc.q` (int64 [K, N], the integer weights) and `farc.w_scale` (float32 [N], s_w per
   output column) as tensor attributes.
 q and s_w come from farc.runtime.numerics, the one crossbar-numerics module
@@ -22,10 +23,12 @@ from farc.passes._crossbar_ir import (
     array_attr,
     const_value,
     crossbar_functions,
+    set_xbar,
     with_functions,
 )
 from farc.passes.partition_crossbar import composite_parts
 from farc.runtime.numerics import input_scale, quantize_weights
+from farc.runtime.schema import Calibration
 from farc.targets import Target
 from tvm import relax
 
@@ -48,19 +51,17 @@ class QuantizeCrossbar:
         return with_functions(mod, {gv: self._quantize(f) for gv, f in crossbar_functions(mod)})
 
     def _quantize(self, func: relax.Function) -> relax.Function:
-        q = self.target.quant
+        p = self.target.xbar
+        q = p.quant
         weight, _ = composite_parts(func)
         ints, w_scale = quantize_weights(const_value(weight), q.weight_bits)
-        r = self._range(str(func.attrs["farc.layer"]))
-        return func.with_attrs({
+        r = self._range(str(func.attrs["farc.layer"]), q.calibration)
+        return set_xbar(func, p).with_attrs({
             "farc.calib_range": r, "farc.in_scale": input_scale(r, q.input_bits),
-            "farc.in_zero": self.target.xbar.in_zero,
-            "farc.weight_bits": q.weight_bits, "farc.input_bits": q.input_bits,
             "farc.q": array_attr(ints), "farc.w_scale": array_attr(w_scale)})
 
-    def _range(self, name: str) -> float:
+    def _range(self, name: str, policy: Calibration) -> float:
         if name not in self.calib:
             raise PassError(f"no calibration statistics for layer {name!r}")
         stats = self.calib[name]
-        return stats.percentile if self.target.quant.calibration == "percentile" \
-            else stats.absmax
+        return stats.percentile if policy == Calibration.PERCENTILE else stats.absmax

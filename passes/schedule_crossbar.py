@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import tvm
-from farc.passes._crossbar_ir import CODEGEN, is_scan, with_functions
+from farc.passes._crossbar_ir import CODEGEN, is_scan, with_functions, xbar_of
 from farc.targets import Target
 from farc.targets.schedule import layer_load, plan_replicas
 from tvm import relax
@@ -56,8 +56,7 @@ class ScheduleCrossbar:
         replicas = {g: 1 for g in order}
         reason = "replication off"
         if self.replicate:
-            x = self.target.xbar
-            loads = {g: layer_load(vectors[g], calls[g], x.cycles,
+            loads = {g: layer_load(vectors[g], calls[g], xbar_of(mod[g]).cycles,
                                    self.target.latency.mvm_pipeline_cycles) for g in order}
             plan = plan_replicas(tiles, loads, have - used, {g: g.name_hint for g in order},
                                  vectors)

@@ -3,10 +3,12 @@
 Expects: Relax after QuantizeCrossbar (`farc.q`, `farc.w_scale`, `farc.in_scale` on each
 crossbar function).
 
+Each layer is packed with its own sections (`farc.xbar`, QuantizeCrossbar's).
+
 Leaves: a new module whose crossbar functions also carry the scalar attributes
-`farc.row_tiles`, `farc.col_tiles`, `farc.slices`, `farc.signs`, `farc.adc_step` (one step
-per row tile; with a calibrated range also `farc.adc_pmax`, the largest partial sum each row
-tile saw) and the tile-program arrays of docs/tile-program.md as tensor attributes:
+`farc.row_tiles`, `farc.col_tiles`, `farc.adc_step` (one step per row tile, or per row tile
+one per weight slice; with a calibrated range also `farc.adc_pmax`, the range each saw, and
+`farc.adc_calib_clipped`) and the tile-program arrays of docs/tile-program.md as tensor attributes:
 `farc.codes` (uint8 conductance levels [row_tiles, col_tiles, rows, cols]), `farc.colsum`
 (int64 [N]), `farc.col_out`/`farc.col_slice`/`farc.col_sign` (int32 column map) and
 `farc.bias` (float32 [N], biased layers only); `farc.w_scale` is QuantizeCrossbar's. The
@@ -31,15 +33,13 @@ from farc.passes._crossbar_ir import (
     const_value,
     crossbar_functions,
     with_functions,
+    xbar_of,
 )
 from farc.passes.partition_crossbar import composite_parts
-from farc.runtime.builder import column_map, encode_columns, tile_codes
-from farc.runtime.numerics import adc_ranges, quantize_input
+from farc.runtime.builder import calibrated_ranges, column_map, encode_columns, tile_codes
+from farc.runtime.schema import AdcRange
 from farc.targets import Target
 from tvm import relax
-
-PMAX_VECTORS = 256
-"""At most this many calibration vectors are replayed per layer for the ADC range."""
 
 
 @tvm.transform.module_pass(opt_level=0, name="TileCrossbar")
@@ -48,18 +48,18 @@ class TileCrossbar:
 
     Parameters
     ----------
-    target : the hardware target (crossbar, dac, adc, quant sections)
-    calib : layer name -> LayerCalib (read only; used when target.adc.range == 'calibrated')"""
+    target : the hardware target
+    calib : layer name -> LayerCalib (read only; used for layers whose adc.range is
+        'calibrated')"""
 
     def __init__(self, target: Target, calib: dict[str, LayerCalib]):
         self.target, self.calib = target, calib
-        self.params = target.xbar
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         return with_functions(mod, {gv: self._tile(f) for gv, f in crossbar_functions(mod)})
 
     def _tile(self, func: relax.Function) -> relax.Function:
-        p = self.params
+        p = xbar_of(func)
         q = attr_array(func, "q")
         codes = tile_codes(encode_columns(q, p), p)
         rt, ct = codes.shape[:2]
@@ -71,21 +71,13 @@ class TileCrossbar:
         name, in_scale = str(func.attrs["farc.layer"]), float(func.attrs["farc.in_scale"])
         seen: dict = {}
         pmax = None
-        if p.adc_range == "calibrated":
-            pmax, clipped = self._pmax(name, q, in_scale, codes, arrays["col_slice"])
+        if p.adc.range == AdcRange.CALIBRATED:  # the calibration keeps KEEP_VECTORS
+            pmax, clipped = calibrated_ranges(q, self.calib[name].vectors, in_scale, p)
             seen = {"farc.adc_pmax": pmax, "farc.adc_calib_clipped": clipped}
         return func.with_attrs({
-            "farc.row_tiles": rt, "farc.col_tiles": ct, "farc.slices": p.slices,
-            "farc.signs": p.signs, "farc.adc_step": p.adc_steps(rt, pmax), **seen,
+            "farc.row_tiles": rt, "farc.col_tiles": ct, "farc.adc_step": p.adc_steps(rt, pmax),
+            **seen,
             **{f"farc.{k}": array_attr(v) for k, v in arrays.items()}})
-
-    def _pmax(self, name: str, q: np.ndarray, in_scale: float, codes: np.ndarray,
-              col_slice: np.ndarray) -> tuple[list, float]:
-        """The calibrated ADC ranges (farc.runtime.numerics.adc_ranges) from the layer's
-        calibration vectors, quantized with its s_x."""
-        p = self.params
-        x_int = quantize_input(self.calib[name].vectors[:PMAX_VECTORS], in_scale, p.input_bits)
-        return adc_ranges(codes, col_slice, q.shape[0], x_int, p)
 
 
 def crossbars_needed(k: int, n: int, target: Target) -> int:

@@ -15,7 +15,14 @@ import numpy as np
 
 from farc.errors import ProgramError
 
-from .numerics import XbarParams, max_code, quantize_weights
+from .numerics import (
+    Geometry,
+    XbarParams,
+    adc_ranges,
+    max_code,
+    quantize_input,
+    quantize_weights,
+)
 from .numerics import input_scale as scale_for_range
 from .program import Program
 
@@ -27,12 +34,13 @@ def encode_columns(q: np.ndarray, p: XbarParams) -> np.ndarray:
     model) is ever built."""
     k, n = q.shape
     out = np.empty((k, n, p.signs, p.slices), dtype=np.uint8)
-    mags = [np.maximum(q, 0), np.maximum(-q, 0)] if p.mapping == "differential" else [q + p.qw]
-    mask = max_code(p.cell_bits)
+    mags = [np.maximum(q, 0), np.maximum(-q, 0)] if p.signs == 2 else [q + p.qw]
+    cell_bits = p.crossbar.cell_bits
+    mask = max_code(cell_bits)
     for sign, m in enumerate(mags):
         m32 = m.astype(np.int32)
         for s in range(p.slices):
-            out[:, :, sign, s] = (m32 >> (s * p.cell_bits)) & mask
+            out[:, :, sign, s] = (m32 >> (s * cell_bits)) & mask
     return out.reshape(k, -1)
 
 
@@ -40,10 +48,10 @@ def tile_codes(levels: np.ndarray, p: XbarParams) -> np.ndarray:
     """[K, J] levels -> [row_tiles, col_tiles, rows, cols], unused cells at level 0."""
     K, J = levels.shape
     g = p.geometry(K, J // (p.slices * p.signs))
-    rt, ct = g.row_tiles, g.col_tiles
-    padded = np.zeros((rt * p.rows, ct * p.cols), dtype=np.uint8)
+    rt, ct, rows, cols = g.row_tiles, g.col_tiles, g.rows, g.cols
+    padded = np.zeros((rt * rows, ct * cols), dtype=np.uint8)
     padded[:K, :J] = levels
-    return np.ascontiguousarray(padded.reshape(rt, p.rows, ct, p.cols).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(padded.reshape(rt, rows, ct, cols).transpose(0, 2, 1, 3))
 
 
 def column_map(N: int, p: XbarParams) -> dict[str, np.ndarray]:
@@ -56,15 +64,23 @@ def column_map(N: int, p: XbarParams) -> dict[str, np.ndarray]:
 
 def layer_fields(p: XbarParams, row_tiles: int, col_tiles: int, in_scale: float,
                  adc_step: list) -> dict[str, Any]:
-    """The parameter fields of a program layer (docs/tile-program.md), in manifest order.
-    `adc_step`: one per row tile, or per row tile one per weight slice."""
-    f = p.layer_fields()
-    return {**{k: f[k] for k in ("weight_bits", "input_bits", "cell_bits", "dac_bits",
-                                 "adc_bits", "mapping", "slices", "signs", "rows", "cols")},
-            "row_tiles": row_tiles, "col_tiles": col_tiles, "in_scale": float(in_scale),
-            "in_zero": f["in_zero"], "adc_range": f["adc_range"], "adc_step": adc_step,
-            "adc_flip": f["adc_flip"], "input_encoding": f["input_encoding"],
-            "adc_granularity": f["adc_granularity"], "adc_step_rule": f["adc_step_rule"]}
+    """The parameter fields of a program layer (docs/tile-program.md), in manifest order:
+    its schema sections, then what the compiler measured and placed. `adc_step`: one per row
+    tile, or per row tile one per weight slice."""
+    return {**p.sections(), "row_tiles": row_tiles, "col_tiles": col_tiles,
+            "in_scale": float(in_scale), "adc_step": adc_step}
+
+
+def calibrated_ranges(q: np.ndarray, x: np.ndarray, in_scale: float,
+                      p: XbarParams) -> tuple[list, float]:
+    """The one calibration of ADC ranges: float inputs x [V, K] (already the kept vectors,
+    numerics.keep_vectors) quantized with s_x and replayed on the codes of integer weights
+    q [K, N] packed with p: per row tile (or per row tile and slice) the range its ADC
+    covers, and the fraction of calibration sums those steps clip (numerics.adc_ranges).
+    Used by the tile pass, the fine-tune's recalibration and the ADC-error check."""
+    codes = tile_codes(encode_columns(q, p), p)
+    x_int = quantize_input(x, in_scale, p.quant.input_bits)
+    return adc_ranges(codes, column_map(q.shape[1], p)["col_slice"], q.shape[0], x_int, p)
 
 
 def _steps(p: XbarParams, row_tiles: int, pmax: Any) -> list:
@@ -88,7 +104,7 @@ def pack_layer(W: np.ndarray, bias: np.ndarray | None, in_scale: float, p: XbarP
     if W.ndim != 2:
         raise ProgramError(f"pack_layer: W must be 2-D [K, N], got shape {W.shape}")
     K, N = W.shape
-    q, s_w = quantize_weights(W, p.weight_bits)
+    q, s_w = quantize_weights(W, p.quant.weight_bits)
     codes = tile_codes(encode_columns(q, p), p)
     rt, ct = codes.shape[:2]
     prefix = prefix or f"layer{layer_id}"
@@ -128,7 +144,7 @@ def make_program(instructions: list[dict[str, Any]], inputs: dict[str, Sequence[
     for cname, arr in (constants or {}).items():
         arrays[f"const.{cname}"] = np.asarray(arr, dtype=np.float32)
         const_names[cname] = f"const.{cname}"
-    used = sum(len(L["crossbars"]) * L["row_tiles"] * L["col_tiles"] for L, _ in layers)
+    used = sum(Geometry.from_layer(L).all_crossbars for L, _ in layers)
     manifest = {
         "model": model or {"kind": "handmade", "name": "handmade", "config": {},
                            "provenance": {}},

@@ -28,15 +28,14 @@ from .numerics import (
     adc,
     column_peaks,
     digit_counts,
-    drive,
     full_scale_pmax,
-    input_planes,
     lossless,
     max_code,
     plane_weights,
     quantize_input,
     stored_levels,
 )
+from .schema import StepRule
 
 # Elements of the [row_tiles, cycles, vectors, columns] partial-sum block built at once.
 CHUNK_ELEMENTS = 2**22
@@ -56,12 +55,10 @@ class PreparedLayer:
     cols: int
     J: int
     """Used expanded columns: N * slices * signs."""
+    params: XbarParams
+    """The sections the layer was packed with (bit widths, encoding, ADC policy)."""
     cycles: int
-    dac_bits: int
-    adc_bits: int
-    input_bits: int
     in_scale: float
-    in_zero: int
     offset_qw: int
     """Qw for the offset mapping (its digital correction), 0 for differential."""
     steps: np.ndarray
@@ -102,10 +99,6 @@ class PreparedLayer:
     (dense packing), in the dtype that keeps the column reduction exact; else None."""
     flip: np.ndarray | None = None
     """Columns stored complemented (flip encoding), bool [row_tiles, J]; None when off."""
-    cell_top: int = 3
-    """2**cell_bits - 1: a flipped column's partial sum is cell_top * sum(u_c) - P'."""
-    encoding: str = "offset"
-    """Input encoding (numerics.INPUT_ENCODINGS): which planes the DAC applies."""
     col_steps: np.ndarray | None = None
     """ADC step per (row tile, expanded column), float64, when steps are per slice or
     uniform; None when `steps` (one power of two per row tile) says it all."""
@@ -128,13 +121,15 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     g = p.geometry(layer["K"], layer["N"])
     K, N, J, S, signs = g.K, g.N, g.phys_cols, g.slices, g.signs
     rt, ct, rows, cols = codes.shape
-    flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=False)
+    cell_bits, dac_bits, adc_bits = p.crossbar.cell_bits, p.dac.bits, p.adc.bits
+    input_bits, encoding = p.quant.input_bits, p.quant.input_encoding
+    flat, flip = stored_levels(codes, K, J, cell_bits, flip=False)
     col_out = arrays[names["col_out"]].astype(np.int64)
     order = np.argsort(col_out, kind="stable")
-    shift = arrays[names["col_slice"]].astype(np.int64) * p.cell_bits
+    shift = arrays[names["col_slice"]].astype(np.int64) * cell_bits
     sign = 1 - 2 * arrays[names["col_sign"]].astype(np.int64)
     colw = (sign * (2.0 ** shift))[order].reshape(N, S * signs)
-    offset_qw = p.qw if p.mapping == "offset" else 0
+    offset_qw = p.qw if p.signs == 1 else 0  # the offset mapping's digital correction
     # float32 is exact here: every level * 2**shift and every column sum stays < 2**24
     q_all = flat.reshape(rt * rows, J)[:K].astype(np.float32)
     q = np.einsum("knm,nm->kn", q_all[:, order].reshape(K, N, S * signs),
@@ -144,10 +139,10 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     steps = np.asarray(layer["adc_step"], dtype=np.int64) if col_steps is None else \
         np.ceil(col_steps.max(axis=1)).astype(np.int64)  # a bound only: col_steps rule
     used_rows = np.asarray(g.rows_in_use)
-    if p.adc_flip:  # the crossbars hold the complemented columns
-        flat, flip = stored_levels(codes, K, J, p.cell_bits, flip=True)
-    top = max_code(p.adc_bits)
-    tile_peak = column_peaks(flat, p.dac_bits).max(axis=1, initial=0)
+    if p.adc.flip:  # the crossbars hold the complemented columns
+        flat, flip = stored_levels(codes, K, J, cell_bits, flip=True)
+    top = max_code(adc_bits)
+    tile_peak = column_peaks(flat, dac_bits).max(axis=1, initial=0)
     fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None and col_steps is None \
         else 0
     pattern = None
@@ -158,33 +153,30 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     bias = arrays[names["bias"]].astype(np.float32) if names.get("bias") else None
     return PreparedLayer(
         index=index, K=K, N=N, rows=rows, row_tiles=rt, col_tiles=ct, cols=cols, J=J,
-        cycles=p.cycles, dac_bits=p.dac_bits,
-        adc_bits=p.adc_bits, input_bits=p.input_bits,
-        in_scale=float(layer["in_scale"]), in_zero=int(layer["in_zero"]), offset_qw=offset_qw,
+        params=p, cycles=p.cycles, in_scale=float(layer["in_scale"]), offset_qw=offset_qw,
         steps=steps, codes=flat,
-        levels_dtype=np.float32 if full_scale_pmax(rows, p.dac_bits, p.cell_bits) < F32_EXACT
+        levels_dtype=np.float32 if full_scale_pmax(rows, dac_bits, cell_bits) < F32_EXACT
         else np.float64,
         order=None if np.array_equal(order, np.arange(J)) else order, colw=colw,
-        cycle_w=plane_weights(p.input_bits, p.dac_bits, p.input_encoding),
+        cycle_w=plane_weights(input_bits, dac_bits, encoding),
         colsum=arrays[names["colsum"]].astype(np.int64),
         scale=(np.float32(layer["in_scale"]) * w_scale).astype(np.float32), bias=bias,
         q=q.astype(np.float32 if exact32 else np.float64),
-        lossless=lossless(layer["adc_step"], flat, p.dac_bits, p.adc_bits),
+        lossless=lossless(layer["adc_step"], flat, dac_bits, adc_bits),
         crossbars=[list(c) for c in layer["crossbars"]],
         used_rows=used_rows, used_cols=np.asarray(g.cols_in_use),
-        pulse_table=digit_counts(p.input_bits, p.dac_bits, p.input_encoding),
+        pulse_table=digit_counts(input_bits, dac_bits, encoding),
         sum_dtype=np.float32 if rt * top * int(steps.max()) < F32_EXACT and col_steps is None
         else np.float64,
         no_clip=(tile_peak <= top * steps) & (col_steps is None), fold_step=fold,
-        pattern=pattern, flip=flip, cell_top=max_code(p.cell_bits), encoding=p.input_encoding,
-        col_steps=col_steps)
+        pattern=pattern, flip=flip, col_steps=col_steps)
 
 
 def _column_steps(layer: dict, p: XbarParams, col_slice: np.ndarray) -> np.ndarray | None:
     """The ADC step of every (row tile, expanded column), float64 [row_tiles, J], when steps
     are per weight slice or not powers of two; None for the per-row-tile power-of-two case
     (which the fast integral shortcuts below handle)."""
-    if p.adc_granularity == "tile" and p.adc_step_rule == "pow2":
+    if not p.per_slice and p.adc.step_rule == StepRule.POW2:
         return None
     per = np.asarray(layer["adc_step"], dtype=np.float64)
     if per.ndim == 1:  # one per row tile
@@ -214,7 +206,7 @@ def ideal_partial_sums(pl: PreparedLayer) -> PartialSums:
 
 def offset_inputs(pl: PreparedLayer, x_int: np.ndarray) -> np.ndarray:
     """u = x_int + z on the K real rows: [vectors, K] int64."""
-    return x_int.astype(np.int64) + pl.in_zero
+    return x_int.astype(np.int64) + pl.params.in_zero
 
 
 def mvm_bitlevel(pl: PreparedLayer, x_int: np.ndarray,
@@ -236,16 +228,16 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
     """Row tiles one at a time (only their rows in use), all cycles and vectors at once;
     the digits of all row tiles are summed as they come (the digital row-tile add)."""
     u = offset_inputs(pl, x_int)
-    planes = input_planes(x_int, pl.input_bits, pl.dac_bits, pl.encoding).astype(np.float32)
+    planes = pl.params.input_planes(x_int).astype(np.float32)
     cv = pl.cycles * len(u)
     total = None
     for r in range(pl.row_tiles):
         lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows].reshape(cv, -1)
         step = int(pl.steps[r]) if pl.col_steps is None else pl.col_steps[r]
-        digit = adc(ps(r, lhs), step, pl.adc_bits, integral,
+        digit = adc(ps(r, lhs), step, pl.params.adc.bits, integral,
                     no_clip=integral and bool(pl.no_clip[r]), scaled=not pl.fold_step)
         if pl.flip is not None and pl.flip[r].any():
-            unflip(digit, lhs, pl.flip[r], pl.cell_top)
+            unflip(digit, lhs, pl.flip[r], max_code(pl.params.crossbar.cell_bits))
         if total is None:
             total = digit.astype(pl.sum_dtype, copy=False)
         else:
@@ -253,7 +245,8 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
     acc = shift_add(pl, total.reshape(pl.cycles, len(u), pl.J))
     if pl.fold_step > 1:
         acc *= pl.fold_step
-    return acc - pl.offset_qw * u.sum(axis=1, dtype=np.int64)[:, None] - pl.in_zero * pl.colsum
+    zero_point = pl.params.in_zero * pl.colsum
+    return acc - pl.offset_qw * u.sum(axis=1, dtype=np.int64)[:, None] - zero_point
 
 
 def unflip(digit: np.ndarray, lhs: np.ndarray, mask: np.ndarray, cell_top: int) -> None:
@@ -299,8 +292,8 @@ def dac_pulses(pl: PreparedLayer, x_int: np.ndarray) -> int:
     """Non-zero DAC digits applied, summed over every crossbar that receives them.
     x_int may hold the integers in a float dtype. Bit-serial DACs: a popcount of u;
     wider DACs: a histogram of u against the per-value digit table."""
-    u = drive(x_int, pl.input_bits, pl.encoding)
-    if pl.dac_bits == 1:
+    u = pl.params.drive(x_int)
+    if pl.params.dac.bits == 1:
         n = int(np.bitwise_count(u.astype(np.uint16)).sum(dtype=np.int64))
     else:
         hist = np.bincount(u.astype(np.intp).ravel(), minlength=pl.pulse_table.size)
@@ -311,13 +304,12 @@ def dac_pulses(pl: PreparedLayer, x_int: np.ndarray) -> int:
 def partial_sum_max(pl: PreparedLayer, x: np.ndarray) -> int:
     """Largest analog partial sum the ideal crossbars produce on float inputs x [..., K]:
     what a 'calibrated' ADC range is set from (the compiler may call this)."""
-    x_int = quantize_input(x.reshape(-1, pl.K), pl.in_scale, pl.input_bits)
+    x_int = quantize_input(x.reshape(-1, pl.K), pl.in_scale, pl.params.quant.input_bits)
     chunk = max(1, CHUNK_ELEMENTS // (pl.cycles * max(pl.J, 1)))
     ps = ideal_partial_sums(pl)
     best = 0.0
     for lo in range(0, len(x_int), chunk):
-        planes = input_planes(x_int[lo:lo + chunk], pl.input_bits, pl.dac_bits,
-                              pl.encoding).astype(np.float32)
+        planes = pl.params.input_planes(x_int[lo:lo + chunk]).astype(np.float32)
         for r in range(pl.row_tiles):
             lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows]
             best = max(best, float(ps(r, lhs.reshape(-1, lhs.shape[-1])).max(initial=0.0)))

@@ -133,7 +133,7 @@ class Emulator:
         once (programming time)."""
         if self.noise is None:
             return None
-        return [[program_layer(pl.levels, L["cell_bits"], self.noise, rng)
+        return [[program_layer(pl.levels, pl.params.crossbar.cell_bits, self.noise, rng)
                  for _ in range(L["replicas"])]
                 for pl, L in zip(self.layers, self.program.layers)]
 
@@ -412,13 +412,13 @@ class Emulator:
                                 f"{x.shape[-1]}")
         flat = x.reshape(-1, pl.K)
         if self._devices is None and pl.lossless and self.mvm_path != "bitlevel":
-            x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits, np.float32)
+            x_q = xb.quantize_input(flat, pl.in_scale, pl.params.quant.input_bits, np.float32)
             y_int = xb.mvm_fast(pl, x_q)
         elif (split := self._split_plan(layer)) is not None:
-            x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits)
+            x_q = xb.quantize_input(flat, pl.in_scale, pl.params.quant.input_bits)
             y_int = mvm_split(pl, split, x_q)
         else:
-            x_q = xb.quantize_input(flat, pl.in_scale, pl.input_bits)
+            x_q = xb.quantize_input(flat, pl.in_scale, pl.params.quant.input_bits)
             y_int = (self._mvm_noisy(pl, x_q) if self._devices is not None
                      else xb.mvm_bitlevel(pl, x_q))
         self._pulses += xb.dac_pulses(pl, x_q)
@@ -441,7 +441,7 @@ class Emulator:
     def _mvm_noisy(self, pl: xb.PreparedLayer, x_int: np.ndarray) -> np.ndarray:
         """Vectors are shared among replicas in contiguous blocks, each replica its own
         programmed conductances."""
-        cell_bits = self.program.layers[pl.index]["cell_bits"]
+        cell_bits = pl.params.crossbar.cell_bits
         reps = self._devices[pl.index]
         parts = np.array_split(np.arange(len(x_int)), len(reps))
         out = np.empty((len(x_int), pl.N), dtype=np.float64)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 FORMAT = "farc-tile-program"
-VERSION = 1
+VERSION = 2
 
 Shape = tuple[int, ...]
 

@@ -264,8 +264,8 @@ def _signature(i: int, ins: dict[str, Any], layers: list[PreparedLayer],
         lossy = stack_key(pl, split(ins["layer"])) if split is not None else None
         if lossy is None:
             return ("single", i)
-    return (*key, pl.K, pl.N, pl.input_bits, pl.dac_bits, pl.in_zero, pl.col_tiles,
-            str(pl.q.dtype), pl.bias is None, lossy)
+    return (*key, pl.K, pl.N, pl.params.quant, pl.params.dac, pl.col_tiles, str(pl.q.dtype),
+            pl.bias is None, lossy)
 
 
 def _group(members: list[tuple[int, dict[str, Any]]], layers: list[PreparedLayer],
@@ -302,7 +302,7 @@ def mvm_stacked(st: MvmStack, x: np.ndarray) -> tuple[np.ndarray, int]:
 def _quantize(st: MvmStack, x: np.ndarray) -> np.ndarray:
     """x [G, ..., K] -> x_int [G, V, K] in float32, as numerics.quantize_input (float32)."""
     xq = np.rint(x.reshape(x.shape[0], -1, x.shape[-1]) / st.in_scale)
-    qx = np.float32(qmax(st.layers[0].input_bits))
+    qx = np.float32(qmax(st.layers[0].params.quant.input_bits))
     return np.clip(xq, -qx, qx, out=xq)
 
 
@@ -342,7 +342,7 @@ def hoist_inputs(g: Group, regs: dict[str, np.ndarray], T: int
         d = src.shape[-1]
         pl = st.layers[m]
         rows = slice(0, d) if h.x_first else slice(pl.K - d, pl.K)
-        qx = np.float32(qmax(pl.input_bits))
+        qx = np.float32(qmax(pl.params.quant.input_bits))
         xq = np.clip(np.rint(src / st.in_scale[m]), -qx, qx)
         pulses += dac_pulses(pl, xq)
         xs = np.moveaxis(xq, ga, 0)  # [T, ..., d]: step t reads index t (T-1-t reversed)

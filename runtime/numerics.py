@@ -8,15 +8,18 @@ this module, so that a bug here cannot hide from it.)
 What lives here:
 - bit widths: `qmax` (Qw, Qx), `in_zero` (the DAC offset z), `weight_slices`,
   `mapping_signs`, `input_cycles`;
+- the input encodings' arithmetic (`EncodingRule`, one per schema.InputEncoding member):
+  `input_planes`, `plane_weights`, `drive`, `digit_counts`;
 - the ADC: `full_scale_pmax`, `adc_step_for`, `adc_steps` (one per row tile), the
   ADC rule `adc`, ISAAC's flip encoding (`flip_mask`, `physical_codes`) and the one
   "is this layer lossless" rule (`lossless`, `layer_lossless`);
 - quantization: `input_scale`, `quantize_weights`, `quantize_input`, `bit_planes`;
-- how a [K, N] weight sits on crossbars: `XbarParams` (the parameters one layer is packed
-  with; a Target produces them once, a program layer records them) and `Geometry` (tile
+- how a [K, N] weight sits on crossbars: `XbarParams` (the schema sections one layer is
+  packed with; a Target composes them, a program layer records them) and `Geometry` (tile
   counts, columns and rows in use, crossbar count, utilization);
 - decoding the integer weights back from codes and column maps (`decode_weights`).
 
+The sections themselves and their policies (string enums) are typed in runtime/schema.py.
 numpy only, like the rest of farc.runtime.
 """
 
@@ -24,43 +27,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .schema import (
+    XBAR_SECTIONS,
+    AdcGranularity,
+    AdcRange,
+    AdcSection,
+    AdcStatistic,
+    Calibration,
+    CrossbarSection,
+    DacSection,
+    InputEncoding,
+    QuantSection,
+    StepRule,
+    WeightMapping,
+    parse_section,
+    section_dict,
+)
+
 # ---------------------------------------------------------------- bit widths
 # Largest integer magnitude below which float32 arithmetic on integers is exact.
 F32_EXACT = 2**24
-MAPPINGS = ("differential", "offset")
-ADC_RANGES = ("full", "calibrated")
-ADC_GRANULARITIES = ("tile", "slice")
-"""One ADC range per (layer, row tile), or per (layer, row tile, weight slice)."""
-ADC_STATISTICS = ("max", "percentile")
-"""What a calibrated range is set from: the largest partial sum, or a percentile of them."""
-STEP_RULES = ("pow2", "uniform")
-"""ADC step: a power of two (shift-only rescale), or any multiple of 1/STEP_DENOM >= 1."""
 STEP_DENOM = 256
 """A uniform step is a multiple of 1/256: every ADC output and every sum of them stays a
 dyadic rational, exact in float64, so emulator and reference agree bit for bit."""
-INPUT_ENCODINGS = ("offset", "sign_magnitude")
-"""How a signed input reaches the rows: u = x + z on the DAC (zero point removed
-digitally), or |x| in two phases (rows with positive inputs, then rows with negative
-inputs; the second phase's sums are subtracted)."""
-PARAM_LIMITS: dict[str, tuple[int, int, bool]] = {
-    "rows": (8, 4096, True), "cols": (8, 4096, True), "cell_bits": (1, 8, False),
-    "dac_bits": (1, 8, False), "adc_bits": (1, 16, False), "weight_bits": (2, 16, False),
-    "input_bits": (2, 16, False)}
-"""(lowest, highest, power of two) of each crossbar parameter; target files and program
-layers are checked against the same limits."""
-
-
-def limit_violation(key: str, value: int) -> str | None:
-    """Why `value` is out of PARAM_LIMITS[key] ("must be in 1..8"), or None when it fits."""
-    lo, hi, pow2 = PARAM_LIMITS[key]
-    if pow2 and not (lo <= value <= hi and value & (value - 1) == 0):
-        return f"must be a power of two in {lo}..{hi}"
-    return None if lo <= value <= hi else f"must be in {lo}..{hi}"
 
 
 def max_code(bits: int) -> int:
@@ -74,54 +68,97 @@ def qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def in_zero(input_bits: int, encoding: str = "offset") -> int:
-    """DAC zero point z = 2**(input_bits-1): the offset input u = x_int + z is non-negative.
-    0 for sign-magnitude inputs, which need none."""
-    return 0 if encoding == "sign_magnitude" else 2 ** (input_bits - 1)
+@dataclass(frozen=True)
+class EncodingRule:
+    """The arithmetic of one input encoding (schema.InputEncoding): which non-negative
+    values the DAC applies, in how many phases, and with which sign each phase's sums enter
+    the output. Every function below that depends on the encoding reads it here, so a new
+    encoding is a schema member plus one rule (docs/numerics.md, "Input encodings")."""
+
+    phase_signs: tuple[int, ...]
+    """The sign each phase's partial sums enter the output with, in phase order."""
+    zero_point: bool
+    """True: the DAC applies u = x + 2**(B-1) (one phase, B digit bits); False: phase i
+    applies max(phase_signs[i] * x, 0), the B-1 magnitude bits."""
+
+    def zero(self, input_bits: int) -> int:
+        return 2 ** (input_bits - 1) if self.zero_point else 0
+
+    def digit_bits(self, input_bits: int) -> int:
+        """Bits of the value one phase applies."""
+        return input_bits if self.zero_point else input_bits - 1
+
+    def phase_values(self, x: Any, input_bits: int) -> list[Any]:
+        """The non-negative value each phase applies for signed integers x (a numpy array
+        or a torch tensor: the torch twin applies the same rule)."""
+        if self.zero_point:
+            return [x + self.zero(input_bits)]
+        return [(s * x).clip(min=0) for s in self.phase_signs]
+
+    def drive(self, x: Any, input_bits: int) -> Any:
+        """The value whose digits an input puts on its row in the phase that drives it."""
+        return x + self.zero(input_bits) if self.zero_point else abs(x)
+
+
+ENCODING_RULES: dict[InputEncoding, EncodingRule] = {
+    InputEncoding.OFFSET: EncodingRule(phase_signs=(1,), zero_point=True),
+    InputEncoding.SIGN_MAGNITUDE: EncodingRule(phase_signs=(1, -1), zero_point=False),
+}
+
+
+def encoding_rule(encoding: str) -> EncodingRule:
+    """The rule of an encoding given as its member or its string."""
+    return ENCODING_RULES[InputEncoding(encoding)]
+
+
+def in_zero(input_bits: int, encoding: str = InputEncoding.OFFSET) -> int:
+    """DAC zero point z: 2**(input_bits-1) for offset inputs (u = x_int + z >= 0), 0 for
+    encodings that apply magnitudes."""
+    return encoding_rule(encoding).zero(input_bits)
 
 
 def weight_slices(weight_bits: int, cell_bits: int, mapping: str) -> int:
     """Cells per weight magnitude: the sign bit is not stored by a differential pair, and
     the offset mapping stores q + Qw, which needs the full width."""
-    mag = weight_bits - 1 if mapping == "differential" else weight_bits
+    mag = weight_bits - 1 if mapping == WeightMapping.DIFFERENTIAL else weight_bits
     return math.ceil(mag / cell_bits)
 
 
 def mapping_signs(mapping: str) -> int:
     """Physical columns per weight slice: 2 (G+, G-) for differential, 1 for offset."""
-    return 2 if mapping == "differential" else 1
+    return 2 if mapping == WeightMapping.DIFFERENTIAL else 1
 
 
-def input_cycles(input_bits: int, dac_bits: int, encoding: str = "offset") -> int:
-    """DAC cycles per MVM: the offset input u has input_bits bits, dac_bits per cycle; a
-    sign-magnitude input has input_bits - 1 magnitude bits, applied in two phases."""
-    if encoding == "sign_magnitude":
-        return 2 * math.ceil((input_bits - 1) / dac_bits)
-    return math.ceil(input_bits / dac_bits)
+def phase_cycles(input_bits: int, dac_bits: int, encoding: str = InputEncoding.OFFSET) -> int:
+    """DAC cycles of one phase: ceil(digit bits / dac_bits) (digit bits: input_bits for
+    offset inputs, input_bits - 1 for magnitudes)."""
+    return math.ceil(encoding_rule(encoding).digit_bits(input_bits) / dac_bits)
+
+
+def input_cycles(input_bits: int, dac_bits: int, encoding: str = InputEncoding.OFFSET) -> int:
+    """DAC cycles per MVM: phases x `phase_cycles` (offset: ceil(input_bits / dac_bits);
+    sign-magnitude: 2 * ceil((input_bits - 1) / dac_bits))."""
+    rule = encoding_rule(encoding)
+    return len(rule.phase_signs) * phase_cycles(input_bits, dac_bits, encoding)
 
 
 def input_planes(x_int: np.ndarray, input_bits: int, dac_bits: int,
-                 encoding: str = "offset") -> np.ndarray:
-    """The DAC digits of signed integers x_int [V, K]: [cycles, V, K] non-negative ints.
-    offset: digits of u = x + z, LSB first; sign_magnitude: digits of max(x, 0), then of
-    max(-x, 0) (the second phase)."""
+                 encoding: str = InputEncoding.OFFSET) -> np.ndarray:
+    """The DAC digits of signed integers x_int [V, K]: [cycles, V, K] non-negative ints,
+    phase by phase, LSB first within a phase (offset: the digits of u = x + z;
+    sign-magnitude: of max(x, 0), then of max(-x, 0))."""
     x = np.asarray(x_int).astype(np.int64)
-    if encoding == "sign_magnitude":
-        per = math.ceil((input_bits - 1) / dac_bits)
-        return np.concatenate([bit_planes(np.maximum(x, 0), per, dac_bits),
-                               bit_planes(np.maximum(-x, 0), per, dac_bits)])
-    return bit_planes(x + in_zero(input_bits, encoding), input_cycles(input_bits, dac_bits),
-                      dac_bits)
+    per = phase_cycles(input_bits, dac_bits, encoding)
+    return np.concatenate([bit_planes(v, per, dac_bits)
+                           for v in encoding_rule(encoding).phase_values(x, input_bits)])
 
 
-def plane_weights(input_bits: int, dac_bits: int, encoding: str = "offset") -> np.ndarray:
-    """Shift-add weight of each input plane of `input_planes`: 2**(c*dac_bits), negated for
-    the negative phase of sign-magnitude. float64 [cycles]."""
-    if encoding == "sign_magnitude":
-        per = math.ceil((input_bits - 1) / dac_bits)
-        w = 2.0 ** (np.arange(per) * dac_bits)
-        return np.concatenate([w, -w])
-    return 2.0 ** (np.arange(input_cycles(input_bits, dac_bits)) * dac_bits)
+def plane_weights(input_bits: int, dac_bits: int,
+                  encoding: str = InputEncoding.OFFSET) -> np.ndarray:
+    """Shift-add weight of each input plane of `input_planes`: the phase's sign times
+    2**(c*dac_bits). float64 [cycles]."""
+    w = 2.0 ** (np.arange(phase_cycles(input_bits, dac_bits, encoding)) * dac_bits)
+    return np.concatenate([s * w for s in encoding_rule(encoding).phase_signs])
 
 
 # ---------------------------------------------------------------- the ADC
@@ -133,12 +170,12 @@ def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int, flip: bool = False
     return max_code(dac_bits) * (levels // 2 if flip else levels)
 
 
-def adc_step_for(pmax: float, adc_bits: int, rule: str = "pow2") -> float:
+def adc_step_for(pmax: float, adc_bits: int, rule: str = StepRule.POW2) -> float:
     """The step that makes (2**adc_bits - 1) * step cover pmax. pow2: the smallest power of
     two (an int); uniform: the smallest multiple of 1/STEP_DENOM (a float). Never below 1:
     the partial sums are integers, a finer step resolves nothing more."""
     top = max_code(adc_bits)
-    if rule == "uniform":
+    if rule == StepRule.UNIFORM:
         return max(1.0, math.ceil(pmax / top * STEP_DENOM) / STEP_DENOM)
     step = 1
     while top * step < pmax:
@@ -151,7 +188,7 @@ def valid_step(step: Any, rule: str) -> bool:
     1/STEP_DENOM >= 1."""
     if isinstance(step, bool) or not isinstance(step, int | float) or not step >= 1:
         return False
-    if rule == "uniform":
+    if rule == StepRule.UNIFORM:
         return float(step) * STEP_DENOM == math.floor(float(step) * STEP_DENOM)
     return isinstance(step, int) and step & (step - 1) == 0
 
@@ -266,7 +303,29 @@ def range_of(p: np.ndarray, statistic: str, percentile: float) -> float:
     """The partial-sum range a calibrated ADC covers: the largest p, or its percentile."""
     if not np.size(p):
         return 0.0
-    return float(np.max(p) if statistic == "max" else np.percentile(p, percentile))
+    return float(np.max(p) if statistic == AdcStatistic.MAX else np.percentile(p, percentile))
+
+
+KEEP_VECTORS = 256
+"""Calibration input vectors kept per layer to set a calibrated ADC range (compile, the
+fine-tune's recalibration and the ADC-error check alike)."""
+
+
+def keep_vectors(n: int, rng: np.random.Generator, keep: int = KEEP_VECTORS) -> np.ndarray:
+    """The one subsample rule: `keep` of `n` vectors drawn without replacement from `rng`,
+    in their original order (all of them when n <= keep)."""
+    return np.sort(rng.choice(n, size=min(keep, n), replace=False))
+
+
+def input_range(x: np.ndarray, calibration: str, percentile: float) -> float:
+    """The input range r an input scale covers (s_x = r / Qx): max |x|, or the `percentile`
+    of |x| under the 'percentile' calibration policy; 0 for no inputs."""
+    mag = np.abs(x)
+    if not mag.size:
+        return 0.0
+    if calibration == Calibration.PERCENTILE and percentile < 100.0:
+        return float(np.percentile(mag, percentile))
+    return float(mag.max())
 
 
 def quantize_input(x: np.ndarray, in_scale: float, input_bits: int,
@@ -285,21 +344,19 @@ def bit_planes(u: np.ndarray, cycles: int, dac_bits: int) -> np.ndarray:
     return (u[None] >> shifts) & max_code(dac_bits)
 
 
-def drive(x_int: np.ndarray, input_bits: int, encoding: str = "offset") -> np.ndarray:
-    """The value whose digits a signed input puts on its row: u = x + z (offset) or |x|
-    (sign-magnitude: one phase drives it, the other sees 0). Same dtype as x_int."""
-    if encoding == "sign_magnitude":
-        return np.abs(x_int)
-    return x_int + in_zero(input_bits, encoding)
+def drive(x_int: np.ndarray, input_bits: int,
+          encoding: str = InputEncoding.OFFSET) -> np.ndarray:
+    """The value whose digits a signed input puts on its row (`EncodingRule.drive`): u = x +
+    z (offset) or |x| (sign-magnitude: one phase drives it, the other sees 0)."""
+    return encoding_rule(encoding).drive(x_int, input_bits)
 
 
-def digit_counts(input_bits: int, dac_bits: int, encoding: str = "offset") -> np.ndarray:
+def digit_counts(input_bits: int, dac_bits: int,
+                 encoding: str = InputEncoding.OFFSET) -> np.ndarray:
     """Non-zero DAC digits of every drive value (`drive`): a lookup table indexed by it."""
-    if encoding == "sign_magnitude":
-        values = np.arange(2 ** (input_bits - 1), dtype=np.int64)
-    else:
-        values = np.arange(2**input_bits, dtype=np.int64) - in_zero(input_bits)
-    return (input_planes(values[None], input_bits, dac_bits, encoding)[:, 0] != 0).sum(axis=0)
+    values = np.arange(2 ** encoding_rule(encoding).digit_bits(input_bits), dtype=np.int64)
+    planes = bit_planes(values[None], phase_cycles(input_bits, dac_bits, encoding), dac_bits)
+    return (planes[:, 0] != 0).sum(axis=0)
 
 
 def decode_weights(levels: np.ndarray, col_out: np.ndarray, col_slice: np.ndarray,
@@ -312,7 +369,7 @@ def decode_weights(levels: np.ndarray, col_out: np.ndarray, col_slice: np.ndarra
     w = (1 - 2 * col_sign.astype(np.int64)) << (col_slice.astype(np.int64) * cell_bits)
     order = np.argsort(col_out, kind="stable")
     q = (levels.astype(np.int64) * w)[:, order].reshape(levels.shape[0], N, -1).sum(axis=2)
-    return q - qmax(weight_bits) if mapping == "offset" else q
+    return q - qmax(weight_bits) if mapping == WeightMapping.OFFSET else q
 
 
 # ---------------------------------------------------------------- parameters and geometry
@@ -328,135 +385,126 @@ def chip_crossbars(chip: Mapping[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class XbarParams:
-    """The hardware and quantization facts one layer is packed with. A Target produces them
-    once (`Target.xbar`); a program layer records them (`from_layer`)."""
+    """The crossbar, DAC, ADC and quantization sections one layer is packed with (the
+    schema's own classes, runtime/schema.py): a Target composes the same sections
+    (`Target.xbar`), a program layer records them (`from_layer`). Everything below is
+    derived from them; nothing is a copy."""
 
-    rows: int = 128
-    cols: int = 128
-    cell_bits: int = 2
-    dac_bits: int = 1
-    adc_bits: int = 8
-    adc_range: str = "full"
-    weight_bits: int = 8
-    input_bits: int = 8
-    mapping: str = "differential"
-    adc_flip: bool = False
-    input_encoding: str = "offset"
-    adc_granularity: str = "tile"
-    adc_step_rule: str = "pow2"
-    adc_statistic: str = "max"
-    adc_percentile: float = 99.99
+    crossbar: CrossbarSection = field(default_factory=CrossbarSection)
+    dac: DacSection = field(default_factory=DacSection)
+    adc: AdcSection = field(default_factory=AdcSection)
+    quant: QuantSection = field(default_factory=QuantSection)
 
     @property
     def slices(self) -> int:
-        return weight_slices(self.weight_bits, self.cell_bits, self.mapping)
+        return weight_slices(self.quant.weight_bits, self.crossbar.cell_bits,
+                             self.quant.mapping)
 
     @property
     def signs(self) -> int:
-        return mapping_signs(self.mapping)
+        return mapping_signs(self.quant.mapping)
 
     @property
     def cycles(self) -> int:
-        return input_cycles(self.input_bits, self.dac_bits, self.input_encoding)
+        return input_cycles(self.quant.input_bits, self.dac.bits, self.quant.input_encoding)
 
     @property
     def qw(self) -> int:
-        return qmax(self.weight_bits)
+        return qmax(self.quant.weight_bits)
 
     @property
     def qx(self) -> int:
-        return qmax(self.input_bits)
+        return qmax(self.quant.input_bits)
 
     @property
     def in_zero(self) -> int:
-        return in_zero(self.input_bits, self.input_encoding)
+        return in_zero(self.quant.input_bits, self.quant.input_encoding)
 
     @property
     def pmax(self) -> int:
         """The full-scale partial sum of one column in one cycle (flip encoding included)."""
-        return full_scale_pmax(self.rows, self.dac_bits, self.cell_bits, self.adc_flip)
+        return full_scale_pmax(self.crossbar.rows, self.dac.bits, self.crossbar.cell_bits,
+                               self.adc.flip)
 
     @property
     def full_step(self) -> float:
         """The ADC step of a full-range ADC."""
-        return adc_step_for(self.pmax, self.adc_bits, self.adc_step_rule)
+        return adc_step_for(self.pmax, self.adc.bits, self.adc.step_rule)
 
     @property
     def full_range_lossless(self) -> bool:
         """True when a full-range ADC resolves every possible partial sum exactly."""
-        return max_code(self.adc_bits) >= self.pmax
+        return max_code(self.adc.bits) >= self.pmax
+
+    @property
+    def per_slice(self) -> bool:
+        """True when the ADC steps are one per weight slice of each row tile."""
+        return self.adc.granularity == AdcGranularity.SLICE
+
+    def input_planes(self, x_int: np.ndarray) -> np.ndarray:
+        """`input_planes` of signed integers x_int [V, K] with these widths and encoding."""
+        return input_planes(x_int, self.quant.input_bits, self.dac.bits,
+                            self.quant.input_encoding)
+
+    def drive(self, x_int: np.ndarray) -> np.ndarray:
+        """`drive` with these widths and encoding."""
+        return drive(x_int, self.quant.input_bits, self.quant.input_encoding)
 
     def geometry(self, K: int, N: int, replicas: int = 1) -> Geometry:
         """How W [K, N] sits on crossbars with these parameters."""
-        return Geometry(K, N, self.rows, self.cols, self.slices, self.signs, self.cycles,
-                        replicas)
+        return Geometry(K, N, self.crossbar.rows, self.crossbar.cols, self.slices, self.signs,
+                        self.cycles, replicas)
 
     def adc_steps(self, row_tiles: int, pmax: Any) -> list:
         """The ADC steps of a layer: one per row tile (granularity 'tile') or a list of one
         per weight slice for each row tile ('slice'). From the physical maximum ('full') or
         the calibrated range ('calibrated': `pmax` one value per row tile, or per row tile a
         list per slice; capped at the physical maximum)."""
-        if self.adc_range == "full":
+        if self.adc.range == AdcRange.FULL:
             one = self.full_step
-            return [[one] * self.slices if self.adc_granularity == "slice" else one
-                    for _ in range(row_tiles)]
+            return [[one] * self.slices if self.per_slice else one for _ in range(row_tiles)]
         if pmax is None:
             raise ValueError("a calibrated ADC range needs the calibrated partial-sum maximum")
         per = list(pmax) if isinstance(pmax, Sequence) else [pmax] * row_tiles
-        if self.adc_granularity == "slice":  # a value per row tile serves all its slices
+        if self.per_slice:  # a value per row tile serves all its slices
             per = [r if isinstance(r, Sequence) else [r] * self.slices for r in per]
         return [[self.step_for(v) for v in r] if isinstance(r, Sequence) else self.step_for(r)
                 for r in per]
 
     def step_for(self, pmax: float) -> float:
         """The ADC step for a calibrated range pmax, capped at the physical maximum."""
-        return adc_step_for(min(float(pmax), self.pmax), self.adc_bits, self.adc_step_rule)
+        return adc_step_for(min(float(pmax), self.pmax), self.adc.bits, self.adc.step_rule)
 
-    def layer_fields(self) -> dict[str, Any]:
-        """The fields a program layer records about its parameters (docs/tile-program.md)."""
-        return {"weight_bits": self.weight_bits, "input_bits": self.input_bits,
-                "cell_bits": self.cell_bits, "dac_bits": self.dac_bits,
-                "adc_bits": self.adc_bits, "mapping": self.mapping, "slices": self.slices,
-                "signs": self.signs, "rows": self.rows, "cols": self.cols,
-                "in_zero": self.in_zero, "adc_range": self.adc_range,
-                "adc_flip": self.adc_flip, "input_encoding": self.input_encoding,
-                "adc_granularity": self.adc_granularity, "adc_step_rule": self.adc_step_rule}
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The sections as a program layer records them (docs/tile-program.md)."""
+        return {name: section_dict(getattr(self, name)) for name in XBAR_SECTIONS}
 
     @classmethod
-    def from_target(cls, target: Any) -> XbarParams:
-        """From a `farc.targets.Target` (through its TOML-shaped dict, so runtime never
-        imports it); the Target itself calls this once (`Target.xbar`)."""
-        return cls.from_target_dict(target.to_dict())
-
-    @classmethod
-    def from_target_dict(cls, d: dict[str, Any]) -> XbarParams:
-        """From the TOML-shaped target dict stored in a program manifest."""
-        return cls(rows=d["crossbar"]["rows"], cols=d["crossbar"]["cols"],
-                   cell_bits=d["crossbar"]["cell_bits"], dac_bits=d["dac"]["bits"],
-                   adc_bits=d["adc"]["bits"], adc_range=d["adc"]["range"],
-                   weight_bits=d["quant"]["weight_bits"], input_bits=d["quant"]["input_bits"],
-                   mapping=d["quant"]["mapping"], adc_flip=bool(d["adc"].get("flip", False)),
-                   input_encoding=d["quant"].get("input_encoding", "offset"),
-                   adc_granularity=d["adc"].get("granularity", "tile"),
-                   adc_step_rule=d["adc"].get("step_rule", "pow2"),
-                   adc_statistic=d["adc"].get("statistic", "max"),
-                   adc_percentile=float(d["adc"].get("percentile", 99.99)))
+    def from_sections(cls, data: dict[str, Any], source: str,
+                      error: type[Exception] = ValueError) -> XbarParams:
+        """From recorded sections (a program layer, a target's TOML-shaped dict), parsed by
+        the schema's one constructor: unknown keys refused with a suggestion, values checked
+        against the same limits as a target file; an absent section is an error."""
+        missing = [name for name in XBAR_SECTIONS if name not in data]
+        if missing:
+            raise error(f"{source}: missing section {', '.join(map(repr, missing))}")
+        return cls(**{name: parse_section(sec, data[name], name, source, error)
+                      for name, sec in XBAR_SECTIONS.items()})
 
     @classmethod
     def from_layer(cls, layer: dict[str, Any]) -> XbarParams:
-        """The parameters a program layer was packed with (its own recorded fields)."""
-        return cls(rows=int(layer["rows"]), cols=int(layer["cols"]),
-                   cell_bits=int(layer["cell_bits"]), dac_bits=int(layer["dac_bits"]),
-                   adc_bits=int(layer["adc_bits"]), adc_range=str(layer["adc_range"]),
-                   weight_bits=int(layer["weight_bits"]),
-                   input_bits=int(layer["input_bits"]), mapping=str(layer["mapping"]),
-                   adc_flip=bool(layer.get("adc_flip", False)),
-                   input_encoding=str(layer.get("input_encoding", "offset")),
-                   adc_granularity=str(layer.get("adc_granularity", "tile")),
-                   adc_step_rule=str(layer.get("adc_step_rule", "pow2")))
+        """The parameters a program layer was packed with (its own recorded sections)."""
+        return cls.from_sections(layer, f"layer {layer.get('name', '?')!r}")
 
-    def replace(self, **kw: Any) -> XbarParams:
-        return replace(self, **kw)
+    def with_overrides(self, **dotted: Any) -> XbarParams:
+        """A copy with `section.key` overrides, e.g. with_overrides(**{"adc.bits": 6});
+        None values are skipped, each value parsed like a target file's."""
+        sections = self.sections()
+        for key, value in dotted.items():
+            if value is not None:
+                name, _, field = key.partition(".")
+                sections[name][field] = value
+        return XbarParams.from_sections(sections, "overrides")
 
 
 @dataclass(frozen=True)
@@ -521,6 +569,11 @@ class Geometry:
         return self.K * self.phys_cols / (self.crossbars * self.rows * self.cols)
 
     @property
+    def all_crossbars(self) -> int:
+        """Crossbars of every replica: the one count of what a layer occupies."""
+        return self.crossbars * self.replicas
+
+    @property
     def cells(self) -> int:
         """Cells programmed to store W: K rows x the expanded columns."""
         return self.K * self.phys_cols
@@ -554,26 +607,27 @@ def adc_ranges(codes: np.ndarray, col_slice: np.ndarray, K: int, x_int: np.ndarr
                p: XbarParams) -> tuple[list, float]:
     """The ranges a calibrated ADC covers, from calibration inputs x_int [V, K] replayed on
     the stored levels of `codes`: per row tile (or per row tile a list per weight slice),
-    the largest partial sum or the `adc_percentile` of them; and the fraction of those
+    the largest partial sum or the `adc.percentile` of them; and the fraction of those
     partial sums the resulting steps clip (0 with 'max')."""
-    rt = codes.shape[0]
-    padded = np.zeros((len(x_int), rt * p.rows), dtype=np.int64)
+    rt, rows = codes.shape[0], p.crossbar.rows
+    padded = np.zeros((len(x_int), rt * rows), dtype=np.int64)
     padded[:, :K] = x_int
-    dtype = np.float32 if full_scale_pmax(p.rows, p.dac_bits, p.cell_bits) < F32_EXACT \
+    dtype = np.float32 if full_scale_pmax(rows, p.dac.bits, p.crossbar.cell_bits) < F32_EXACT \
         else np.float64
-    planes = input_planes(padded, p.input_bits, p.dac_bits, p.input_encoding).astype(dtype)
-    stored, _ = stored_levels(codes, K, len(col_slice), p.cell_bits, p.adc_flip)
+    planes = input_planes(padded, p.quant.input_bits, p.dac.bits,
+                          p.quant.input_encoding).astype(dtype)
+    stored, _ = stored_levels(codes, K, len(col_slice), p.crossbar.cell_bits, p.adc.flip)
     out: list = []
     clipped, total = 0.0, 0
     for r in range(rt):
-        part = planes[:, :, r * p.rows:(r + 1) * p.rows] @ stored[r].astype(dtype)
-        groups = [part[..., col_slice == s] for s in range(p.slices)] \
-            if p.adc_granularity == "slice" else [part]
-        ranges = [range_of(g, p.adc_statistic, p.adc_percentile) for g in groups]
+        part = planes[:, :, r * rows:(r + 1) * rows] @ stored[r].astype(dtype)
+        groups = [part[..., col_slice == s] for s in range(p.slices)] if p.per_slice \
+            else [part]
+        ranges = [range_of(g, p.adc.statistic, p.adc.percentile) for g in groups]
         for g, v in zip(groups, ranges):
-            clipped += clip_rate(g, p.step_for(v), p.adc_bits) * g.size
+            clipped += clip_rate(g, p.step_for(v), p.adc.bits) * g.size
             total += g.size
-        out.append(ranges if p.adc_granularity == "slice" else ranges[0])
+        out.append(ranges if p.per_slice else ranges[0])
     return out, clipped / total if total else 0.0
 
 
@@ -581,5 +635,5 @@ def layer_lossless(layer: dict[str, Any], codes: np.ndarray) -> bool:
     """`lossless` for a program layer and its codes array (flip encoding applied)."""
     p = XbarParams.from_layer(layer)
     J = int(layer["N"]) * p.slices * p.signs
-    stored, _ = stored_levels(codes, int(layer["K"]), J, p.cell_bits, p.adc_flip)
-    return lossless(layer["adc_step"], stored, p.dac_bits, p.adc_bits)
+    stored, _ = stored_levels(codes, int(layer["K"]), J, p.crossbar.cell_bits, p.adc.flip)
+    return lossless(layer["adc_step"], stored, p.dac.bits, p.adc.bits)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .crossbar import CHUNK_ELEMENTS, F32_EXACT, PreparedLayer, mvm_fast, shift_add_columns
-from .numerics import adc, adc_error, column_peaks, input_planes, max_code, qmax
+from .numerics import adc, adc_error, column_peaks, max_code, qmax
 
 # A float32 holding 2**23 + R, 0 <= R < 2**23 an integer, has R as its 23 mantissa bits:
 # adding 2**23 inside the matmul (a column of ones against a row of 2**23) hands over the
@@ -121,9 +121,9 @@ def plan_split(pl: PreparedLayer) -> SplitPlan | None:
     step per row tile)."""
     if pl.col_steps is not None or pl.K == 0:
         return None
-    top = max_code(pl.adc_bits)
-    digit_max = max_code(pl.dac_bits)
-    peaks = column_peaks(pl.codes, pl.dac_bits)
+    top = max_code(pl.params.adc.bits)
+    digit_max = max_code(pl.params.dac.bits)
+    peaks = column_peaks(pl.codes, pl.params.dac.bits)
     cycle_w = pl.cycle_w.astype(np.int64)
     tiles, n_exact, n_res, n_clip, bound = [], 0, 0, 0, 0
     for r in range(pl.row_tiles):
@@ -174,9 +174,9 @@ def _packs(pl: PreparedLayer, step: int, b: int, pack: int, cycle_w: np.ndarray
     """The packs of one row tile: lookup tables of packed low digits, one per pack. Where
     the one-multiply gather (_magic) needs fewer cycles per pack than fit, fewer are
     packed: a few more small matmuls cost less than field-by-field extraction."""
-    qx = qmax(pl.input_bits)
+    qx = qmax(pl.params.quant.input_bits)
     values = np.arange(-qx, qx + 1, dtype=np.int64)
-    digits = input_planes(values[None], pl.input_bits, pl.dac_bits, pl.encoding)[:, 0]
+    digits = pl.params.input_planes(values[None])[:, 0]
     digits &= step - 1
     out, c0 = [], 0
     while c0 < pl.cycles:
@@ -236,7 +236,7 @@ def mvm_split(pl: PreparedLayer, sp: SplitPlan, x_int: np.ndarray) -> np.ndarray
 def _errors(pl: PreparedLayer, sp: SplitPlan, x_int: np.ndarray) -> np.ndarray:
     """sum over row tiles and cycles of cw[c] * s * (ADC(P) - P), per column: [V, J]."""
     V = len(x_int)
-    idx = x_int.astype(np.intp) + qmax(pl.input_bits)
+    idx = x_int.astype(np.intp) + qmax(pl.params.quant.input_bits)
     total = np.zeros((V, pl.J), dtype=sp.acc_dtype)
     planes = None
     for t in sp.tiles:
@@ -245,7 +245,7 @@ def _errors(pl: PreparedLayer, sp: SplitPlan, x_int: np.ndarray) -> np.ndarray:
             _residue_errors(t, idx[:, t.lo:t.hi], sp, err)
         if t.clip_cols.size:
             if planes is None:
-                planes = input_planes(x_int, pl.input_bits, pl.dac_bits, pl.encoding)
+                planes = pl.params.input_planes(x_int)
             _clip_errors(pl, t, planes[:, :, t.lo:t.hi], sp, err)
         if t.sign is not None:
             err *= t.sign
@@ -305,7 +305,7 @@ def _clip_errors(pl: PreparedLayer, t: TilePlan, digits: np.ndarray, sp: SplitPl
     columns only)."""
     C, V, rows = digits.shape
     p = digits.reshape(C * V, rows).astype(t.clip_levels.dtype) @ t.clip_levels
-    d = adc(p.copy(), t.step, pl.adc_bits, integral=True)
+    d = adc(p.copy(), t.step, pl.params.adc.bits, integral=True)
     d -= p
     e = np.tensordot(pl.cycle_w, d.reshape(C, V, -1).astype(np.float64), axes=(0, 0))
     err[:, t.clip_cols] += e.astype(err.dtype)
@@ -340,7 +340,7 @@ def stack_key(pl: PreparedLayer, sp: SplitPlan | None) -> tuple | None:
     return ("split", t.step, t.field_bits, t.bias, tuple((pk.cycles.start, pk.cycles.stop,
                                                          pk.magic) for pk in t.packs),
             tuple(pl.pattern.tolist()), tuple(sp.cycle_w.tolist()), sp.acc_dtype,
-            pl.input_bits, pl.dac_bits, pl.encoding)
+            pl.params.quant.input_bits, pl.params.dac.bits, pl.params.quant.input_encoding)
 
 
 def stack_plans(pls: list[PreparedLayer], sps: list[SplitPlan]) -> SplitStack:
@@ -349,7 +349,7 @@ def stack_plans(pls: list[PreparedLayer], sps: list[SplitPlan]) -> SplitStack:
                       res_levels=np.stack([sp.tiles[0].res_levels for sp in sps]),
                       cycle_w=sps[0].cycle_w, acc_dtype=sps[0].acc_dtype,
                       pattern=pls[0].pattern.astype(np.float64),
-                      qx=qmax(pls[0].input_bits))
+                      qx=qmax(pls[0].params.quant.input_bits))
 
 
 def stacked_errors(ss: SplitStack, x_int: np.ndarray) -> np.ndarray:

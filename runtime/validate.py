@@ -21,26 +21,19 @@ from farc.limits import MAX_CROSSBARS
 from .bounds import check_run_bounds
 from .isa import FORMAT, OPS, VERSION
 from .numerics import (
-    ADC_GRANULARITIES,
-    ADC_RANGES,
-    INPUT_ENCODINGS,
-    MAPPINGS,
-    PARAM_LIMITS,
     STEP_DENOM,
-    STEP_RULES,
     XbarParams,
     chip_crossbars,
     decode_weights,
-    limit_violation,
     max_code,
     valid_step,
 )
+from .schema import AdcRange, StepRule, parse_section, section_dict
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
 LAYER_KINDS = ("linear", "patch_embed", "lstm_cell", "classifier")
-LAYER_INTS = ("id", "K", "N", "weight_bits", "input_bits", "cell_bits", "dac_bits", "adc_bits",
-              "slices", "signs", "rows", "cols", "row_tiles", "col_tiles", "in_zero", "replicas")
+LAYER_INTS = ("id", "K", "N", "row_tiles", "col_tiles", "replicas")
 
 
 def validate_program(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -89,23 +82,19 @@ def _check_static_bounds(manifest: dict[str, Any]) -> None:
 
 
 def _check_layers_match_target(manifest: dict[str, Any]) -> None:
-    """A program states its crossbar parameters twice, per layer and in the target it was
-    built for; they must agree (an empty target, as in hand-built programs, states none)."""
+    """Each layer records the sections it was packed with; the manifest's target is the
+    chip the program was placed on. A layer may choose its own precision and ADC policy
+    (per-layer precision), but not another array: its [crossbar] must be the chip's (an
+    empty target, as in hand-built programs, states no chip)."""
     target = manifest.get("target") or {}
     if not target:
         return
-    try:
-        want = XbarParams.from_target_dict(target).layer_fields()
-    except (KeyError, TypeError):
-        raise ProgramError("manifest: target lacks its crossbar, dac, adc or quant "
-                           "fields") from None
-    absent = XbarParams().layer_fields()  # a field a layer omits has its default value
+    chip = section_dict(parse_section(type(XbarParams().crossbar), target.get("crossbar"),
+                                      "crossbar", "manifest target", ProgramError))
     for i, layer in enumerate(manifest["layers"]):
-        for key, value in want.items():
-            if layer.get(key, absent[key]) != value:
-                raise ProgramError(f"layer {i} ({layer.get('name', '?')}): {key} = "
-                                   f"{layer.get(key)!r} but the program's target says "
-                                   f"{value!r}")
+        if layer["crossbar"] != chip:
+            raise ProgramError(f"layer {i} ({layer.get('name', '?')}): crossbar "
+                               f"{layer['crossbar']} but the program's chip has {chip}")
 
 
 def check_header(manifest: Any) -> None:
@@ -196,9 +185,10 @@ def _check_layer(i: int, layer: dict, arrays: dict[str, np.ndarray]) -> None:
     where = f"layer {i} ({layer.get('name', '?')})"
     if layer.get("kind") not in LAYER_KINDS:
         raise ProgramError(f"{where}: kind {layer.get('kind')!r} not in {LAYER_KINDS}")
-    _check_layer_geometry(layer, where)
-    _check_layer_adc(layer, where)
-    _check_layer_arrays(layer, arrays, where)
+    p = XbarParams.from_sections(layer, where, ProgramError)
+    _check_layer_geometry(layer, p, where)
+    _check_layer_adc(layer, p, where)
+    _check_layer_arrays(layer, p, arrays, where)
     _check_layer_crossbars(layer, where)
 
 
@@ -207,21 +197,11 @@ def _check_range(where: str, key: str, value: int, lo: int, hi: int) -> None:
         raise ProgramError(f"{where}: {key} = {value} out of range {lo}..{hi}")
 
 
-def _check_layer_geometry(L: dict, where: str) -> None:
+def _check_layer_geometry(L: dict, p: XbarParams, where: str) -> None:
     for key, lo, hi in (("K", 1, 2**24), ("N", 1, 2**24), ("replicas", 1, 2**20)):
         _check_range(where, key, L[key], lo, hi)
-    for key in PARAM_LIMITS:
-        rule = limit_violation(key, L[key])
-        if rule:
-            raise ProgramError(f"{where}: {key} = {L[key]} {rule}")
-    if L.get("mapping") not in MAPPINGS:
-        raise ProgramError(f"{where}: mapping {L.get('mapping')!r} must be 'differential' "
-                           "or 'offset'")
-    p = XbarParams.from_layer({**L, "adc_range": "full"})
     g = p.geometry(L["K"], L["N"])
-    expect = {"slices": p.slices, "signs": p.signs, "row_tiles": g.row_tiles,
-              "in_zero": p.in_zero, "col_tiles": g.col_tiles}
-    for key, want in expect.items():
+    for key, want in (("row_tiles", g.row_tiles), ("col_tiles", g.col_tiles)):
         if L[key] != want:
             raise ProgramError(f"{where}: {key} = {L[key]} inconsistent with its geometry "
                                f"(expected {want})")
@@ -230,38 +210,25 @@ def _check_layer_geometry(L: dict, where: str) -> None:
         raise ProgramError(f"{where}: in_scale = {s_x!r} must be finite and > 0")
 
 
-def _check_layer_adc(L: dict, where: str) -> None:
-    if L.get("adc_range") not in ADC_RANGES:
-        raise ProgramError(f"{where}: adc_range {L.get('adc_range')!r} must be 'full' or "
-                           "'calibrated'")
-    for key, allowed, default in (("input_encoding", INPUT_ENCODINGS, "offset"),
-                                  ("adc_granularity", ADC_GRANULARITIES, "tile"),
-                                  ("adc_step_rule", STEP_RULES, "pow2")):
-        if L.get(key, default) not in allowed:
-            raise ProgramError(f"{where}: {key} {L.get(key)!r} must be one of "
-                               f"{', '.join(map(repr, allowed))}")
+def _check_layer_adc(L: dict, p: XbarParams, where: str) -> None:
     steps = _need(L, "adc_step", list, where)
     if len(steps) != L["row_tiles"]:
         raise ProgramError(f"{where}: adc_step has {len(steps)} entries, expected one per "
                            f"row tile ({L['row_tiles']})")
-    if not isinstance(L.get("adc_flip", False), bool):
-        raise ProgramError(f"{where}: adc_flip {L.get('adc_flip')!r} must be true or false")
-    p = XbarParams.from_layer(L)
     full = p.full_step
     for r, row in enumerate(steps):
-        per_slice = p.adc_granularity == "slice"
-        if per_slice and not (isinstance(row, list) and len(row) == p.slices):
+        if p.per_slice and not (isinstance(row, list) and len(row) == p.slices):
             raise ProgramError(f"{where}: adc_step[{r}] must list one step per weight slice "
                                f"({p.slices})")
-        for s, st in enumerate(row if per_slice else [row]):
-            at = f"adc_step[{r}]" + (f"[{s}]" if per_slice else "")
-            if not valid_step(st, p.adc_step_rule):
+        for s, st in enumerate(row if p.per_slice else [row]):
+            at = f"adc_step[{r}]" + (f"[{s}]" if p.per_slice else "")
+            if not valid_step(st, p.adc.step_rule):
                 raise ProgramError(f"{where}: {at} = {st!r} must be "
-                                   + ("a power of two >= 1" if p.adc_step_rule == "pow2" else
-                                      f"a multiple of 1/{STEP_DENOM} >= 1"))
-            if L["adc_range"] == "full" and st != full:
+                                   + ("a power of two >= 1" if p.adc.step_rule == StepRule.POW2
+                                      else f"a multiple of 1/{STEP_DENOM} >= 1"))
+            if p.adc.range == AdcRange.FULL and st != full:
                 raise ProgramError(f"{where}: {at} = {st} but a full-range "
-                                   f"{L['adc_bits']}-bit ADC needs step {full}")
+                                   f"{p.adc.bits}-bit ADC needs step {full}")
             if st > full:
                 raise ProgramError(f"{where}: {at} = {st} exceeds the full-range step {full}")
 
@@ -279,16 +246,18 @@ def _layer_array(L: dict, arrays: dict, key: str, dtype: str, shape: tuple,
     return arr
 
 
-def _check_layer_arrays(L: dict, arrays: dict, where: str) -> None:
+def _check_layer_arrays(L: dict, p: XbarParams, arrays: dict, where: str) -> None:
     _need(L, "arrays", dict, where)
-    N, S, sg = L["N"], L["slices"], L["signs"]
+    N, S, sg = L["N"], p.slices, p.signs
     J = N * S * sg
+    cell_bits = p.crossbar.cell_bits
     codes = _layer_array(L, arrays, "codes", "uint8",
-                         (L["row_tiles"], L["col_tiles"], L["rows"], L["cols"]), where)
-    top = max_code(L["cell_bits"])
+                         (L["row_tiles"], L["col_tiles"], p.crossbar.rows, p.crossbar.cols),
+                         where)
+    top = max_code(cell_bits)
     if codes.size and int(codes.max()) > top:
         raise ProgramError(f"{where}: conductance code {int(codes.max())} exceeds the "
-                           f"largest level {top} of a {L['cell_bits']}-bit cell")
+                           f"largest level {top} of a {cell_bits}-bit cell")
     w_scale = _layer_array(L, arrays, "w_scale", "float32", (N,), where)
     if not np.all(np.isfinite(w_scale) & (w_scale > 0)):
         raise ProgramError(f"{where}: w_scale must be finite and > 0")
@@ -301,7 +270,7 @@ def _check_layer_arrays(L: dict, arrays: dict, where: str) -> None:
     col_slice = _layer_array(L, arrays, "col_slice", "int32", (J,), where)
     col_sign = _layer_array(L, arrays, "col_sign", "int32", (J,), where)
     _check_colmap(col_out, col_slice, col_sign, N, S, sg, where)
-    _check_codes_content(L, codes, colsum, col_out, col_slice, col_sign, where)
+    _check_codes_content(L, p, codes, colsum, col_out, col_slice, col_sign, where)
 
 
 def _check_colmap(out: np.ndarray, sl: np.ndarray, sg: np.ndarray, N: int, S: int,
@@ -315,7 +284,8 @@ def _check_colmap(out: np.ndarray, sl: np.ndarray, sg: np.ndarray, N: int, S: in
                            f"one of the {N * S * signs} must appear exactly once")
 
 
-def _check_codes_content(L: dict, codes: np.ndarray, colsum: np.ndarray, col_out: np.ndarray,
+def _check_codes_content(L: dict, p: XbarParams, codes: np.ndarray, colsum: np.ndarray,
+                         col_out: np.ndarray,
                          col_slice: np.ndarray, col_sign: np.ndarray, where: str) -> None:
     rt, ct, rows, cols = codes.shape
     K, J = L["K"], col_out.size
@@ -323,12 +293,11 @@ def _check_codes_content(L: dict, codes: np.ndarray, colsum: np.ndarray, col_out
     if flat[K:].any() or flat[:, J:].any():
         raise ProgramError(f"{where}: unused rows (>= {K}) or columns (>= {J}) hold "
                            "non-zero codes")
-    q = decode_weights(flat[:K, :J], col_out, col_slice, col_sign, L["N"], L["cell_bits"],
-                       L["weight_bits"], L["mapping"])
-    qw = XbarParams.from_layer(L).qw
-    if q.size and np.abs(q).max() > qw:
+    q = decode_weights(flat[:K, :J], col_out, col_slice, col_sign, L["N"],
+                       p.crossbar.cell_bits, p.quant.weight_bits, p.quant.mapping)
+    if q.size and np.abs(q).max() > p.qw:
         raise ProgramError(f"{where}: a weight decodes to {int(np.abs(q).max())}, beyond "
-                           f"Qw = {qw} of {L['weight_bits']}-bit weights")
+                           f"Qw = {p.qw} of {p.quant.weight_bits}-bit weights")
     bad = np.flatnonzero(q.sum(axis=0) != colsum)
     if bad.size:
         n = int(bad[0])

@@ -278,7 +278,8 @@ def _assemble(manifest: dict, layers: dict[int, dict], target: Target, attention
     for s in steps:
         if s.instr["op"] == "mvm":
             calls[str(layers[int(s.instr["layer"])]["name"])] += s.trips
-    loads = {n: layer_load(v, calls[n], target.input_cycles,
+    cycles = {str(lay["name"]): Geometry.from_layer(lay).cycles for lay in manifest["layers"]}
+    loads = {n: layer_load(v, calls[n], cycles[n],
                            target.latency.mvm_pipeline_cycles) for n, v in vectors.items()}
     spare = target.crossbars - sum(per_replica.values())
     reason = plan_replicas(per_replica, loads, spare, caps=vectors).reason if per_replica else ""
@@ -331,8 +332,7 @@ def area_mm2(target: Target, layers: list[dict], extra_crossbars: int = 0) -> di
     the crossbars fill (packed densely). Chip-level periphery ([area] chip_overhead_mm2) is
     not part of it (see `chip_area_mm2`)."""
     a, c = target.area, target.crossbar
-    n = extra_crossbars + sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
-                              for lay in layers)
+    n = extra_crossbars + sum(Geometry.from_layer(lay).all_crossbars for lay in layers)
     adcs = adcs_per_crossbar(target)
     imas = math.ceil(n / target.chip.crossbars_per_ima)
     tiles = math.ceil(imas / target.chip.imas_per_tile)

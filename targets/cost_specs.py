@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farc.errors import ConfigError
-
 ADC_LAWS = ("walden", "sar")
 """`[energy] adc_law` values (the laws themselves: targets/derived.py)."""
 
@@ -57,12 +55,6 @@ class EnergySpec:
     """Buffer (eDRAM/SRAM) access energy per byte read or written, pJ/B."""
     interconnect_pj_per_byte: float = 1.09
     """On-chip network energy per byte per hop (one router traversal and its link), pJ/B."""
-
-    def __post_init__(self) -> None:
-        """An unknown ADC law is refused on load (one line, like every bad key)."""
-        if self.adc_law not in ADC_LAWS:
-            raise ConfigError(f"[energy] adc_law = {self.adc_law!r} must be one of "
-                              f"{', '.join(map(repr, ADC_LAWS))}")
 
 
 @dataclass(frozen=True)

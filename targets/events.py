@@ -22,6 +22,8 @@ from typing import Any
 
 from farc.runtime.counters import BYTES_PER_ELEMENT, Counters, record, record_loop, record_mvm
 from farc.runtime.isa import DIGITAL_KINDS, MATMUL_KIND, disagreements
+from farc.runtime.numerics import XbarParams
+from farc.runtime.schema import StepRule
 from farc.runtime.walk import Shape
 from farc.targets.derived import adc_conversion_pj, step_multiply_pj
 from farc.targets.mvm import Geometry, activation_bytes
@@ -81,7 +83,7 @@ def instruction_events(ins: dict[str, Any], in_shapes: tuple[Shape, ...],
     ev = events_of(c)
     if ins["op"] == "mvm":
         ev["interconnect_bytes"] = c.bytes_moved
-        if layer is not None and layer.get("adc_step_rule", "pow2") == "uniform":
+        if layer is not None and XbarParams.from_layer(layer).adc.step_rule == StepRule.UNIFORM:
             ev["step_multiplies"] = c.adc_conversions
     return ev
 

@@ -52,7 +52,7 @@ def layer_tiles(manifest: dict, t: Target) -> dict[int, int]:
             out[int(lay["id"])] = tile_of(t, int(placed[0][0]))
         else:
             out[int(lay["id"])] = tile_of(t, nxt)
-            nxt += Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
+            nxt += Geometry.from_layer(lay).all_crossbars
     return out
 
 
@@ -107,7 +107,7 @@ def crossbars_used(manifest: dict) -> int:
     """Physical crossbars the program's layers occupy: the placed ids when the scheduler
     placed them, else every layer's crossbars times its replicas."""
     return sum(len(r) for lay in manifest["layers"] for r in lay.get("crossbars", [])) or \
-        sum(Geometry.from_layer(lay).crossbars * int(lay.get("replicas", 1))
+        sum(Geometry.from_layer(lay).all_crossbars
             for lay in manifest["layers"])
 
 

@@ -7,26 +7,30 @@ range, caveats) and is what `docs/targets.md` and `farc targets` show."""
 
 from __future__ import annotations
 
-import difflib
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from farc.runtime.numerics import (
-    ADC_GRANULARITIES,
-    ADC_RANGES,
-    ADC_STATISTICS,
-    INPUT_ENCODINGS,
-    MAPPINGS,
-    STEP_RULES,
-    XbarParams,
-    chip_crossbars,
+from farc.runtime.numerics import XbarParams, chip_crossbars
+from farc.runtime.schema import (
+    XBAR_SECTIONS,
+    AdcSection,
+    CrossbarSection,
+    DacSection,
+    QuantSection,
+    check_keys,
+    field_docs,  # noqa: F401  (re-exported: report/targets_view reads section docs here)
     limit_violation,
+    parse_section,
+    section_dict,
+    suggest,
 )
 from farc.targets.cost_specs import (
+    ADC_LAWS,
     COST_SPECS,
     POSITIVE,
     TOPOLOGIES,
@@ -47,16 +51,6 @@ TARGET_DIR = Path(__file__).parent
 
 
 @dataclass(frozen=True)
-class CrossbarSpec:
-    rows: int = 128
-    """Word lines per crossbar (inputs). Power of two, 8..4096."""
-    cols: int = 128
-    """Bit lines per crossbar (physical columns). Power of two, 8..4096."""
-    cell_bits: int = 2
-    """Bits stored per ReRAM cell (conductance levels = 2**cell_bits). 1..8."""
-
-
-@dataclass(frozen=True)
 class ChipSpec:
     tiles: int = 168
     """Tiles on the chip."""
@@ -71,67 +65,8 @@ class ChipSpec:
         return chip_crossbars(asdict(self))
 
 
-@dataclass(frozen=True)
-class DacSpec:
-    bits: int = 1
-    """Input bits applied per cycle (1 = bit-serial). 1..8."""
-
-
-@dataclass(frozen=True)
-class AdcSpec:
-    bits: int = 8
-    """ADC resolution in bits. 1..16."""
-    range: str = "full"
-    """'full': the ADC spans the largest possible partial sum (rows * (2**dac_bits-1) *
-    (2**cell_bits-1)); 'calibrated': the compiler sets each crossbar's range from the
-    partial sums seen on calibration inputs."""
-    columns_per_adc: int = 128
-    """Columns that share one ADC (time-multiplexed); bounds column throughput."""
-    flip: bool = False
-    """ISAAC's flip encoding (ISCA 2016 Sec. 5.2): a column whose levels sum above half the
-    maximum is stored complemented and recovered digitally, so partial sums never exceed
-    half the full range and the ADC needs one bit fewer."""
-    granularity: str = "tile"
-    """'tile': one ADC range per (layer, row tile); 'slice': one per (layer, row tile,
-    weight slice), so the low slices' wide sums do not set the step of the top slice,
-    whose sums are small and weigh most."""
-    step_rule: str = "pow2"
-    """'pow2': the step is a power of two (a shift); 'uniform': any multiple of 1/256 >= 1,
-    the tightest step for the range (a multiplier in the periphery)."""
-    statistic: str = "max"
-    """With range = 'calibrated': cover the largest partial sum seen ('max') or the
-    `percentile` of them ('percentile'; larger sums clip, counted at compile time)."""
-    percentile: float = 99.99
-    """Percentile of the calibration partial sums a 'percentile' range covers, (50, 100]."""
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    weight_bits: int = 8
-    """Signed weight bits incl. sign: q in [-(2**(B-1)-1), 2**(B-1)-1], per output column."""
-    input_bits: int = 8
-    """Signed input bits incl. sign, per-tensor calibrated scale, offset-encoded on the DAC."""
-    mapping: str = "differential"
-    """'differential': G+/G- column pair per weight slice; 'offset': one column per slice
-    holding q + 2**(B-1)-1, the offset removed digitally."""
-    calibration: str = "max"
-    """Input-range calibration policy: 'max' or 'percentile'."""
-    input_encoding: str = "offset"
-    """How signed inputs reach the rows: 'offset' (u = x + 2**(B-1) on the DAC, zero point
-    removed digitally) or 'sign_magnitude' (|x| in two phases, positive rows then negative
-    rows, the second phase subtracted: twice the cycles of B-1 magnitude bits, no constant
-    offset in the partial sums)."""
-    percentile: float = 99.99
-    """Percentile of |x| used when calibration = 'percentile'."""
-
-
-SECTIONS: dict[str, type] = {
-    "crossbar": CrossbarSpec,
-    "chip": ChipSpec,
-    "dac": DacSpec,
-    "adc": AdcSpec,
-    "quant": QuantSpec,
-}
+SECTIONS: dict[str, type] = {**XBAR_SECTIONS, "chip": ChipSpec}
+"""The crossbar sections (the runtime's schema, runtime/schema.py) and the chip."""
 # Sections the cost model reads (typed, see cost_specs.py); validated here like the others.
 COST_SECTIONS = tuple(COST_SPECS)
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, **COST_SPECS}
@@ -143,11 +78,11 @@ class Target:
 
     name: str
     description: str = ""
-    crossbar: CrossbarSpec = field(default_factory=CrossbarSpec)
+    crossbar: CrossbarSection = field(default_factory=CrossbarSection)
     chip: ChipSpec = field(default_factory=ChipSpec)
-    dac: DacSpec = field(default_factory=DacSpec)
-    adc: AdcSpec = field(default_factory=AdcSpec)
-    quant: QuantSpec = field(default_factory=QuantSpec)
+    dac: DacSection = field(default_factory=DacSection)
+    adc: AdcSection = field(default_factory=AdcSection)
+    quant: QuantSection = field(default_factory=QuantSection)
     latency: LatencySpec = field(default_factory=LatencySpec)
     """Per-event latencies (crossbar read, ADC rate, pipeline, buffer bandwidth)."""
     energy: EnergySpec = field(default_factory=EnergySpec)
@@ -171,34 +106,9 @@ class Target:
     # ---- derived values: the crossbar numerics module computes them, once per Target ----
     @cached_property
     def xbar(self) -> XbarParams:
-        """The crossbar parameters every layer is packed with on this target (bit widths,
-        geometry, ADC policy); passes, cost model and reports read derived values here."""
-        return XbarParams.from_target(self)
-
-    @property
-    def weight_slices(self) -> int:
-        """Cells per weight magnitude (farc.runtime.numerics.weight_slices)."""
-        return self.xbar.slices
-
-    @property
-    def signs(self) -> int:
-        """Physical columns per weight slice: 2 for a differential pair, 1 for offset."""
-        return self.xbar.signs
-
-    @property
-    def input_cycles(self) -> int:
-        """DAC cycles per MVM: ceil(input_bits / dac_bits)."""
-        return self.xbar.cycles
-
-    @property
-    def max_partial_sum(self) -> int:
-        """Largest value one column can sum in one cycle (flip encoding included)."""
-        return self.xbar.pmax
-
-    @property
-    def adc_lossless(self) -> bool:
-        """True when a full-range ADC resolves every partial sum exactly."""
-        return self.xbar.full_range_lossless
+        """The crossbar parameters every layer is packed with on this target: its own
+        crossbar, dac, adc and quant sections (the same objects, not a copy)."""
+        return XbarParams(self.crossbar, self.dac, self.adc, self.quant)
 
     @property
     def crossbars(self) -> int:
@@ -210,7 +120,7 @@ class Target:
         diffs = []
         for sec in ALL_SECTIONS:
             mine, base = getattr(self, sec), getattr(default, sec)
-            diffs += [f"{sec}.{f.name}={getattr(mine, f.name)!r}" for f in fields(mine)
+            diffs += [f"{sec}.{f.name}={_plain(getattr(mine, f.name))!r}" for f in fields(mine)
                       if getattr(mine, f.name) != getattr(base, f.name)]
         return f"Target({self.name!r}{', ' if diffs else ''}{', '.join(diffs)})"
 
@@ -229,7 +139,7 @@ class Target:
         out: dict[str, Any] = {"target": {"name": self.name, "description": self.description}}
         for sec in ALL_SECTIONS:
             spec = getattr(self, sec)
-            out[sec] = {f.name: getattr(spec, f.name) for f in fields(spec)}
+            out[sec] = section_dict(spec)
         return out
 
     @staticmethod
@@ -238,17 +148,20 @@ class Target:
         known = ["target", *ALL_SECTIONS]
         for sec in data:
             if sec not in known:
-                raise ConfigError(f"{source}: unknown section [{sec}]{_suggest(sec, known)}")
-            if sec != "target" and not isinstance(data[sec], dict):
-                raise ConfigError(f"{source}: [{sec}] must be a table, got {data[sec]!r}")
+                raise ConfigError(f"{source}: unknown section [{sec}]{suggest(sec, known)}")
         head = data.get("target", {})
-        _check_keys(head, ["name", "description"], "target", source)
+        if not isinstance(head, dict):
+            raise ConfigError(f"{source}: [target] must be a table, got {head!r}")
+        check_keys(head, ["name", "description"], "target", source)
         if "name" not in head:
             raise ConfigError(f"{source}: [target] needs a name")
-        specs = {}
-        for sec, cls in ALL_SECTIONS.items():
+        specs = {sec: parse_section(cls, data.get(sec, {}), sec, source)
+                 for sec, cls in XBAR_SECTIONS.items()}
+        for sec, cls in {"chip": ChipSpec, **COST_SPECS}.items():
             vals = data.get(sec, {})
-            _check_keys(vals, [f.name for f in fields(cls)], sec, source)
+            if not isinstance(vals, dict):
+                raise ConfigError(f"{source}: [{sec}] must be a table, got {vals!r}")
+            check_keys(vals, [f.name for f in fields(cls)], sec, source)
             for f in fields(cls):
                 if f.name in vals:
                     _check_type(vals[f.name], type(getattr(cls(), f.name)), sec, f.name, source)
@@ -256,21 +169,14 @@ class Target:
         costs = {sec: dict(data[sec]) for sec in COST_SECTIONS if sec in data}
         target = Target(name=str(head["name"]), description=str(head.get("description", "")),
                         costs=costs, **specs)
-        _check_ranges(target, source)
+        _check_chip(target, source)
         _check_costs(target, source)
         return target
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_keys(vals: dict, allowed: list[str], section: str, source: str) -> None:
-    for key in vals:
-        if key not in allowed:
-            raise ConfigError(f"{source}: unknown key {key!r} in [{section}]"
-                              f"{_suggest(key, allowed)}")
+def _plain(value: Any) -> Any:
+    """A policy member as its TOML string; any other value as it is."""
+    return str(value) if isinstance(value, StrEnum) else value
 
 
 def _check_type(value: Any, want: type, section: str, key: str, source: str) -> None:
@@ -281,51 +187,26 @@ def _check_type(value: Any, want: type, section: str, key: str, source: str) -> 
         raise ConfigError(f"{source}: [{section}] {key} = {value!r} must be {want.__name__}")
 
 
-def _check_ranges(t: Target, source: str) -> None:
-    def bad(section: str, key: str, value: Any, rule: str) -> ConfigError:
-        return ConfigError(f"{source}: [{section}] {key} = {value!r} {rule}")
+def _check_chip(t: Target, source: str) -> None:
+    def bad(key: str, value: Any, rule: str) -> ConfigError:
+        return ConfigError(f"{source}: [chip] {key} = {value!r} {rule}")
 
-    xb = t.crossbar
-    for section, key, value in (("crossbar", "rows", xb.rows), ("crossbar", "cols", xb.cols),
-                                ("crossbar", "cell_bits", xb.cell_bits),
-                                ("dac", "bits", t.dac.bits), ("adc", "bits", t.adc.bits),
-                                ("quant", "weight_bits", t.quant.weight_bits),
-                                ("quant", "input_bits", t.quant.input_bits)):
-        rule = limit_violation(key if section in ("crossbar", "quant") else f"{section}_bits",
-                               value)
-        if rule:
-            raise bad(section, key, value, rule)
-    if t.adc.range not in ADC_RANGES:
-        raise bad("adc", "range", t.adc.range, "must be 'full' or 'calibrated'")
-    for section, key, allowed in (("adc", "granularity", ADC_GRANULARITIES),
-                                  ("adc", "step_rule", STEP_RULES),
-                                  ("adc", "statistic", ADC_STATISTICS),
-                                  ("quant", "input_encoding", INPUT_ENCODINGS),
-                                  ("interconnect", "topology", TOPOLOGIES)):
-        value = getattr(getattr(t, section), key)
-        if value not in allowed:
-            raise bad(section, key, value, f"must be one of {', '.join(map(repr, allowed))}")
-    if not 50.0 < t.adc.percentile <= 100.0:
-        raise bad("adc", "percentile", t.adc.percentile, "must be in (50, 100]")
-    if t.adc.columns_per_adc < 1:
-        raise bad("adc", "columns_per_adc", t.adc.columns_per_adc, "must be >= 1")
-    q = t.quant
-    if q.mapping not in MAPPINGS:
-        raise bad("quant", "mapping", q.mapping, "must be 'differential' or 'offset'")
-    if q.calibration not in ("max", "percentile"):
-        raise bad("quant", "calibration", q.calibration, "must be 'max' or 'percentile'")
-    if not 50.0 < q.percentile <= 100.0:
-        raise bad("quant", "percentile", q.percentile, "must be in (50, 100]")
     for key in ("tiles", "imas_per_tile", "crossbars_per_ima"):
         if getattr(t.chip, key) < 1:
-            raise bad("chip", key, getattr(t.chip, key), "must be >= 1")
+            raise bad(key, getattr(t.chip, key), "must be >= 1")
     if t.chip.crossbars > MAX_CROSSBARS:
-        raise bad("chip", "tiles", t.chip.tiles, f"gives {t.chip.crossbars:,} crossbars, over "
+        raise bad("tiles", t.chip.tiles, f"gives {t.chip.crossbars:,} crossbars, over "
                   f"the limit of {MAX_CROSSBARS:,}")
+    for sec, key, allowed in (("interconnect", "topology", TOPOLOGIES),
+                              ("energy", "adc_law", ADC_LAWS)):
+        value = getattr(getattr(t, sec), key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: [{sec}] {key} = {value!r} must be one of "
+                              f"{', '.join(map(repr, allowed))}")
 
 
 def _check_costs(t: Target, source: str) -> None:
-    rule = limit_violation("adc_bits", t.energy.adc_reference_bits)  # the ADC's own range
+    rule = limit_violation(AdcSection, "bits", t.energy.adc_reference_bits)  # an ADC's range
     if rule:
         raise ConfigError(f"{source}: [energy] adc_reference_bits = "
                           f"{t.energy.adc_reference_bits!r} {rule}")
@@ -339,24 +220,6 @@ def _check_costs(t: Target, source: str) -> None:
                 raise ConfigError(f"{source}: [{sec}] {f.name} = {v!r} must be > 0")
             if not (v >= 0 and math.isfinite(v)):
                 raise ConfigError(f"{source}: [{sec}] {f.name} = {v!r} must be finite and >= 0")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a section dataclass (unit, range), read from the
-    source: what `farc targets NAME` and docs/targets.md show."""
-    import ast
-    import inspect
-    import itertools
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in itertools.pairwise(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
-                isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
 
 
 def list_targets() -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xbar_flat import xp
 
 from farc.atomic import check_writable
 from farc.errors import CheckpointError, ConfigError, PassError
@@ -32,11 +33,11 @@ def one_line_error(res: subprocess.CompletedProcess, match: str, rc: int = 1) ->
 
 def tiny_program(tmp_path: Path) -> tuple[Path, Path]:
     """A one-layer tile program (no compiler) and a matching float32 input batch."""
-    from farc.runtime.builder import XbarParams, input_scale, make_program, pack_layer
+    from farc.runtime.builder import input_scale, make_program, pack_layer
 
     rng = np.random.default_rng(0)
     w, x = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=(5, 12))
-    layer, arrays = pack_layer(w, None, input_scale(x, 8), XbarParams(rows=8, cols=16))
+    layer, arrays = pack_layer(w, None, input_scale(x, 8), xp(rows=8, cols=16))
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
                          {"op": "output", "name": "y", "in": ["y"]}],

@@ -9,7 +9,7 @@ import torch
 from farc.runtime.builder import input_scale, make_program, pack_layer
 from farc.runtime.emulator import Emulator
 from farc.runtime.noise import NoiseConfig
-from farc.runtime.numerics import XbarParams
+from xbar_flat import xp
 
 from farc.errors import ConfigError
 from farc.far.crossbar_torch import LayerNumerics
@@ -21,7 +21,7 @@ DRIFT = {"drift_nu": 0.1, "drift_t": 1e4}
 
 
 def _program(flip: bool):
-    p = XbarParams(rows=16, cols=32, adc_bits=9, adc_flip=flip)  # lossless when ideal
+    p = xp(rows=16, cols=32, adc_bits=9, adc_flip=flip)  # lossless when ideal
     layer, arrays = pack_layer(W, None, input_scale(X, 8), p)
     return make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},

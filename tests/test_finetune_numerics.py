@@ -71,7 +71,7 @@ def test_noise_free_numerics_give_the_emulators_integers(compiled, images):
         prep = numerics.layers[layer["name"]].prepare(W.detach(), b.detach())
         lossy += not prep.lossless
         for tr in emu.traces[i][:4]:
-            x_int = quantize_input_t(torch.from_numpy(tr.x), prep.s_x, prep.p.input_bits)
+            x_int = quantize_input_t(torch.from_numpy(tr.x), prep.s_x, prep.p.quant.input_bits)
             np.testing.assert_array_equal(prep.integers(x_int).numpy(), tr.y_int,
                                           err_msg=f"{name}: layer {layer['name']}")
     assert (lossy > 0) == (name != "lossless")  # the lossy programs exercise the ADC path
@@ -96,7 +96,7 @@ def test_noisy_numerics_on_the_emulators_devices(compiled, images):
         g = torch.from_numpy(emu._devices[i][0].g)
         prep.g = g[:, :prep.rows].float()
         for tr in emu.traces[i][:2]:
-            x_int = quantize_input_t(torch.from_numpy(tr.x), prep.s_x, prep.p.input_bits)
+            x_int = quantize_input_t(torch.from_numpy(tr.x), prep.s_x, prep.p.quant.input_bits)
             got = prep.integers(x_int).numpy()
             same += int((got == tr.y_int).sum())
             total += got.size

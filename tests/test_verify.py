@@ -397,7 +397,7 @@ def test_lossless_program_equals_the_reference(kind, request, test_split, tmp_pa
 
     model = request.getfixturevalue(kind)
     target = digits_target(adc_bits=9)
-    assert target.adc_lossless
+    assert target.xbar.full_range_lossless
     prog, path = compile_with_references(model, target, tmp_path, kind)
     assert program_is_lossless(prog)
     x, y = test_split

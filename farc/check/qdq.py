@@ -106,7 +106,11 @@ def weight_levels(layer: dict, codes: np.ndarray) -> np.ndarray:
     Expanded column j sits in column tile j // cols, column j % cols; row k in row tile
     k // rows, row k % rows (docs/tile-program.md)."""
     rt, ct, rows, cols = codes.shape
-    K, E = int(layer["K"]), int(layer["N"]) * int(layer["slices"]) * int(layer["signs"])
+    quant, cell_bits = layer["quant"], int(layer["crossbar"]["cell_bits"])
+    differential = quant["mapping"] == "differential"  # G+/G- pair; the sign bit not stored
+    magnitude_bits = int(quant["weight_bits"]) - (1 if differential else 0)
+    slices = -(-magnitude_bits // cell_bits)
+    K, E = int(layer["K"]), int(layer["N"]) * slices * (2 if differential else 1)
     if rt * rows < K or ct * cols < E:
         raise ProgramError(f"layer {layer.get('name')}: codes {list(codes.shape)} cannot hold "
                            f"K={K} rows and {E} expanded columns")
@@ -124,19 +128,20 @@ def integer_weights(program: ProgramLike, layer: dict) -> np.ndarray:
     col_out = layer_array(program, layer, "col_out").astype(np.int64)
     col_slice = layer_array(program, layer, "col_slice").astype(np.int64)
     col_sign = layer_array(program, layer, "col_sign").astype(np.int64)
-    K, N, cell_bits = int(layer["K"]), int(layer["N"]), int(layer["cell_bits"])
+    K, N, cell_bits = int(layer["K"]), int(layer["N"]), int(layer["crossbar"]["cell_bits"])
     if not (len(col_out) == len(col_slice) == len(col_sign) == g.shape[1]):
         raise ProgramError(f"layer {name}: column maps have {len(col_out)} entries, "
                            f"expected {g.shape[1]}")
     coef = (2 ** (col_slice * cell_bits)) * np.where(col_sign == 0, 1, -1)
     q = np.zeros((K, N), np.int64)
     np.add.at(q.T, col_out, (g * coef).T)
-    qw = 2 ** (int(layer["weight_bits"]) - 1) - 1
-    if layer["mapping"] == "offset":
+    weight_bits = int(layer["quant"]["weight_bits"])
+    qw = 2 ** (weight_bits - 1) - 1
+    if layer["quant"]["mapping"] == "offset":
         q -= qw
     if np.abs(q).max(initial=0) > qw:
         raise ProgramError(f"layer {name}: rebuilt weight {int(np.abs(q).max())} exceeds "
-                           f"Qw={qw} for {layer['weight_bits']}-bit weights")
+                           f"Qw={qw} for {weight_bits}-bit weights")
     return q
 
 
@@ -276,7 +281,7 @@ def _layer_weights(t: _Translator, layer: dict) -> tuple[str, str, str | None]:
     lid = int(layer["id"])
     if lid not in t._weights:
         q = integer_weights(t.program, layer)
-        dtype = np.int8 if int(layer["weight_bits"]) <= 8 else np.int16
+        dtype = np.int8 if int(layer["quant"]["weight_bits"]) <= 8 else np.int16
         s_w = layer_array(t.program, layer, "w_scale").astype(np.float32)
         rescale = np.float32(layer["in_scale"]) * s_w
         bias = layer_array(t.program, layer, "bias")
@@ -300,7 +305,7 @@ def _op_mvm(t: _Translator, ins: dict, where: str) -> None:
         raise ProgramError(f"{where}: layer {ins['layer']} is not in the program")
     hint = str(layer.get("name", layer["id"]))
     q, rescale, bias = _layer_weights(t, layer)
-    qx = float(2 ** (int(layer["input_bits"]) - 1) - 1)
+    qx = float(2 ** (int(layer["quant"]["input_bits"]) - 1) - 1)
     s_x = t.scalar(float(layer["in_scale"]), f"{hint}/in_scale")
     x = t.emit("Div", [_in(t, ins, 0, where), s_x], f"{hint}/x_div")
     x = t.emit("Round", [x], f"{hint}/x_round")

@@ -65,19 +65,21 @@ class LayerChoice:
 
     @staticmethod
     def of(layer: dict[str, Any], arrays: Any) -> LayerChoice:
+        """Read from the layer's plain JSON sections (docs/tile-program.md), not through
+        the runtime's schema: the reference stays independent of it."""
+        xbar, dac, adc, quant = (layer[k] for k in ("crossbar", "dac", "adc", "quant"))
         return LayerChoice(
             name=str(layer["name"]), kind=str(layer["kind"]), K=int(layer["K"]),
-            N=int(layer["N"]), weight_bits=int(layer["weight_bits"]),
-            input_bits=int(layer["input_bits"]), cell_bits=int(layer["cell_bits"]),
-            dac_bits=int(layer["dac_bits"]), adc_bits=int(layer["adc_bits"]),
-            mapping=str(layer["mapping"]), rows=int(layer["rows"]),
+            N=int(layer["N"]), weight_bits=int(quant["weight_bits"]),
+            input_bits=int(quant["input_bits"]), cell_bits=int(xbar["cell_bits"]),
+            dac_bits=int(dac["bits"]), adc_bits=int(adc["bits"]),
+            mapping=str(quant["mapping"]), rows=int(xbar["rows"]),
             in_scale=float(layer["in_scale"]),
             w_scale=np.asarray(arrays[layer["arrays"]["w_scale"]], np.float32),
             adc_step=tuple(tuple(float(v) for v in s) if isinstance(s, list) else float(s)
                            for s in layer["adc_step"]),
-            adc_flip=bool(layer.get("adc_flip", False)),
-            input_encoding=str(layer.get("input_encoding", "offset")),
-            adc_granularity=str(layer.get("adc_granularity", "tile")))
+            adc_flip=bool(adc["flip"]), input_encoding=str(quant["input_encoding"]),
+            adc_granularity=str(adc["granularity"]))
 
 
 def program_choices(program: Any) -> dict[str, LayerChoice]:

@@ -1,51 +1,54 @@
-"""The target-override options `farc compile` and `farc finetune` share: one list, so a
-program and the fine-tune that trains for it are described by the same flags and keys."""
+"""The target-override options `farc compile` and `farc finetune` share, generated from the
+crossbar schema (runtime/schema.py): every field of [crossbar] [dac] [adc] [quant] becomes
+one option, its type and choices from the field's type and enum, its help from the field's
+docstring. A new field or policy member reaches the CLI without an edit here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
+from enum import StrEnum
 from typing import Any
 
 import click
 
-OVERRIDES = {
-    "weight_bits": "quant.weight_bits", "input_bits": "quant.input_bits",
-    "mapping": "quant.mapping", "calibration": "quant.calibration",
-    "adc_bits": "adc.bits", "adc_range": "adc.range", "cell_bits": "crossbar.cell_bits",
-    "dac_bits": "dac.bits", "input_encoding": "quant.input_encoding",
-    "adc_granularity": "adc.granularity", "adc_step_rule": "adc.step_rule",
-    "adc_statistic": "adc.statistic", "adc_percentile": "adc.percentile",
-}
+from farc.runtime.schema import XBAR_SECTIONS, field_docs, field_types
+
+_PREFIX = {"crossbar": "", "dac": "dac_", "adc": "adc_", "quant": ""}
+"""Option name = prefix + field (`--cell-bits`, `--dac-bits`, `--adc-range`, `--mapping`)."""
+
+
+def _overrides() -> dict[str, str]:
+    out = {}
+    for section, cls in XBAR_SECTIONS.items():
+        for f in fields(cls):
+            out[f"{_PREFIX[section]}{f.name}"] = f"{section}.{f.name}"
+    return out
+
+
+OVERRIDES = _overrides()
 """Option name (as click passes it) -> the target key it overrides."""
 
-_OPTIONS = [
-    click.option("--weight-bits", type=int, default=None, help="Override quant.weight_bits."),
-    click.option("--input-bits", type=int, default=None, help="Override quant.input_bits."),
-    click.option("--adc-bits", type=int, default=None, help="Override adc.bits."),
-    click.option("--cell-bits", type=int, default=None, help="Override crossbar.cell_bits."),
-    click.option("--dac-bits", type=int, default=None, help="Override dac.bits."),
-    click.option("--mapping", type=click.Choice(["differential", "offset"]), default=None,
-                 help="Override quant.mapping (signed weights)."),
-    click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default=None,
-                 help="Override adc.range."),
-    click.option("--input-encoding", type=click.Choice(["offset", "sign_magnitude"]),
-                 default=None, help="Override quant.input_encoding (docs/numerics.md)."),
-    click.option("--adc-granularity", type=click.Choice(["tile", "slice"]), default=None,
-                 help="Override adc.granularity: one ADC range per row tile or per weight "
-                      "slice."),
-    click.option("--adc-step-rule", type=click.Choice(["pow2", "uniform"]), default=None,
-                 help="Override adc.step_rule."),
-    click.option("--adc-statistic", type=click.Choice(["max", "percentile"]), default=None,
-                 help="Override adc.statistic (what a calibrated ADC range covers)."),
-    click.option("--adc-percentile", type=float, default=None,
-                 help="Override adc.percentile (with --adc-statistic percentile)."),
-    click.option("--calibration", type=click.Choice(["max", "percentile"]), default=None,
-                 help="Override quant.calibration (input-range policy)."),
-]
+
+def _option(name: str, key: str) -> Callable:
+    section, field = key.split(".")
+    cls = XBAR_SECTIONS[section]
+    want = field_types(cls)[field]
+    flag = "--" + name.replace("_", "-")
+    help_text = f"Override {key}: {field_docs(cls).get(field, '')}"
+    if want is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+    if isinstance(want, type) and issubclass(want, StrEnum):
+        return click.option(flag, name, type=click.Choice([m.value for m in want]),
+                            default=None, help=help_text)
+    return click.option(flag, name, type=want, default=None, help=help_text)
+
+
+_OPTIONS = [_option(name, key) for name, key in OVERRIDES.items()]
 
 
 def target_override_options(fn: Callable) -> Callable:
-    """Adds every option of OVERRIDES to a click command (in --help in this order)."""
+    """Adds every option of OVERRIDES to a click command (in --help in schema order)."""
     for option in reversed(_OPTIONS):
         fn = option(fn)
     return fn
@@ -56,4 +59,4 @@ def overridden_target(target_name: str, overrides: dict[str, Any]) -> Any:
     from farc.targets import load_target
 
     return load_target(target_name).with_overrides(
-        **{OVERRIDES[k]: v for k, v in overrides.items() if v is not None})
+        **{OVERRIDES[k]: v for k, v in overrides.items() if k in OVERRIDES and v is not None})

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from farc.errors import FarcError
+from farc.runtime.schema import AdcRange
 
 
 @dataclass
@@ -79,7 +80,7 @@ class DemoPlan:
               show_default=True, help="Folder for every artifact.")
 @click.option("--target", default="isaac", show_default=True,
               help="Shipped target name or a .toml file.")
-@click.option("--adc-range", type=click.Choice(["full", "calibrated"]), default=None,
+@click.option("--adc-range", type=click.Choice([m.value for m in AdcRange]), default=None,
               help="Override the target's ADC range policy (isaac: full range, made lossless "
                    "by its flip encoding).")
 @click.option("--force", is_flag=True, help="Redo every stage even if its artifact exists.")

@@ -57,10 +57,8 @@ def command(checkpoint, output, target_name, teacher, noise, epochs, lr, kd, rec
     if cfg is not None and cfg.beyond_twin:
         raise ConfigError(f"--noise {', '.join(cfg.beyond_twin)}: fine-tuning's torch numerics "
                           "do not model it yet (docs/devices.md); farc run does")
-    q = target.quant
     opts = FinetuneOptions(epochs=epochs, lr=lr, kd=kd, recalibrate_every=recalibrate_every,
-                           calib_samples=calib_samples, calibration=q.calibration,
-                           percentile=q.percentile, eval_seeds=eval_seeds,
+                           calib_samples=calib_samples, eval_seeds=eval_seeds,
                            train=TrainOptions(batch_size=batch_size, seed=seed))
     tgt_file = target_name if Path(target_name).suffix == ".toml" else None
     run_training(opts, output, device,

@@ -25,9 +25,7 @@ import torch
 from torch import nn
 
 from farc.passes._crossbar_ir import LayerCalib
-
-KEEP_VECTORS = 256
-"""Input vectors kept per layer for the calibrated ADC range."""
+from farc.runtime.numerics import KEEP_VECTORS, keep_vectors
 
 
 def calibrate(model: nn.Module, images: torch.Tensor, percentile: float = 100.0,
@@ -60,8 +58,8 @@ def _summarise(x: np.ndarray, percentile: float, keep: int, rng) -> LayerCalib:
     mag = np.abs(x)
     absmax = float(mag.max()) if mag.size else 0.0
     pct = absmax if percentile >= 100.0 else float(np.percentile(mag, percentile))
-    pick = rng.choice(len(x), size=min(keep, len(x)), replace=False)
-    return LayerCalib(absmax, pct, np.ascontiguousarray(x[np.sort(pick)], dtype=np.float32))
+    pick = keep_vectors(len(x), rng, keep)
+    return LayerCalib(absmax, pct, np.ascontiguousarray(x[pick], dtype=np.float32))
 
 
 def _hook(mod: nn.Module, name: str, seen: dict) -> torch.utils.hooks.RemovableHandle | None:

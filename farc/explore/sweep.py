@@ -171,7 +171,7 @@ def run_point(job: Job) -> dict[str, Any]:
               "nonfinite_outputs": nonfinite, "energy_pj": report.energy_total_pj,
               "latency_ns": report.latency_ns, "area_mm2": report.area_total_mm2,
               "crossbars": report.crossbars_used, "energy_by_component_pj": report.energy_pj,
-              "adc_lossless": target.adc_lossless, "compile_s": round(t1 - t0, 3),
+              "adc_lossless": target.xbar.full_range_lossless, "compile_s": round(t1 - t0, 3),
               "emulate_s": round(t2 - t1, 3), "cost_s": round(time.perf_counter() - t2, 3)}
     record = {"point": job.point, "label": point_label(job.point), "settings": job.settings,
               "result": result, "farc_version": __version__}

@@ -34,16 +34,15 @@ import torch
 from farc.errors import ConfigError
 from farc.runtime.noise import NoiseConfig, drift, g_off_units
 from farc.runtime.numerics import (
+    F32_EXACT,
     XbarParams,
-    full_scale_pmax,
+    encoding_rule,
     lossless,
     max_code,
+    phase_cycles,
     plane_weights,
     qmax,
 )
-
-F32_EXACT = 2**24
-"""Integers below this are exact in float32."""
 
 
 @dataclass
@@ -106,16 +105,16 @@ class PreparedXbar:
         self.ln, self.p, self.K, self.N = ln, p, K, N
         self.W, self.bias, self.noise, self.gen = W, bias, noise, gen
         dev = W.device
-        q, s_w = quantize_weights_t(W, p.weight_bits)
+        q, s_w = quantize_weights_t(W, p.quant.weight_bits)
         self.q, self.s_w = q, s_w
         self.s_x = float(np.float32(ln.in_scale))
         self.scale = (torch.tensor(self.s_x, dtype=torch.float32, device=dev) * s_w)
         self.qx = float(p.qx)
         self.zero = float(p.in_zero)
-        self.offset_qw = float(p.qw) if p.mapping == "offset" else 0.0
+        self.offset_qw = float(p.qw) if p.quant.mapping == "offset" else 0.0
         self.rt = p.geometry(K, N).row_tiles
         # one row tile: only its K driven rows (the others see 0 V and add nothing)
-        self.rows = p.rows if self.rt > 1 else K
+        self.rows = p.crossbar.rows if self.rt > 1 else K
         self._w_ste: torch.Tensor | None = None
         with torch.no_grad():
             levels, self.colw = self._encode(q)                       # [K, J], [S*signs]
@@ -123,27 +122,25 @@ class PreparedXbar:
                                 device=dev)
             tiles[:K] = levels
             tiles = tiles.reshape(self.rt, self.rows, -1)
-            used = torch.tensor([min(p.rows, K - r * p.rows) for r in range(self.rt)],
-                                device=dev)
-            self.cell_top = float(max_code(p.cell_bits))
+            used = torch.tensor(p.geometry(K, self.N).rows_in_use, device=dev)
+            self.cell_top = float(max_code(p.crossbar.cell_bits))
             self.flip = None
-            if p.adc_flip:  # numerics.flip_mask / physical_codes
-                self.flip = tiles.sum(dim=1) > torch.div(used * max_code(p.cell_bits), 2,
+            if p.adc.flip:  # numerics.flip_mask / physical_codes
+                self.flip = tiles.sum(dim=1) > torch.div(used * max_code(p.crossbar.cell_bits), 2,
                                                          rounding_mode="floor")[:, None]
                 live = torch.arange(self.rows, device=dev)[None, :, None] < used[:, None, None]
                 tiles = torch.where(self.flip[:, None, :] & live, self.cell_top - tiles, tiles)
             self.stored = tiles
-            self.pow2_tile = p.adc_granularity == "tile" and p.adc_step_rule == "pow2"
+            self.pow2_tile = p.adc.granularity == "tile" and p.adc.step_rule == "pow2"
             self.steps = self._column_steps(dev)                     # [RT, J] float64
-            self.lossless = lossless(ln.adc_step, tiles.cpu().numpy(), p.dac_bits,
-                                     p.adc_bits)
+            self.lossless = lossless(ln.adc_step, tiles.cpu().numpy(), p.dac.bits,
+                                     p.adc.bits)
             self.g = None if noise is None else self._program(tiles)
-        self.pw = torch.from_numpy(plane_weights(p.input_bits, p.dac_bits,
-                                                 p.input_encoding)).to(dev)
-        if full_scale_pmax(p.rows, p.dac_bits, p.cell_bits) >= F32_EXACT:
-            raise ConfigError(f"layer {ln.name}: partial sums up to "
-                              f"{full_scale_pmax(p.rows, p.dac_bits, p.cell_bits)} are not "
-                              "exact in float32")
+        self.pw = torch.from_numpy(plane_weights(p.quant.input_bits, p.dac.bits,
+                                                 p.quant.input_encoding)).to(dev)
+        if p.pmax >= F32_EXACT:
+            raise ConfigError(f"layer {ln.name}: partial sums up to {p.pmax} are not exact "
+                              "in float32")
 
     # ---- weight side
     def _encode(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +148,9 @@ class PreparedXbar:
         * slices + s, as runtime.builder.encode_columns) and the shift-add weight of each
         of an output's signs*slices columns."""
         p = self.p
-        mags = [q.clamp(min=0), (-q).clamp(min=0)] if p.mapping == "differential" \
+        mags = [q.clamp(min=0), (-q).clamp(min=0)] if p.quant.mapping == "differential" \
             else [q + p.qw]
-        base = float(max_code(p.cell_bits) + 1)
+        base = float(max_code(p.crossbar.cell_bits) + 1)
         cols, colw = [], []
         for sign, m in enumerate(mags):
             for s in range(p.slices):
@@ -179,7 +176,7 @@ class PreparedXbar:
         device instance holds. Drawn here, once per prepare: every training step programs
         a fresh chip."""
         cfg, span = self.noise, self.cell_top
-        off = g_off_units(self.p.cell_bits, cfg)
+        off = g_off_units(self.p.crossbar.cell_bits, cfg)
         g = tiles + off
         if cfg.prog_sigma > 0:
             g = torch.clamp(g + cfg.prog_sigma * span * self._randn(g.shape), min=0.0)
@@ -204,7 +201,7 @@ class PreparedXbar:
         """y [..., N] float32: the hardware's value forward, straight-through gradients."""
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.K)
-        x_int = quantize_input_t(flat, self.s_x, self.p.input_bits)
+        x_int = quantize_input_t(flat, self.s_x, self.p.quant.input_bits)
         with torch.no_grad():
             y_int = self.integers(x_int)
             y_hw = y_int.float() * self.scale
@@ -239,14 +236,12 @@ class PreparedXbar:
         """(DAC digits [RT, C*V, rows] float32, the driven values u [V, K] float64)."""
         p = self.p
         v = x_int.shape[0]
-        if p.input_encoding == "sign_magnitude":
-            per = p.cycles // 2
-            planes = torch.cat([_digits(x_int.clamp(min=0), per, p.dac_bits),
-                                _digits((-x_int).clamp(min=0), per, p.dac_bits)])
-            u = x_int
-        else:
-            u = x_int + self.zero
-            planes = _digits(u, p.cycles, p.dac_bits)                # [C, V, K]
+        q = p.quant
+        per = phase_cycles(q.input_bits, p.dac.bits, q.input_encoding)
+        planes = torch.cat([_digits(v, per, p.dac.bits)               # [C, V, K]
+                            for v in encoding_rule(q.input_encoding).phase_values(
+                                x_int, q.input_bits)])
+        u = x_int + self.zero
         pad = self.rt * self.rows - self.K
         if pad:
             planes = torch.nn.functional.pad(planes, (0, pad))
@@ -266,7 +261,7 @@ class PreparedXbar:
             sumsq = (lhs * lhs).sum(dim=2, keepdim=True)
             part += (sigma * torch.sqrt(sumsq)) * torch.randn(
                 part.shape, generator=self.gen, device=part.device)
-        top = float(max_code(p.adc_bits))
+        top = float(max_code(p.adc.bits))
         if self.pow2_tile:  # one power-of-two step per row tile: exact in float32,
             step = self.steps[:, 0]                                     # applied after the sums
             if bool(torch.any(step != 1)):

@@ -35,19 +35,16 @@ from farc.errors import ConfigError
 from farc.far.crossbar_torch import CrossbarNumerics, LayerNumerics, far_forward, layer_weights
 from farc.far.distill import Run, Split, Stage, TrainOptions, accuracy, check_rates, kd_loss
 from farc.models.far import FAR
-from farc.runtime.builder import column_map, encode_columns, tile_codes
+from farc.runtime.builder import calibrated_ranges
 from farc.runtime.noise import NoiseConfig
 from farc.runtime.numerics import (
     XbarParams,
-    adc_ranges,
+    input_range,
     input_scale,
-    quantize_input,
+    keep_vectors,
     quantize_weights,
 )
-
-KEEP_VECTORS = 256
-"""Calibration vectors kept per layer for a calibrated ADC range (as the compiler keeps)."""
-CALIBRATIONS = ("max", "percentile")
+from farc.runtime.schema import AdcRange
 
 
 @dataclass(frozen=True)
@@ -63,10 +60,6 @@ class FinetuneOptions:
     """Steps between recalibrations of the input scales (0: at the start of every epoch)."""
     calib_samples: int = 64
     """Calibration images (the first N of the training split), as `farc compile`'s default."""
-    calibration: str = "max"
-    """Input-range policy (the target's quant.calibration)."""
-    percentile: float = 99.99
-    """With calibration 'percentile': the percentile of |x| (the target's quant.percentile)."""
     eval_seeds: int = 1
     """Device instances the before/after noisy torch-numerics accuracy averages over (0: no
     noisy figure; `farc run --seeds` on the compiled program is the real evaluation)."""
@@ -81,8 +74,6 @@ class FinetuneOptions:
             raise ConfigError(f"--eval-seeds must be >= 0, got {self.eval_seeds}")
         if self.calib_samples < 1:
             raise ConfigError(f"--calib-samples must be >= 1, got {self.calib_samples}")
-        if self.calibration not in CALIBRATIONS:
-            raise ConfigError(f"calibration {self.calibration!r} not in {CALIBRATIONS}")
         if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
             raise ConfigError(f"--kd-temperature must be finite and > 0, got "
                               f"{self.kd_temperature}")
@@ -136,31 +127,26 @@ def record_inputs(model: FAR, images: torch.Tensor, batch: int = 64) -> dict[str
     return {k: np.concatenate(v) for k, v in seen.items()}
 
 
-def calibrate_layers(model: FAR, images: torch.Tensor, p: XbarParams, calibration: str = "max",
-                     percentile: float = 99.99, seed: int = 0) -> dict[str, LayerNumerics]:
+def calibrate_layers(model: FAR, images: torch.Tensor, p: XbarParams,
+                     seed: int = 0) -> dict[str, LayerNumerics]:
     """The numerics `farc compile` gives `model`'s current weights: input scale from max |x|
-    (or its percentile) per layer, and ADC steps (a calibrated range replays a seeded subsample
-    of KEEP_VECTORS inputs on the layer's codes: numerics.adc_ranges)."""
+    (or its percentile: p.quant.calibration and percentile) per layer, and ADC steps (a
+    calibrated range replays a seeded subsample of numerics.KEEP_VECTORS inputs on the
+    layer's codes: builder.calibrated_ranges)."""
     seen = record_inputs(model, images)
     weights = layer_weights(model)
     rng = np.random.default_rng(seed)
     out = {}
     for name, x in seen.items():
-        mag = np.abs(x)
-        r = float(mag.max()) if mag.size else 0.0
-        if calibration == "percentile" and mag.size:
-            r = float(np.percentile(mag, percentile))
-        s_x = input_scale(r, p.input_bits)
+        q = p.quant
+        s_x = input_scale(input_range(x, q.calibration, q.percentile), q.input_bits)
         W = weights[name][0].detach().float().cpu().numpy()
         rt = p.geometry(*W.shape).row_tiles
         pmax = None
-        if p.adc_range == "calibrated":
-            keep = x[np.sort(rng.choice(len(x), size=min(KEEP_VECTORS, len(x)), replace=False))]
-            q, _ = quantize_weights(W, p.weight_bits)
-            codes = tile_codes(encode_columns(q, p), p)
-            x_int = quantize_input(keep, s_x, p.input_bits)
-            pmax, _ = adc_ranges(codes, column_map(W.shape[1], p)["col_slice"], W.shape[0],
-                                 x_int, p)
+        keep = x[keep_vectors(len(x), rng)]  # drawn for every layer, as compile draws
+        if p.adc.range == AdcRange.CALIBRATED:
+            q, _ = quantize_weights(W, p.quant.weight_bits)
+            pmax, _ = calibrated_ranges(q, keep, s_x, p)
         out[name] = LayerNumerics(name, p, s_x, p.adc_steps(rt, pmax))
     return out
 
@@ -185,8 +171,7 @@ class Recalibrator:
         was = model.training
         model.eval()
         self.numerics.layers = calibrate_layers(
-            model, self.images.to(next(model.parameters()).device), self.p,
-            self.opts.calibration, self.opts.percentile)
+            model, self.images.to(next(model.parameters()).device), self.p)
         model.train(was)
         self.count += 1
 

@@ -20,8 +20,8 @@ from farc.targets.target import ALL_SECTIONS, TARGET_DIR, field_docs
 
 def full_crossbar(t: Target) -> Geometry:
     """The layer that fills one crossbar: K = rows, N = columns / (slices * signs)."""
-    return Geometry.for_matrix(t, t.crossbar.rows, max(1, t.crossbar.cols // (t.weight_slices *
-                                                                            t.signs)))
+    return Geometry.for_matrix(t, t.crossbar.rows, max(1, t.crossbar.cols // (t.xbar.slices *
+                                                                            t.xbar.signs)))
 
 
 def key_figures(t: Target) -> dict[str, str]:
@@ -34,9 +34,9 @@ def key_figures(t: Target) -> dict[str, str]:
         "cols/ADC": str(t.adc.columns_per_adc),
         "W/X bits": f"{t.quant.weight_bits}/{t.quant.input_bits}",
         "mapping": t.quant.mapping,
-        "slices x signs": f"{t.weight_slices} x {t.signs}",
-        "cycles": str(t.input_cycles),
-        "ADC lossless": "yes" if t.adc_lossless else f"no (max {t.max_partial_sum})",
+        "slices x signs": f"{t.xbar.slices} x {t.xbar.signs}",
+        "cycles": str(t.xbar.cycles),
+        "ADC lossless": "yes" if t.xbar.full_range_lossless else f"no (max {t.xbar.pmax})",
         "crossbars": f"{t.crossbars:,}",
         "cycle": ns(cycle_ns(t, g)),
         "MVM": ns(mvm_latency_ns(t, g)),

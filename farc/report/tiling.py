@@ -28,18 +28,17 @@ def program_target(manifest: dict[str, Any]) -> Target:
 
 def tiling_rows(program: Any) -> list[dict[str, Any]]:
     """One dict per crossbar layer, plus a final 'total' row."""
-    rows = []
+    rows, capacity = [], 0
     for lay in manifest_of(program)["layers"]:
         g = Geometry.from_layer(lay)
+        capacity += g.rows * g.cols * g.all_crossbars
         rows.append({"layer": lay["name"], "kind": lay["kind"], "K": g.K, "N": g.N,
                      "row_tiles": g.row_tiles, "col_tiles": g.col_tiles,
-                     "crossbars": g.crossbars * g.replicas, "utilization": g.utilization,
+                     "crossbars": g.all_crossbars, "utilization": g.utilization,
                      "slices": g.slices, "signs": g.signs, "replicas": g.replicas,
                      "cells": g.K * g.phys_cols * g.replicas})
     total_xb = sum(r["crossbars"] for r in rows)
     cells = sum(r["cells"] for r in rows)
-    capacity = sum(lay["rows"] * lay["cols"] * Geometry.from_layer(lay).crossbars *
-                   int(lay.get("replicas", 1)) for lay in manifest_of(program)["layers"])
     rows.append({"layer": "total", "kind": "", "K": None, "N": None, "row_tiles": None,
                  "col_tiles": None, "crossbars": total_xb,
                  "utilization": cells / capacity if capacity else 0.0, "slices": None,

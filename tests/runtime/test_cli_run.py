@@ -11,6 +11,7 @@ import pytest
 from _rt_util import linear_program
 from farc.runtime.builder import XbarParams
 from farc.runtime.emulator import Emulator
+from xbar_flat import xp
 
 rng = np.random.default_rng(0)
 W, B = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
@@ -19,7 +20,7 @@ X = rng.normal(size=(23, 12)).astype(np.float32)
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    prog = linear_program(W, B, X, XbarParams(rows=8, cols=16))
+    prog = linear_program(W, B, X, xp(rows=8, cols=16))
     paths = {"prog": prog.save(tmp_path / "m.farc"), "x": tmp_path / "x.npy",
              "y": tmp_path / "y.npy"}
     np.save(paths["x"], X)
@@ -39,7 +40,7 @@ def test_run_batches_and_accuracy(files, tmp_path: Path) -> None:
                "--batch-size", 5, "-o", out, "--counters", tmp_path / "c.json")
     assert res.returncode == 0, res.stderr
     assert "top-1 accuracy: 100.00% (23 samples)" in res.stdout
-    prog_out = Emulator(linear_program(W, B, X, XbarParams(rows=8, cols=16))).run({"x": X})
+    prog_out = Emulator(linear_program(W, B, X, xp(rows=8, cols=16))).run({"x": X})
     np.testing.assert_array_equal(np.load(out), prog_out["y"])
     assert (tmp_path / "c.json").read_text().count("mvms_per_layer") == 1
 

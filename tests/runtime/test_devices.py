@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 from _rt_util import linear_program
-from farc.runtime.builder import XbarParams
 from farc.runtime.devices import DEVICE_PRESETS, device_preset, noise_from_options
 from farc.runtime.emulator import Emulator
 from farc.runtime.noise import (
@@ -22,6 +21,7 @@ from farc.runtime.noise import (
     program_conductances,
     program_layer,
 )
+from xbar_flat import xp
 
 from farc.errors import ConfigError
 
@@ -134,7 +134,7 @@ def test_per_column_compensation_restores_every_column_sum() -> None:
 
 # ---------------------------------------------------------------- ADC front end
 def test_adc_noise_in_lsb_and_mismatch_per_chip() -> None:
-    p = XbarParams(rows=16, cols=32, adc_bits=8)
+    p = xp(rows=16, cols=32, adc_bits=8)
     rng = np.random.default_rng(0)
     W, X = rng.normal(size=(16, 4)).astype(np.float32), rng.normal(size=(8, 16))
     pl = Emulator(linear_program(W, None, X.astype(np.float32), p)).layers[0]
@@ -154,7 +154,7 @@ def test_adc_noise_in_lsb_and_mismatch_per_chip() -> None:
 
 
 # ---------------------------------------------------------------- whole emulator
-P = XbarParams(rows=16, cols=32, adc_bits=8)
+P = xp(rows=16, cols=32, adc_bits=8)
 _rng = np.random.default_rng(7)
 W, B, X = (_rng.normal(size=(40, 6)).astype(np.float32), _rng.normal(size=6).astype(np.float32),
            _rng.normal(size=(10, 40)).astype(np.float32))

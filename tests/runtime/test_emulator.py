@@ -8,16 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-from farc.runtime.builder import XbarParams
 from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.runtime.handmade import FarBlockWeights, far_block_program
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from xbar_flat import xp
 
 from farc.errors import EmulatorError
 
-P = XbarParams(rows=32, cols=64, adc_bits=10)  # 32 * 1 * 3 = 96 <= 1023: lossless
+P = xp(rows=32, cols=64, adc_bits=10)  # 32 * 1 * 3 = 96 <= 1023: lossless
 
 
 def qlinear(x: np.ndarray, W: np.ndarray, b: np.ndarray, s_x: float, bits: int = 8):
@@ -110,7 +110,7 @@ def test_replicas_share_vectors() -> None:
     from farc.runtime.builder import input_scale, make_program, pack_layer
     W = np.ones((8, 2), np.float32)
     x = np.ones((5, 8), np.float32)
-    layer, arrays = pack_layer(W, None, input_scale(x, 8), XbarParams(rows=8, cols=8),
+    layer, arrays = pack_layer(W, None, input_scale(x, 8), xp(rows=8, cols=8),
                                replicas=2)
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
@@ -138,7 +138,7 @@ def test_bad_inputs(block, bad, match) -> None:
 
 def test_fast_path_refused_when_lossy() -> None:
     w = FarBlockWeights.random(D=8, heads=1, hidden=2)
-    prog = far_block_program(w, T=2, p=XbarParams(rows=128, cols=64, adc_bits=8))
+    prog = far_block_program(w, T=2, p=xp(rows=128, cols=64, adc_bits=8))
     with pytest.raises(EmulatorError, match=r"mvm_path 'fast' is not exact here: layers \[0"):
         Emulator(prog, mvm_path="fast")
 

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pytest
 from farc.runtime import emulator, isa, lockstep
-from farc.runtime.builder import XbarParams, input_scale, make_program, pack_layer
+from farc.runtime.builder import input_scale, make_program, pack_layer
 from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.runtime.program import Program
 from farc.runtime.walk import walk
 from farc.targets import cost, events
+from xbar_flat import xp
 
 from farc.errors import EmulatorError
 
@@ -96,8 +97,8 @@ def _program(op: dict, regs: dict[str, list[int]], consts: dict | None = None,
 
 def _mvm() -> Program:
     W = RNG.normal(size=(12, 3)).astype(np.float32)
-    p = XbarParams(rows=8, cols=8)
-    layer = pack_layer(W, None, input_scale(np.ones(1, np.float32), p.input_bits), p)
+    p = xp(rows=8, cols=8)
+    layer = pack_layer(W, None, input_scale(np.ones(1, np.float32), p.quant.input_bits), p)
     return _program({"op": "mvm", "layer": 0, "in": ["x"]}, {"x": [3, 12]}, layers=(layer,))
 
 

@@ -8,10 +8,11 @@ from _rt_util import linear_program, ref_mvm_int, ref_quantize_weights
 from farc.runtime.builder import XbarParams
 from farc.runtime.emulator import Emulator
 from farc.runtime.noise import NoiseConfig
+from xbar_flat import xp, xp_with
 
 from farc.errors import ConfigError
 
-P = XbarParams(rows=16, cols=32, adc_bits=8)  # 16 * 1 * 3 = 48: lossless when ideal
+P = xp(rows=16, cols=32, adc_bits=8)  # 16 * 1 * 3 = 48: lossless when ideal
 rng = np.random.default_rng(7)
 W, B, X = (rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=6).astype(np.float32),
            rng.normal(size=(10, 40)).astype(np.float32))
@@ -67,7 +68,7 @@ def _stuck_everywhere(p: XbarParams, which: str) -> np.ndarray:
     x_int = np.clip(np.rint(X / np.float32(pl.in_scale)), -127, 127)
     u_sum = (x_int + 128).sum(axis=1, keepdims=True)
     acc = 0.0
-    if p.mapping == "offset" and which == "sa1":
+    if p.quant.mapping == "offset" and which == "sa1":
         acc = 3 * u_sum * pl.colw.sum(axis=1)  # every slice at level 3
     y_int = acc - pl.offset_qw * u_sum - 128 * pl.colsum
     return y_int.astype(np.float32) * pl.scale + B
@@ -76,7 +77,7 @@ def _stuck_everywhere(p: XbarParams, which: str) -> np.ndarray:
 @pytest.mark.parametrize("mapping", ["differential", "offset"])
 @pytest.mark.parametrize("which", ["sa0", "sa1"])
 def test_all_cells_stuck(mapping: str, which: str) -> None:
-    p = P.replace(mapping=mapping, adc_bits=12)
+    p = xp_with(P, mapping=mapping, adc_bits=12)
     cfg = NoiseConfig(sa0_rate=1.0) if which == "sa0" else NoiseConfig(sa1_rate=1.0)
     np.testing.assert_array_equal(run(cfg, p=p), _stuck_everywhere(p, which))
 
@@ -84,7 +85,7 @@ def test_all_cells_stuck(mapping: str, which: str) -> None:
 def test_drift_scales_conductance_before_the_adc() -> None:
     """Drift to half the conductance (t/t0 = 2, nu = 1): every partial sum halves, then the
     ADC rounds it, exactly as the independent reference does."""
-    p = P.replace(adc_bits=12)
+    p = xp_with(P, adc_bits=12)
     cfg = NoiseConfig(drift_nu=1.0, drift_t=2.0, drift_t0=1.0)
     emu = Emulator(linear_program(W, None, X, p), noise=cfg)
     pl = emu.layers[0]
@@ -102,7 +103,7 @@ def test_differential_pair_cancels_off_current() -> None:
 
 def test_finite_on_off_ratio_biases_offset_mapping() -> None:
     """An offset column sees the off-state current of every driven row: results shift."""
-    p = P.replace(mapping="offset", adc_bits=12)
+    p = xp_with(P, mapping="offset", adc_bits=12)
     assert np.abs(run(NoiseConfig(on_off_ratio=20), p=p) - run(None, p=p)).mean() > 0.01
 
 

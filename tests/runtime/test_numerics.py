@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from farc.runtime import numerics as nm
 from farc.runtime.builder import column_map, encode_columns, tile_codes
+from xbar_flat import xp
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,8 +67,8 @@ def _reference_levels(q: np.ndarray, p: nm.XbarParams) -> np.ndarray:
     out = np.zeros((K, N * p.signs * p.slices), np.uint8)
     for k in range(K):
         for n in range(N):
-            mags = [max(q[k, n], 0), max(-q[k, n], 0)] if p.mapping == "differential" \
-                else [q[k, n] + 2 ** (p.weight_bits - 1) - 1]
+            mags = [max(q[k, n], 0), max(-q[k, n], 0)] if p.quant.mapping == "differential" \
+                else [q[k, n] + 2 ** (p.quant.weight_bits - 1) - 1]
             for sign, m in enumerate(mags):
                 for s in range(p.slices):
                     out[k, (n * p.signs + sign) * p.slices + s] = (m >> (2 * s)) & 3
@@ -76,18 +77,18 @@ def _reference_levels(q: np.ndarray, p: nm.XbarParams) -> np.ndarray:
 
 @pytest.mark.parametrize("mapping", ["differential", "offset"])
 def test_encode_and_decode_columns(mapping):
-    p = nm.XbarParams(weight_bits=7, cell_bits=2, mapping=mapping)
+    p = xp(weight_bits=7, cell_bits=2, mapping=mapping)
     q = np.random.default_rng(0).integers(-p.qw, p.qw + 1, size=(9, 5))
     levels = encode_columns(q, p)
     np.testing.assert_array_equal(levels, _reference_levels(q, p))
     cm = column_map(5, p)
     np.testing.assert_array_equal(
         nm.decode_weights(levels, cm["col_out"], cm["col_slice"], cm["col_sign"], 5,
-                          p.cell_bits, p.weight_bits, p.mapping), q)
+                          p.crossbar.cell_bits, p.quant.weight_bits, p.quant.mapping), q)
 
 
 def test_geometry_of_a_layer():
-    p = nm.XbarParams(rows=128, cols=128, weight_bits=8, cell_bits=2, mapping="differential")
+    p = xp(rows=128, cols=128, weight_bits=8, cell_bits=2, mapping="differential")
     g = p.geometry(300, 10)
     assert (g.phys_cols, g.row_tiles, g.col_tiles, g.crossbars) == (80, 3, 1, 3)
     assert (g.rows_in_use, g.cols_in_use, g.used_cols) == ([128, 128, 44], [80], 80)
@@ -101,8 +102,8 @@ def test_target_produces_its_parameters_once():
 
     t = load_target("isaac")
     assert t.xbar is t.xbar
-    assert (t.weight_slices, t.signs, t.input_cycles, t.max_partial_sum) == (8, 1, 16, 192)
-    assert t.adc_lossless and t.xbar.full_step == 1
+    assert (t.xbar.slices, t.xbar.signs, t.xbar.cycles, t.xbar.pmax) == (8, 1, 16, 192)
+    assert t.xbar.full_range_lossless and t.xbar.full_step == 1
     assert nm.XbarParams.from_target_dict(t.to_dict()) == t.xbar
 
 
@@ -163,7 +164,7 @@ def test_the_scan_finds_a_restated_formula(tmp_path):
     (tmp_path / "runtime" / "x.py").write_text(
         '"""qx = 2 ** (input_bits - 1) - 1 in a docstring is fine"""\n'
         "qx = 2 ** (layer['input_bits'] - 1) - 1\n"
-        "tiles = math.ceil(K / p.rows)\n")
+        "tiles = math.ceil(K / p.crossbar.rows)\n")
     assert [h.split(":")[1] for h in find_restated_closed_forms(tmp_path)] == ["2", "3"]
 
 

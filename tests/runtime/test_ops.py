@@ -16,6 +16,7 @@ from farc.runtime.builder import XbarParams
 from farc.runtime.emulator import Emulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from xbar_flat import xp
 
 RNG = np.random.default_rng(1234)
 
@@ -26,19 +27,19 @@ def rand(*shape: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- mvm
 SWEEP = [
-    XbarParams(rows=rows, cols=16, cell_bits=cb, dac_bits=db, adc_bits=ab, mapping=mp,
+    xp(rows=rows, cols=16, cell_bits=cb, dac_bits=db, adc_bits=ab, mapping=mp,
                adc_range=rg, weight_bits=wb, input_bits=ib)
     for (rows, cb, db, ab, mp, rg), (wb, ib) in itertools.product(
         itertools.product([8, 16], [1, 2, 3], [1, 2, 4], [4, 7, 12], ["differential", "offset"],
                           ["full", "calibrated"]), [(8, 8)])
 ]
-SWEEP += [XbarParams(rows=8, cols=8, cell_bits=2, dac_bits=3, adc_bits=5, weight_bits=wb,
+SWEEP += [xp(rows=8, cols=8, cell_bits=2, dac_bits=3, adc_bits=5, weight_bits=wb,
                      input_bits=ib, mapping=mp)
           for wb, ib, mp in itertools.product([2, 5, 16], [2, 6, 16], ["differential", "offset"])]
 
 
 # ISAAC's flip encoding: lossless and lossy ADCs, both mappings, both ranges
-SWEEP += [XbarParams(rows=rows, cols=16, cell_bits=cb, dac_bits=db, adc_bits=ab, mapping=mp,
+SWEEP += [xp(rows=rows, cols=16, cell_bits=cb, dac_bits=db, adc_bits=ab, mapping=mp,
                      adc_range=rg, adc_flip=True)
           for rows, cb, db, ab, mp, rg in itertools.product(
               [8, 16], [1, 2], [1, 2], [3, 5, 8], ["differential", "offset"],
@@ -46,11 +47,11 @@ SWEEP += [XbarParams(rows=rows, cols=16, cell_bits=cb, dac_bits=db, adc_bits=ab,
 
 
 @pytest.mark.parametrize("p", SWEEP, ids=lambda p: (
-    f"r{p.rows}-c{p.cell_bits}-d{p.dac_bits}-a{p.adc_bits}-{p.mapping[:4]}-{p.adc_range[:3]}"
-    f"-w{p.weight_bits}-i{p.input_bits}" + ("-flip" if p.adc_flip else "")))
+    f"r{p.crossbar.rows}-c{p.crossbar.cell_bits}-d{p.dac.bits}-a{p.adc.bits}-{p.quant.mapping[:4]}-{p.adc.range[:3]}"
+    f"-w{p.quant.weight_bits}-i{p.quant.input_bits}" + ("-flip" if p.adc.flip else "")))
 def test_mvm_matches_definition(p: XbarParams) -> None:
     W, b, x = rand(21, 3), rand(3), rand(5, 21)
-    want, pmax = ref_linear(W, b, x, p, calibrated=p.adc_range == "calibrated")
+    want, pmax = ref_linear(W, b, x, p, calibrated=p.adc.range == "calibrated")
     got = run1(linear_program(W, b, x, p, adc_pmax=pmax), x=x)
     np.testing.assert_array_equal(got, want)
 
@@ -60,7 +61,7 @@ def test_mvm_adc_step_per_row_tile(mapping) -> None:
     """Calibrated ranges may differ per row tile: steps 1, 4 and 8 on three row tiles."""
     from _rt_util import ref_mvm_int
 
-    p = XbarParams(rows=8, cols=16, adc_bits=2, adc_range="calibrated", mapping=mapping)
+    p = xp(rows=8, cols=16, adc_bits=2, adc_range="calibrated", mapping=mapping)
     W, x = rand(20, 3), rand(6, 20)
     pmax = [2, 10, 24]
     prog = linear_program(W, None, x, p, adc_pmax=pmax)
@@ -74,11 +75,11 @@ def test_mvm_adc_step_per_row_tile(mapping) -> None:
 
 
 @pytest.mark.parametrize("p", [
-    XbarParams(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=8),
-    XbarParams(rows=128, cols=64, cell_bits=2, dac_bits=1, adc_bits=8, mapping="offset",
+    xp(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=8),
+    xp(rows=128, cols=64, cell_bits=2, dac_bits=1, adc_bits=8, mapping="offset",
                weight_bits=16, input_bits=16),
-    XbarParams(rows=128, cols=128, cell_bits=2, dac_bits=2, adc_bits=10),
-    XbarParams(rows=64, cols=32, cell_bits=3, dac_bits=1, adc_bits=8, mapping="offset"),
+    xp(rows=128, cols=128, cell_bits=2, dac_bits=2, adc_bits=10),
+    xp(rows=64, cols=32, cell_bits=3, dac_bits=1, adc_bits=8, mapping="offset"),
 ], ids=["isaac8", "isaac16-offset", "dac2", "rows64-cell3"])
 def test_mvm_full_range_step2(p: XbarParams) -> None:
     """ISAAC-like full-range ADCs step by 2 (Pmax just over the ADC's top code), over
@@ -92,7 +93,7 @@ def test_mvm_full_range_step2(p: XbarParams) -> None:
 
 def test_mvm_fast_and_bitlevel_paths_identical() -> None:
     """Lossless layer: the one-matmul path and the per-cycle ADC path agree bit for bit."""
-    p = XbarParams(rows=16, cols=32, adc_bits=8)  # 16 * 1 * 3 = 48 <= 255
+    p = xp(rows=16, cols=32, adc_bits=8)  # 16 * 1 * 3 = 48 <= 255
     W, b, x = rand(70, 9), rand(9), rand(6, 4, 70)
     prog = linear_program(W, b, x.reshape(-1, 70), p)
     fast, slow = Emulator(prog, mvm_path="fast"), Emulator(prog, mvm_path="bitlevel")
@@ -102,7 +103,7 @@ def test_mvm_fast_and_bitlevel_paths_identical() -> None:
 
 
 def test_mvm_lossless_equals_quantized_matmul() -> None:
-    p = XbarParams(rows=32, cols=64, adc_bits=9)
+    p = xp(rows=32, cols=64, adc_bits=9)
     W, b, x = rand(50, 7), rand(7), rand(8, 50)
     qx = 127
     s_x = float(np.abs(x).max()) / qx
@@ -113,7 +114,7 @@ def test_mvm_lossless_equals_quantized_matmul() -> None:
 
 
 def test_mvm_batched_leading_axes() -> None:
-    p = XbarParams(rows=8, cols=16)
+    p = xp(rows=8, cols=16)
     W, x = rand(10, 4), rand(3, 5, 10)
     prog = one_op_program({"op": "mvm", "layer": 0, "in": ["x"]}, {"x": [5, 10]},
                           layers=[_layer(W, x, p)])
@@ -124,7 +125,7 @@ def test_mvm_batched_leading_axes() -> None:
 
 def _layer(W, x, p):
     from farc.runtime.builder import input_scale, pack_layer
-    return pack_layer(W, None, input_scale(x, p.input_bits), p)
+    return pack_layer(W, None, input_scale(x, p.quant.input_bits), p)
 
 
 @settings(max_examples=25, deadline=None)
@@ -135,7 +136,7 @@ def test_property_lossless_exact(K, N, rows, cb, db, wb, ib, mapping, seed) -> N
     """With an ADC that resolves every partial sum, y_int == x_int @ q exactly."""
     rng = np.random.default_rng(seed)
     W, x = rng.normal(size=(K, N)).astype(np.float32), rng.normal(size=(3, K)).astype(np.float32)
-    p = XbarParams(rows=rows, cols=8, cell_bits=cb, dac_bits=db, adc_bits=16, weight_bits=wb,
+    p = xp(rows=rows, cols=8, cell_bits=cb, dac_bits=db, adc_bits=16, weight_bits=wb,
                    input_bits=ib, mapping=mapping)
     qx = 2 ** (ib - 1) - 1
     s_x = float(np.abs(x).max()) / qx
@@ -157,7 +158,7 @@ def test_property_lossy_adc_vs_slow_reference(K, N, rows, cb, db, ab, mapping, c
     rng = np.random.default_rng(seed)
     W, x = rng.normal(size=(K, N)).astype(np.float32), rng.normal(size=(4, K)).astype(np.float32)
     b = rng.normal(size=N).astype(np.float32)
-    p = XbarParams(rows=rows, cols=8, cell_bits=cb, dac_bits=db, adc_bits=ab, mapping=mapping,
+    p = xp(rows=rows, cols=8, cell_bits=cb, dac_bits=db, adc_bits=ab, mapping=mapping,
                    adc_range="calibrated" if calibrated else "full", weight_bits=6,
                    input_bits=5)
     want, pmax = ref_linear(W, b, x, p, calibrated)
@@ -306,7 +307,7 @@ def test_partial_sum_max_matches_definition() -> None:
     from _rt_util import ref_partial_sums
     from farc.runtime.crossbar import partial_sum_max
 
-    p = XbarParams(rows=8, cols=16, dac_bits=2, cell_bits=3)
+    p = xp(rows=8, cols=16, dac_bits=2, cell_bits=3)
     W, x = rand(19, 4), rand(7, 19)
     emu = Emulator(linear_program(W, None, x, p))
     pl = emu.layers[0]
@@ -319,7 +320,7 @@ def test_partial_sum_max_matches_definition() -> None:
 @pytest.mark.parametrize("dac_bits", [1, 2, 3])
 def test_dac_pulses_count_nonzero_digits(dac_bits) -> None:
     """DAC pulses = non-zero input digits over all cycles, once per column tile."""
-    p = XbarParams(rows=8, cols=8, dac_bits=dac_bits)
+    p = xp(rows=8, cols=8, dac_bits=dac_bits)
     W, x = rand(10, 3), rand(4, 10)
     emu = Emulator(linear_program(W, None, x, p))
     emu.run({"x": x})

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _rt_util import linear_program
-from farc.runtime.builder import XbarParams
 from farc.runtime.emulator import Emulator
 from farc.runtime.program import Program
+from xbar_flat import xp
 
 from farc.errors import ProgramError
 
@@ -23,7 +23,7 @@ def program() -> Program:
     W = rng.normal(size=(20, 6)).astype(np.float32)
     x = rng.normal(size=(4, 20)).astype(np.float32)
     return linear_program(W, rng.normal(size=6).astype(np.float32), x,
-                          XbarParams(rows=8, cols=16))
+                          xp(rows=8, cols=16))
 
 
 def _rewrite(src: Path, dst: Path, edit) -> None:

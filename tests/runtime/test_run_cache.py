@@ -5,17 +5,17 @@ dependent) must still be counted on every run."""
 from __future__ import annotations
 
 import numpy as np
-from farc.runtime.builder import XbarParams
 from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.runtime.handmade import FarBlockWeights, far_block_program
+from xbar_flat import xp
 
 from farc.errors import EmulatorError
 
 
 def _block():
     w = FarBlockWeights.random(D=16, heads=2, hidden=[(5, 3), (4, 4)], seed=3)
-    p = XbarParams(rows=32, cols=64, adc_bits=10)
+    p = xp(rows=32, cols=64, adc_bits=10)
     x = np.random.default_rng(0).normal(size=(3, 7, 16)).astype(np.float32)
     return far_block_program(w, T=7, p=p, calib=x), x
 

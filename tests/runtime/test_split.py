@@ -14,10 +14,11 @@ from farc.runtime.handmade import FarBlockWeights, far_block_program
 from farc.runtime.split import _magic, mvm_split, pack_width, plan_split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from xbar_flat import xp
 
 
 def _layer(W: np.ndarray, x: np.ndarray, p: XbarParams, adc_pmax=None) -> xb.PreparedLayer:
-    layer, arrays = pack_layer(W, None, input_scale(x, p.input_bits), p, adc_pmax=adc_pmax)
+    layer, arrays = pack_layer(W, None, input_scale(x, p.quant.input_bits), p, adc_pmax=adc_pmax)
     return xb.prepare_layer(0, layer, arrays)
 
 
@@ -49,7 +50,7 @@ def layers(draw):
     if draw(st.booleans()):
         x = np.abs(x)  # one-sided inputs: top digits constant
     pmax = None
-    if p.adc_range == "calibrated":  # a fraction of the physical peak: some columns clip
+    if p.adc.range == "calibrated":  # a fraction of the physical peak: some columns clip
         pmax = draw(st.floats(0.02, 1.0)) * p.pmax
     return p, W, x, pmax
 
@@ -72,7 +73,7 @@ def test_extreme_inputs_and_levels() -> None:
     """All-ones digits on all-odd stored levels: every field sum at its maximum (the
     packing's carry bound is tight), with and without flip, on 128-row tiles."""
     for flip in (False, True):
-        p = XbarParams(rows=128, cols=64, adc_bits=8, adc_flip=flip)
+        p = xp(rows=128, cols=64, adc_bits=8, adc_flip=flip)
         K, N = 256, 8
         W = np.full((K, N), 1.0)
         W[:, 1::2] = -1.0
@@ -87,7 +88,7 @@ def test_extreme_inputs_and_levels() -> None:
 def test_wide_parameters_take_int64_accumulators() -> None:
     """Clipping columns on 4096-row tiles with 8-bit cells and DACs and 16-bit inputs: the
     errors exceed int32, the plan says so, and the result is still the definition's."""
-    p = XbarParams(rows=4096, cols=64, cell_bits=8, dac_bits=8, adc_bits=6, weight_bits=8,
+    p = xp(rows=4096, cols=64, cell_bits=8, dac_bits=8, adc_bits=6, weight_bits=8,
                    input_bits=16, adc_range="calibrated")
     rng = np.random.default_rng(3)
     W = np.abs(rng.normal(size=(4096, 2))) + 1.0  # large levels on every row
@@ -107,11 +108,11 @@ def test_classification() -> None:
     rng = np.random.default_rng(0)
     W, x = rng.normal(size=(200, 6)), rng.normal(size=(4, 200)).astype(np.float32)
     J = 6 * XbarParams().slices * XbarParams().signs
-    sp = plan_split(_layer(W, x, XbarParams(adc_bits=9)))
+    sp = plan_split(_layer(W, x, xp(adc_bits=9)))
     assert (sp.exact_cols, sp.residue_cols, sp.clip_cols) == (2 * J, 0, 0)
-    sp = plan_split(_layer(W, x, XbarParams(adc_bits=8)))
+    sp = plan_split(_layer(W, x, xp(adc_bits=8)))
     assert (sp.exact_cols, sp.residue_cols, sp.clip_cols) == (0, 2 * J, 0)
-    pl = _layer(W, x, XbarParams(adc_bits=6, adc_range="calibrated"), adc_pmax=40)
+    pl = _layer(W, x, xp(adc_bits=6, adc_range="calibrated"), adc_pmax=40)
     sp = plan_split(pl)
     peaks = pl.codes.sum(axis=1).max(axis=0)  # 1-bit DAC: a column's peak is its level sum
     assert sp.clip_cols == int((pl.codes.sum(axis=1) > 63).sum()) and sp.clip_cols > 0
@@ -122,8 +123,8 @@ def test_slice_granularity_keeps_the_definition() -> None:
     """Per-slice or uniform steps are outside the residue rule: no split plan."""
     rng = np.random.default_rng(1)
     W, x = rng.normal(size=(40, 3)), rng.normal(size=(4, 40)).astype(np.float32)
-    for p in (XbarParams(adc_bits=6, adc_granularity="slice"),
-              XbarParams(adc_bits=6, adc_step_rule="uniform")):
+    for p in (xp(adc_bits=6, adc_granularity="slice"),
+              xp(adc_bits=6, adc_step_rule="uniform")):
         assert plan_split(_layer(W, x, p)) is None
 
 
@@ -162,7 +163,7 @@ def test_programs_with_loops(flip: bool) -> None:
     `bitlevel` give the same outputs, per-MVM integers and counters."""
     w = FarBlockWeights.random(D=24, heads=2, hidden=[(6, 5), (4, 4)], seed=5)
     x = np.random.default_rng(2).normal(size=(3, 6, 24)).astype(np.float32)
-    p = XbarParams(rows=16, cols=32, adc_bits=4 if flip else 5, adc_flip=flip)  # lossy
+    p = xp(rows=16, cols=32, adc_bits=4 if flip else 5, adc_flip=flip)  # lossy
     prog = far_block_program(w, T=6, p=p, calib=x)
     a = Emulator(prog, trace=True)
     b = Emulator(prog, mvm_path="bitlevel", trace=True)
