@@ -39,6 +39,9 @@ def command(checkpoint, target_name, output, calib_samples, data, calib_npy, rep
             emit_onnx, dump_dir, **overrides) -> None:
     """Compile a DeiT or FAR checkpoint, a torch.export program (.pt2) or an ONNX file into
     a crossbar tile program (.farc)."""
+    from farc.models.refusal import check_model_file
+
+    check_model_file(checkpoint)  # .onnx/.pt2: every unsupported op, before torch or onnx
     from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.errors import ConfigError
     from farc.models.checkpoint import load_checkpoint

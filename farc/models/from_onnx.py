@@ -3,14 +3,16 @@ digital steps, nothing of the file executed.
 
 The graph is read as protobuf data (no external data files). Every node's op is checked
 against `SUPPORTED` before anything is built, so an unsupported graph is refused with one
-line naming the first unsupported op and its node. Shape arithmetic (Shape, Gather,
-Concat, Unsqueeze, Cast, ... on constants) is folded here at batch 1; a symbolic dimension
-is allowed only on the input's batch axis. Erf counts as supported only inside the
-exact-GELU pattern 0.5 * x * (1 + erf(x / sqrt 2)) (any association of the two products),
-which becomes one gelu. LSTM: forward, reverse or bidirectional, layout 0 or 1, with or
-without B, initial_h/initial_c absent, zero or constant (the same for every batch row),
-default activations, no peepholes, clip or sequence lengths; each direction becomes one
-single-direction nn.LSTM (gates reordered from ONNX's i, o, f, c to PyTorch's i, f, g, o)."""
+line naming every unsupported op, its first node and its node count
+(farc.models.onnx_scan, which `farc compile` also runs on the file before importing onnx).
+Shape arithmetic (Shape, Gather, Concat, Unsqueeze, Cast, ... on constants) is folded here
+at batch 1; a symbolic dimension is allowed only on the input's batch axis. Erf counts as
+supported only inside the exact-GELU pattern 0.5 * x * (1 + erf(x / sqrt 2)) (any
+association of the two products), which becomes one gelu. LSTM: forward, reverse or
+bidirectional, layout 0 or 1, with or without B, initial_h/initial_c absent, zero or
+constant (the same for every batch row), default activations, no peepholes, clip or
+sequence lengths; each direction becomes one single-direction nn.LSTM (gates reordered from
+ONNX's i, o, f, c to PyTorch's i, f, g, o)."""
 
 from __future__ import annotations
 
@@ -33,11 +35,13 @@ from farc.models.graph import (
     Val,
     as_val,
 )
+from farc.models.onnx_scan import (
+    SUPPORTED,  # noqa: F401 (re-exported)
+    OnnxGraph,
+    OnnxNode,
+    check_graph,
+)
 
-SUPPORTED = ("Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Dropout",
-             "Erf", "Flatten", "Gather", "Gelu", "Gemm", "Identity", "LSTM",
-             "LayerNormalization", "MatMul", "Mul", "Relu", "Reshape", "Shape", "Sigmoid",
-             "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
 SQRT1_2 = float(np.sqrt(0.5))
 
 
@@ -66,13 +70,7 @@ def _node_name(node: Any, i: int) -> str:
 def from_onnx_proto(proto: Any, source: dict) -> GraphModel:
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    for i, node in enumerate(graph.node):  # refuse before any work
-        if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED:
-            op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") \
-                else node.op_type
-            raise UnsupportedModelError(f"unsupported ONNX op {op} at node "
-                                        f"{_node_name(node, i)}: supported ops are "
-                                        f"{', '.join(SUPPORTED)}")
+    check_graph(_summary(graph))  # every unsupported op in one line, before any work
     conv = _Converter(GraphBuilder(source), opset)
     for node in graph.node:
         for name in node.input:
@@ -81,10 +79,7 @@ def from_onnx_proto(proto: Any, source: dict) -> GraphModel:
         conv.uses[o.name] = conv.uses.get(o.name, 0) + 1
     for init in graph.initializer:
         conv.env[init.name] = conv.array(init, f"initializer {init.name}")
-    inputs = [v for v in graph.input if v.name not in conv.env]
-    if len(inputs) != 1:
-        raise UnsupportedModelError(f"the model has {len(inputs)} inputs; farc compiles "
-                                    "models of one tensor input")
+    inputs = [v for v in graph.input if v.name not in conv.env]  # one (check_graph)
     conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input",
                                             _input_shape(inputs[0]))
     for i, node in enumerate(graph.node):
@@ -97,6 +92,16 @@ def from_onnx_proto(proto: Any, source: dict) -> GraphModel:
                                         "input (or is an unfinished Erf)")
         outs.append((v, o.name))
     return conv.b.finish(outs)
+
+
+def _summary(graph: Any) -> OnnxGraph:
+    """The parts of a GraphProto that farc.models.onnx_scan checks."""
+    nodes = [OnnxNode(n.op_type, n.name, n.domain, list(n.input),
+                      next((len(a.ints) for a in n.attribute if a.name == "kernel_shape"),
+                           None))
+             for n in graph.node]
+    return OnnxGraph(nodes, {t.name: len(t.dims) for t in graph.initializer},
+                     [v.name for v in graph.input])
 
 
 def _input_shape(vi: Any) -> list[int]:

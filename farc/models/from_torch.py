@@ -8,7 +8,8 @@ torch/_export/serde/serialize.py). `load_pt2` therefore runs it with every `torc
 forced to `weights_only=True` and every other unpickler refused, so a hostile file fails
 with a one-line error instead of running code. The deserialized graph is then never run:
 its nodes are read one by one and rebuilt from farc's own modules (farc.models.graph), and
-any op outside the supported list is refused, naming the op and the module it sits in.
+every op outside the supported list is refused in one line, naming each op, the module its
+first node sits in and its node count.
 
 Supported ATen ops (inference graphs of torch.export, not decomposed): linear, conv2d
 (patch embedding: stride == kernel), lstm (any layers and directions, batch_first or not,
@@ -40,17 +41,8 @@ from farc.models.graph import (
     Val,
     as_val,
 )
-
-IDENTITY = ("clone", "contiguous", "dropout", "alias", "detach", "lift_fresh_copy",
-            "feature_dropout")
-UNARY = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
-         "gelu": "gelu"}
-BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
-SUPPORTED = sorted({"linear", "conv2d", "lstm", *UNARY, *BINARY, "softmax", "_softmax",
-                    "layer_norm", "matmul", "bmm", "view", "reshape", "_unsafe_view",
-                    "flatten", "permute", "transpose", "t", "cat", "slice", "select", "split",
-                    "split_with_sizes", "chunk", "squeeze", "unsqueeze", "zeros",
-                    "zeros_like", "new_zeros", *IDENTITY})
+from farc.models.pt2_scan import BINARY, IDENTITY, SHOWN, SUPPORTED, UNARY
+from farc.models.refusal import refuse
 
 
 def load_pt2(path: str | Path) -> GraphModel:
@@ -123,9 +115,7 @@ def from_exported_program(ep: torch.export.ExportedProgram, source: dict) -> Gra
             params[spec.arg.name] = spec.target
         else:
             raise UnsupportedModelError(f"unsupported program input kind {spec.kind.name}")
-    if len(user_inputs) != 1:
-        raise UnsupportedModelError(f"the program takes {len(user_inputs)} inputs; farc "
-                                    "compiles models of one tensor input")
+    refuse("torch", _unsupported(ep.graph.nodes), SHOWN, user_inputs)  # all at once
     conv = _Converter(GraphBuilder(source), state, params)
     outputs = []
     for node in ep.graph.nodes:
@@ -147,6 +137,19 @@ def from_exported_program(ep: torch.export.ExportedProgram, source: dict) -> Gra
         else:
             raise UnsupportedModelError(f"unsupported graph node {node.op} {node.name}")
     return conv.b.finish(outputs)
+
+
+def _op_name(node: Any) -> str:
+    return getattr(getattr(node.target, "overloadpacket", None), "__name__", None) or \
+        str(node.target)
+
+
+def _unsupported(nodes: Any) -> Iterator[tuple[str, str]]:
+    """(op, where) of every call the converter has no handler for, in graph order."""
+    for node in nodes:
+        if node.op == "call_function" and node.target is not operator.getitem and \
+                _op_name(node) not in SUPPORTED:
+            yield _op_name(node), _where(node)
 
 
 def _where(node: Any) -> str:
@@ -211,12 +214,9 @@ class _Converter:
             if isinstance(seq, list | tuple):
                 return seq[i]
             raise UnsupportedModelError(f"{where}: indexing a {type(seq).__name__}")
-        op = getattr(getattr(node.target, "overloadpacket", None), "__name__", None) or \
-            str(node.target)
+        op = _op_name(node)
         if op not in SUPPORTED:
-            raise UnsupportedModelError(
-                f"unsupported torch op {op} at {where}: supported ops are "
-                f"{', '.join(s for s in SUPPORTED if not s.startswith('_'))}")
+            refuse("torch", [(op, where)], SHOWN)
         args = [self.value(a) for a in node.args]
         kw = {k: self.value(v) for k, v in node.kwargs.items()}
         return getattr(self, f"_{op.strip('_')}", self._default)(node, op, args, kw, where)

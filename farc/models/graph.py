@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from farc.errors import ConfigError
+from farc.models.refusal import UnsupportedModelError
 
-
-class UnsupportedModelError(ConfigError):
-    """The model uses an op, or an op in a form, that farc cannot map (named in the message)."""
+__all__ = ["GraphBuilder", "GraphModel", "Node", "UnsupportedModelError", "Val", "as_val"]
 
 
 @dataclass(frozen=True)
