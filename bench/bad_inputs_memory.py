@@ -48,7 +48,7 @@ def _deflated_2gib(good: Path, out: Path) -> Path:
 
 def build(d: Path) -> list[tuple[str, list, list]]:
     """(case, bomb command, the same command on a valid input)."""
-    from farc.runtime.builder import XbarParams, input_scale, make_program, pack_layer
+    from farc.runtime.builder import XbarParams, make_program, pack_layer, scale_for_inputs
     from test_hostile_inputs import (
         _loop_over_zeros,
         _npy_header_only,
@@ -89,7 +89,7 @@ def build(d: Path) -> list[tuple[str, list, list]]:
         zf.writestr("x.npy", fh.getvalue() + b"\0" * 64)
     rng = np.random.default_rng(0)
     layer, arrays = pack_layer(rng.normal(size=(192, 4)).astype(np.float32), None,
-                               input_scale(np.ones(1), 8), XbarParams().with_overrides(
+                               scale_for_inputs(np.ones(1), 8), XbarParams().with_overrides(
                                    **{"crossbar.rows": 8, "crossbar.cols": 16}))
     img_prog = make_program([{"op": "input", "name": "x", "out": "x"},
                              {"op": "reshape", "in": ["x"], "shape": [192], "out": "f"},

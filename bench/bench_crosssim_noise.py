@@ -60,7 +60,7 @@ def rel_rms(y: np.ndarray, ref: np.ndarray) -> float:
 def farc_layer(W: np.ndarray, x: np.ndarray) -> Any:
     """W on one crossbar layer as the compiler packs it (sign-magnitude inputs: CrossSim's
     signed DAC; 9-bit full-range ADC: lossless for 128 rows of 2-bit cells)."""
-    from farc.runtime.builder import input_scale, make_program, pack_layer
+    from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
     from farc.runtime.crossbar import prepare_layer
     from farc.runtime.numerics import XbarParams
 
@@ -68,7 +68,7 @@ def farc_layer(W: np.ndarray, x: np.ndarray) -> Any:
         "crossbar.rows": 128, "crossbar.cols": 128, "crossbar.cell_bits": CELL_BITS,
         "dac.bits": 1, "adc.bits": 9, "quant.weight_bits": WEIGHT_BITS, "quant.input_bits": 8,
         "quant.mapping": "differential", "quant.input_encoding": "sign_magnitude"})
-    layer, arrays = pack_layer(W, None, input_scale(x, p.quant.input_bits), p)
+    layer, arrays = pack_layer(W, None, scale_for_inputs(x, p.quant.input_bits), p)
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
                          {"op": "output", "name": "y", "in": ["y"]}],

@@ -19,12 +19,14 @@ from .numerics import (
     Geometry,
     XbarParams,
     adc_ranges,
+    input_range,
+    input_scale,
     max_code,
     quantize_input,
     quantize_weights,
 )
-from .numerics import input_scale as scale_for_range
 from .program import Program
+from .schema import Calibration
 
 
 def encode_columns(q: np.ndarray, p: XbarParams) -> np.ndarray:
@@ -125,9 +127,9 @@ def pack_layer(W: np.ndarray, bias: np.ndarray | None, in_scale: float, p: XbarP
     return layer, arrays
 
 
-def input_scale(x: np.ndarray, input_bits: int) -> float:
+def scale_for_inputs(x: np.ndarray, input_bits: int) -> float:
     """The 'max' calibration policy on sample inputs x: numerics.input_scale(max |x|)."""
-    return scale_for_range(float(np.abs(x).max()) if np.size(x) else 0.0, input_bits)
+    return input_scale(input_range(x, Calibration.MAX, 100.0), input_bits)
 
 
 def make_program(instructions: list[dict[str, Any]], inputs: dict[str, Sequence[int | None]],

@@ -242,11 +242,11 @@ def parse_value(cls: type, key: str, value: Any, section: str, source: str,
     if isinstance(value, bool) or not isinstance(value, int | float) or \
             (want is int and not isinstance(value, int)):
         raise bad(f"must be {want.__name__}")
-    value = want(value)
-    rule = limit_violation(cls, key, value)
+    typed = want(value)
+    rule = limit_violation(cls, key, typed)
     if rule:
         raise bad(rule)
-    return value
+    return typed
 
 
 def parse_section(cls: type, values: Any, section: str, source: str,

@@ -7,12 +7,14 @@ the policies exist for (K=128, N=64, seeded Gaussian and ReLU inputs)."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
 import torch
 from farc.runtime.emulator import Emulator
-from farc.runtime.numerics import XbarParams, input_planes
+from farc.runtime.numerics import input_planes
+from xbar_flat import xp
 
 from farc.check.adc_error import one_layer_program, single_mvm_rms
 from farc.check.reference import CrossbarMatmul, LayerChoice
@@ -33,7 +35,7 @@ def test_emulator_integers_equal_the_reference(encoding, granularity, rule, flip
     W = rng.normal(size=(K, N)).astype(np.float32)
     calib = rng.normal(size=(64, K)).astype(np.float32)
     x = rng.normal(size=(9, K)).astype(np.float32)
-    p = XbarParams(**BASE, adc_bits=4, mapping=mapping, adc_flip=flip, adc_range="calibrated",
+    p = xp(**BASE, adc_bits=4, mapping=mapping, adc_flip=flip, adc_range="calibrated",
                    input_encoding=encoding, adc_granularity=granularity, adc_step_rule=rule,
                    adc_statistic="percentile", adc_percentile=99.0)
     prog = one_layer_program(W, p, calib, float(np.float32(np.abs(calib).max() / p.qx)))
@@ -48,7 +50,7 @@ def test_emulator_integers_equal_the_reference(encoding, granularity, rule, flip
 
 
 def test_sign_magnitude_takes_twice_the_magnitude_cycles():
-    p = XbarParams(**BASE, input_encoding="sign_magnitude")
+    p = xp(**BASE, input_encoding="sign_magnitude")
     assert (p.cycles, p.in_zero) == (14, 0)  # 2 phases x 7 magnitude bits
     x = np.array([[5, -3, 0]])
     planes = input_planes(x, 8, 1, "sign_magnitude")
@@ -58,7 +60,7 @@ def test_sign_magnitude_takes_twice_the_magnitude_cycles():
 
 
 def test_uniform_steps_are_dyadic_and_never_below_one():
-    p = XbarParams(**BASE, adc_bits=5, adc_step_rule="uniform", adc_range="calibrated")
+    p = xp(**BASE, adc_bits=5, adc_step_rule="uniform", adc_range="calibrated")
     assert p.step_for(40.0) == np.ceil(40 / 31 * 256) / 256
     assert p.step_for(100.0) == p.full_step  # capped at the physical maximum
     assert p.step_for(10.0) == 1.0
@@ -66,17 +68,21 @@ def test_uniform_steps_are_dyadic_and_never_below_one():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"input_encoding": "gray"}, "input_encoding 'gray' must be one of"),
-    ({"adc_granularity": "slice"}, r"adc_step\[0\] must list one step per weight slice"),
-    ({"adc_step_rule": "uniform", "adc_step": [1.001, 1.0, 1.0]},
+    ({"quant.input_encoding": "gray"}, r"\[quant\] input_encoding = 'gray' must be one of"),
+    ({"adc.granularity": "slice"}, r"adc_step\[0\] must list one step per weight slice"),
+    ({"adc.step_rule": "uniform", "adc_step": [1.001, 1.0, 1.0]},
      r"adc_step\[0\] = 1.001 must be a multiple of 1/256"),
+    ({"adc.bitz": 4}, r"unknown key 'bitz' in \[adc\] \(did you mean 'bits'\?\)"),
 ])
 def test_validator_refuses_bad_policies(change, message):
     rng = np.random.default_rng(0)
     W = rng.normal(size=(K, N)).astype(np.float32)
-    p = XbarParams(**BASE, adc_bits=4, adc_range="calibrated")
+    p = xp(**BASE, adc_bits=4, adc_range="calibrated")
     prog = one_layer_program(W, p, rng.normal(size=(16, K)).astype(np.float32), 0.01)
-    layer = {**prog.manifest["layers"][0], **change}
+    layer = json.loads(json.dumps(prog.manifest["layers"][0]))
+    for key, value in change.items():
+        section, _, field = key.rpartition(".")
+        (layer[section] if section else layer)[field] = value
     with pytest.raises(ProgramError, match=message):
         type(prog)({**prog.manifest, "layers": [layer]}, prog.arrays).validate()
 
@@ -103,8 +109,8 @@ BEST = dict(adc_range="calibrated", input_encoding="sign_magnitude", adc_granula
 def test_best_policy_cuts_the_single_mvm_error_tenfold(kind, bits):
     base = dict(rows=128, cols=128, cell_bits=2, dac_bits=1, weight_bits=8, input_bits=8,
                 adc_bits=bits)
-    today = single_mvm_rms(XbarParams(**base, **TODAY), kind)
-    best = single_mvm_rms(XbarParams(**base, **BEST), kind)
+    today = single_mvm_rms(xp(**base, **TODAY), kind)
+    best = single_mvm_rms(xp(**base, **BEST), kind)
     assert best * 10 <= today, (today, best)
 
 
@@ -124,9 +130,10 @@ def test_compile_cli_selects_the_policies_and_verify_holds(far_checkpoint, far_d
           "percentile", "--adc-percentile", "99.9", "--calib-samples", "16", "-o", str(out)])
     prog = Program.load(out)
     layer = prog.layers[1]
-    assert (layer["input_encoding"], layer["adc_granularity"], layer["adc_step_rule"]) == \
-        ("sign_magnitude", "slice", "uniform")
-    assert len(layer["adc_step"][0]) == layer["slices"] and 0 <= layer["adc_calib_clipped"] < 1
+    assert (layer["quant"]["input_encoding"], layer["adc"]["granularity"],
+            layer["adc"]["step_rule"], layer["adc"]["bits"]) == \
+        ("sign_magnitude", "slice", "uniform", 5)
+    assert len(layer["adc_step"][0]) == 4 and 0 <= layer["adc_calib_clipped"] < 1  # 7 / 2 bits
     x = np.random.default_rng(0).normal(size=(8, 1, 8, 8)).astype(np.float32)
     r = verify(prog, x, None, resolve_references(prog, out, model=far_digits),
                tol=Tolerances(min_agreement=0.0, exact_rel=1.0), bitlevel_samples=4)

@@ -33,11 +33,11 @@ def one_line_error(res: subprocess.CompletedProcess, match: str, rc: int = 1) ->
 
 def tiny_program(tmp_path: Path) -> tuple[Path, Path]:
     """A one-layer tile program (no compiler) and a matching float32 input batch."""
-    from farc.runtime.builder import input_scale, make_program, pack_layer
+    from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
 
     rng = np.random.default_rng(0)
     w, x = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=(5, 12))
-    layer, arrays = pack_layer(w, None, input_scale(x, 8), xp(rows=8, cols=16))
+    layer, arrays = pack_layer(w, None, scale_for_inputs(x, 8), xp(rows=8, cols=16))
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
                          {"op": "output", "name": "y", "in": ["y"]}],

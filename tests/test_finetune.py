@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from farc.runtime.builder import input_scale, make_program, pack_layer
+from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
 from farc.runtime.noise import NoiseConfig
 from farc.runtime.program import Program
 from farc.targets import load_target
@@ -104,7 +104,7 @@ def small(tmp_path_factory):
     rng = np.random.default_rng(5)
     W = rng.normal(size=(24, 4)).astype(np.float32)
     x = rng.normal(size=(40, 24)).astype(np.float32)
-    layer, arrays = pack_layer(W, None, input_scale(x, 8), xp(rows=16, cols=32))
+    layer, arrays = pack_layer(W, None, scale_for_inputs(x, 8), xp(rows=16, cols=32))
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
                          {"op": "output", "name": "y", "in": ["y"]}],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from farc.runtime.builder import input_scale, make_program, pack_layer
+from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
 from farc.runtime.emulator import Emulator
 from farc.runtime.noise import NoiseConfig
 from xbar_flat import xp
@@ -22,7 +22,7 @@ DRIFT = {"drift_nu": 0.1, "drift_t": 1e4}
 
 def _program(flip: bool):
     p = xp(rows=16, cols=32, adc_bits=9, adc_flip=flip)  # lossless when ideal
-    layer, arrays = pack_layer(W, None, input_scale(X, 8), p)
+    layer, arrays = pack_layer(W, None, scale_for_inputs(X, 8), p)
     return make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
                          {"op": "output", "name": "y", "in": ["y"]}],

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from farc.runtime.builder import input_scale, make_program, pack_layer
+from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
 from farc.runtime.emulator import Emulator
 from farc.runtime.program import Program
 from test_bad_inputs import farc, one_line_error
@@ -39,7 +39,7 @@ def base_program(scale: float = 1.0, extra: list | None = None) -> Program:
     """x[12] -> mvm -> + c -> layernorm(g, b) -> * scale -> y, with constants and an eps."""
     rng = np.random.default_rng(0)
     w, x = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=(5, 12))
-    layer, arrays = pack_layer(w, None, input_scale(x, 8), xp(rows=8, cols=16))
+    layer, arrays = pack_layer(w, None, scale_for_inputs(x, 8), xp(rows=8, cols=16))
     ins = [{"op": "input", "name": "x", "out": "x"},
            {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
            {"op": "const", "name": "c", "out": "c"},
@@ -250,7 +250,7 @@ def test_loop_bound_checked_at_run_time_for_unknown_dims(monkeypatch) -> None:
     emulator before the first instruction, at the shapes it is given."""
     rng = np.random.default_rng(0)
     layer, arrays = pack_layer(rng.normal(size=(4, 4)).astype(np.float32), None,
-                               input_scale(np.ones(1), 8), xp(rows=8, cols=16))
+                               scale_for_inputs(np.ones(1), 8), xp(rows=8, cols=16))
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "loop", "count": {"reg": "x", "axis": 1}, "carry": [],
                           "gather": [], "body": [], "scatter": []},

@@ -148,8 +148,8 @@ def recount_colsums(program):
         rt, ct, rows, cols = a["codes"].shape
         flat = a["codes"].transpose(0, 2, 1, 3).reshape(rt * rows, ct * cols)
         q = decode_weights(flat[:L["K"], :a["col_out"].size], a["col_out"], a["col_slice"],
-                           a["col_sign"], L["N"], L["cell_bits"], L["weight_bits"],
-                           L["mapping"])
+                           a["col_sign"], L["N"], L["crossbar"]["cell_bits"],
+                           L["quant"]["weight_bits"], L["quant"]["mapping"])
         program.arrays[L["arrays"]["colsum"]] = q.sum(axis=0).astype(np.int64)
     program.validate()
     return program
@@ -430,7 +430,7 @@ def dac_scale_off_by_one_step(monkeypatch, model, base):
     """emulator: pre_proj's inputs quantized with s_x * (1 + 1/Qx), the program's s_x
     unchanged."""
     def change(pl):
-        pl.in_scale = pl.in_scale * (1 + 1 / (2 ** (pl.input_bits - 1) - 1))
+        pl.in_scale = pl.in_scale * (1 + 1 / (2 ** (pl.params.quant.input_bits - 1) - 1))
 
     emulator_fault(monkeypatch, PRE, change)
     return base

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from farc.runtime import builder
 from farc.runtime.emulator import Emulator
+from xbar_flat import xp
 
 from farc.check.qdq import build_qdq_onnx, integer_weights, reference_paths
 from farc.errors import ProgramError
@@ -80,12 +81,15 @@ class Builder:
             names["bias"] = self._array(f"layer{lid}.bias", b.astype(np.float32))
         K, N = w.shape
         self.layers.append(dict(
-            id=lid, name=f"fc{lid}", kind="linear", K=K, N=N, weight_bits=weight_bits,
-            input_bits=input_bits, cell_bits=cell_bits, dac_bits=1, adc_bits=16,
-            mapping=mapping, slices=p["slices"], signs=p["signs"], rows=rows, cols=cols,
+            id=lid, name=f"fc{lid}", kind="linear", K=K, N=N,
+            crossbar={"rows": rows, "cols": cols, "cell_bits": cell_bits}, dac={"bits": 1},
+            adc={"bits": 16, "range": "full", "columns_per_adc": 128, "flip": False,
+                 "granularity": "tile", "step_rule": "pow2", "statistic": "max",
+                 "percentile": 99.0},
+            quant={"weight_bits": weight_bits, "input_bits": input_bits, "mapping": mapping,
+                   "calibration": "max", "input_encoding": "offset", "percentile": 99.0},
             row_tiles=p["row_tiles"], col_tiles=p["col_tiles"], in_scale=float(s_x),
-            in_zero=2 ** (input_bits - 1), adc_range="full", adc_step=[1] * p["row_tiles"],
-            arrays=names))
+            adc_step=[1] * p["row_tiles"], arrays=names))
         self.refs[lid] = dict(q=q, s_w=s_w, b=b, s_x=np.float32(s_x), input_bits=input_bits,
                               w=w, params=dict(weight_bits=weight_bits, input_bits=input_bits,
                                                cell_bits=cell_bits, mapping=mapping,
@@ -96,7 +100,7 @@ class Builder:
         """The same program, packed by farc.runtime.builder and validated, for the emulator."""
         layers = []
         for lid, r in self.refs.items():
-            p = builder.XbarParams(dac_bits=1, adc_bits=16, **r["params"])
+            p = xp(dac_bits=1, adc_bits=16, **r["params"])
             layers.append(builder.pack_layer(r["w"], r["b"], float(r["s_x"]), p, layer_id=lid,
                                              first_crossbar=100 * lid))
         consts = {k: self.arrays[v] for k, v in self.constants.items()}
@@ -361,7 +365,7 @@ def test_far_block_emulator_equals_qdq():
 
     w = FarBlockWeights.random(D=16, heads=2, hidden=[(5, 3), (4, 4)], seed=3)
     x = RNG.normal(size=(3, 9, 16)).astype(np.float32)
-    p = builder.XbarParams(rows=32, cols=32, adc_bits=12)
+    p = xp(rows=32, cols=32, adc_bits=12)
     prog = far_block_program(w, T=9, p=p, calib=x)
     assert all(pl.lossless for pl in Emulator(prog).layers)
     assert_close(run_onnx(build_qdq_onnx(prog), x), Emulator(prog).run({"x": x})["y"], 1e-5)

@@ -113,13 +113,13 @@ def test_parse_overrides_errors():
 
 
 def test_tiling_rows_full_crossbar_is_fully_used():
-    from farc.runtime.builder import XbarParams, make_program, pack_layer
+    from farc.runtime.builder import make_program, pack_layer
 
     from farc.report.tiling import tiling_rows
 
     t = load_target("isaac")
     w = np.random.default_rng(0).normal(size=(128, 16)).astype(np.float32)
-    lay = pack_layer(w, None, 0.01, XbarParams.from_target(t), name="fc", replicas=2)
+    lay = pack_layer(w, None, 0.01, t.xbar, name="fc", replicas=2)
     prog = make_program([{"op": "input", "in": [], "out": "x", "name": "x"},
                          {"op": "mvm", "in": ["x"], "out": "y", "layer": 0},
                          {"op": "output", "in": ["y"], "name": "y"}],

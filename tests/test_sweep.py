@@ -91,7 +91,7 @@ def test_grid_errors_are_one_line(isaac, items, match):
 @pytest.mark.parametrize(("item", "match"), [
     ("adc.bits=8,99", r"--grid point adc.bits=99: \[adc\] bits = 99 must be in 1..16"),
     ("crossbar.rows=100", "rows = 100 must be a power of two"),
-    ("adc.range=full,wide", "range = 'wide' must be 'full' or 'calibrated'"),
+    ("adc.range=full,wide", "range = 'wide' must be one of 'full', 'calibrated'"),
     ("energy.adc_conversion_pj=-1", "adc_conversion_pj = -1.0 must be finite and >= 0"),
 ])
 def test_every_point_target_is_checked_up_front(isaac, item, match):

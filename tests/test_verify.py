@@ -16,6 +16,7 @@ import torch
 from farc.runtime import builder
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from xbar_flat import xp
 
 from farc.check.qdq import reference_paths, save_onnx
 from farc.check.reference import build_reference
@@ -146,7 +147,7 @@ def classifier_program(adc_bits: int = 16, adc_range: str = "full",
                        provenance: dict | None = None):
     """digits image [1, 8, 8] -> reshape [64] -> crossbar layer -> 10 logits."""
     w, b = ridge_classifier()
-    p = builder.XbarParams(rows=32, cols=32, cell_bits=2, dac_bits=1, adc_bits=adc_bits,
+    p = xp(rows=32, cols=32, cell_bits=2, dac_bits=1, adc_bits=adc_bits,
                            adc_range=adc_range)
     layer = builder.pack_layer(w, b, 1.0 / 127, p, name="head", kind="classifier",
                                adc_pmax=63 if adc_range == "calibrated" else None)
@@ -198,7 +199,7 @@ def _flip_program(flip: bool):
     keeps the ADC lossless."""
     w = np.random.default_rng(3).uniform(-1, 1, size=(128, 4)).astype(np.float32)
     w[:, 0] = 1.0  # q = Qw on every row: offset level 2*Qw = 0b1111...10 -> slices of 3s
-    p = builder.XbarParams(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=8,
+    p = xp(rows=128, cols=128, cell_bits=2, dac_bits=1, adc_bits=8,
                            weight_bits=16, input_bits=16, mapping="offset", adc_flip=flip)
     layer = builder.pack_layer(w, None, 1.0 / 32767, p, name="fc")
     ins = [dict(op="input", name="x", out="x"), dict(op="mvm", layer=0, **{"in": ["x"]},

@@ -1,6 +1,7 @@
 """QuantizeCrossbar: per-column integer weights and calibrated input scales."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -34,7 +35,8 @@ def test_weights_per_column_and_input_scale_from_max():
         absmax = calib[str(func.attrs["farc.layer"])].absmax
         assert float(func.attrs["farc.calib_range"]) == absmax  # the decision's input, in the IR
         assert float(func.attrs["farc.in_scale"]) == pytest.approx(absmax / 15)
-        assert int(func.attrs["farc.in_zero"]) == 16
+        sections = json.loads(str(func.attrs["farc.xbar"]))  # what every later stage reads
+        assert (sections["quant"]["weight_bits"], sections["quant"]["input_bits"]) == (6, 5)
 
 
 def test_percentile_policy_uses_the_percentile():

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
-from farc.runtime.builder import XbarParams, input_scale, make_program, pack_layer
+from farc.runtime.builder import XbarParams, make_program, pack_layer, scale_for_inputs
 from farc.runtime.emulator import Emulator
 from farc.runtime.program import Program
 
@@ -27,7 +27,7 @@ def run1(program: Program, **inputs: np.ndarray) -> np.ndarray:
 def linear_program(W: np.ndarray, b: np.ndarray | None, x: np.ndarray, p: XbarParams,
                    adc_pmax: float | None = None) -> Program:
     """x [batch, K] -> mvm(W, b) -> y, with the input scale calibrated on x (policy max)."""
-    layer, arrays = pack_layer(W, b, input_scale(x, p.quant.input_bits), p, adc_pmax=adc_pmax)
+    layer, arrays = pack_layer(W, b, scale_for_inputs(x, p.quant.input_bits), p, adc_pmax=adc_pmax)
     return one_op_program({"op": "mvm", "layer": 0, "in": ["x"]}, {"x": [W.shape[0]]},
                           layers=[(layer, arrays)])
 

@@ -95,9 +95,9 @@ def test_bad_input_one_line_no_output(files, tmp_path: Path, case: str, match: s
 def test_run_on_digits_prints_accuracy(tmp_path: Path) -> None:
     """--data feeds the split through farc.data (torch is imported by the command only)."""
     pytest.importorskip("torch")
-    from farc.runtime.builder import input_scale, make_program, pack_layer
+    from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
     w = np.random.default_rng(1).normal(size=(64, 10)).astype(np.float32)
-    layer, arrays = pack_layer(w, None, input_scale(np.ones(1), 8), XbarParams())
+    layer, arrays = pack_layer(w, None, scale_for_inputs(np.ones(1), 8), XbarParams())
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "reshape", "in": ["x"], "shape": [64], "out": "f"},
                          {"op": "mvm", "layer": 0, "in": ["f"], "out": "y"},

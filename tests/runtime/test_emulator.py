@@ -97,20 +97,20 @@ def test_counters_closed_forms(block) -> None:
         assert c.mvms_per_layer[i] == B * T, L["name"]
         for xb in L["crossbars"][0]:
             assert c.mvms_per_crossbar[xb] == B * T
-        cycles = 8
-        J = L["N"] * L["slices"] * L["signs"]
-    assert c.adc_conversions == sum(B * T * cycles * L["row_tiles"] * L["N"] * L["slices"]
-                                    * L["signs"] for L in prog.layers)
+        cycles, slices, signs = 8, 4, 2  # W8 differential: 7 magnitude bits on 2-bit cells
+        J = L["N"] * slices * signs
+    assert c.adc_conversions == sum(B * T * cycles * L["row_tiles"] * L["N"] * slices * signs
+                                    for L in prog.layers)
     assert c.dac_conversions == sum(B * T * cycles * L["col_tiles"] * L["K"]
                                     for L in prog.layers)
     assert J > 0
 
 
 def test_replicas_share_vectors() -> None:
-    from farc.runtime.builder import input_scale, make_program, pack_layer
+    from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
     W = np.ones((8, 2), np.float32)
     x = np.ones((5, 8), np.float32)
-    layer, arrays = pack_layer(W, None, input_scale(x, 8), xp(rows=8, cols=8),
+    layer, arrays = pack_layer(W, None, scale_for_inputs(x, 8), xp(rows=8, cols=8),
                                replicas=2)
     prog = make_program([{"op": "input", "name": "x", "out": "x"},
                          {"op": "mvm", "layer": 0, "in": ["x"], "out": "y"},
@@ -193,10 +193,10 @@ def test_hoisted_input_projection_changes_nothing(block) -> None:
 
 def test_hoist_refused_when_h_changes_before_the_mvm() -> None:
     """If the body rewrites the concatenated register before the MVM, no hoisting."""
-    from farc.runtime.builder import input_scale, make_program, pack_layer
+    from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
     from farc.runtime.lockstep import plan_body
     W = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32)
-    layer, arrays = pack_layer(W, None, input_scale(np.ones(1), 8), P)
+    layer, arrays = pack_layer(W, None, scale_for_inputs(np.ones(1), 8), P)
     body = [{"op": "concat", "in": ["xt", "h"], "axis": -1, "out": "z"},
             {"op": "scale", "in": ["h"], "value": 2.0, "out": "h"},
             {"op": "mvm", "layer": 0, "in": ["z"], "out": "y"},

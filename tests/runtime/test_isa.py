@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pytest
 from farc.runtime import emulator, isa, lockstep
-from farc.runtime.builder import input_scale, make_program, pack_layer
+from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
 from farc.runtime.counters import static_counts
 from farc.runtime.emulator import Emulator
 from farc.runtime.program import Program
@@ -98,7 +98,7 @@ def _program(op: dict, regs: dict[str, list[int]], consts: dict | None = None,
 def _mvm() -> Program:
     W = RNG.normal(size=(12, 3)).astype(np.float32)
     p = xp(rows=8, cols=8)
-    layer = pack_layer(W, None, input_scale(np.ones(1, np.float32), p.quant.input_bits), p)
+    layer = pack_layer(W, None, scale_for_inputs(np.ones(1, np.float32), p.quant.input_bits), p)
     return _program({"op": "mvm", "layer": 0, "in": ["x"]}, {"x": [3, 12]}, layers=(layer,))
 
 

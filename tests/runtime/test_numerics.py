@@ -104,7 +104,8 @@ def test_target_produces_its_parameters_once():
     assert t.xbar is t.xbar
     assert (t.xbar.slices, t.xbar.signs, t.xbar.cycles, t.xbar.pmax) == (8, 1, 16, 192)
     assert t.xbar.full_range_lossless and t.xbar.full_step == 1
-    assert nm.XbarParams.from_target_dict(t.to_dict()) == t.xbar
+    assert (t.xbar.crossbar, t.xbar.adc) == (t.crossbar, t.adc)  # the same sections
+    assert nm.XbarParams.from_sections(t.to_dict(), "t") == t.xbar  # a program's manifest
 
 
 def test_lossless_rule_and_flip_encoding():
@@ -182,36 +183,41 @@ def _isaac_program():
     return make_program(ins, {"x": [16]}, {"y": [4]}, [layer], target=t.to_dict())
 
 
-def test_layer_parameters_must_match_the_program_target():
+def test_a_layer_may_choose_its_precision_but_not_another_array():
     from farc.runtime.program import Program
 
     from farc.errors import ProgramError
 
     prog = _isaac_program()  # validates: layers and target agree
-    manifest = {**prog.manifest, "target": {**prog.manifest["target"],
-                                            "adc": {**prog.manifest["target"]["adc"],
-                                                    "bits": 6}}}
-    with pytest.raises(ProgramError, match=r"adc_bits = 8 but the program's target says 6"):
+    target = prog.manifest["target"]
+    manifest = {**prog.manifest, "target": {**target, "adc": {**target["adc"], "bits": 6}}}
+    Program(manifest, prog.arrays).validate()  # per-layer ADC width: a valid program
+    manifest = {**prog.manifest,
+                "target": {**target, "crossbar": {**target["crossbar"], "rows": 256}}}
+    with pytest.raises(ProgramError, match=r"layer 0 \(layer0\): crossbar .* but the "
+                       r"program's chip has .*'rows': 256"):
         Program(manifest, prog.arrays).validate()
 
 
 @pytest.mark.parametrize(("key", "value", "rule"), [
-    ("rows", 100, "must be a power of two in 8..4096"),
-    ("cols", 4, "must be a power of two in 8..4096"),
-    ("adc_bits", 17, "must be in 1..16"), ("weight_bits", 1, "must be in 2..16")])
+    ("crossbar.rows", 100, "must be a power of two in 8..4096"),
+    ("crossbar.cols", 4, "must be a power of two in 8..4096"),
+    ("adc.bits", 17, "must be in 1..16"), ("quant.weight_bits", 1, "must be in 2..16"),
+    ("adc.granularity", "column", "must be one of 'tile', 'slice'")])
 def test_targets_and_programs_share_parameter_limits(key, value, rule):
+    """One constructor (schema.parse_section) checks a target file and a program layer: the
+    same limit gives the same words in both."""
     from farc.runtime.program import Program
     from farc.targets import load_target
 
     from farc.errors import ConfigError, ProgramError
 
-    assert rule in nm.limit_violation(key, value)
-    section = {"rows": "crossbar", "cols": "crossbar", "adc_bits": "adc",
-               "weight_bits": "quant"}[key]
-    tkey = "bits" if key == "adc_bits" else key
-    with pytest.raises(ConfigError, match=rule):
-        load_target("isaac").with_overrides(**{f"{section}.{tkey}": value})
+    section, field = key.split(".")
+    said = rf"\[{section}\] {field} = {value!r} {rule}"
+    with pytest.raises(ConfigError, match=said):
+        load_target("isaac").with_overrides(**{key: value})
     prog = _isaac_program()
-    layers = [{**prog.manifest["layers"][0], key: value}]
-    with pytest.raises(ProgramError, match=f"{key} = {value} {rule}"):
-        Program({**prog.manifest, "layers": layers, "target": {}}, prog.arrays).validate()
+    layer = {**prog.manifest["layers"][0]}
+    layer[section] = {**layer[section], field: value}
+    with pytest.raises(ProgramError, match=said):
+        Program({**prog.manifest, "layers": [layer], "target": {}}, prog.arrays).validate()

@@ -124,8 +124,8 @@ def test_mvm_batched_leading_axes() -> None:
 
 
 def _layer(W, x, p):
-    from farc.runtime.builder import input_scale, pack_layer
-    return pack_layer(W, None, input_scale(x, p.quant.input_bits), p)
+    from farc.runtime.builder import pack_layer, scale_for_inputs
+    return pack_layer(W, None, scale_for_inputs(x, p.quant.input_bits), p)
 
 
 @settings(max_examples=25, deadline=None)

@@ -66,8 +66,9 @@ def test_stored_not_compressed(program: Program, tmp_path: Path) -> None:
 
 def test_wrong_version(program: Program, tmp_path: Path) -> None:
     src = program.save(tmp_path / "a.farc")
-    _edit_manifest(src, tmp_path / "b.farc", lambda m: m.update(version=2))
-    with pytest.raises(ProgramError, match=r"unsupported program version 2.*version 1"):
+    _edit_manifest(src, tmp_path / "b.farc", lambda m: m.update(version=1))
+    with pytest.raises(ProgramError, match=r"unsupported program version 1; this farc reads "
+                       r"version 2 \(recompile"):
         Program.load(tmp_path / "b.farc")
 
 

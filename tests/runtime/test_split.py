@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from farc.runtime import crossbar as xb
-from farc.runtime.builder import XbarParams, input_scale, pack_layer
+from farc.runtime.builder import XbarParams, pack_layer, scale_for_inputs
 from farc.runtime.emulator import Emulator
 from farc.runtime.handmade import FarBlockWeights, far_block_program
 from farc.runtime.split import _magic, mvm_split, pack_width, plan_split
@@ -18,19 +18,20 @@ from xbar_flat import xp
 
 
 def _layer(W: np.ndarray, x: np.ndarray, p: XbarParams, adc_pmax=None) -> xb.PreparedLayer:
-    layer, arrays = pack_layer(W, None, input_scale(x, p.quant.input_bits), p, adc_pmax=adc_pmax)
+    s_x = scale_for_inputs(x, p.quant.input_bits)
+    layer, arrays = pack_layer(W, None, s_x, p, adc_pmax=adc_pmax)
     return xb.prepare_layer(0, layer, arrays)
 
 
 def _x_int(pl: xb.PreparedLayer, x: np.ndarray) -> np.ndarray:
-    return xb.quantize_input(x, pl.in_scale, pl.input_bits)
+    return xb.quantize_input(x, pl.in_scale, pl.params.quant.input_bits)
 
 
 @st.composite
 def layers(draw):
     """A random layer (parameters, weights, inputs) with one power-of-two step per row
     tile: full-range ADCs (often lossy) and calibrated ranges below the peak (clipping)."""
-    p = XbarParams(
+    p = xp(
         rows=draw(st.sampled_from([8, 16, 32, 64, 128])),
         cols=draw(st.sampled_from([8, 16, 64])),
         cell_bits=draw(st.integers(1, 3)), dac_bits=draw(st.integers(1, 3)),

@@ -5,7 +5,7 @@ pruned LSTMs in one loop, head_proj, post_proj) and a DeiT-like attention block.
 from __future__ import annotations
 
 import numpy as np
-from farc.runtime.builder import XbarParams, input_scale, make_program, pack_layer
+from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
 
 T, D, HEADS, HD = 5, 8, 2, 4
 HIDDEN = [(3, 2), (4, 1)]  # (fwd, bwd) hidden units per head after pruning
@@ -13,7 +13,7 @@ HIDDEN = [(3, 2), (4, 1)]  # (fwd, bwd) hidden units per head after pruning
 
 class _Prog:
     def __init__(self, target):
-        self.p = XbarParams.from_target(target)
+        self.p = target.xbar
         self.rng = np.random.default_rng(0)
         self.layers: list = []
         self.xbar = 0
@@ -21,7 +21,7 @@ class _Prog:
     def layer(self, name: str, K: int, N: int, kind: str = "linear", replicas: int = 1) -> int:
         w = self.rng.normal(size=(K, N)).astype(np.float32) / np.sqrt(K)
         lid = len(self.layers)
-        lay, arrs = pack_layer(w, np.zeros(N, np.float32), input_scale(np.ones(1), 8),
+        lay, arrs = pack_layer(w, np.zeros(N, np.float32), scale_for_inputs(np.ones(1), 8),
                                self.p, layer_id=lid, name=name, kind=kind, replicas=replicas,
                                first_crossbar=self.xbar, adc_pmax=1000.0)
         self.xbar += lay["row_tiles"] * lay["col_tiles"] * replicas

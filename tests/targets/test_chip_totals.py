@@ -86,7 +86,7 @@ def test_uniform_adc_step_prices_a_multiply_per_conversion(far_prog, isaac):
     base = cost_program(far_prog, isaac)
     m = copy.deepcopy(far_prog.manifest)
     for lay in m["layers"]:
-        lay["adc_step_rule"] = "uniform"
+        lay["adc"]["step_rule"] = "uniform"
     uni = cost_program(m, isaac)
     conv = base.events["adc_conversions"]
     assert uni.events["step_multiplies"] == conv > 0
