@@ -6,6 +6,7 @@ where `log` lines are printed instead at the end of each epoch."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
@@ -21,7 +22,18 @@ from rich.progress import (
 from rich.table import Table
 
 err_console = Console(stderr=True)
-out_console = Console()
+PIPED_WIDTH = 200
+"""Columns of results written to a file or pipe (rich would assume 80 and cut tables)."""
+
+
+def out_console() -> Console:
+    """The results console on stdout: a terminal's own width; piped or redirected, $COLUMNS
+    or PIPED_WIDTH columns, so tables are not squeezed to 80 (and what is still too wide
+    wraps: every table column folds, none is cut with "...")."""
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPED_WIDTH)
+    return console
 
 
 def make_progress(disable: bool = False) -> Progress:
@@ -48,12 +60,13 @@ def log(message: str) -> None:
 
 
 def make_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
-    """A results table; numeric columns (all cells numbers) are right-aligned."""
+    """A results table; numeric columns (all cells numbers) are right-aligned; a cell too
+    wide for the console wraps (folds), it is never cut."""
     rows = [[_fmt(c) for c in r] for r in rows]
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
         numeric = bool(rows) and all(_is_number(r[i]) for r in rows)
-        table.add_column(col, justify="right" if numeric else "left")
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for r in rows:
         table.add_row(*r)
     return table
@@ -61,7 +74,7 @@ def make_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[objec
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """Print a results table on stdout."""
-    out_console.print(make_table(title, columns, rows))
+    out_console().print(make_table(title, columns, rows))
 
 
 def _fmt(v: object) -> str:

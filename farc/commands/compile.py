@@ -129,8 +129,9 @@ def op_counts(instructions: list[dict]) -> Counter:
 
 
 def _summary(program, target, timings: dict, written: list[Path]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from farc.progress import out_console
 
     sched = program.manifest["schedule"]
     used, avail = sched["crossbars_used"], sched["crossbars_available"]
@@ -144,4 +145,4 @@ def _summary(program, target, timings: dict, written: list[Path]) -> None:
     table.add_row("ops", ", ".join(f"{op} {n}" for op, n in ops.most_common()))
     table.add_row("compile", f"{sum(timings.values()):.2f} s")
     table.add_row("wrote", ", ".join(str(p) for p in written))
-    Console().print(table)
+    out_console().print(table)

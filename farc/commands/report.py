@@ -38,12 +38,12 @@ def command(program_path, compare_path, attention, html_path, overrides, json_pa
     """Latency, energy and area report of MODEL.farc."""
     from pathlib import Path
 
-    from rich.console import Console
     from rich.markup import escape
 
     from farc.atomic import check_outputs
+    from farc.progress import out_console
     from farc.report.build import build_html, parse_overrides, program_name, report_for, to_json
-    from farc.report.cost_tables import ATTENTION_NOTE, to_rich
+    from farc.report.cost_tables import ATTENTION_NOTE, has_attention, to_rich
     from farc.runtime.program import Program
 
     check_outputs({"--html": html_path, "--json": json_path, "--trace": trace_path},  # first
@@ -57,8 +57,9 @@ def command(program_path, compare_path, attention, html_path, overrides, json_pa
         programs = [(f"{n} [{Path(p).name}]", prog) for (n, prog), p in zip(programs, paths)]
     reports, sections = report_for(programs, attention, parse_overrides(overrides),
                                    schedule=bool(trace_path))
-    console = Console()
-    console.print(f"[bold]assumption[/bold]: {escape(ATTENTION_NOTE[attention])}")
+    console = out_console()
+    if has_attention(reports):  # no act x act matmuls: nothing to assume
+        console.print(f"[bold]assumption[/bold]: {escape(ATTENTION_NOTE[attention])}")
     for s in sections:
         console.print(to_rich(s))
     from farc.atomic import atomic_write_all

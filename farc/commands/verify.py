@@ -208,10 +208,11 @@ def _print(report, name: str, source: str) -> None:
                        [(p.name, f"{p.max_abs:.2g}", f"{p.mean_abs:.2g}", f"{p.rel:.2g}",
                          f"{p.cosine:.4f}", f"{p.min_cosine:.4f}", f"{100 * p.agreement:.1f}%")
                         for p in report.pairs.values()])
-    for col in table.columns:
-        col.no_wrap = True
+    console = out_console()
+    for col in table.columns:  # one line per pair on a terminal; wrapped, never cut, in a file
+        col.no_wrap = console.is_terminal
     table.columns[-1].min_width = 6  # "100.0%" must never be cut
-    out_console.print(table)
+    console.print(table)
     if report.accuracy is not None:
         print_table("Accuracy", ["model", "accuracy"],
                     [(k, f"{100 * v:.2f}%") for k, v in report.accuracy.items()])
@@ -223,7 +224,7 @@ def _print(report, name: str, source: str) -> None:
     print_table("Checks (docs/verify.md)", ["check", "result", "detail"],
                 [(c.name, status[c.passed], c.detail) for c in report.checks])
     for model, src in report.sources.items():
-        out_console.print(f"[dim]{model}: {src}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[dim]{model}: {src}[/]", highlight=False, soft_wrap=True)
 
 
 def _layer_rows(report) -> list[tuple[str, ...]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from farc.errors import ConfigError
 from farc.report.charts import energy_by_layer_png, energy_compare_png, timeline_png
-from farc.report.cost_tables import Section, report_sections
+from farc.report.cost_tables import Section, has_attention, report_sections
 from farc.report.html import report_html
 from farc.report.tiling import program_target
 from farc.targets.cost import CostReport, cost_program
@@ -33,6 +33,20 @@ def short_labels(programs: list[tuple[str, Any]]) -> list[str]:
     if len(programs) > 1 and all(kinds) and len(set(kinds)) == len(kinds):
         return [KIND_LABEL.get(k, k) for k in kinds]
     return [n for n, _ in programs]
+
+
+def is_image_model(program: Any) -> bool:
+    """DeiT and FAR models, and user models whose input is one image [channels, H, W]."""
+    model = manifest_of(program).get("model", {})
+    if model.get("kind") in KIND_LABEL:
+        return True
+    shape = (model.get("config") or {}).get("input_shape")
+    return isinstance(shape, list) and len(shape) == 3
+
+
+def inference_unit(programs: list[Any]) -> str:
+    """What one inference of these programs is called: "image" for image models only."""
+    return "image" if programs and all(is_image_model(p) for p in programs) else "inference"
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -90,7 +104,8 @@ def build_html(reports: list[tuple[str, CostReport]], sections: list[Section],
     names = " vs ".join(n for n, _ in reports)
     r0 = reports[0][1]
     models = f"models: {', '.join(full_names)} · " if full_names else ""
-    return report_html(f"farc report: {names}", f"{models}target {r0.target}", r0.attention,
+    attention = r0.attention if has_attention(reports) else None
+    return report_html(f"farc report: {names}", f"{models}target {r0.target}", attention,
                        sections, charts(reports))
 
 
@@ -107,7 +122,8 @@ def to_json(reports: list[tuple[str, CostReport]]) -> str:
     data = {name: {**asdict(replace(r, schedule=[])),  # the schedule is --trace's
                    "energy_total_pj": r.energy_total_pj,
                    "area_total_mm2": r.area_total_mm2,
-                   "images_per_s": r.throughput.images_per_s if r.throughput else None}
+                   "images_per_s": r.throughput.images_per_s if r.throughput else None,
+                   "inferences_per_s": r.throughput.images_per_s if r.throughput else None}
             for name, r in reports}
     return json.dumps(clean(data), indent=1)
 
@@ -120,7 +136,7 @@ def report_for(programs: list[tuple[str, Any]], attention: str,
     labels = short_labels(programs)
     reports = cost_all([(lab, p) for lab, (_, p) in zip(labels, programs)], attention,
                        overrides, schedule)
-    sections = report_sections(reports)
+    sections = report_sections(reports, inference_unit([p for _, p in programs]))
     sections[0].rows.insert(0, ["model", *(n for n, _ in programs)] +
                             ([""] if len(sections[0].header) > len(programs) + 1 else []))
     return reports, sections

@@ -33,27 +33,39 @@ def _share(x: float, total: float) -> str:
     return f"{x / total:.1%}" if total else "-"
 
 
-def summary(report: CostReport) -> list[tuple[str, str]]:
-    rows = [("target", report.target), ("attention", report.attention),
-            ("latency (critical path)", ns(report.latency_ns)),
-            ("energy per inference", pj(report.energy_total_pj)),
-            ("area used", mm2(report.area_total_mm2)),
-            ("crossbars used", count(report.crossbars_used)),
-            ("act x act matmuls (not weight-stationary)",
-             count(report.by_kind.get("matmul", {}).get("count", 0)))]
+def has_attention(reports: list[tuple[str, CostReport]]) -> bool:
+    """Whether any program has activation x activation matmuls (attention's QK^T and AV),
+    the only ops the --attention assumption is about."""
+    return any(r.by_kind.get("matmul", {}).get("count", 0) for _, r in reports)
+
+
+def summary(report: CostReport, unit: str = "inference",
+            attention: bool = True) -> list[tuple[str, str]]:
+    """The summary rows; `unit`: what one inference is called ("image" for image models),
+    `attention`: whether to show the attention rows (see has_attention)."""
+    rows = [("target", report.target)]
+    if attention:
+        rows.append(("attention", report.attention))
+    rows += [("latency (critical path)", ns(report.latency_ns)),
+             ("energy per inference", pj(report.energy_total_pj)),
+             ("area used", mm2(report.area_total_mm2)),
+             ("crossbars used", count(report.crossbars_used))]
+    if attention:
+        rows.append(("act x act matmuls (not weight-stationary)",
+                     count(report.by_kind.get("matmul", {}).get("count", 0))))
     thr = report.throughput
     if thr is not None:
-        ips = thr.images_per_s
-        rows += [("throughput (images in flight)",
-                  f"{ips:,.0f} images/s ({thr.in_flight} in flight)" if ips >= 10 else
-                  f"{ips:.3g} images/s ({thr.in_flight} in flight)"),
-                 ("throughput bottleneck", f"{thr.bottleneck} ({ns(thr.interval_ns)} per image)"),
+        ips = thr.images_per_s  # inferences per second, whatever the model's input
+        rate = f"{ips:,.0f}" if ips >= 10 else f"{ips:.3g}"
+        rows += [(throughput_label(unit), f"{rate} {unit}s/s ({thr.in_flight} in flight)"),
+                 ("throughput bottleneck",
+                  f"{thr.bottleneck} ({ns(thr.interval_ns)} per {unit})"),
                  ("power at that throughput",
                   f"{report.energy_total_pj * ips * 1e-12:.3g} W"),
                  ("tiles used", count(report.tiles_used))]
     if report.latency_ns:
         rows.append(("average power", f"{report.energy_total_pj / report.latency_ns:.3g} mW"))
-    if report.attention == "rewrite":
+    if report.attention == "rewrite" and attention:
         rw = report.rewrite
         rows += [("cell writes per inference", count(rw.get("cell_writes", 0))),
                  ("writes per cell per inference", count(rw.get("writes_per_cell", 0))),
@@ -64,17 +76,23 @@ def summary(report: CostReport) -> list[tuple[str, str]]:
     return rows
 
 
-def summary_section(reports: list[tuple[str, CostReport]]) -> Section:
+def throughput_label(unit: str) -> str:
+    return f"throughput ({unit}s in flight)"
+
+
+def summary_section(reports: list[tuple[str, CostReport]],
+                    unit: str = "inference") -> Section:
+    attn = has_attention(reports)
     names = [n for n, _ in reports]
-    keys = [k for k, _ in summary(reports[0][1])]
+    keys = [k for k, _ in summary(reports[0][1], unit, attn)]
     for _, r in reports[1:]:
-        keys += [k for k, _ in summary(r) if k not in keys]
-    vals = [dict(summary(r)) for _, r in reports]
+        keys += [k for k, _ in summary(r, unit, attn) if k not in keys]
+    vals = [dict(summary(r, unit, attn)) for _, r in reports]
     rows = [[k, *(v.get(k, "-") for v in vals)] for k in keys]
     if len(reports) == 2:
         a, b = reports[0][1], reports[1][1]
         ratio = {"latency (critical path)": (b.latency_ns, a.latency_ns),
-                 "throughput (images in flight)": (_ips(b), _ips(a)),
+                 throughput_label(unit): (_ips(b), _ips(a)),
                  "energy per inference": (b.energy_total_pj, a.energy_total_pj),
                  "area used": (b.area_total_mm2, a.area_total_mm2),
                  "crossbars used": (b.crossbars_used, a.crossbars_used)}
@@ -99,8 +117,8 @@ def replication_section(reports: list[tuple[str, CostReport]]) -> Section | None
     why = "; ".join(f"{n}: the rule stops because the {r.replication_reason}"
                     for n, r in reports if r.replication and r.replication_reason)
     return Section("replicas", ["program", "layer", "replicas", "extra crossbars", "they"],
-                   rows, note="an LSTM cell's steps are a recurrence: one image uses one "
-                              "replica; its replicas serve other images in flight. " + why)
+                   rows, note="an LSTM cell's steps are a recurrence: one inference uses one "
+                              "replica; its replicas serve other inferences in flight. " + why)
 
 
 def layer_section(name: str, r: CostReport) -> Section:
@@ -197,9 +215,11 @@ def events_section(reports: list[tuple[str, CostReport]]) -> Section:
                    ["event", *(n for n, _ in reports)], rows)
 
 
-def report_sections(reports: list[tuple[str, CostReport]]) -> list[Section]:
-    """Every table of the report, for one program or a comparison."""
-    out = [summary_section(reports), component_section(reports), kind_section(reports),
+def report_sections(reports: list[tuple[str, CostReport]],
+                    unit: str = "inference") -> list[Section]:
+    """Every table of the report, for one program or a comparison; `unit` names one
+    inference in the summary ("image" when every program is an image model)."""
+    out = [summary_section(reports, unit), component_section(reports), kind_section(reports),
            role_section(reports)]
     out += [layer_section(n, r) for n, r in reports]
     rep = replication_section(reports)
@@ -214,9 +234,8 @@ def to_rich(section: Section) -> Table:
     table = Table(title=escape(section.title), title_justify="left",
                   caption=escape(section.note) if section.note else None)
     for i, h in enumerate(section.header):
-        # names fold rather than being cut with an ellipsis in narrow terminals
-        table.add_column(escape(h), justify="left" if i == 0 else "right",
-                         overflow="fold" if i == 0 else "ellipsis")
+        # cells fold rather than being cut with an ellipsis in narrow consoles
+        table.add_column(escape(h), justify="left" if i == 0 else "right", overflow="fold")
     for row in section.rows:
         table.add_row(*(escape(c) for c in row))
     return table
