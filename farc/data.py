@@ -45,6 +45,53 @@ def load_split(
     return _folder_split(Path(spec), split, img_size or 224, in_chans or 3)
 
 
+def native_shape(spec: str) -> tuple[int, int]:
+    """(side, channels) of the dataset's images as stored: digits are 8x8 grey; a folder's
+    come from its first image's header (no pixels decoded): grey modes ("1", "L", "I", "F",
+    "LA") are 1 channel, the rest 3. Non-square images are refused (farc's models take
+    square images; crop or resize them first)."""
+    if spec == "digits":
+        return 8, 1
+    from PIL import Image, UnidentifiedImageError
+
+    root = _folder_root(Path(spec))
+    files, _ = _list_images(root, _class_names(root))
+    try:
+        with Image.open(files[0]) as im:
+            (w, h), mode = im.size, im.mode
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{files[0]}: cannot read image ({exc})") from None
+    if w != h:
+        raise DataError(f"{files[0]}: image of {w}x{h} pixels; farc's models take square "
+                        "images (crop or resize the folder first)")
+    return w, 1 if mode in ("1", "L", "I", "F", "LA", "I;16") else 3
+
+
+def describe_shape(side: int, chans: int) -> str:
+    return f"{side}x{side} {'grey' if chans == 1 else 'RGB'}"
+
+
+def model_splits(spec: str, img_size: int, in_chans: int, resize: bool = False,
+                 flag: str = "--resize") -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """train, val and test of `spec` for a model of img_size x img_size x in_chans. A folder
+    whose images are of another size or channel count is refused unless `resize` (the
+    user's `flag`): farc never shrinks a user's images silently. Says on stderr what it uses.
+    The bundled digits are resized to the model as before (their 8x8 size is documented)."""
+    from farc.progress import log
+
+    side, chans = native_shape(spec)
+    model, own = describe_shape(img_size, in_chans), describe_shape(side, chans)
+    if (side, chans) != (img_size, in_chans) and spec != "digits" and not resize:
+        raise DataError(f"--data {spec} holds {own} images and the model takes {model}; "
+                        f"pass {flag} to convert them to the model's size, or use a model "
+                        f"of the data's size (farc teacher --data {spec} takes it from the "
+                        "images)")
+    how = "at their own size" if (side, chans) == (img_size, in_chans) else \
+        f"converted from {own} to the model's {model}"
+    log(f"data {spec}: {own} images, {how}")
+    return tuple(load_split(spec, s, img_size=img_size, in_chans=in_chans) for s in SPLITS)
+
+
 def num_classes(spec: str) -> int:
     """Number of classes of dataset `spec` (10 for digits, class subfolders for a folder)."""
     if spec == "digits":

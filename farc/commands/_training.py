@@ -28,10 +28,14 @@ def run_training(opts, output: str, device: str | None, body: Callable,
 
 
 def training_options(command: Callable) -> Callable:
-    """Add --data, --batch-size, --seed, --resume, --device and --threads to `command`."""
+    """Add --data, --resize, --batch-size, --seed, --resume, --device and --threads to `command`."""
     options = [
         click.option("--data", default="digits", show_default=True,
-                     help="'digits' or an ImageNet-style folder."),
+                     help="'digits' or an ImageNet-style folder (its images at the model's "
+                          "size, or --resize)."),
+        click.option("--resize", is_flag=True,
+                     help="Convert a folder's images of another size or channel count to "
+                          "the model's (refused otherwise; docs/data.md)."),
         click.option("--batch-size", type=int, default=TrainOptions.batch_size,
                      show_default=True, help="Global batch size (split over torchrun "
                                              "processes)."),

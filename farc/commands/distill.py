@@ -92,7 +92,7 @@ def write_report(fp: dict, metrics: dict, folder: str | Path) -> list[Path]:
                    "heat map, before and after each stage) into this folder.")
 @training_options
 def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd, lr, ft_lr,
-            report_dir, batch_size, seed, resume, device, threads) -> None:
+            report_dir, resize, batch_size, seed, resume, device, threads) -> None:
     """Distil DeiT checkpoint TEACHER into a FAR student (block-wise, then end-to-end)."""
 
     opts = DistillOptions(similarity=similarity, sim_weight=sim_weight, epochs=epochs,
@@ -100,11 +100,12 @@ def command(teacher, output, data, similarity, sim_weight, epochs, ft_epochs, kd
                           train=TrainOptions(batch_size=batch_size, seed=seed))
     run_training(opts, output, device,
                  lambda world: _distill(teacher, output, data, opts, resume, world, threads,
-                                        report_dir),
+                                        report_dir, resize),
                  inputs={"TEACHER": teacher})
 
 
-def _distill(teacher_path, output, data, opts, resume, world, threads, report_dir) -> None:
+def _distill(teacher_path, output, data, opts, resume, world, threads, report_dir,
+             resize=False) -> None:
     from farc import distributed as D
     from farc.far.distill import Run, freeze, run_distill, state_path_for
     from farc.far.provenance import environment
@@ -115,7 +116,7 @@ def _distill(teacher_path, output, data, opts, resume, world, threads, report_di
     ckpt = load_checkpoint(teacher_path, expect="deit")
     D.configure_threads(threads, ckpt.model)
     teacher = freeze(ckpt.model.to(world.device))
-    train, val, test = _splits(data, teacher.cfg)
+    train, val, test = _splits(data, teacher.cfg, resize)
     student = FAR.from_teacher(teacher).to(world.device)
     args = {"teacher": str(Path(teacher_path).resolve()), "seed": opts.train.seed,
             "similarity": opts.similarity, "data": data}
@@ -138,8 +139,8 @@ def _distill(teacher_path, output, data, opts, resume, world, threads, report_di
     D.barrier(world)
 
 
-def _splits(data: str, cfg):
-    from farc.data import load_split
+def _splits(data: str, cfg, resize: bool = False):
+    """The data at the model's size; a folder of another size only with --resize."""
+    from farc.data import model_splits
 
-    return tuple(load_split(data, s, img_size=cfg.img_size, in_chans=cfg.in_chans)
-                 for s in ("train", "val", "test"))
+    return model_splits(data, cfg.img_size, cfg.in_chans, resize)

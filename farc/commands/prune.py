@@ -66,7 +66,7 @@ def print_params(report: dict) -> None:
               help="Peak learning rate of the fine-tune after removal.")
 @training_options
 def command(student, output, data, target_sparsity, threshold, hoyer_weight, epochs, ft_epochs,
-            kd, lr, ft_lr, batch_size, seed, resume, device, threads) -> None:
+            kd, lr, ft_lr, resize, batch_size, seed, resume, device, threads) -> None:
     """Prune FAR checkpoint STUDENT's LSTM units with Hoyer-Square, remove them, fine-tune."""
 
     if target_sparsity is None and threshold is None:
@@ -75,11 +75,12 @@ def command(student, output, data, target_sparsity, threshold, hoyer_weight, epo
                         hoyer_weight=hoyer_weight, epochs=epochs, ft_epochs=ft_epochs, lr=lr,
                         ft_lr=ft_lr, kd=kd, train=TrainOptions(batch_size=batch_size, seed=seed))
     run_training(opts, output, device,
-                 lambda world: _prune(student, output, data, opts, resume, world, threads),
+                 lambda world: _prune(student, output, data, opts, resume, world, threads,
+                                      resize),
                  inputs={"STUDENT": student})
 
 
-def _prune(student_path, output, data, opts, resume, world, threads) -> None:
+def _prune(student_path, output, data, opts, resume, world, threads, resize=False) -> None:
     from farc import distributed as D
     from farc.commands.distill import _splits
     from farc.far.distill import Run, state_path_for
@@ -90,7 +91,7 @@ def _prune(student_path, output, data, opts, resume, world, threads) -> None:
     ckpt = load_checkpoint(student_path, expect="far")
     D.configure_threads(threads, ckpt.model)
     student = ckpt.model.to(world.device)
-    train, val, test = _splits(data, student.cfg.deit)
+    train, val, test = _splits(data, student.cfg.deit, resize)
     args = {"student": str(Path(student_path).resolve()), "seed": opts.train.seed,
             "data": data}
     run = Run(world, train, val, opts.train, state_path_for(output), args)

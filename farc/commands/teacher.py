@@ -42,9 +42,21 @@ DEFAULT_PRESET = "deit_digits"
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (default 1: the digits model is too small to gain "
                    "from more, and extra threads spin when cores are shared).")
+@click.option("--img-size", type=click.IntRange(min=1), default=None,
+              help="Image side the model takes (default: a folder's own image size; the "
+                   "preset's for digits).")
+@click.option("--patch-size", type=click.IntRange(min=1), default=None,
+              help="Patch side (default: the preset's token grid kept, e.g. 28x28 images on "
+                   "deit_digits' 4x4 grid -> 7x7 patches).")
+@click.option("--in-chans", type=click.Choice(["1", "3"]), default=None,
+              help="Image channels (default: a folder's own, 1 for grey images; the preset's "
+                   "for digits).")
+@click.option("--resize", is_flag=True,
+              help="Allow converting the data to a model of another size or channel count "
+                   "(refused otherwise).")
 @click.pass_context
 def command(ctx, output, data, preset, weights, epochs, lr, batch_size, shift, noise, seed,
-            threads) -> None:
+            threads, img_size, patch_size, in_chans, resize) -> None:
     """Train a DeiT on a dataset's train split; pick by val; report test accuracy."""
     import torch
 
@@ -60,8 +72,14 @@ def command(ctx, output, data, preset, weights, epochs, lr, batch_size, shift, n
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     explicit = ctx.get_parameter_source("preset") != click.core.ParameterSource.DEFAULT
-    model = _build(preset, data, weights, explicit)
-    splits = _splits(data, model.cfg)
+    shape = {"img_size": img_size, "patch_size": patch_size,
+             "in_chans": int(in_chans) if in_chans else None}
+    model = _build(preset, data, weights, explicit, shape)
+    cfg = model.cfg
+    log(f"teacher: the model takes {cfg.img_size}x{cfg.img_size} images, {cfg.in_chans} "
+        f"channel(s), {cfg.patch_size}x{cfg.patch_size} patches "
+        f"({cfg.img_size // cfg.patch_size}x{cfg.img_size // cfg.patch_size} grid)")
+    splits = _splits(data, cfg, resize)
     log(f"teacher: {_describe(preset, weights)}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, data {data} "
         f"(train {len(splits[0][0])} / val {len(splits[1][0])} / test {len(splits[2][0])})")
@@ -72,8 +90,10 @@ def command(ctx, output, data, preset, weights, epochs, lr, batch_size, shift, n
     log(f"wrote {output}")
 
 
-def _build(preset: str, data: str, weights: str | None, explicit_preset: bool):
-    """A fresh preset DeiT with the dataset's class count, or the imported weights."""
+def _build(preset: str, data: str, weights: str | None, explicit_preset: bool,
+           shape: dict | None = None):
+    """A fresh preset DeiT with the dataset's class count at the data's own size (or the
+    explicit `shape`), or the imported weights (their own size)."""
     from dataclasses import replace
 
     from farc.data import num_classes
@@ -82,7 +102,8 @@ def _build(preset: str, data: str, weights: str | None, explicit_preset: bool):
 
     classes = num_classes(data)
     if weights is None:
-        return DeiT(replace(DEIT_PRESETS[preset], num_classes=classes))
+        return DeiT(replace(model_shape(DEIT_PRESETS[preset], data, shape or {}),
+                            num_classes=classes))
     from farc.models.loading import load_deit_state_dict
 
     heads = DEIT_PRESETS[preset].num_heads if explicit_preset else None
@@ -93,11 +114,32 @@ def _build(preset: str, data: str, weights: str | None, explicit_preset: bool):
     return model
 
 
-def _splits(data: str, cfg):
-    from farc.data import load_split
+def model_shape(cfg, data: str, shape: dict):
+    """`cfg` (a preset) at the data's own image size and channels (a folder; digits keep
+    the preset's), each overridden by an explicit --img-size / --in-chans; the patch keeps
+    the preset's token grid unless --patch-size is given."""
+    from dataclasses import replace
 
-    return tuple(load_split(data, s, img_size=cfg.img_size, in_chans=cfg.in_chans)
-                 for s in ("train", "val", "test"))
+    from farc.data import native_shape
+    from farc.errors import ConfigError
+
+    side, chans = native_shape(data) if data != "digits" else (cfg.img_size, cfg.in_chans)
+    img = shape.get("img_size") or side
+    grid = cfg.img_size // cfg.patch_size
+    patch = shape.get("patch_size") or (img // grid if img % grid == 0 else None)
+    if patch is None:
+        raise ConfigError(f"{img}x{img} images do not split into the preset's {grid}x{grid} "
+                          f"patch grid; pass --patch-size (a divisor of {img})")
+    if img % patch:
+        raise ConfigError(f"--patch-size {patch} does not divide the image side {img}")
+    return replace(cfg, img_size=img, patch_size=patch,
+                   in_chans=shape.get("in_chans") or chans)
+
+
+def _splits(data: str, cfg, resize: bool = False):
+    from farc.data import model_splits
+
+    return model_splits(data, cfg.img_size, cfg.in_chans, resize)
 
 
 def _fit(model, splits, tcfg: TrainConfig) -> dict:
