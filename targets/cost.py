@@ -20,6 +20,7 @@ from typing import Any
 
 from farc.runtime.counters import BYTES_PER_ELEMENT
 from farc.runtime.isa import DIGITAL_EVENTS, IN_PLACE_OPS, OPS
+from farc.runtime.numerics import XbarParams
 from farc.targets.dataflow import Step, manifest_of, numel, walk
 from farc.targets.derived import adc_area_mm2, adcs_per_crossbar
 from farc.targets.events import (
@@ -189,14 +190,16 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str,
     layer = layers[int(step.instr["layer"])] if op == "mvm" else None
     ev = instruction_events(step.instr, step.in_shapes, step.out_shape, layer)
     if op == "mvm":
-        g = Geometry.from_layer(layer)
+        p = XbarParams.from_layer(layer)  # the layer's own sections: its ADC prices its events
+        g = p.geometry(int(layer["K"]), int(layer["N"]), int(layer.get("replicas", 1)))
         n_in = numel(step.in_shapes[0])
         ev["interconnect_byte_hops"] = n_in * BYTES_PER_ELEMENT * hops
         v = numel(step.in_shapes[0][:-1])
         move = transfer_ns(target, hops, n_in * activation_bytes(target))
-        return _priced(OpCost("mvm", str(layer["name"]), mvm_latency_ns(target, g, v) + move,
+        return _priced(OpCost("mvm", str(layer["name"]),
+                              mvm_latency_ns(target, g, v, p.adc) + move,
                               events=ev, stream_rows=math.ceil(v / g.replicas),
-                              transfer_ns=move), target)
+                              transfer_ns=move), target, p.adc.bits)
     if op == "matmul":
         return _priced(_matmul_cost(step, target, attention, ev), target)
     if OPS[op].event in DIGITAL_EVENTS:
@@ -211,8 +214,8 @@ def op_cost(step: Step, target: Target, layers: dict[int, dict], attention: str,
     return _priced(OpCost("move", _group(step), lat, events=ev), target)
 
 
-def _priced(c: OpCost, target: Target) -> OpCost:
-    c.energy_pj = {k: v for k, v in price(c.events, target).items() if v}
+def _priced(c: OpCost, target: Target, adc_bits: int | None = None) -> OpCost:
+    c.energy_pj = {k: v for k, v in price(c.events, target, adc_bits).items() if v}
     return c
 
 
@@ -301,7 +304,8 @@ def _occupancy(layers: dict[int, dict], target: Target, steps: list[Step], costs
             lay = layers[int(s.instr["layer"])]
             g = Geometry.from_layer(lay)
             v = numel(s.in_shapes[0][:-1])
-            one = mvm_latency_ns(target, replace(g, replicas=1), v)
+            one = mvm_latency_ns(target, replace(g, replicas=1), v,
+                                 XbarParams.from_layer(lay).adc)
             occ[unit] += one * s.trips / g.replicas
             parallel[str(lay["name"])] = parallel.get(str(lay["name"]), False) or v > 1
         elif c.rewrite_crossbars:

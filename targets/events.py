@@ -106,7 +106,7 @@ def loop_events(io_elements: int, T: int) -> dict[str, Any]:
     return events_of(c)
 
 
-def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
+def price(ev: dict[str, Any], target: Target, adc_bits: int | None = None) -> dict[str, float]:
     """Energy by component (pJ) of an event record on `target`: each count times its
     per-event energy. Register bytes are float32 in the emulator; the hardware holds
     activations at the DAC precision, so bytes are scaled by ceil(input_bits/8) / 4.
@@ -115,7 +115,8 @@ def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
     `dac_pulses` (non-zero digits) replace the slot count `dac_conversions` when present;
     they carry no `interconnect_bytes` or `cell_writes` (those components are then 0).
 
-    The ADC's energy per conversion is `derived.adc_conversion_pj` (scaled with adc.bits);
+    The ADC's energy per conversion is `derived.adc_conversion_pj` at `adc_bits` (an mvm's
+    layer records its own; the target's adc.bits by default);
     a uniform ADC step adds one periphery multiply per conversion (`step_multiplies`, priced
     in the shift_add component). Interconnect energy is per byte per hop: the bytes times
     the hops they travel (`interconnect_byte_hops`; one hop each when absent)."""
@@ -128,7 +129,7 @@ def price(ev: dict[str, Any], target: Target) -> dict[str, float]:
     return {
         "crossbar": ev["dac_cycles"] * e.crossbar_cycle_pj,
         "dac": pulses * e.dac_pulse_pj,
-        "adc": ev["adc_conversions"] * adc_conversion_pj(target),
+        "adc": ev["adc_conversions"] * adc_conversion_pj(target, adc_bits),
         "shift_add": ops.get("shift_add", 0) * e.shift_add_pj +
         ev.get("step_multiplies", 0) * step_multiply_pj(target),
         "digital": digital,
