@@ -138,3 +138,41 @@ def test_compile_cli_selects_the_policies_and_verify_holds(far_checkpoint, far_d
     r = verify(prog, x, None, resolve_references(prog, out, model=far_digits),
                tol=Tolerances(min_agreement=0.0, exact_rel=1.0), bitlevel_samples=4)
     assert all(it.ok for path in ("fast", "bitlevel") for it in r.layers[path])
+
+
+# ---------------------------------------------------------------- the default below lossless
+def test_lowering_the_adc_picks_the_calibrated_per_slice_policy(capsys):
+    from farc.commands._target_options import overridden_target
+
+    t = overridden_target("isaac", {"adc_bits": 5, "weight_bits": 8})
+    assert (t.adc.bits, t.adc.range, t.adc.granularity, t.adc.step_rule, t.adc.statistic) == \
+        (5, "calibrated", "slice", "uniform", "percentile")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a 5-bit ADC cannot resolve partial sums up to 192 " \
+        "(lossless needs 8 bits): using the calibrated per-slice ADC policy" in err
+
+
+@pytest.mark.parametrize("given", [{"adc_bits": 5, "adc_range": "full"},
+                                   {"adc_bits": 5, "adc_statistic": "max"},
+                                   {"adc_bits": 8}, {"weight_bits": 8}])
+def test_a_chosen_policy_or_a_lossless_adc_is_left_alone(given, capsys):
+    from farc.commands._target_options import OVERRIDES, overridden_target
+    from farc.targets import load_target
+
+    want = load_target("isaac").with_overrides(**{OVERRIDES[k]: v for k, v in given.items()})
+    assert overridden_target("isaac", given) == want
+    assert capsys.readouterr().err == ""
+
+
+def test_a_sweep_below_lossless_uses_the_policy_and_says_so(capsys):
+    from farc.explore.grid import expand, parse_grid, point_targets
+    from farc.targets import load_target
+
+    base = load_target("isaac")
+    targets = point_targets(base, expand(parse_grid(["adc.bits=6..8"], base)))
+    assert [(t.adc.bits, t.adc.range) for t in targets] == \
+        [(6, "calibrated"), (7, "calibrated"), (8, "full")]
+    assert "2 point(s) below a lossless ADC width use the calibrated per-slice ADC policy " \
+        "(adc.bits=6, adc.bits=7)" in capsys.readouterr().err
+    chosen = point_targets(base, expand(parse_grid(["adc.bits=6", "adc.range=full"], base)))
+    assert chosen[0].adc.range == "full"

@@ -55,8 +55,16 @@ def target_override_options(fn: Callable) -> Callable:
 
 
 def overridden_target(target_name: str, overrides: dict[str, Any]) -> Any:
-    """The target `target_name` with the options the user gave (None = not given)."""
+    """The target `target_name` with the options the user gave (None = not given). When
+    they lower the ADC below its lossless width without choosing an ADC policy, the
+    calibrated per-slice policy applies (targets.target.lossy_adc_default), said in one
+    line on stderr."""
     from farc.targets import load_target
+    from farc.targets.target import lossy_adc_default
 
-    return load_target(target_name).with_overrides(
-        **{OVERRIDES[k]: v for k, v in overrides.items() if k in OVERRIDES and v is not None})
+    given = {OVERRIDES[k]: v for k, v in overrides.items() if k in OVERRIDES and v is not None}
+    base = load_target(target_name)
+    target, note = lossy_adc_default(base, base.with_overrides(**given), given)
+    if note:
+        click.echo(f"farc: {note}", err=True)
+    return target

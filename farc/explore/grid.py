@@ -18,8 +18,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import click
+
 from farc.errors import ConfigError
 from farc.targets import Target
+from farc.targets.target import lossy_adc_default
 
 MAX_POINTS = 4096
 """A grid larger than this is refused (a typo such as 4..900 would run for days)."""
@@ -167,9 +170,12 @@ def fixed_base(items: Sequence[str], base: Target) -> tuple[Target, Point]:
                               "(sweep several with --grid)")
     point = expand(grid)[0]
     try:
-        return base.with_overrides(**point), point
+        fixed, note = lossy_adc_default(base, base.with_overrides(**point), point)
     except ConfigError as exc:
         raise ConfigError(f"--set {point_label(point)}: {_strip_source(exc)}") from None
+    if note:
+        click.echo(f"farc sweep: --set {point_label(point)}: {note}", err=True)
+    return fixed, point
 
 
 def check_disjoint(fixed: Point, grid: dict[Axis, list[tuple[Any, ...]]]) -> None:
@@ -182,12 +188,18 @@ def check_disjoint(fixed: Point, grid: dict[Axis, list[tuple[Any, ...]]]) -> Non
 def point_targets(base: Target, points: Sequence[Point]) -> list[Target]:
     """Every point's validated target, built before any work; the first bad one fails with
     with_overrides' message and the point."""
-    out = []
+    out, notes = [], []
     for p in points:
         try:
-            out.append(base.with_overrides(**p))
+            target, note = lossy_adc_default(base, base.with_overrides(**p), p)
         except ConfigError as exc:
             raise ConfigError(f"--grid point {point_label(p)}: {_strip_source(exc)}") from None
+        out.append(target)
+        notes += [point_label(p)] if note else []
+    if notes:
+        click.echo(f"farc sweep: {len(notes)} point(s) below a lossless ADC width use the "
+                   f"calibrated per-slice ADC policy ({', '.join(notes)}); sweep adc.range "
+                   "to compare", err=True)
     return out
 
 
