@@ -26,6 +26,7 @@ from .numerics import (
     F32_EXACT,
     XbarParams,
     adc,
+    adc_codes,
     column_peaks,
     digit_counts,
     full_scale_pmax,
@@ -141,7 +142,7 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
     used_rows = np.asarray(g.rows_in_use)
     if p.adc.flip:  # the crossbars hold the complemented columns
         flat, flip = stored_levels(codes, K, J, cell_bits, flip=True)
-    top = max_code(adc_bits)
+    top = adc_codes(adc_bits, p.adc_signed)[1]
     tile_peak = column_peaks(flat, dac_bits).max(axis=1, initial=0)
     fold = int(steps[0]) if np.all(steps == steps[0]) and flip is None and col_steps is None \
         else 0
@@ -162,7 +163,7 @@ def prepare_layer(index: int, layer: dict, arrays: dict[str, np.ndarray]) -> Pre
         colsum=arrays[names["colsum"]].astype(np.int64),
         scale=(np.float32(layer["in_scale"]) * w_scale).astype(np.float32), bias=bias,
         q=q.astype(np.float32 if exact32 else np.float64),
-        lossless=lossless(layer["adc_step"], flat, dac_bits, adc_bits),
+        lossless=lossless(layer["adc_step"], flat, dac_bits, adc_bits, p.adc_signed),
         crossbars=[list(c) for c in layer["crossbars"]],
         used_rows=used_rows, used_cols=np.asarray(g.cols_in_use),
         pulse_table=digit_counts(input_bits, dac_bits, encoding),
@@ -235,7 +236,8 @@ def _bitlevel_chunk(pl: PreparedLayer, x_int: np.ndarray, ps: PartialSums,
         lhs = planes[:, :, r * pl.rows:(r + 1) * pl.rows].reshape(cv, -1)
         step = int(pl.steps[r]) if pl.col_steps is None else pl.col_steps[r]
         digit = adc(ps(r, lhs), step, pl.params.adc.bits, integral,
-                    no_clip=integral and bool(pl.no_clip[r]), scaled=not pl.fold_step)
+                    no_clip=integral and bool(pl.no_clip[r]), scaled=not pl.fold_step,
+                    signed=pl.params.adc_signed)
         if pl.flip is not None and pl.flip[r].any():
             unflip(digit, lhs, pl.flip[r], max_code(pl.params.crossbar.cell_bits))
         if total is None:

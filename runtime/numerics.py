@@ -80,6 +80,9 @@ class EncodingRule:
     zero_point: bool
     """True: the DAC applies u = x + 2**(B-1) (one phase, B digit bits); False: phase i
     applies max(phase_signs[i] * x, 0), the B-1 magnitude bits."""
+    signed_pulses: bool = False
+    """True: one phase applies the digits of |x| with the sign of x on each row (bipolar
+    read pulses); partial sums take either sign and the ADC range is signed (`adc_codes`)."""
 
     def zero(self, input_bits: int) -> int:
         return 2 ** (input_bits - 1) if self.zero_point else 0
@@ -93,6 +96,8 @@ class EncodingRule:
         or a torch tensor: the torch twin applies the same rule)."""
         if self.zero_point:
             return [x + self.zero(input_bits)]
+        if self.signed_pulses:
+            return [x]
         return [(s * x).clip(min=0) for s in self.phase_signs]
 
     def drive(self, x: Any, input_bits: int) -> Any:
@@ -103,6 +108,8 @@ class EncodingRule:
 ENCODING_RULES: dict[InputEncoding, EncodingRule] = {
     InputEncoding.OFFSET: EncodingRule(phase_signs=(1,), zero_point=True),
     InputEncoding.SIGN_MAGNITUDE: EncodingRule(phase_signs=(1, -1), zero_point=False),
+    InputEncoding.BIPOLAR: EncodingRule(phase_signs=(1,), zero_point=False,
+                                        signed_pulses=True),
 }
 
 
@@ -144,13 +151,17 @@ def input_cycles(input_bits: int, dac_bits: int, encoding: str = InputEncoding.O
 
 def input_planes(x_int: np.ndarray, input_bits: int, dac_bits: int,
                  encoding: str = InputEncoding.OFFSET) -> np.ndarray:
-    """The DAC digits of signed integers x_int [V, K]: [cycles, V, K] non-negative ints,
-    phase by phase, LSB first within a phase (offset: the digits of u = x + z;
-    sign-magnitude: of max(x, 0), then of max(-x, 0))."""
+    """The DAC digits of signed integers x_int [V, K]: [cycles, V, K] ints, phase by phase,
+    LSB first within a phase (offset: the digits of u = x + z; sign-magnitude: of max(x, 0),
+    then of max(-x, 0); bipolar: of |x| times the sign of x, the only negative digits)."""
     x = np.asarray(x_int).astype(np.int64)
     per = phase_cycles(input_bits, dac_bits, encoding)
+    rule = encoding_rule(encoding)
+    if rule.signed_pulses:  # the digits of |x|, each row's pulses with the sign of x
+        return np.concatenate([np.sign(v)[None] * bit_planes(np.abs(v), per, dac_bits)
+                               for v in rule.phase_values(x, input_bits)])
     return np.concatenate([bit_planes(v, per, dac_bits)
-                           for v in encoding_rule(encoding).phase_values(x, input_bits)])
+                           for v in rule.phase_values(x, input_bits)])
 
 
 def plane_weights(input_bits: int, dac_bits: int,
@@ -170,11 +181,22 @@ def full_scale_pmax(rows: int, dac_bits: int, cell_bits: int, flip: bool = False
     return max_code(dac_bits) * (levels // 2 if flip else levels)
 
 
-def adc_step_for(pmax: float, adc_bits: int, rule: str = StepRule.POW2) -> float:
-    """The step that makes (2**adc_bits - 1) * step cover pmax. pow2: the smallest power of
-    two (an int); uniform: the smallest multiple of 1/STEP_DENOM (a float). Never below 1:
-    the partial sums are integers, a finer step resolves nothing more."""
-    top = max_code(adc_bits)
+def adc_codes(adc_bits: int, signed: bool = False) -> tuple[int, int]:
+    """(lowest, highest) output code of an ADC: 0 .. 2**adc_bits - 1, or for a signed range
+    (bipolar inputs) a sign bit and adc_bits - 1 magnitude bits, -(2**(b-1) - 1) ..
+    2**(b-1) - 1 (symmetric)."""
+    if signed:
+        return -qmax(adc_bits), qmax(adc_bits)
+    return 0, max_code(adc_bits)
+
+
+def adc_step_for(pmax: float, adc_bits: int, rule: str = StepRule.POW2,
+                 signed: bool = False) -> float:
+    """The step that makes top * step cover pmax (top: the ADC's highest code, `adc_codes`).
+    pow2: the smallest power of two (an int); uniform: the smallest multiple of
+    1/STEP_DENOM (a float). Never below 1: the partial sums are integers, a finer step
+    resolves nothing more."""
+    top = adc_codes(adc_bits, signed)[1]
     if rule == StepRule.UNIFORM:
         return max(1.0, math.ceil(pmax / top * STEP_DENOM) / STEP_DENOM)
     step = 1
@@ -194,27 +216,30 @@ def valid_step(step: Any, rule: str) -> bool:
 
 
 def adc(p: np.ndarray, step: int | np.ndarray, adc_bits: int, integral: bool = False,
-        no_clip: bool = False, scaled: bool = True) -> np.ndarray:
+        no_clip: bool = False, scaled: bool = True, signed: bool = False) -> np.ndarray:
     """The ADC rule on one row tile's partial sums, in place when it can be:
-    clip(floor(P/step + 1/2), 0, 2**adc_bits - 1) * step. A power-of-two `step` scales
+    clip(floor(P/step + 1/2), low, top) * step, (low, top) = `adc_codes` (0, 2**adc_bits - 1
+    unless the range is signed). A power-of-two `step` scales
     exactly by its reciprocal; a `step` array (one per column: per-slice or uniform steps)
     divides in float64, as the spec's P/step does. Shortcuts that change no value:
     `integral` (P holds integers, ideal devices) makes step 1 a pure clip; `no_clip` (P
     provably within [0, top*step]) skips the clip; `scaled=False` returns the code (in units
     of step) for the caller to scale (scalar steps only)."""
+    low, top = adc_codes(adc_bits, signed)
     if isinstance(step, np.ndarray):
         code = np.floor(p.astype(np.float64) / step + 0.5)
-        np.clip(code, 0, max_code(adc_bits), out=code)
+        np.clip(code, low, top, out=code)
         return code * step
-    top = max_code(adc_bits)
     if step == 1 and integral:
-        return p if no_clip else np.minimum(p, top, out=p)
+        if no_clip:
+            return p
+        return np.minimum(p, top, out=p) if low == 0 else np.clip(p, low, top, out=p)
     if step != 1:
         p *= 1.0 / step
     p += 0.5
     np.floor(p, out=p)
     if not no_clip:
-        np.clip(p, 0, top, out=p)
+        np.clip(p, low, top, out=p)
     if step != 1 and scaled:
         p *= step
     return p
@@ -247,14 +272,15 @@ def physical_codes(codes: np.ndarray, mask: np.ndarray, used_rows: np.ndarray,
 
 
 def lossless(steps: Sequence[int] | np.ndarray, stored: np.ndarray, dac_bits: int,
-             adc_bits: int) -> bool:
+             adc_bits: int, signed: bool = False) -> bool:
     """The one rule for "the ADC can never change a partial sum": every step is 1 and the
     largest sum one column can reach, (2**dac_bits - 1) * (sum of its *stored* levels),
-    fits in 2**adc_bits - 1. `stored` [row_tiles, rows, J] holds the levels the crossbars
+    fits in the ADC's highest code (`adc_codes`; a signed range's sums reach as far
+    below 0). `stored` [row_tiles, rows, J] holds the levels the crossbars
     hold (complemented columns included when flip encoding is on)."""
     if not np.all(np.asarray(steps, dtype=np.float64) == 1):  # per row tile or per slice
         return False
-    return int(column_peaks(stored, dac_bits).max(initial=0)) <= max_code(adc_bits)
+    return int(column_peaks(stored, dac_bits).max(initial=0)) <= adc_codes(adc_bits, signed)[1]
 
 
 def column_peaks(stored: np.ndarray, dac_bits: int) -> np.ndarray:
@@ -293,10 +319,13 @@ def quantize_weights(W: np.ndarray, weight_bits: int) -> tuple[np.ndarray, np.nd
     return q, s_w
 
 
-def clip_rate(p: np.ndarray, step: float, adc_bits: int) -> float:
-    """Fraction of partial sums p that a range of (2**adc_bits - 1) * step clips."""
-    return float((np.asarray(p) / step + 0.5 >= max_code(adc_bits) + 1).mean()) if np.size(p) \
-        else 0.0
+def clip_rate(p: np.ndarray, step: float, adc_bits: int, signed: bool = False) -> float:
+    """Fraction of partial sums p that the ADC's range (`adc_codes` times step) clips."""
+    if not np.size(p):
+        return 0.0
+    low, top = adc_codes(adc_bits, signed)
+    code = np.floor(np.asarray(p, dtype=np.float64) / step + 0.5)
+    return float(((code > top) | (code < low)).mean())
 
 
 def range_of(p: np.ndarray, statistic: str, percentile: float) -> float:
@@ -427,14 +456,19 @@ class XbarParams:
                                self.adc.flip)
 
     @property
+    def adc_signed(self) -> bool:
+        """True when the partial sums take either sign (bipolar inputs): a signed ADC."""
+        return encoding_rule(self.quant.input_encoding).signed_pulses
+
+    @property
     def full_step(self) -> float:
         """The ADC step of a full-range ADC."""
-        return adc_step_for(self.pmax, self.adc.bits, self.adc.step_rule)
+        return adc_step_for(self.pmax, self.adc.bits, self.adc.step_rule, self.adc_signed)
 
     @property
     def full_range_lossless(self) -> bool:
         """True when a full-range ADC resolves every possible partial sum exactly."""
-        return max_code(self.adc.bits) >= self.pmax
+        return adc_codes(self.adc.bits, self.adc_signed)[1] >= self.pmax
 
     @property
     def per_slice(self) -> bool:
@@ -473,7 +507,8 @@ class XbarParams:
 
     def step_for(self, pmax: float) -> float:
         """The ADC step for a calibrated range pmax, capped at the physical maximum."""
-        return adc_step_for(min(float(pmax), self.pmax), self.adc.bits, self.adc.step_rule)
+        return adc_step_for(min(float(pmax), self.pmax), self.adc.bits, self.adc.step_rule,
+                            self.adc_signed)
 
     def sections(self) -> dict[str, dict[str, Any]]:
         """The sections as a program layer records them (docs/tile-program.md)."""
@@ -621,11 +656,13 @@ def adc_ranges(codes: np.ndarray, col_slice: np.ndarray, K: int, x_int: np.ndarr
     clipped, total = 0.0, 0
     for r in range(rt):
         part = planes[:, :, r * rows:(r + 1) * rows] @ stored[r].astype(dtype)
+        if p.adc_signed:  # a signed range covers the sums' magnitudes
+            part = np.abs(part)
         groups = [part[..., col_slice == s] for s in range(p.slices)] if p.per_slice \
             else [part]
         ranges = [range_of(g, p.adc.statistic, p.adc.percentile) for g in groups]
         for g, v in zip(groups, ranges):
-            clipped += clip_rate(g, p.step_for(v), p.adc.bits) * g.size
+            clipped += clip_rate(g, p.step_for(v), p.adc.bits, p.adc_signed) * g.size
             total += g.size
         out.append(ranges if p.per_slice else ranges[0])
     return out, clipped / total if total else 0.0
@@ -636,4 +673,4 @@ def layer_lossless(layer: dict[str, Any], codes: np.ndarray) -> bool:
     p = XbarParams.from_layer(layer)
     J = int(layer["N"]) * p.slices * p.signs
     stored, _ = stored_levels(codes, int(layer["K"]), J, p.crossbar.cell_bits, p.adc.flip)
-    return lossless(layer["adc_step"], stored, p.dac.bits, p.adc.bits)
+    return lossless(layer["adc_step"], stored, p.dac.bits, p.adc.bits, p.adc_signed)

@@ -53,6 +53,11 @@ class InputEncoding(StrEnum):
     SIGN_MAGNITUDE = "sign_magnitude"
     """|x| in two phases (rows with positive inputs, then rows with negative inputs; the
     second phase subtracted): twice the cycles of B-1 magnitude bits, unsigned ADC."""
+    BIPOLAR = "bipolar"
+    """|x| in one phase, each row's pulses carrying the sign of its input (positive or
+    negative read voltages): the B-1 magnitude bits' cycles, partial sums of either sign,
+    a signed ADC (a sign bit and adc.bits - 1 magnitude bits). The encoding IBM aihwkit and
+    Sandia CrossSim assume."""
 
 
 class AdcRange(StrEnum):
@@ -173,9 +178,9 @@ class QuantSection:
     """Input-range calibration policy: 'max' or 'percentile'."""
     input_encoding: InputEncoding = InputEncoding.OFFSET
     """How signed inputs reach the rows: 'offset' (u = x + 2**(B-1) on the DAC, zero point
-    removed digitally) or 'sign_magnitude' (|x| in two phases, positive rows then negative
-    rows, the second phase subtracted: twice the cycles of B-1 magnitude bits, no constant
-    offset in the partial sums)."""
+    removed digitally), 'sign_magnitude' (|x| in two phases, positive rows then negative
+    rows, the second phase subtracted: twice the cycles of B-1 magnitude bits) or 'bipolar'
+    (|x| in one phase with signed pulses, a signed ADC: B-1 cycles); docs/numerics.md."""
     percentile: float = DEFAULT_PERCENTILE
     """Percentile of |x| used when calibration = 'percentile', (50, 100]."""
 

@@ -118,9 +118,10 @@ def pack_width(rows: int, digit_max: int, level_max: int,
 def plan_split(pl: PreparedLayer) -> SplitPlan | None:
     """Classify every (row tile, column) of a layer once; None where the split path does
     not apply (per-slice or non-power-of-two steps: the residue rule needs one power-of-two
-    step per row tile)."""
-    if pl.col_steps is not None or pl.K == 0:
-        return None
+    step per row tile; signed partial sums of bipolar inputs: the bit-level path digitises
+    them)."""
+    if pl.col_steps is not None or pl.K == 0 or pl.params.adc_signed:
+        return None  # the residue rule below is written for non-negative sums
     top = max_code(pl.params.adc.bits)
     digit_max = max_code(pl.params.dac.bits)
     peaks = column_peaks(pl.codes, pl.params.dac.bits)

@@ -24,7 +24,7 @@ K, N = 40, 6
 BASE = dict(rows=16, cols=32, cell_bits=2, dac_bits=1, weight_bits=8, input_bits=8)
 
 
-POLICIES = list(itertools.product(["offset", "sign_magnitude"], ["tile", "slice"],
+POLICIES = list(itertools.product(["offset", "sign_magnitude", "bipolar"], ["tile", "slice"],
                                   ["pow2", "uniform"], [False, True],
                                   ["differential", "offset"]))
 
@@ -57,6 +57,24 @@ def test_sign_magnitude_takes_twice_the_magnitude_cycles():
     assert planes.shape == (14, 1, 3)
     assert planes[:3, 0].tolist() == [[1, 0, 0], [0, 0, 0], [1, 0, 0]]     # 5 = 101b
     assert planes[7:9, 0].tolist() == [[0, 1, 0], [0, 1, 0]]               # -3: phase 2
+
+
+def test_bipolar_takes_the_magnitude_cycles_once_with_signed_pulses_and_a_signed_adc():
+    p = xp(**BASE, input_encoding="bipolar")
+    assert (p.cycles, p.in_zero, p.adc_signed) == (7, 0, True)  # one phase of 7 bits
+    planes = input_planes(np.array([[5, -3, 0]]), 8, 1, "bipolar")
+    assert planes.shape == (7, 1, 3)
+    assert planes[:3, 0].tolist() == [[1, -1, 0], [0, -1, 0], [1, 0, 0]]  # 5 = 101b, -3 = -11b
+    # 16 rows x 3 levels = 48: an 8-bit signed ADC (top code 127) is lossless, 6 bits is not
+    assert xp(**BASE, input_encoding="bipolar", adc_bits=7).full_range_lossless
+    assert not xp(**BASE, input_encoding="bipolar", adc_bits=6).full_range_lossless
+    assert xp(**BASE, adc_bits=6).full_range_lossless  # unsigned: 63 >= 48
+    from farc.runtime.numerics import adc, adc_codes
+
+    assert adc_codes(4, signed=True) == (-7, 7) and adc_codes(4) == (0, 15)
+    sums = np.array([-20.0, -7.0, -2.5, 0.0, 2.5, 9.0])
+    assert adc(sums.copy(), 1, 4, signed=True).tolist() == [-7, -7, -2, 0, 3, 7]
+    assert adc(sums.copy(), 2, 4, signed=True).tolist() == [-14, -6, -2, 0, 2, 10]
 
 
 def test_uniform_steps_are_dyadic_and_never_below_one():

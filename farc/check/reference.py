@@ -104,9 +104,12 @@ class CrossbarMatmul(nn.Module):
         qw = 2 ** (c.weight_bits - 1) - 1
         qx = 2 ** (c.input_bits - 1) - 1
         q = np.clip(np.rint(W.astype(np.float64) / c.w_scale.astype(np.float64)), -qw, qw)
-        self.sign_magnitude = c.input_encoding == "sign_magnitude"
+        if c.input_encoding not in ("offset", "sign_magnitude", "bipolar"):
+            raise ReferenceError(f"layer {c.name}: unknown input encoding "
+                                 f"{c.input_encoding!r}")
+        self.encoding = c.input_encoding
         self.qx = float(qx)
-        self.zero = 0.0 if self.sign_magnitude else float(2 ** (c.input_bits - 1))
+        self.zero = float(2 ** (c.input_bits - 1)) if self.encoding == "offset" else 0.0
         self.in_scale = float(np.float32(c.in_scale))
         self.register_buffer("scale", torch.from_numpy(np.float32(c.in_scale) * c.w_scale))
         self.register_buffer("bias", None if bias is None else
@@ -132,16 +135,19 @@ class CrossbarMatmul(nn.Module):
         if steps.ndim == 1:
             steps = np.repeat(steps[:, None], col_slice.max(initial=0) + 1, axis=1)
         steps = steps[:, col_slice]                   # the step of every column
-        adc_top = 2**c.adc_bits - 1
+        # bipolar sums take either sign: a sign bit and adc_bits - 1 magnitude bits
+        adc_top = 2**c.adc_bits - 1 if self.encoding != "bipolar" else 2**(c.adc_bits - 1) - 1
+        self.adc_low = 0.0 if self.encoding != "bipolar" else -float(adc_top)
         peak = tiles.sum(axis=1).max(initial=0) * (2**c.dac_bits - 1)
         self.exact_adc = bool(np.all(steps == 1) and peak <= adc_top)
-        if self.sign_magnitude:  # |x| bit planes: positive rows, then negative rows
-            per = math.ceil((c.input_bits - 1) / c.dac_bits)
-            weights = 2.0 ** (np.arange(per) * c.dac_bits)
-            plane_w = np.concatenate([weights, -weights])
-        else:  # offset: u = x + z, LSB first
+        if self.encoding == "offset":  # u = x + z, LSB first
             per = math.ceil(c.input_bits / c.dac_bits)
             plane_w = 2.0 ** (np.arange(per) * c.dac_bits)
+        else:  # |x| bit planes (sign-magnitude: positive rows, then negative rows)
+            per = math.ceil((c.input_bits - 1) / c.dac_bits)
+            weights = 2.0 ** (np.arange(per) * c.dac_bits)
+            plane_w = np.concatenate([weights, -weights]) \
+                if self.encoding == "sign_magnitude" else weights
         cycles = len(plane_w)
         self.rows, self.row_tiles, self.cycles = c.rows, rt, cycles
         self.adc_top, self.cell_top = float(adc_top), float(cell_top)
@@ -170,16 +176,23 @@ class CrossbarMatmul(nn.Module):
         v = x_int.shape[0]
         u = x_int + self.zero
         pad = self.row_tiles * self.rows - self.K
-        drive = [torch.clamp(x_int, min=0.0), torch.clamp(-x_int, min=0.0)] \
-            if self.sign_magnitude else [u]
+        drive = {"offset": [u], "bipolar": [x_int.abs()],
+                 "sign_magnitude": [torch.clamp(x_int, min=0.0), torch.clamp(-x_int, min=0.0)]
+                 }[self.encoding]
         if pad:
             drive = [torch.cat([d, torch.zeros(v, pad, dtype=d.dtype)], dim=1) for d in drive]
         digits = torch.cat([torch.remainder(torch.floor(d.unsqueeze(0) / self.digit_div),
                                             self.digit_base) for d in drive])
+        if self.encoding == "bipolar":  # each row's pulses carry the sign of its input
+            sign = torch.sign(x_int)
+            if pad:
+                sign = torch.cat([sign, torch.zeros(v, pad, dtype=sign.dtype)], dim=1)
+            digits = digits * sign.unsqueeze(0)
         # [C, V, RT, rows] -> [RT, C*V, rows]
         lhs = digits.reshape(self.cycles * v, self.row_tiles, self.rows).transpose(0, 1)
         p = lhs @ self.stored                                    # [RT, C*V, J]
-        d = torch.clamp(torch.floor(p / self.steps + 0.5), 0.0, self.adc_top) * self.steps
+        d = torch.clamp(torch.floor(p / self.steps + 0.5), self.adc_low, self.adc_top) * \
+            self.steps
         total = lhs.sum(dim=2, keepdim=True) * self.cell_top     # [RT, C*V, 1]
         d = torch.where(self.flipped, total - d, d)
         per_cycle = d.sum(dim=0).reshape(self.cycles, v, -1)     # [C, V, J]
