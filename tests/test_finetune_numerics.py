@@ -3,7 +3,8 @@
 Noise-free they must give the emulator's integers bit for bit, on every layer of a compiled
 digits FAR (pruned: every LSTM its own size), for a lossless program and for lossy ones
 (calibrated per-slice uniform steps with sign-magnitude inputs; a coarse full-range ADC with
-flip encoding, differential weights, 2-bit DACs and several row tiles). With noise, handed the
+flip encoding, differential weights, 2-bit DACs and several row tiles; bipolar inputs on a
+calibrated signed ADC). With noise, handed the
 emulator's own programmed conductances, they must give its integers too (up to float32
 summation order). The expected values are the emulator's, never this module's."""
 
@@ -19,12 +20,13 @@ from farc.targets import load_target
 
 from farc.compiler.driver import CompileOptions, compile_checkpoint
 from farc.data import load_split
+from farc.errors import ConfigError
 from farc.far.crossbar_torch import (
     CrossbarNumerics,
+    LayerNumerics,
     far_forward,
     layer_weights,
     quantize_input_t,
-    quantize_weights_t,
 )
 from farc.models.checkpoint import load_checkpoint
 
@@ -38,6 +40,9 @@ PROGRAMS = {
     "full_flip_differential_tiles": {"adc.bits": 5, "adc.range": "full",
                                      "quant.mapping": "differential", "dac.bits": 2,
                                      "crossbar.rows": 32},
+    "calibrated_bipolar_tiles": {"adc.bits": 5, "adc.range": "calibrated",
+                                 "quant.input_encoding": "bipolar", "dac.bits": 2,
+                                 "crossbar.rows": 32},
 }
 
 
@@ -104,14 +109,29 @@ def test_noisy_numerics_on_the_emulators_devices(compiled, images):
     assert same / total > 0.995, name
 
 
-def test_weight_quantization_is_the_runtimes():
+def test_weight_quantization_is_the_runtimes(compiled):
+    """The twin's q and s_w are runtime.numerics.quantize_weights', moved to torch."""
+    _, program, _ = compiled
+    ln = LayerNumerics.from_program_layer(program.layers[1])
     g = torch.Generator().manual_seed(0)
-    W = torch.randn(40, 9, generator=g) * torch.logspace(-3, 1, 9)
-    W[:, 4] = 0.0  # an all-zero column keeps scale 1
-    q, s_w = quantize_weights_t(W, 6)
-    q_ref, s_ref = quantize_weights(W.numpy(), 6)
-    np.testing.assert_array_equal(q.numpy(), q_ref)
-    np.testing.assert_array_equal(s_w.numpy(), s_ref)
+    n = int(program.layers[1]["N"])
+    W = torch.randn(int(program.layers[1]["K"]), n, generator=g) * torch.logspace(-3, 1, n)
+    W[:, n // 2] = 0.0  # an all-zero column keeps scale 1
+    prep = ln.prepare(W, None)
+    q_ref, s_ref = quantize_weights(W.numpy(), ln.p.quant.weight_bits)
+    np.testing.assert_array_equal(prep.q.numpy(), q_ref)
+    np.testing.assert_array_equal(prep.s_w.numpy(), s_ref)
+
+
+def test_a_step_count_that_is_not_the_row_tiles_is_refused(compiled):
+    _, program, model = compiled
+    layer = program.layers[1]
+    ln = LayerNumerics.from_program_layer(layer)
+    ln.adc_step = ln.adc_step * 2
+    W, b = layer_weights(model)[layer["name"]]
+    with pytest.raises(ConfigError, match=f"{2 * len(layer['adc_step'])} ADC steps for "
+                                          f"{len(layer['adc_step'])} row tiles"):
+        ln.prepare(W.detach(), b.detach())
 
 
 def test_gradients_are_straight_through(compiled):

@@ -1,26 +1,34 @@
-"""The crossbar numerics of docs/numerics.md as a differentiable torch model.
+"""The torch twin of the crossbar numerics (docs/numerics.md), for training through them.
 
-What the compiled program does to every crossbar matmul `y = x @ W + b`, restated on torch
-tensors so a FAR model can be trained *through* it (`farc finetune`, farc/far/finetune.py):
-per-column weight quantization, input quantization, the signed mapping and bit slices, the
-DAC cycles, the row tiles, the ADC rule (step, range, clipping, per-slice steps, flip
-encoding), the shift-and-add and the digital corrections, and the emulator's device models
-(programming variation, read noise, stuck-at cells, finite on/off ratio, drift; in level units,
-runtime/noise.py) sampled afresh on every call of `LayerNumerics.prepare`.
+`farc finetune` (farc/far/finetune.py) trains a FAR *through* what the compiled program does
+to every crossbar matmul `y = x @ W + b`. This module is a declared twin of the emulator, as
+aihwkit's torch tile is of its simulator:
 
-Every constant comes from `farc.runtime.numerics` (Qw, Qx, zero point, slices, cycles, plane
-weights, the ADC steps, the lossless rule); only the tensor arithmetic is written here, and
-tests/test_finetune_numerics.py checks that, noise-free, it gives the emulator's integers
-bit for bit on a compiled digits FAR (lossless and lossy ADC programs alike).
+- the WEIGHT side is the runtime's own numpy, run once per programming (`LayerNumerics.prepare`,
+  i.e. once per forward with fresh weights, one device draw) and moved to the torch device:
+  `runtime.builder.pack_layer` (per-column quantization, signed mapping, bit slices, dense
+  column packing, row x column tiles), `runtime.crossbar.prepare_layer` (the levels the
+  crossbars hold with ISAAC's flip encoding, the flip mask, rows in use, per-column ADC steps,
+  shift-add weights of columns and DAC cycles, column sums, the lossless rule) and
+  `runtime.noise.program_layer` (the chip: programming variation, on/off ratio, drift and its
+  compensation, stuck-at cells; the emulator's very function on the emulator's very array);
+- only the INPUT side is torch arithmetic: input quantization, DAC digits
+  (`numerics.encoding_rule`), partial sums, read noise, the ADC rule, flip recovery,
+  shift-and-add, offset and zero-point corrections, rescale. Its constants (Qx, top codes,
+  phase cycles, plane weights) come from `farc.runtime.numerics`.
+
+tests/test_finetune_numerics.py checks that, noise-free, it gives the emulator's integers bit
+for bit on a compiled digits FAR (lossless and lossy ADC programs alike).
 
 Gradients are straight-through: the forward value is the hardware's, the backward is that of
 `(x_q * s_x) @ (q * s_w) + b` with the rounding treated as identity (and no gradient to inputs
-that the input quantizer clips). The bit-level path runs without autograd, so the backward
-costs one float matmul per layer whatever the ADC or noise.
+that the input quantizer clips). q and s_w are the runtime's; the gradient reaches the float W.
+The bit-level path runs without autograd, so the backward costs one float matmul per layer
+whatever the ADC or noise.
 
 Why float64 for everything after the partial sums: partial sums and ADC outputs are integers
 (or dyadic rationals for uniform steps), exact in float64, so the sums equal the emulator's
-exactly; the partial sums themselves are exact in float32 below 2**24 (checked)."""
+exactly; the partial sums themselves are exact in float32 below F32_EXACT (checked)."""
 
 from __future__ import annotations
 
@@ -32,15 +40,16 @@ import numpy as np
 import torch
 
 from farc.errors import ConfigError
-from farc.runtime.noise import NoiseConfig, drift, g_off_units
+from farc.runtime.builder import pack_layer
+from farc.runtime.crossbar import PreparedLayer, prepare_layer
+from farc.runtime.noise import NoiseConfig, program_layer
 from farc.runtime.numerics import (
     F32_EXACT,
     XbarParams,
+    adc_codes,
     encoding_rule,
-    lossless,
     max_code,
     phase_cycles,
-    plane_weights,
     qmax,
 )
 
@@ -64,21 +73,25 @@ class LayerNumerics:
     def prepare(self, W: torch.Tensor, bias: torch.Tensor | None,
                 noise: NoiseConfig | None = None,
                 gen: torch.Generator | None = None) -> PreparedXbar:
-        """Quantize and slice W [K, N] onto crossbars and (with `noise`) draw one device
-        instance: what programming the crossbars does. Apply to inputs with `mvm`."""
+        """Program W [K, N] onto crossbars with the runtime's weight side (and, with `noise`,
+        draw one device instance). Apply to inputs with `mvm`."""
         return PreparedXbar(self, W, bias, noise if noise is not None and noise.enabled
                             else None, gen)
 
-
-def quantize_weights_t(W: torch.Tensor, weight_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """numerics.quantize_weights on a tensor: (q float64 integers [K, N], s_w float32 [N]).
-    The scale is rounded to float32 first and the division done in float64, as there."""
-    qw = qmax(weight_bits)
-    w = W.detach().double()
-    peak = w.abs().amax(dim=0)
-    s_w = torch.where(peak > 0, peak / qw, torch.ones_like(peak)).float()
-    q = torch.clamp(torch.round(w / s_w.double()), -qw, qw)
-    return q, s_w
+    def pack(self, W: np.ndarray) -> tuple[PreparedLayer, np.ndarray]:
+        """The runtime's weight side on W [K, N]: the layer the emulator would prepare from
+        the program `farc compile` makes of W with these choices, and the weight scales s_w.
+        The ADC steps are this layer's own (the range pack_layer is handed only fills the
+        field they replace)."""
+        p = self.p
+        rt = p.geometry(*W.shape).row_tiles
+        if len(self.adc_step) != rt:
+            raise ConfigError(f"layer {self.name}: {len(self.adc_step)} ADC steps for "
+                              f"{rt} row tiles")
+        layer, arrays = pack_layer(W, None, self.in_scale, p, name=self.name, prefix="w",
+                                   adc_pmax=p.pmax)
+        layer["adc_step"] = self.adc_step
+        return prepare_layer(0, layer, arrays), arrays["w.w_scale"]
 
 
 def quantize_input_t(x: torch.Tensor, in_scale: float, input_bits: int) -> torch.Tensor:
@@ -89,112 +102,65 @@ def quantize_input_t(x: torch.Tensor, in_scale: float, input_bits: int) -> torch
 
 
 def _digits(d: torch.Tensor, cycles: int, dac_bits: int) -> torch.Tensor:
-    """[V, K] non-negative integers (float) -> [cycles, V, K] float32 digits base
-    2**dac_bits, LSB first (numerics.bit_planes)."""
+    """[V, K] integers (float) -> [cycles, V, K] float32 digits base 2**dac_bits of |d|,
+    LSB first, each with the sign of d (numerics.input_planes: a phase value is
+    non-negative, or signed for bipolar pulses)."""
     shifts = torch.arange(cycles, device=d.device, dtype=torch.int32)[:, None, None] * dac_bits
-    return ((d.to(torch.int32).unsqueeze(0) >> shifts) & max_code(dac_bits)).float()
+    mag = (d.abs().to(torch.int32).unsqueeze(0) >> shifts) & max_code(dac_bits)
+    return (torch.sign(d).unsqueeze(0) * mag).float()
+
+
+def _device_rng(gen: torch.Generator | None) -> np.random.Generator:
+    """A numpy generator for one device draw, seeded from `gen` (the global torch RNG when
+    None): every chip is reproducible from the torch seed."""
+    dev = gen.device if gen is not None else "cpu"
+    seed = torch.randint(2**62, (1,), generator=gen, device=dev)
+    return np.random.default_rng(int(seed))
 
 
 class PreparedXbar:
-    """One layer programmed onto crossbars (one device instance when noisy)."""
+    """One layer programmed onto crossbars (one device instance when noisy): the runtime's
+    prepared layer, its arrays moved to W's device."""
 
     def __init__(self, ln: LayerNumerics, W: torch.Tensor, bias: torch.Tensor | None,
                  noise: NoiseConfig | None, gen: torch.Generator | None) -> None:
         p = ln.p
+        if p.pmax >= F32_EXACT:
+            raise ConfigError(f"layer {ln.name}: partial sums up to {p.pmax} are not exact "
+                              "in float32")
         K, N = W.shape
         self.ln, self.p, self.K, self.N = ln, p, K, N
         self.W, self.bias, self.noise, self.gen = W, bias, noise, gen
         dev = W.device
-        q, s_w = quantize_weights_t(W, p.quant.weight_bits)
-        self.q, self.s_w = q, s_w
+        pl, s_w = ln.pack(W.detach().to("cpu", torch.float64).numpy())
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
         self.s_x = float(np.float32(ln.in_scale))
-        self.scale = (torch.tensor(self.s_x, dtype=torch.float32, device=dev) * s_w)
         self.qx = float(p.qx)
         self.zero = float(p.in_zero)
-        self.offset_qw = float(p.qw) if p.quant.mapping == "offset" else 0.0
-        self.rt = p.geometry(K, N).row_tiles
-        # one row tile: only its K driven rows (the others see 0 V and add nothing)
-        self.rows = p.crossbar.rows if self.rt > 1 else K
+        self.offset_qw = float(pl.offset_qw)
+        self.rt = pl.row_tiles
+        # driven rows (one row tile: only its K rows; the others see 0 V and add nothing)
+        self.rows = int(pl.used_rows.max())
+        self.q = t(pl.q.astype(np.float64))                            # [K, N]
+        self.s_w = t(s_w)
+        self.scale = t(pl.scale)                                       # s_x * s_w, float32
+        self.colsum = t(pl.colsum.astype(np.float64))
+        self.colw = t(pl.colw)                                         # [N, slices*signs]
+        self.pw = t(pl.cycle_w)                                        # [cycles]
+        self.stored = t(pl.codes[:, :self.rows]).float()               # [RT, rows, J]
+        self.flip = None if pl.flip is None else t(pl.flip)            # [RT, J]
+        self.cell_top = float(max_code(p.crossbar.cell_bits))
+        self.pow2_tile = pl.col_steps is None   # one power-of-two step per row tile
+        self.steps = t(pl.steps.astype(np.float64) if self.pow2_tile else pl.col_steps)
+        self.lossless = pl.lossless
+        self.g = None
+        if noise is not None:  # the emulator's programming, on the emulator's levels
+            chip = program_layer(pl.levels, p.crossbar.cell_bits, noise, _device_rng(gen))
+            self.g = t(chip.g[:, :self.rows])
         self._w_ste: torch.Tensor | None = None
-        with torch.no_grad():
-            levels, self.colw = self._encode(q)                       # [K, J], [S*signs]
-            tiles = torch.zeros(self.rt * self.rows, levels.shape[1], dtype=torch.float64,
-                                device=dev)
-            tiles[:K] = levels
-            tiles = tiles.reshape(self.rt, self.rows, -1)
-            used = torch.tensor(p.geometry(K, self.N).rows_in_use, device=dev)
-            self.cell_top = float(max_code(p.crossbar.cell_bits))
-            self.flip = None
-            if p.adc.flip:  # numerics.flip_mask / physical_codes
-                self.flip = tiles.sum(dim=1) > torch.div(used * max_code(p.crossbar.cell_bits), 2,
-                                                         rounding_mode="floor")[:, None]
-                live = torch.arange(self.rows, device=dev)[None, :, None] < used[:, None, None]
-                tiles = torch.where(self.flip[:, None, :] & live, self.cell_top - tiles, tiles)
-            self.stored = tiles
-            self.pow2_tile = p.adc.granularity == "tile" and p.adc.step_rule == "pow2"
-            self.steps = self._column_steps(dev)                     # [RT, J] float64
-            self.lossless = lossless(ln.adc_step, tiles.cpu().numpy(), p.dac.bits,
-                                     p.adc.bits)
-            self.g = None if noise is None else self._program(tiles)
-        self.pw = torch.from_numpy(plane_weights(p.quant.input_bits, p.dac.bits,
-                                                 p.quant.input_encoding)).to(dev)
-        if p.pmax >= F32_EXACT:
-            raise ConfigError(f"layer {ln.name}: partial sums up to {p.pmax} are not exact "
-                              "in float32")
-
-    # ---- weight side
-    def _encode(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Levels [K, N*signs*slices] in dense packing order (column j = (n*signs + sign)
-        * slices + s, as runtime.builder.encode_columns) and the shift-add weight of each
-        of an output's signs*slices columns."""
-        p = self.p
-        mags = [q.clamp(min=0), (-q).clamp(min=0)] if p.quant.mapping == "differential" \
-            else [q + p.qw]
-        base = float(max_code(p.crossbar.cell_bits) + 1)
-        cols, colw = [], []
-        for sign, m in enumerate(mags):
-            for s in range(p.slices):
-                cols.append(torch.remainder(torch.floor(m / base**s), base))
-                colw.append((1.0 - 2.0 * sign) * base**s)
-        levels = torch.stack(cols, dim=2).reshape(q.shape[0], -1)   # [K, N, signs*slices]
-        return levels, torch.tensor(colw, dtype=torch.float64, device=q.device)
-
-    def _column_steps(self, dev: torch.device) -> torch.Tensor:
-        """The ADC step of every (row tile, column): per row tile, or per (row tile, slice)."""
-        p = self.p
-        per = np.asarray(self.ln.adc_step, dtype=np.float64)
-        if per.shape[0] != self.rt:
-            raise ConfigError(f"layer {self.ln.name}: {per.shape[0]} ADC steps for "
-                              f"{self.rt} row tiles")
-        if per.ndim == 1:
-            per = np.repeat(per[:, None], p.slices, axis=1)
-        col_slice = np.tile(np.arange(p.slices), self.N * p.signs)
-        return torch.from_numpy(per[:, col_slice]).to(dev)
-
-    def _program(self, tiles: torch.Tensor) -> torch.Tensor:
-        """noise.program_conductances on a tensor: the conductances (level units) one
-        device instance holds. Drawn here, once per prepare: every training step programs
-        a fresh chip."""
-        cfg, span = self.noise, self.cell_top
-        off = g_off_units(self.p.crossbar.cell_bits, cfg)
-        g = tiles + off
-        if cfg.prog_sigma > 0:
-            g = torch.clamp(g + cfg.prog_sigma * span * self._randn(g.shape), min=0.0)
-        if cfg.drifts:  # noise.drift_exponents drawn here, noise.drift applied as there
-            nu = cfg.drift_nu if cfg.drift_nu_sigma <= 0 else torch.clamp(
-                cfg.drift_nu + cfg.drift_nu_sigma * self._randn(g.shape), min=0.0)
-            g = drift(g, cfg, nu)
-        if cfg.sa0_rate > 0 or cfg.sa1_rate > 0:
-            draw = torch.rand(g.shape, generator=self.gen, dtype=torch.float64,
-                              device=g.device)
-            g = torch.where(draw < cfg.sa0_rate, torch.full_like(g, off), g)
-            sa1 = (draw >= cfg.sa0_rate) & (draw < cfg.sa0_rate + cfg.sa1_rate)
-            g = torch.where(sa1, torch.full_like(g, off + span), g)
-        return g.float()
-
-    def _randn(self, shape: Any) -> torch.Tensor:
-        return torch.randn(shape, generator=self.gen, dtype=torch.float64,
-                           device=self.stored.device)
 
     # ---- input side
     def mvm(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,41 +220,43 @@ class PreparedXbar:
         p = self.p
         v = x_int.shape[0]
         lhs, u = self._planes(x_int)                                   # [RT, C*V, rows]
-        cond = self.stored.float() if self.g is None else self.g
+        cond = self.stored if self.g is None else self.g
         part = torch.bmm(lhs, cond)                                    # [RT, C*V, J]
         if self.noise is not None and self.noise.read_sigma > 0:
             sigma = self.noise.read_sigma * self.cell_top
             sumsq = (lhs * lhs).sum(dim=2, keepdim=True)
             part += (sigma * torch.sqrt(sumsq)) * torch.randn(
                 part.shape, generator=self.gen, device=part.device)
-        top = float(max_code(p.adc.bits))
+        low, top = (float(c) for c in adc_codes(p.adc.bits, p.adc_signed))
         if self.pow2_tile:  # one power-of-two step per row tile: exact in float32,
-            step = self.steps[:, 0]                                     # applied after the sums
+            step = self.steps                                           # applied after the sums
             if bool(torch.any(step != 1)):
                 part.div_(step[:, None, None].float())
-            code = part.add_(0.5).floor_().clamp_(0.0, top)
+            code = part.add_(0.5).floor_().clamp_(low, top)
         else:  # per-column steps divide in float64, as the emulator does
             steps = self.steps[:, None, :]
-            code = torch.clamp(torch.floor(part.double() / steps + 0.5), 0.0, top) * steps
+            code = torch.clamp(torch.floor(part.double() / steps + 0.5), low, top) * steps
             step = None
         # shift-add over cycles per row tile: [RT, C, V, J] -> [RT, V, J]
         per_col = torch.tensordot(code.reshape(self.rt, p.cycles, v, -1),
                                   self.pw.to(code.dtype), dims=([1], [0])).double()
         if step is not None:
-            per_col = per_col * step.double()[:, None, None]
+            per_col = per_col * step[:, None, None]
         if self.flip is not None:  # P = top * sum_k u_c[k] - ADC(P'), shift-added: linear
             drive = torch.tensordot(lhs.reshape(self.rt, p.cycles, v, -1).sum(dim=3).double(),
                                     self.pw, dims=([1], [0]))           # [RT, V]
             f = self.flip[:, None, :].double()
             per_col = per_col * (1.0 - 2.0 * f) + f * (drive[:, :, None] * self.cell_top)
         per_col = per_col[0] if self.rt == 1 else per_col.sum(dim=0)   # [V, J]
-        acc = per_col.reshape(v, self.N, -1) @ self.colw
+        acc = torch.einsum("vnm,nm->vn", per_col.reshape(v, self.N, -1), self.colw)
         return self._corrected(acc, u)
 
     def _corrected(self, acc: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The digital corrections: the offset mapping's Qw * sum(u), the zero point's
+        z * colsum (runtime/crossbar.py)."""
         if self.offset_qw:
             acc = acc - self.offset_qw * u.sum(dim=1, keepdim=True)
-        return acc - self.zero * self.q.sum(dim=0)
+        return acc - self.zero * self.colsum
 
 
 # ---------------------------------------------------------------- a FAR through crossbars
