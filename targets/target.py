@@ -179,29 +179,39 @@ ADC_POLICY_KEYS = ("adc.range", "adc.granularity", "adc.step_rule", "adc.statist
 """The keys that choose how an ADC's range is set: a user who gives any of them has chosen."""
 LOSSY_ADC_POLICY = {"adc.range": "calibrated", "adc.granularity": "slice",
                     "adc.step_rule": "uniform", "adc.statistic": "percentile"}
-"""The ADC policy below a lossless width (docs/numerics.md, "ADC policies"): ranges
-calibrated per weight slice on the calibration data, the tightest (uniform) step, covering
-the `adc.percentile` of the partial sums. A full-range ADC below the lossless width drops
-the low bits of every partial sum, which the shift-and-add then amplifies: a 5-bit ADC on
-isaac's digits FAR gives 12 % where this policy keeps float accuracy (docs/numerics.md)."""
+"""The ADC policy below a lossless width (docs/numerics.md, "The default below a lossless
+ADC"): ranges calibrated per weight slice on the calibration data, the tightest (uniform)
+step, covering the `adc.percentile` of the partial sums."""
+SIGNED_INPUTS = "sign_magnitude"
+"""The input encoding that policy takes offset inputs to (unless the user names one): an
+offset input puts a constant half-range term into every partial sum, which a coarse ADC
+quantizes and the zero-point correction amplifies. Measured on the demo's pruned digits FAR
+(isaac, W8/X8, 2-bit cells, 5-bit ADC, float 97.78 %): per-slice policy with offset inputs
+53.6 %, with sign-magnitude inputs 97.78 %, with bipolar inputs (a signed 5-bit ADC) 88.3 %;
+the old full-range default 10 % (docs/numerics.md)."""
 
 
 def lossy_adc_default(base: Target, chosen: Target, given: Any) -> tuple[Target, str | None]:
     """`chosen` (the base target with a user's overrides `given`, dotted keys) with the
-    calibrated per-slice ADC policy when the overrides made a lossless full-range ADC lossy
-    and the user chose no ADC policy key; and the one line saying so (None when nothing
-    changed). A target file that states a lossy full range is left as it says."""
+    calibrated per-slice ADC policy (and sign-magnitude inputs in place of offset ones) when
+    the overrides made a lossless full-range ADC lossy and the user chose no ADC policy key;
+    and the one line saying so (None when nothing changed). A target file that states a
+    lossy full range is left as it says; an input encoding the user names is kept."""
     lossy_now = chosen.adc.range == "full" and not chosen.xbar.full_range_lossless
     was_fine = base.adc.range != "full" or base.xbar.full_range_lossless
     if not (lossy_now and was_fine) or any(k in given for k in ADC_POLICY_KEYS):
         return chosen, None
+    policy = dict(LOSSY_ADC_POLICY)
+    if chosen.quant.input_encoding == "offset" and "quant.input_encoding" not in given:
+        policy["quant.input_encoding"] = SIGNED_INPUTS
+    picked = chosen.with_overrides(**policy)
     need = math.ceil(math.log2(chosen.xbar.pmax + 1))
-    policy = ", ".join(f"{k.split('.')[1]}={v}" for k, v in LOSSY_ADC_POLICY.items())
+    words = ", ".join(f"{k.split('.')[1]}={v}" for k, v in policy.items())
     note = (f"a {chosen.adc.bits}-bit ADC cannot resolve partial sums up to "
             f"{chosen.xbar.pmax} (lossless needs {need} bits): using the calibrated per-slice "
-            f"ADC policy ({policy}, percentile {chosen.adc.percentile:g}); "
-            "--adc-range full keeps a full-range ADC")
-    return chosen.with_overrides(**LOSSY_ADC_POLICY), note
+            f"ADC policy ({words}, percentile {picked.adc.percentile:g}); --adc-range full "
+            "keeps a full-range ADC")
+    return picked, note
 
 
 def _plain(value: Any) -> Any:

@@ -163,19 +163,24 @@ def test_lowering_the_adc_picks_the_calibrated_per_slice_policy(capsys):
     from farc.commands._target_options import overridden_target
 
     t = overridden_target("isaac", {"adc_bits": 5, "weight_bits": 8})
-    assert (t.adc.bits, t.adc.range, t.adc.granularity, t.adc.step_rule, t.adc.statistic) == \
-        (5, "calibrated", "slice", "uniform", "percentile")
+    assert (t.adc.bits, t.adc.range, t.adc.granularity, t.adc.step_rule, t.adc.statistic,
+            t.quant.input_encoding) == \
+        (5, "calibrated", "slice", "uniform", "percentile", "sign_magnitude")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a 5-bit ADC cannot resolve partial sums up to 192 " \
         "(lossless needs 8 bits): using the calibrated per-slice ADC policy" in err
+    assert "input_encoding=sign_magnitude" in err
+    kept = overridden_target("isaac", {"adc_bits": 5, "input_encoding": "bipolar"})
+    assert (kept.adc.range, kept.quant.input_encoding) == ("calibrated", "bipolar")
 
 
 @pytest.mark.parametrize("given", [{"adc_bits": 5, "adc_range": "full"},
                                    {"adc_bits": 5, "adc_statistic": "max"},
                                    {"adc_bits": 8}, {"weight_bits": 8}])
 def test_a_chosen_policy_or_a_lossless_adc_is_left_alone(given, capsys):
-    from farc.commands._target_options import OVERRIDES, overridden_target
     from farc.targets import load_target
+
+    from farc.commands._target_options import OVERRIDES, overridden_target
 
     want = load_target("isaac").with_overrides(**{OVERRIDES[k]: v for k, v in given.items()})
     assert overridden_target("isaac", given) == want
@@ -183,8 +188,9 @@ def test_a_chosen_policy_or_a_lossless_adc_is_left_alone(given, capsys):
 
 
 def test_a_sweep_below_lossless_uses_the_policy_and_says_so(capsys):
-    from farc.explore.grid import expand, parse_grid, point_targets
     from farc.targets import load_target
+
+    from farc.explore.grid import expand, parse_grid, point_targets
 
     base = load_target("isaac")
     targets = point_targets(base, expand(parse_grid(["adc.bits=6..8"], base)))
