@@ -10,7 +10,7 @@ from typing import Any
 
 from farc.errors import ConfigError
 from farc.report.charts import energy_by_layer_png, energy_compare_png, timeline_png
-from farc.report.cost_tables import Section, has_attention, report_sections
+from farc.report.cost_tables import Section, has_attention, inferences_per_s, report_sections
 from farc.report.html import report_html
 from farc.report.tiling import program_target
 from farc.targets.cost import CostReport, cost_program
@@ -122,8 +122,7 @@ def to_json(reports: list[tuple[str, CostReport]]) -> str:
     data = {name: {**asdict(replace(r, schedule=[])),  # the schedule is --trace's
                    "energy_total_pj": r.energy_total_pj,
                    "area_total_mm2": r.area_total_mm2,
-                   "images_per_s": r.throughput.images_per_s if r.throughput else None,
-                   "inferences_per_s": r.throughput.images_per_s if r.throughput else None}
+                   "images_per_s": inferences_per_s(r), "inferences_per_s": inferences_per_s(r)}
             for name, r in reports}
     return json.dumps(clean(data), indent=1)
 

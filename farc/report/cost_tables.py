@@ -92,7 +92,7 @@ def summary_section(reports: list[tuple[str, CostReport]],
     if len(reports) == 2:
         a, b = reports[0][1], reports[1][1]
         ratio = {"latency (critical path)": (b.latency_ns, a.latency_ns),
-                 throughput_label(unit): (_ips(b), _ips(a)),
+                 throughput_label(unit): (inferences_per_s(b), inferences_per_s(a)),
                  "energy per inference": (b.energy_total_pj, a.energy_total_pj),
                  "area used": (b.area_total_mm2, a.area_total_mm2),
                  "crossbars used": (b.crossbars_used, a.crossbars_used)}
@@ -103,7 +103,8 @@ def summary_section(reports: list[tuple[str, CostReport]],
     return Section("summary", ["", *names], rows)
 
 
-def _ips(r: CostReport) -> float | None:
+def inferences_per_s(r: CostReport) -> float | None:
+    """Steady-state inferences per second of a report (None without a throughput model)."""
     return r.throughput.images_per_s if r.throughput is not None else None
 
 
