@@ -7,9 +7,11 @@ leave every pinned figure equal; a deliberate change of behaviour rewrites the p
 same commit and says why.
 
 The set covers every shipped target as shipped (isaac: lossless through flip encoding,
-offset mapping, 16 bits; puma: full-range 8-bit ADC, lossy; neurosim_rram: calibrated 5-bit),
-and isaac at W8/X8 with the ADC policies (calibrated per-slice percentile, uniform steps),
-both input encodings, and one noisy chip. Weights are random (seeded), calibration uses the
+offset mapping, 16 bits; puma and neurosim_rram: bipolar inputs, calibrated per-slice ADC
+ranges), the two targets as they shipped before (puma_paper: full-range 8-bit ADC, offset
+inputs; neurosim_tile_offset: one calibrated 5-bit range per tile), and isaac at W8/X8 with
+the ADC policies (calibrated per-slice percentile, uniform steps), all three input
+encodings, and one noisy chip. Weights are random (seeded), calibration uses the
 digits train split, inputs are the first digits test images."""
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
     "isaac": ("isaac", {}, {}),
     "puma": ("puma", {}, {}),
     "neurosim": ("neurosim_rram", {}, {}),
+    "puma_paper": ("puma", {"adc.range": "full", "adc.granularity": "tile",
+                            "adc.step_rule": "pow2", "adc.statistic": "max",
+                            "quant.input_encoding": "offset"}, {}),
+    "neurosim_tile_offset": ("neurosim_rram", {"adc.granularity": "tile", "adc.step_rule": "pow2",
+                                               "adc.statistic": "max",
+                                               "quant.input_encoding": "offset"}, {}),
     "isaac_w8_offset": ("isaac", {"quant.weight_bits": 8, "quant.input_bits": 8,
                                   "quant.mapping": "differential", "adc.bits": 9,
                                   "adc.flip": False}, {}),
@@ -43,7 +51,14 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
                                       "adc.range": "calibrated", "adc.granularity": "slice",
                                       "adc.statistic": "percentile",
                                       "quant.input_encoding": "sign_magnitude"}, {}),
-    "puma_uniform_cal": ("puma", {"adc.range": "calibrated", "adc.step_rule": "uniform"}, {}),
+    "puma_uniform_cal": ("puma", {"adc.range": "calibrated", "adc.step_rule": "uniform",
+                                  "adc.granularity": "tile", "adc.statistic": "max",
+                                  "quant.input_encoding": "offset"}, {}),
+    "isaac_w8_bipolar_adc6": ("isaac", {"quant.weight_bits": 8, "quant.input_bits": 8,
+                                        "adc.bits": 6, "adc.range": "calibrated",
+                                        "adc.granularity": "slice",
+                                        "adc.step_rule": "uniform",
+                                        "quant.input_encoding": "bipolar"}, {}),
     "isaac_w8_noisy": ("isaac", {"quant.weight_bits": 8, "quant.input_bits": 8,
                                  "adc.bits": 9, "adc.flip": False,
                                  "quant.input_encoding": "sign_magnitude"},
