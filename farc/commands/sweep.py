@@ -65,13 +65,16 @@ def command(checkpoint, target_name, grid_items, fixed_items, data, samples, cal
                         workers=_default_workers() if workers is None else workers,
                         force=force)
     opts.validate()
-    base, fixed = fixed_base(fixed_items, load_target(target_name))
+    notes: list[str] = []
+    base, fixed = fixed_base(fixed_items, load_target(target_name), notes)
     grid = parse_grid(grid_items, base)
     check_disjoint(fixed, grid)
     points = expand(grid)
-    targets = point_targets(base, points)  # every point's target, before any work
+    targets = point_targets(base, points, notes)  # every point's target, before any work
     out = Path(outdir)
     _check_inputs(checkpoint, target_name, data, out)
+    for note in notes:  # after every check: a refusal stays one line
+        click.echo(f"farc sweep: {note}", err=True)
     jobs = plan_jobs(checkpoint, points, targets, out, opts)
     _run(checkpoint, grid, fixed, jobs, opts, out, base, time.perf_counter())
 

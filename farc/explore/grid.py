@@ -18,8 +18,6 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import click
-
 from farc.errors import ConfigError
 from farc.targets import Target
 from farc.targets.target import lossy_adc_default
@@ -155,9 +153,11 @@ def expand(grid: dict[Axis, list[tuple[Any, ...]]]) -> list[Point]:
             for combo in itertools.product(*grid.values())]
 
 
-def fixed_base(items: Sequence[str], base: Target) -> tuple[Target, Point]:
+def fixed_base(items: Sequence[str], base: Target,
+               notes: list[str] | None = None) -> tuple[Target, Point]:
     """`--set SECTION.KEY=VALUE` (same syntax, one value): overrides every point shares,
-    applied to the base before the grid. Returns the new base and the fixed values."""
+    applied to the base before the grid. Returns the new base and the fixed values; the
+    line saying the ADC policy below lossless was chosen goes to `notes`."""
     if not items:
         return base, {}
     try:
@@ -173,8 +173,8 @@ def fixed_base(items: Sequence[str], base: Target) -> tuple[Target, Point]:
         fixed, note = lossy_adc_default(base, base.with_overrides(**point), point)
     except ConfigError as exc:
         raise ConfigError(f"--set {point_label(point)}: {_strip_source(exc)}") from None
-    if note:
-        click.echo(f"farc sweep: --set {point_label(point)}: {note}", err=True)
+    if note and notes is not None:
+        notes.append(f"--set {point_label(point)}: {note}")
     return fixed, point
 
 
@@ -185,21 +185,23 @@ def check_disjoint(fixed: Point, grid: dict[Axis, list[tuple[Any, ...]]]) -> Non
         raise ConfigError(f"--set {both[0]}: also swept by --grid; give it in one place")
 
 
-def point_targets(base: Target, points: Sequence[Point]) -> list[Target]:
+def point_targets(base: Target, points: Sequence[Point],
+                  notes: list[str] | None = None) -> list[Target]:
     """Every point's validated target, built before any work; the first bad one fails with
-    with_overrides' message and the point."""
-    out, notes = [], []
+    with_overrides' message and the point. Points below a lossless ADC width take the
+    calibrated per-slice policy (targets.target.lossy_adc_default), said in one line added
+    to `notes`."""
+    out, below = [], []
     for p in points:
         try:
             target, note = lossy_adc_default(base, base.with_overrides(**p), p)
         except ConfigError as exc:
             raise ConfigError(f"--grid point {point_label(p)}: {_strip_source(exc)}") from None
         out.append(target)
-        notes += [point_label(p)] if note else []
-    if notes:
-        click.echo(f"farc sweep: {len(notes)} point(s) below a lossless ADC width use the "
-                   f"calibrated per-slice ADC policy ({', '.join(notes)}); sweep adc.range "
-                   "to compare", err=True)
+        below += [point_label(p)] if note else []
+    if below and notes is not None:
+        notes.append(f"{len(below)} point(s) below a lossless ADC width use the calibrated "
+                     f"per-slice ADC policy ({', '.join(below)}); sweep adc.range to compare")
     return out
 
 
