@@ -30,7 +30,10 @@ def key_figures(t: Target) -> dict[str, str]:
     e = price(mvm_layer_events(g), t)
     return {
         "crossbar": f"{t.crossbar.rows}x{t.crossbar.cols} {t.crossbar.cell_bits}b",
-        "DAC/ADC": f"{t.dac.bits}b / {t.adc.bits}b {t.adc.range}",
+        "DAC/ADC": f"{t.dac.bits}b / {t.adc.bits}b{' signed' if t.xbar.adc_signed else ''} "
+                   f"{t.adc.range}",
+        "ADC ranges": "per slice" if t.xbar.per_slice else "per tile",
+        "inputs": str(t.quant.input_encoding),
         "cols/ADC": str(t.adc.columns_per_adc),
         "W/X bits": f"{t.quant.weight_bits}/{t.quant.input_bits}",
         "mapping": t.quant.mapping,
