@@ -10,6 +10,7 @@ docs/finetune.md."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -264,6 +265,7 @@ def _data_inputs(program, spec: str, split: str):
     if len(names) != 1:
         raise DataError(f"--data feeds one input; the program takes {names}")
     shape = program.inputs[0]["shape"]
+    _check_data_fits(shape, spec)  # before decoding anything
     size = shape[-1] if len(shape) == 4 else None
     chans = shape[1] if len(shape) == 4 else None
     x, y = load_split(spec, split, img_size=size, in_chans=chans)
@@ -273,6 +275,23 @@ def _data_inputs(program, spec: str, split: str):
     labels = y.numpy().astype(np.int64)
     _check_arrays(program, arrays, labels, spec)
     return arrays, labels
+
+
+DIGITS_NUMEL = 64
+"""Values of one embedded digits image (1 x 8 x 8): what a non-image program can take."""
+
+
+def _check_data_fits(shape: list, spec: str) -> None:
+    """--data decodes images: a program whose input is not [N, C, H, W] takes them only as
+    the embedded 8x8 digits reshaped (the same number of values); anything else is refused
+    now, pointing to --input, instead of after decoding a folder."""
+    if len(shape) == 4:
+        return
+    shown = ["N" if d is None else d for d in shape]
+    numel = math.prod(d for d in shape[1:] if d is not None) if None not in shape[1:] else None
+    if spec != "digits" or numel != DIGITS_NUMEL:
+        raise DataError(f"--data {spec}: decodes images, but the program's input is {shown} "
+                        "(not [N, C, H, W]); give the samples with --input X.npy (or .npz)")
 
 
 def _check_arrays(program, arrays: dict[str, np.ndarray], labels, where: str) -> None:

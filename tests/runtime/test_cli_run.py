@@ -108,3 +108,19 @@ def test_run_on_digits_prints_accuracy(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "top-1 accuracy:" in res.stdout and "(360 samples)" in res.stdout
     assert np.load(tmp_path / "o.npy").shape == (360, 10)
+
+
+@pytest.mark.parametrize("spec", ["digits", "FOLDER"])
+def test_data_for_a_non_image_program_is_refused_before_decoding(files, tmp_path: Path,
+                                                                 spec: str) -> None:
+    """A [N, 12] program cannot take decoded images (digits are 64 values, a folder's images
+    any size): one line naming --input, before a single image is read."""
+    folder = tmp_path / "imgs" / "cls"
+    folder.mkdir(parents=True)
+    (folder / "broken.png").write_bytes(b"not a png")  # never opened
+    data = "digits" if spec == "digits" else tmp_path / "imgs"
+    res = farc("run", files["prog"], "--data", data, "-o", tmp_path / "o.npy")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "the program's input is ['N', 12] (not [N, C, H, W]); give the samples with " \
+        "--input X.npy" in res.stderr
+    assert not (tmp_path / "o.npy").exists()
