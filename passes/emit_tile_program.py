@@ -506,8 +506,21 @@ def _layer_fields(func: relax.Function) -> dict[str, Any]:
     clipped = {"adc_calib_clipped": float(a["farc.adc_calib_clipped"])} \
         if "farc.adc_calib_clipped" in a else {}
     return {"name": str(a["farc.layer"]), "kind": str(a["farc.kind"]), "K": int(a["farc.K"]),
-            "N": int(a["farc.N"]), **fields, **clipped, "replicas": int(a["farc.replicas"]),
+            "N": int(a["farc.N"]), **fields, **clipped, **_calib_stats(a),
+            "replicas": int(a["farc.replicas"]),
             "crossbars": [[int(i) for i in rep] for rep in a["farc.crossbars"]]}
+
+
+def _calib_stats(a: Any) -> dict[str, Any]:
+    """`calib`: what calibration measured for the layer (docs/tile-program.md): the input
+    range its s_x covers and, with a calibrated ADC, the partial-sum range of each row tile
+    (or of each weight slice of each row tile)."""
+    stats: dict[str, Any] = {}
+    if "farc.calib_range" in a:
+        stats["input_range"] = float(a["farc.calib_range"])
+    if "farc.adc_pmax" in a:
+        stats["adc_range"] = _plain(a["farc.adc_pmax"])
+    return {"calib": stats} if stats else {}
 
 
 def _plain(value: Any) -> Any:

@@ -61,6 +61,7 @@ def command(checkpoint, target_name, output, calib_samples, data, calib_npy, rep
     calib = _calib_npy(calib_npy) if calib_npy else None
     opts = CompileOptions(calib_samples=calib_samples, data=data, replicate=replicate,
                           calib_images=calib,
+                          calib_source=str(Path(calib_npy).resolve()) if calib_npy else None,
                           dump_dir=Path(dump_dir) if dump_dir else None,
                           checkpoint_path=str(Path(checkpoint).resolve()),
                           validate=False)  # save() validates before writing

@@ -29,13 +29,17 @@ from farc.runtime.numerics import KEEP_VECTORS, keep_vectors
 
 
 def calibrate(model: nn.Module, images: torch.Tensor, percentile: float = 100.0,
-              batch: int = 64, keep: int = KEEP_VECTORS, seed: int = 0) -> dict[str, LayerCalib]:
+              batch: int = 64, keep: int = KEEP_VECTORS, seed: int = 0,
+              draws: list | None = None) -> dict[str, LayerCalib]:
     """Per-layer input statistics of `model` (float, eval mode) on `images` [S, C, H, W].
 
     Parameters
     ----------
     percentile : the percentile of |x| reported as `LayerCalib.percentile` (100 = max).
-    keep : input vectors kept per layer (a seeded random subsample)."""
+    keep : input vectors kept per layer (a seeded random subsample).
+    draws : filled with [layer, vectors seen] in the order the layers drew their subsamples
+        from the one `default_rng(seed)` stream (the program's provenance records it, so
+        that `farc verify` can draw the same vectors)."""
     seen: dict[str, list[np.ndarray]] = {}
     hooks = [_hook(mod, name, seen) for name, mod in model.named_modules()]
     hooks = [h for h in hooks if h is not None]
@@ -50,6 +54,8 @@ def calibrate(model: nn.Module, images: torch.Tensor, percentile: float = 100.0,
         for h in hooks:
             h.remove()
     rng = np.random.default_rng(seed)
+    if draws is not None:
+        draws.extend([name, int(sum(len(a) for a in v))] for name, v in seen.items())
     return {name: _summarise(np.concatenate(v), percentile, keep, rng)
             for name, v in seen.items()}
 

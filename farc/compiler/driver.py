@@ -13,6 +13,7 @@ attributes, tensors as shape, dtype and sha256), and the manifest last."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import tvm
 from torch import nn
@@ -34,6 +36,7 @@ from farc.passes.partition_crossbar import PartitionCrossbar
 from farc.passes.quantize_crossbar import QuantizeCrossbar
 from farc.passes.schedule_crossbar import ScheduleCrossbar
 from farc.passes.tile_crossbar import TileCrossbar
+from farc.runtime.numerics import KEEP_VECTORS
 from farc.runtime.program import Program
 from farc.targets import Target
 
@@ -48,6 +51,9 @@ class CompileOptions:
     """Calibration data: 'digits', an image folder, or None for seeded N(0, 1) images."""
     calib_images: torch.Tensor | None = None
     """Explicit calibration images [N, C, H, W]; overrides `data`."""
+    calib_source: str | None = None
+    """The file `calib_images` were read from (`--calib-npy`), recorded in the provenance
+    so that `farc verify` can read them again (their sha256 is checked)."""
     replicate: bool = False
     """Give spare crossbars to the busiest layers."""
     dump_dir: Path | None = None
@@ -72,7 +78,11 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     # Float ranges first: every later stage needs them, and they come from torch, not TVM.
     images = clock("load data", lambda: _calib_images(model, opts))
     pct = target.quant.percentile if target.quant.calibration == "percentile" else 100.0
-    calib = clock("calibrate", lambda: calibrate(model, images, pct, seed=opts.seed))
+    draws: list = []
+    calib = clock("calibrate", lambda: calibrate(model, images, pct, seed=opts.seed,
+                                                 draws=draws))
+    # What verify needs to calibrate again, independently (docs/verify.md).
+    model_info["provenance"]["calibration"] = _calibration_record(images, opts, target, draws)
     # torch.export + Relax import, one node per LSTM: IR size independent of length.
     mod = clock("import", lambda: _well_formed(import_model(model).mod, "import"))
     dump("import", mod)
@@ -187,6 +197,30 @@ def _jsonable(d: dict) -> dict:
             return [finite(x) for x in v]
         return v
     return finite(json.loads(json.dumps(d, default=str)))
+
+
+def _calibration_record(images: torch.Tensor, opts: CompileOptions, target: Target,
+                        draws: list) -> dict:
+    """The provenance's `calibration` entry (docs/verify.md, "Calibration check"): where the
+    images came from and their sha256 (float32, C order), the count, the subsample seed and
+    rule, the policies, and the order in which layers drew their kept vectors."""
+    x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+    if opts.calib_images is not None:
+        source = {"kind": "npy", "path": opts.calib_source} if opts.calib_source else \
+            {"kind": "array"}
+    elif opts.data is None:
+        source = {"kind": "random", "seed": opts.seed}
+    else:
+        data = opts.data if opts.data == "digits" else str(Path(opts.data).resolve())
+        source = {"kind": "data", "data": data, "split": "train"}
+    q, a = target.quant, target.adc
+    return {"source": source, "samples": len(x), "shape": list(x.shape[1:]),
+            "sha256": hashlib.sha256(x.tobytes()).hexdigest(), "seed": opts.seed,
+            "input": {"calibration": str(q.calibration), "percentile": float(q.percentile)},
+            "adc": {"range": str(a.range), "statistic": str(a.statistic),
+                    "percentile": float(a.percentile), "granularity": str(a.granularity),
+                    "step_rule": str(a.step_rule)},
+            "keep_vectors": KEEP_VECTORS, "draws": draws}
 
 
 def _calib_images(model: nn.Module, opts: CompileOptions) -> torch.Tensor:
