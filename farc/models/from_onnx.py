@@ -1,24 +1,34 @@
 """An ONNX file -> GraphModel (farc.models.graph): every node mapped to farc modules or
 digital steps, nothing of the file executed.
 
-The graph is read as protobuf data (no external data files). Every node's op is checked
+The graph is read as protobuf data. Weights in external data files (torch's default
+exporter writes them, `<model>.onnx.data`) are read only from files inside the model's
+folder: a location that is absolute, climbs out ("..") or resolves outside it (a symlink),
+a byte range past the file's end, or a length that does not match the tensor's shape is
+refused in one line before anything is allocated; the model's recorded sha256 covers those
+files too, so verify notices a changed weights file. Every node's op is checked
 against `SUPPORTED` before anything is built, so an unsupported graph is refused with one
 line naming every unsupported op, its first node and its node count
 (farc.models.onnx_scan, which `farc compile` also runs on the file before importing onnx).
 Shape arithmetic (Shape, Gather, Concat, Unsqueeze, Cast, ... on constants) is folded here
-at batch 1; a symbolic dimension is allowed only on the input's batch axis. Erf counts as
+at batch 1; a symbolic dimension is allowed only on the input's batch axis. Expand of a constant
+is folded to a constant (within the memory budget); Expand of a computed tensor only where
+it leaves the shape unchanged. Erf counts as
 supported only inside the exact-GELU pattern 0.5 * x * (1 + erf(x / sqrt 2)) (any
 association of the two products), which becomes one gelu. LSTM: forward, reverse or
 bidirectional, layout 0 or 1, with or without B, initial_h/initial_c absent, zero or
-constant (the same for every batch row), default activations, no peepholes, clip or
+constant (the same for every batch row; the Expand of a constant torch's default
+exporter writes for a zero state is folded here), default activations, no peepholes, clip or
 sequence lengths; each direction becomes one single-direction nn.LSTM (gates reordered from
 ONNX's i, o, f, c to PyTorch's i, f, g, o)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -46,10 +56,9 @@ SQRT1_2 = float(np.sqrt(0.5))
 
 
 def load_onnx(path: str | Path) -> GraphModel:
-    """Read `path` (an ONNX model, weights inside the file) as a GraphModel."""
+    """Read `path` (an ONNX model; weights inside the file or in external data files in
+    its folder) as a GraphModel."""
     import onnx
-
-    from farc.models.checkpoint import file_sha256
 
     path = Path(path)
     if not path.is_file():
@@ -59,19 +68,105 @@ def load_onnx(path: str | Path) -> GraphModel:
     except Exception as exc:  # protobuf's DecodeError and friends
         raise CheckpointError(f"{path}: not a readable ONNX model ({type(exc).__name__})"
                               ) from None
+    folder = path.resolve().parent
+    files = sorted({_external_file(t, folder, where)
+                    for t, where in _external_tensors(proto.graph)})
     return from_onnx_proto(proto, {"format": "onnx", "path": str(path.resolve()),
-                                   "sha256": file_sha256(path)})
+                                   "sha256": _sha256([path.resolve(), *files])},
+                           folder)
+
+
+def _sha256(files: list[Path]) -> str:
+    """sha256 of the model file alone (no external data: the plain file hash), else of
+    the model file and each external data file in turn (their names, sizes and bytes)."""
+    from farc.models.checkpoint import file_sha256
+
+    if len(files) == 1:
+        return file_sha256(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}:".encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _external_tensors(graph: Any) -> Iterator[tuple[Any, str]]:
+    """(TensorProto, where) of every tensor stored in an external file: initializers and
+    Constant nodes' values."""
+    for t in graph.initializer:
+        if t.data_location == 1:  # EXTERNAL
+            yield t, f"initializer {t.name}"
+    for i, node in enumerate(graph.node):
+        for a in node.attribute:
+            if a.HasField("t") and a.t.data_location == 1:
+                yield a.t, f"node {_node_name(node, i)}"
+
+
+def _external_file(tensor: Any, folder: Path, where: str) -> Path:
+    """The file holding `tensor`'s external data, which must lie inside `folder`."""
+    loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    rel = PurePosixPath(loc.replace("\\", "/"))
+    if not loc or rel.is_absolute() or PureWindowsPath(loc).drive or ".." in rel.parts:
+        raise CheckpointError(f"{where}: external data location {loc!r} is not a file "
+                              f"inside the model's folder {folder}")
+    file = (folder / rel).resolve()
+    if not file.is_relative_to(folder):
+        raise CheckpointError(f"{where}: external data {loc!r} resolves to {file}, outside "
+                              f"the model's folder {folder}")
+    if not file.is_file():
+        raise CheckpointError(f"{where}: external data file {loc!r} not found in {folder}")
+    return file
+
+
+def _read_external(tensor: Any, folder: Path | None, where: str) -> np.ndarray:
+    """`tensor`'s data from its external file: the byte range is checked against the
+    tensor's shape and the file's size, and the budget, before anything is read."""
+    from onnx import helper
+
+    if folder is None:
+        raise UnsupportedModelError(f"{where}: weights in an external data file and no "
+                                    "model folder to read it from")
+    file = _external_file(tensor, folder, where)
+    info = {e.key: e.value for e in tensor.external_data}
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        offset, length = int(info.get("offset", 0)), info.get("length")
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{where}: external data of an unreadable type or offset "
+                              f"(data_type {tensor.data_type}, offset "
+                              f"{info.get('offset')!r})") from None
+    if dtype.kind not in "biuf":
+        raise UnsupportedModelError(f"{where}: external data of type {dtype}")
+    if any(d < 0 for d in tensor.dims):
+        raise CheckpointError(f"{where}: external tensor of shape {list(tensor.dims)}")
+    nbytes = math.prod(int(d) for d in tensor.dims) * dtype.itemsize
+    size = file.stat().st_size
+    if length is not None and (not length.isdigit() or int(length) != nbytes):
+        raise CheckpointError(f"{where}: external data length {length} bytes, its shape "
+                              f"{list(tensor.dims)} of {dtype} needs {nbytes}")
+    if offset < 0 or offset + nbytes > size:
+        raise CheckpointError(f"{where}: external data bytes {offset}..{offset + nbytes} "
+                              f"out of range, {file.name} holds {size} bytes")
+    check_memory(nbytes, where)
+    with open(file, "rb") as f:
+        f.seek(offset)
+        buf = f.read(nbytes)
+    return np.frombuffer(buf, dtype.newbyteorder("<")).astype(dtype).reshape(
+        [int(d) for d in tensor.dims])
 
 
 def _node_name(node: Any, i: int) -> str:
     return node.name or f"{node.op_type}_{i}"
 
 
-def from_onnx_proto(proto: Any, source: dict) -> GraphModel:
+def from_onnx_proto(proto: Any, source: dict, folder: Path | None = None) -> GraphModel:
+    """Rebuild `proto` as a GraphModel; external data is read from files in `folder`."""
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     check_graph(_summary(graph))  # every unsupported op in one line, before any work
-    conv = _Converter(GraphBuilder(source), opset)
+    conv = _Converter(GraphBuilder(source), opset, folder)
     for node in graph.node:
         for name in node.input:
             conv.uses[name] = conv.uses.get(name, 0) + 1
@@ -80,8 +175,9 @@ def from_onnx_proto(proto: Any, source: dict) -> GraphModel:
     for init in graph.initializer:
         conv.env[init.name] = conv.array(init, f"initializer {init.name}")
     inputs = [v for v in graph.input if v.name not in conv.env]  # one (check_graph)
-    conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input",
-                                            _input_shape(inputs[0]))
+    shape = _input_shape(inputs[0])
+    conv.batch = shape[0]
+    conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input", shape)
     for i, node in enumerate(graph.node):
         conv.node(node, f"node {_node_name(node, i)}", _node_name(node, i))
     outs = []
@@ -119,6 +215,33 @@ def _input_shape(vi: Any) -> list[int]:
                                         ") is symbolic; only the batch axis may be")
     check_memory(4 * math.prod(shape[1:]), f"input {vi.name} (one sample)")
     return shape
+
+
+def _name_scopes(node: Any) -> list[str]:
+    """The module path torch's default exporter records for a node: metadata
+    pkg.torch.onnx.name_scopes "['', 'rnn', 'lstm']" -> ["rnn"] (the root and the op left
+    out); [] when absent or not in that form."""
+    raw = next((p.value for p in node.metadata_props
+                if p.key == "pkg.torch.onnx.name_scopes"), "")
+    parts = re.findall(r"'([^']*)'", raw)
+    return [p for p in parts[1:-1] if p] if raw.startswith("[") else []
+
+
+def _whole_axis(v: Val, axis: int, start: int, stop: int, step: int) -> bool:
+    """A slice start=0, stop="to the end", step 1: the whole axis, the batch axis included
+    (exporters write x[:, -1] as such a slice of axis 0, then a select)."""
+    return start == 0 and stop >= 2**62 and step == 1 and -v.ndim <= axis < v.ndim
+
+
+def _batch_position(v: Val, target: list[int], batch: int) -> int | None:
+    """Where the batch axis lands in a reshape whose target the exporter computed or folded
+    (torch's default exporter writes [T, B, D*H] for an LSTM's output, [B, 64] for a
+    flatten): the one axis of size 1, -1 or the exported batch after as many elements as
+    come before the input's batch axis; None when there is none or more than one."""
+    before = math.prod(v.shape[:v.batch_axis])
+    found = [q for q, s in enumerate(target) if s in (1, -1, batch) and
+             math.prod(target[:q]) == before]
+    return found[0] if len(found) == 1 else None
 
 
 def _safe(name: str) -> str:
@@ -160,8 +283,13 @@ class _Erf(NotATensor):
 
 
 class _Converter:
-    def __init__(self, b: GraphBuilder, opset: int) -> None:
-        self.b, self.opset = b, opset
+    def __init__(self, b: GraphBuilder, opset: int, folder: Path | None = None) -> None:
+        self.b, self.opset, self.folder = b, opset, folder
+        self.batch = 1
+        """The input's batch as exported (1 when symbolic): a static batch in a computed
+        reshape target stands for the batch axis."""
+        self.scopes: list[str] = []
+        """The current node's module path (torch's default exporter records it)."""
         self.env: dict[str, Any] = {}
         self.n_outputs = 1
         self.input_names: list[str] = []
@@ -175,18 +303,26 @@ class _Converter:
 
     def layer_path(self, name: str) -> str:
         """The crossbar layer's name: its weight initializer's module path when it has one
-        ("fc1.weight" -> "fc1", as torch exports name them), else the node's name."""
+        ("fc1.weight" -> "fc1", as torch exports name them), else the module path torch's
+        default exporter records (name_scopes ['', 'rnn', 'lstm'] -> "rnn"), else the
+        node's name."""
         w = self.input_names[1] if len(self.input_names) > 1 else ""
         if re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\.weight", w):
             return w[: -len(".weight")]
+        return self.module_path(name)
+
+    def module_path(self, name: str) -> str:
+        """The node's module path when torch's default exporter recorded one, else its
+        name made safe."""
+        if self.scopes and all(re.fullmatch(r"[A-Za-z0-9_]+", p) for p in self.scopes):
+            return ".".join(self.scopes)
         return _safe(name)
 
     def array(self, tensor: Any, where: str) -> np.ndarray:
         from onnx import numpy_helper
 
         if tensor.data_location == 1:  # EXTERNAL
-            raise UnsupportedModelError(f"{where}: weights in an external data file; save "
-                                        "the model with its weights inside")
+            return _read_external(tensor, self.folder, where)
         return np.asarray(numpy_helper.to_array(tensor))
 
     def get(self, name: str) -> Any:
@@ -201,6 +337,7 @@ class _Converter:
         self.n_outputs = len(node.output)
         self.output_names = list(node.output)
         self.input_names = list(node.input)
+        self.scopes = _name_scopes(node)
         ins = [self.get(i) for i in node.input]
         out = getattr(self, "_" + node.op_type)(ins, attrs, where, name)
         outs = out if isinstance(out, list) else [out]
@@ -222,6 +359,32 @@ class _Converter:
         check_memory(math.prod(int(d) for d in ins[0].reshape(-1)) * value.itemsize, where)
         return np.full([int(d) for d in ins[0].reshape(-1)], value.reshape(-1)[0],
                        value.dtype)
+
+    def _Expand(self, ins, a, where, name):
+        """Broadcast to a shape (numpy rules): what torch's default exporter writes for
+        torch.zeros(batch, ...) (an LSTM's zero state), folded at batch 1."""
+        x, shape = ins
+        if not isinstance(shape, np.ndarray):
+            raise UnsupportedModelError(f"{where}: Expand to a computed shape")
+        dims = [int(d) for d in shape.reshape(-1)]
+        if isinstance(x, np.ndarray):
+            try:
+                out = np.broadcast_shapes(x.shape, tuple(dims))
+            except ValueError:
+                raise UnsupportedModelError(f"{where}: Expand of shape {list(x.shape)} to "
+                                            f"{dims}, which do not broadcast") from None
+            check_memory(math.prod(out) * x.itemsize, where)
+            return np.broadcast_to(x, out).copy()
+        v = as_val(x, where)
+        try:
+            same = np.broadcast_shapes(v.shape, tuple(dims)) == tuple(v.shape)
+        except ValueError:
+            same = False
+        if not same:
+            raise UnsupportedModelError(f"{where}: Expand of a computed tensor of shape "
+                                        f"{list(v.shape)} to {dims}; only constants are "
+                                        "expanded")
+        return v
 
     def _Identity(self, ins, a, where, name):
         return ins[0]
@@ -296,6 +459,10 @@ class _Converter:
                   for k, s in enumerate(shape)]
         copies = [k for k, s in enumerate(shape) if s == 0]
         batch_out = v.batch_axis if v.batch_axis in copies else None
+        if batch_out is None and target and target[0] not in (1, -1):
+            batch_out = _batch_position(v, target, self.batch)
+            if batch_out is not None:
+                target[batch_out] = 1
         return self.b.reshape(v, target, where, batch_out=batch_out)
 
     def _Flatten(self, ins, a, where, name):
@@ -330,6 +497,8 @@ class _Converter:
             return x[tuple(idx)]
         v = as_val(x, where)
         for s, e, ax, st in zip(starts, ends, axes, steps):
+            if _whole_axis(v, int(ax), int(s), int(e), int(st)):
+                continue
             v = self.b.slice(v, int(ax), int(s), min(int(e), 2**62), int(st), where)
         return v
 
@@ -432,7 +601,7 @@ class _Converter:
         seqs = []
         for d, reverse in enumerate(dirs):
             bias = np.zeros(8 * hidden, np.float32) if b is None else b[d]
-            path = f"{_safe(name)}.{'bwd' if reverse else 'fwd'}"
+            path = f"{self.module_path(name)}.{'bwd' if reverse else 'fwd'}"
             seqs.append(self.b.lstm_direction(
                 v, time_axis, reorder(w[d]), reorder(r[d]), reorder(bias[:4 * hidden]),
                 reorder(bias[4 * hidden:]), reverse, path, where,

@@ -17,7 +17,12 @@ zero initial state, with bias; h_n[i] and the output sequence may be used), relu
 sigmoid, tanh, softmax, layer_norm (last axis), add, sub, mul, div (by a constant), matmul
 (of two activations, or by a constant: a crossbar layer), view/reshape/flatten, permute,
 transpose, cat, slice (step 1), select, split/chunk, squeeze/unsqueeze, and the no-ops
-clone/contiguous/dropout/alias/detach."""
+clone/contiguous/dropout/alias/detach.
+
+A dynamic batch (`torch.export.export(..., dynamic_shapes={"x": {0: Dim("batch")}})`) is
+read as batch 1, like a symbolic batch in ONNX: its sym_size is the batch, and shapes
+recorded with it are taken at batch 1. Any other symbolic dimension (a dynamic sequence
+length) is refused in one line."""
 
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from farc.models.graph import (
     Val,
     as_val,
 )
-from farc.models.pt2_scan import BINARY, IDENTITY, SHOWN, SUPPORTED, UNARY
+from farc.models.pt2_scan import BINARY, IDENTITY, NO_MODULE, SHOWN, SUPPORTED, UNARY
 from farc.models.refusal import refuse
 
 
@@ -158,7 +163,7 @@ def _where(node: Any) -> str:
     if stack:
         path = list(stack.values())[-1][0]
         path = path.replace("L['self'].", "").replace("L['self']", "")
-        if path:
+        if path and not path.startswith(NO_MODULE):
             return f"module {path} (node {node.name})"
     return f"node {node.name}"
 
@@ -181,6 +186,12 @@ class _Converter:
 
     def placeholder(self, node: Any, user: bool) -> None:
         if user:
+            dims = getattr(node.meta.get("val"), "shape", ())
+            symbolic = [k for k, s in enumerate(dims) if k and not isinstance(s, int)]
+            if symbolic:
+                raise UnsupportedModelError(
+                    f"input {node.name}: dimension {symbolic[0]} ({dims[symbolic[0]]}) is "
+                    "symbolic; only the batch axis (0) may be dynamic")
             shape = _shape_of(node)
             self.batch = shape[0] if shape else 1
             self.env[node.name] = self.b.input(node.name, shape)
@@ -310,6 +321,8 @@ class _Converter:
         big = 2**62
         start = 0 if start is None else int(start)
         end = big if end is None or end >= big else int(end)
+        if (start, end, int(step or 1)) == (0, big, 1):  # x[:, ...]: the whole axis
+            return v
         return self.b.slice(v, int(dim), start, end, int(step or 1), where)
 
     def _select(self, node, op, args, kw, where):
@@ -351,6 +364,14 @@ class _Converter:
 
     def _unsqueeze(self, node, op, args, kw, where):
         return self.b.unsqueeze(as_val(args[0], where), int(args[1]), where)
+
+    def _sym_size(self, node, op, args, kw, where):
+        """The size of a dynamic batch, read as 1 (the GraphModel is built at batch 1)."""
+        v = as_val(args[0], where)
+        if int(args[1]) % v.ndim != v.batch_axis:
+            raise UnsupportedModelError(f"{where}: the size of axis {args[1]} is symbolic; "
+                                        "only the batch axis may be dynamic")
+        return 1
 
     def _zeros(self, node, op, args, kw, where):
         return np.zeros(_shape_of(node), np.float32)

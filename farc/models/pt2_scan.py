@@ -27,12 +27,15 @@ BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
 SUPPORTED = sorted({"linear", "conv2d", "lstm", *UNARY, *BINARY, "softmax", "_softmax",
                     "layer_norm", "matmul", "bmm", "view", "reshape", "_unsafe_view",
                     "flatten", "permute", "transpose", "t", "cat", "slice", "select", "split",
-                    "split_with_sizes", "chunk", "squeeze", "unsqueeze", "zeros",
+                    "split_with_sizes", "chunk", "squeeze", "unsqueeze", "zeros", "sym_size",
                     "zeros_like", "new_zeros", *IDENTITY})
 """ATen ops (overload packet names) farc maps; see farc.models.from_torch for their forms."""
 SHOWN = [s for s in SUPPORTED if not s.startswith("_")]
 """The supported ops a refusal lists (aliases like _softmax left out)."""
 GETITEM = "_operator.getitem"
+NO_MODULE = "_empty_nn_module_stack"
+"""The module path torch.export records for nodes outside any module (the sym_size of a
+dynamic batch): not a module, so not named."""
 
 
 def check_pt2_file(path: str | Path) -> None:
@@ -81,6 +84,7 @@ def _where(node: dict[str, Any]) -> str:
     name = _arg_name(outs[0]) or "?"
     stack = (node.get("metadata") or {}).get("nn_module_stack") or ""
     path = stack.split(";")[-1].split(",")[1] if stack.count(",") >= 2 else ""
+    path = "" if path.startswith(NO_MODULE) else path
     return f"module {path} (node {name})" if path else f"node {name}"
 
 
