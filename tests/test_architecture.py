@@ -31,7 +31,7 @@ ALLOWED = {  # package -> the packages it may import (besides itself and the cor
 }
 RUNTIME_CORE = {"farc.errors", "farc.atomic", "farc.limits",  # stdlib (+ numpy): a .farc
                 "farc.npyio"}                                 # runs without torch/tvm
-REFERENCES = ("farc/check/qdq.py", "farc/check/reference.py")
+REFERENCES = ("farc/check/qdq.py", "farc/check/reference.py", "farc/check/calibration.py")
 """The independent references import none of farc's numerics, compiler or runtime."""
 
 

@@ -39,7 +39,15 @@ TOL = Tolerances(min_agreement=0.0)
 FAST, BITLEVEL_PATH, DIVERGENCE = ("layer integers (fast path)", "layer integers (bitlevel path)",
                                    "per-layer divergence")
 LOGITS = "emulator vs reference logits"
+CALIB = "calibration"
 NAMED = re.compile(r"first (?:wrong|diverging) layer (\S+) \(instruction")
+CALIB_NAMED = re.compile(r"; layer (\S+): ")
+LOSSY = {"adc.bits": 5, "adc.range": "calibrated", "adc.flip": False}
+"""A calibrated 5-bit ADC without flip (full-range step 4: doubled steps stay valid)."""
+PER_SLICE = {**LOSSY, "adc.bits": 4, "adc.granularity": "slice", "adc.step_rule": "uniform",
+             "adc.statistic": "percentile", "adc.percentile": 99.0}
+"""The calibrated per-slice policy (the default below lossless) on a 4-bit ADC at a 99th
+percentile: every step above 1, and the top slice's the smallest."""
 
 PATCH, PRE, POST, HEAD = ("patch_embed.proj", "blocks.0.far.pre_proj", "blocks.0.far.post_proj",
                           "head")
@@ -118,17 +126,26 @@ def run_verify(program, model, float_onnx, digits):
     from farc.check.reference import build_reference
 
     x, y = digits
-    refs = References(float_onnx, build_reference(model, program))
+    refs = References(float_onnx, build_reference(model, program), model=model)
     return verify(program, x, y, refs, tol=TOL, bitlevel_samples=BITLEVEL, per_layer=True)
 
 
 def named(report) -> dict[str, str]:
-    """Failed per-layer check -> the layer its detail names."""
+    """Failed per-layer check -> the layer its detail names (the calibration check: the
+    first of the layers it lists)."""
     out = {}
     for c in report.checks:
         if c.passed is False and c.name in (FAST, BITLEVEL_PATH, DIVERGENCE):
             out[c.name] = NAMED.search(c.detail).group(1)
+        elif c.passed is False and c.name == CALIB:
+            out[c.name] = CALIB_NAMED.search(c.detail).group(1)
     return out
+
+
+def calib_named(report) -> list[str]:
+    """Every layer the calibration check lists."""
+    c = next(c for c in report.checks if c.name == CALIB)
+    return CALIB_NAMED.findall(c.detail) if c.passed is False else []
 
 
 def copy_program(program):
@@ -347,9 +364,66 @@ def double_adc_step_in_compiler(monkeypatch, model, base):
 
     fault_in(monkeypatch, XbarParams, "adc_steps",
              Scope(monkeypatch, tile_crossbar, "attr_array"), FC2, faulty)
-    target = fault_target(**{"adc.bits": 5, "adc.range": "calibrated", "adc.flip": False})
-    program = compile_tiny(model, target)
+    program = compile_tiny(model, fault_target(**LOSSY))
     assert all(s >= 2 for s in program.layers[layer_id(program, FC2)]["adc_step"])
+    return program
+
+
+def ignore_input_percentile(monkeypatch, model, base):
+    """calibration: fc1's input range reported as max |x| although the policy is the 99th
+    percentile of |x|."""
+    from farc.compiler import driver
+
+    original = driver.calibrate
+
+    def faulty(*args, **kwargs):
+        calib = original(*args, **kwargs)
+        calib[FC1].percentile = calib[FC1].absmax
+        return calib
+
+    monkeypatch.setattr(driver, "calibrate", faulty)
+    return compile_tiny(model, fault_target(**{"quant.calibration": "percentile",
+                                               "quant.percentile": 99.0}))
+
+
+def ignore_adc_percentile(monkeypatch, model, base):
+    """tile pass: fc1's ADC ranges measured as the largest partial sums although the
+    statistic is the 99th percentile (calibrated per-slice policy)."""
+    import dataclasses
+
+    def faulty(original, q, x, in_scale, p):
+        return original(q, x, in_scale, dataclasses.replace(
+            p, adc=dataclasses.replace(p.adc, statistic="max")))
+
+    tile_pass_fault(monkeypatch, FC1, "calibrated_ranges", faulty)
+    return compile_tiny(model, fault_target(**PER_SLICE))
+
+
+def calibrate_on_wrong_split(monkeypatch, model, base):
+    """driver: calibration images taken from the validation split while the provenance
+    says train (its sha256 is of the images used)."""
+    from farc.compiler import driver
+    from farc.data import load_split
+
+    monkeypatch.setattr(driver, "_calib_images", lambda model, opts: load_split(
+        "digits", "val")[0][: opts.calib_samples].float())
+    return compile_tiny(model, fault_target(**PER_SLICE))
+
+
+def permute_slice_steps(monkeypatch, model, base):
+    """tile pass: fc2's per-slice ADC steps reversed between its weight slices in every
+    row tile (each step still valid)."""
+    from farc.passes import tile_crossbar
+    from farc.runtime.numerics import XbarParams
+
+    def faulty(original, self, row_tiles, pmax):
+        return [list(reversed(r)) for r in original(self, row_tiles, pmax)]
+
+    fault_in(monkeypatch, XbarParams, "adc_steps",
+             Scope(monkeypatch, tile_crossbar, "attr_array"), FC2, faulty)
+    program = compile_tiny(model, fault_target(**PER_SLICE))
+    steps = program.layers[layer_id(program, FC2)]["adc_step"]
+    assert any(r != r[::-1] for r in steps)  # the permutation changed something
     return program
 
 
@@ -445,7 +519,6 @@ class Fault:
 
 
 ALL = (FAST, BITLEVEL_PATH, DIVERGENCE)
-NOT_CAUGHT = "by design the reference takes this from the program (docs/verify.md)"
 
 FAULTS = [
     # compiler: packing (colsum recounted so the program is valid), lowering, quantization
@@ -462,11 +535,16 @@ FAULTS = [
     # carries a wrong h from step 1 on
     Fault("lstm_gates_split_wrong", split_gates_wrong, {DIVERGENCE: FWD0}),
     Fault("weights_floored", floor_weights, dict.fromkeys(ALL, HEAD)),
-    pytest.param(Fault("input_scale_off_by_one_step", scale_input_off_by_one_step,
-                       {FAST: FC2}), marks=pytest.mark.xfail(strict=True, reason=NOT_CAUGHT)),
-    pytest.param(Fault("adc_step_doubled_in_compiler", double_adc_step_in_compiler,
-                       {BITLEVEL_PATH: FC2}),
-                 marks=pytest.mark.xfail(strict=True, reason=NOT_CAUGHT)),
+    # calibration: emulator and reference agree (the reference runs the program's scales
+    # and steps); the calibration check, calibrating again from the float model, names it
+    Fault("input_scale_off_by_one_step", scale_input_off_by_one_step, {CALIB: FC2}),
+    Fault("adc_step_doubled_in_compiler", double_adc_step_in_compiler, {CALIB: FC2}),
+    Fault("input_percentile_ignored", ignore_input_percentile, {CALIB: FC1}),
+    Fault("adc_percentile_ignored", ignore_adc_percentile, {CALIB: FC1}),
+    # every layer after the patch embedding sees other activations (digits' pixels span
+    # [-1, 1] in both splits); the check lists each layer that differs
+    Fault("calibrated_on_wrong_split", calibrate_on_wrong_split, {CALIB: PRE}),
+    Fault("per_slice_steps_permuted", permute_slice_steps, {CALIB: FC2}),
     # programs edited after compilation (still valid)
     Fault("codes_permuted", permute_codes, dict.fromkeys(ALL, PRE)),
     # head_proj.0's input has [bwd ; fwd] where [fwd ; bwd] belongs
@@ -495,6 +573,8 @@ def test_planted_fault_fails_verify_and_names_the_layer(fault, monkeypatch, tiny
     print(f"\n{fault.name}: failed {failed}; named {named(report)}")
     assert not report.ok
     assert named(report) == fault.expect, report.failure_line()
+    if CALIB in fault.expect and fault.name != "calibrated_on_wrong_split":
+        assert calib_named(report) == [fault.expect[CALIB]]  # that layer only
 
 
 def test_unaltered_tiny_program_passes(tiny_far, base_program, float_onnx, digits):
@@ -502,6 +582,70 @@ def test_unaltered_tiny_program_passes(tiny_far, base_program, float_onnx, digit
     report = run_verify(base_program, tiny_far, float_onnx, digits)
     assert report.ok, report.failure_line()
     assert report.lossless and len(report.layers["bitlevel"]) == 12
+    calib = next(c for c in report.checks if c.name == CALIB)
+    assert calib.passed is True and "12 layers" in calib.detail, calib.detail
+
+
+# ----------------------------------------------------------------------------- calibration data
+def _calibration(program, model, **kwargs):
+    from farc.check.calibration import check_calibration
+    from farc.check.reference import build_reference
+    from farc.check.verify import _calibration_check
+
+    strict = kwargs.pop("strict", False)
+    result = check_calibration(program, model, build_reference(model, program), **kwargs)
+    return result, _calibration_check(result, strict)
+
+
+@pytest.fixture(scope="module")
+def npy_program(tiny_far, tmp_path_factory):
+    """Compiled from a user's calibration file (compile --calib-npy), lossy per-slice ADC."""
+    from farc.compiler import CompileOptions, compile_checkpoint
+
+    path = tmp_path_factory.mktemp("calib") / "calib.npy"
+    x = np.random.default_rng(3).uniform(-1, 1, (24, 1, 8, 8)).astype(np.float32)
+    np.save(path, x)
+    program = compile_checkpoint(tiny_far, fault_target(**PER_SLICE), CompileOptions(
+        calib_samples=20, calib_images=torch.from_numpy(x), calib_source=str(path)))
+    return program, path
+
+
+def test_provenance_records_the_calibration(npy_program):
+    program, path = npy_program
+    rec = program.manifest["model"]["provenance"]["calibration"]
+    assert rec["source"] == {"kind": "npy", "path": str(path)} and rec["samples"] == 20
+    assert rec["adc"]["statistic"] == "percentile" and rec["adc"]["percentile"] == 99.0
+    assert [n for n, _ in rec["draws"]][:2] == [PATCH, PRE] and len(rec["sha256"]) == 64
+    fc2 = program.layers[layer_id(program, FC2)]
+    assert len(fc2["calib"]["adc_range"]) == 4 and len(fc2["calib"]["adc_range"][0]) == 4
+    assert fc2["calib"]["input_range"] > 0
+
+
+def test_calibration_from_a_user_file_is_checked(npy_program, tiny_far):
+    _, check = _calibration(npy_program[0], tiny_far)
+    assert check.passed is True and str(npy_program[1]) in check.detail, check.detail
+
+
+def test_missing_or_changed_calibration_file_is_reported_not_failed(npy_program, tiny_far,
+                                                                     tmp_path):
+    """Verify says which check it could not run; only strict mode makes that a failure."""
+    program, _ = npy_program
+    gone = tmp_path / "gone.npy"
+    _, check = _calibration(program, tiny_far, calib_npy=gone)
+    assert check.passed is None and f"calibration file {gone} is missing" in check.detail
+    _, strict = _calibration(program, tiny_far, calib_npy=gone, strict=True)
+    assert strict.passed is False and strict.detail.startswith("could not run")
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((20, 1, 8, 8), np.float32))
+    _, check = _calibration(program, tiny_far, calib_npy=other)
+    assert check.passed is None and "sha256 differs" in check.detail
+
+
+def test_program_without_a_calibration_record_is_reported(base_program, tiny_far):
+    old = copy_program(base_program)
+    del old.manifest["model"]["provenance"]["calibration"]
+    _, check = _calibration(old, tiny_far)
+    assert check.passed is None and "records no calibration" in check.detail
 
 
 def test_unflip_fault_names_the_first_flipped_layer(base_program):
@@ -562,6 +706,21 @@ def test_cli_exits_1_on_a_program_altered_after_compilation(monkeypatch, tiny_fa
     assert line.startswith("farc: error: verify failed: layer integers (fast path): first "
                            f"wrong layer {PRE} (instruction 18)")
     assert f"per-layer divergence: first diverging layer {PRE} (instruction 18)" in line
+
+
+def test_cli_strict_calibration_exits_1_without_the_calibration_file(
+        npy_program, tiny_checkpoint, tmp_path, capsys):
+    program, _ = npy_program
+    path = program.save(tmp_path / "npy.farc")
+    from farc.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(path), "--checkpoint", str(tiny_checkpoint), "--samples", "4",
+              "--bitlevel-samples", "1", "--min-agreement", "0", "--strict-calibration",
+              "--calib-npy", str(tmp_path / "gone.npy")])
+    assert exc.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "calibration: could not run: calibration file" in line and "gone.npy" in line
 
 
 def test_cli_exits_1_on_an_emulator_fault(monkeypatch, tiny_far, base_program, tiny_checkpoint,

@@ -150,6 +150,10 @@ class CrossbarMatmul(nn.Module):
                 if self.encoding == "sign_magnitude" else weights
         cycles = len(plane_w)
         self.rows, self.row_tiles, self.cycles = c.rows, rt, cycles
+        self.col_slice, self.slices = col_slice, int(col_slice.max(initial=0)) + 1
+        # the physical largest partial sum of a column in one cycle (flip: half the levels)
+        levels = c.rows * cell_top
+        self.full_pmax = (2**c.dac_bits - 1) * (levels // 2 if c.adc_flip else levels)
         self.adc_top, self.cell_top = float(adc_top), float(cell_top)
         self.register_buffer("stored", torch.from_numpy(tiles.astype(np.float64)))
         self.register_buffer("flipped", torch.from_numpy(flipped[:, None, :]))
@@ -175,6 +179,22 @@ class CrossbarMatmul(nn.Module):
         flip recovery, shift-and-add and the digital corrections."""
         v = x_int.shape[0]
         u = x_int + self.zero
+        lhs, p = self.partial_sums(x_int)
+        d = torch.clamp(torch.floor(p / self.steps + 0.5), self.adc_low, self.adc_top) * \
+            self.steps
+        total = lhs.sum(dim=2, keepdim=True) * self.cell_top     # [RT, C*V, 1]
+        d = torch.where(self.flipped, total - d, d)
+        per_cycle = d.sum(dim=0).reshape(self.cycles, v, -1)     # [C, V, J]
+        acc = (per_cycle * self.plane_w).sum(dim=0) @ self.colw  # [V, N]
+        if self.offset:
+            acc = acc - self.offset * u.sum(dim=1, keepdim=True)
+        return acc - self.zero * self.colsum
+
+    def partial_sums(self, x_int: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the DAC digits [RT, C*V, rows], the analog partial sums of the stored levels
+        [RT, C*V, J]) of integer inputs x_int [V, K] float64."""
+        v = x_int.shape[0]
+        u = x_int + self.zero
         pad = self.row_tiles * self.rows - self.K
         drive = {"offset": [u], "bipolar": [x_int.abs()],
                  "sign_magnitude": [torch.clamp(x_int, min=0.0), torch.clamp(-x_int, min=0.0)]
@@ -190,16 +210,7 @@ class CrossbarMatmul(nn.Module):
             digits = digits * sign.unsqueeze(0)
         # [C, V, RT, rows] -> [RT, C*V, rows]
         lhs = digits.reshape(self.cycles * v, self.row_tiles, self.rows).transpose(0, 1)
-        p = lhs @ self.stored                                    # [RT, C*V, J]
-        d = torch.clamp(torch.floor(p / self.steps + 0.5), self.adc_low, self.adc_top) * \
-            self.steps
-        total = lhs.sum(dim=2, keepdim=True) * self.cell_top     # [RT, C*V, 1]
-        d = torch.where(self.flipped, total - d, d)
-        per_cycle = d.sum(dim=0).reshape(self.cycles, v, -1)     # [C, V, J]
-        acc = (per_cycle * self.plane_w).sum(dim=0) @ self.colw  # [V, N]
-        if self.offset:
-            acc = acc - self.offset * u.sum(dim=1, keepdim=True)
-        return acc - self.zero * self.colsum
+        return lhs, lhs @ self.stored                            # [RT, C*V, J]
 
 
 def _slice_weights(q: np.ndarray, c: LayerChoice

@@ -124,6 +124,10 @@ class VerifyReport:
     """farc.check.layers.LayerDivergence per layer, in execution order (None: not run)."""
     show_layers: bool = False
     """Print the per-layer table (`--per-layer`)."""
+    calibration: Any = None
+    """farc.check.calibration.CalibrationResult (None: not attempted)."""
+    strict_calibration: bool = False
+    """A calibration check that could not run fails instead of being skipped."""
 
     @property
     def ok(self) -> bool:
@@ -210,7 +214,28 @@ def _checks(r: VerifyReport, tol: Tolerances) -> list[Check]:
                                 f"{r.accuracy[FLOAT]:.2%}: {drop:.2f} pt (limit "
                                 f"{tol.max_acc_drop:g} pt, --max-acc-drop)"))
     checks += _layer_checks(r)
+    if r.calibration is not None:
+        checks.append(_calibration_check(r.calibration, r.strict_calibration))
     return checks
+
+
+CALIBRATION = "calibration"
+
+
+def _calibration_check(c: Any, strict: bool) -> Check:
+    """Every layer's input scale and ADC steps against the reference's own calibration."""
+    if not c.ran:
+        return Check(CALIBRATION, False if strict else None,
+                     f"{'could not run' if strict else 'not checked'}: {c.reason}"
+                     + ("" if strict else " (--strict-calibration makes this a failure)"))
+    bad = c.differing
+    if not bad and not c.data_mismatch:
+        return Check(CALIBRATION, True, f"{len(c.layers)} layers' input scales and ADC steps "
+                                        f"equal a calibration on {c.source}")
+    note = f"{c.data_mismatch}; " if c.data_mismatch else ""
+    listed = "".join(f"; layer {it.name}: {it.describe()}" for it in bad)
+    return Check(CALIBRATION, False, f"{note}{len(bad)} of {len(c.layers)} layers differ "
+                                     f"from a calibration on {c.source}{listed}")
 
 
 def _layer_checks(r: VerifyReport) -> list[Check]:
@@ -325,6 +350,8 @@ class References:
     float_model: Any
     reference: Any
     notes: dict[str, str] = field(default_factory=dict)
+    model: Any = None
+    """The float model the program was compiled from (the calibration check runs it)."""
     workdir: str | Path | None = None
     """Where the reference's layer bank is exported (a temporary folder, removed with this
     object, by default)."""
@@ -381,7 +408,7 @@ def resolve_references(program: Any, program_path: str | Path | None, *,
         flt = Path(model.source["path"])  # the user's own ONNX file is the float model
         notes[FLOAT] = f"{flt} (the model compiled)"
     else:
-        refs = References(None, ref, notes, workdir)
+        refs = References(None, ref, notes, workdir=workdir, model=model)
         out = Path(workdir or refs._scratch()) / "model.float.onnx"
         if hasattr(model, "export_onnx"):  # a user's .pt2 model (farc.models.graph)
             refs.float_model = model.export_onnx(out)
@@ -391,7 +418,7 @@ def resolve_references(program: Any, program_path: str | Path | None, *,
             refs.float_model = export_onnx(model, out)
         notes[FLOAT] = "exported from the model"
         return refs
-    return References(flt, ref, notes, workdir)
+    return References(flt, ref, notes, workdir=workdir, model=model)
 
 
 def _load_model(program: Any, path: Path) -> Any:
@@ -424,6 +451,7 @@ def verify(program: Any, x: np.ndarray, labels: np.ndarray | None, refs: Referen
            noise: Any = None, seed: int = 0, tol: Tolerances | None = None,
            batch_size: int = 64, progress: Callable[[int], None] | None = None,
            bitlevel_samples: int | None = DEFAULT_BITLEVEL_SAMPLES, per_layer: bool = False,
+           calib_npy: str | Path | None = None, strict_calibration: bool = False,
            ) -> VerifyReport:
     """Run the three models on x and compare them, then the per-layer checks on a sample;
     never raises on a failed tolerance (the caller decides: the CLI prints the report,
@@ -433,7 +461,26 @@ def verify(program: Any, x: np.ndarray, labels: np.ndarray | None, refs: Referen
     report = report_for_outputs(program, outputs, labels, refs, noise=noise, tol=tol)
     add_layer_checks(report, program, x, refs, bitlevel_samples=bitlevel_samples,
                      per_layer=per_layer, noise=noise, tol=tol)
+    add_calibration_check(report, program, refs, calib_npy=calib_npy,
+                          strict=strict_calibration, tol=tol)
     return report
+
+
+def add_calibration_check(report: VerifyReport, program: Any, refs: References, *,
+                          calib_npy: str | Path | None = None, strict: bool = False,
+                          tol: Tolerances | None = None) -> None:
+    """Calibrate every layer again from the float model on the recorded calibration
+    inputs (farc.check.calibration) and compare its input scale and ADC steps."""
+    from farc.check.calibration import CalibrationResult, check_calibration
+
+    if refs.model is None:
+        report.calibration = CalibrationResult(reason="no float model given (References."
+                                                      "model)")
+    else:
+        report.calibration = check_calibration(program, refs.model, refs.reference,
+                                               calib_npy=calib_npy)
+    report.strict_calibration = strict
+    report.checks = _checks(report, tol or Tolerances())
 
 
 def add_layer_checks(report: VerifyReport, program: Any, x: np.ndarray, refs: References,

@@ -54,6 +54,13 @@ def _bitlevel(value: str) -> int | None:
 @click.option("--per-layer", is_flag=True,
               help="Print every layer's input and output error against the reference, in "
                    "execution order (the checks always name the first that diverges).")
+@click.option("--calib-npy", type=click.Path(dir_okay=False), default=None,
+              help="The calibration inputs the program was compiled with (compile's "
+                   "--calib-npy; default: the file its provenance names). Its sha256 must "
+                   "match the one recorded.")
+@click.option("--strict-calibration", is_flag=True,
+              help="Fail (exit 1) when the calibration check cannot run (calibration data "
+                   "missing or changed), instead of reporting it skipped.")
 @click.option("--noise", multiple=True, metavar="KEY=VALUE",
               help="Device non-ideality for the emulator, e.g. read_sigma=0.01 (repeatable). "
                    "Disables the exactness checks.")
@@ -68,8 +75,8 @@ def _bitlevel(value: str) -> int | None:
 @click.option("--max-acc-drop", type=float, default=None,
               help="Largest emulator accuracy drop below float, in points (off by default).")
 def command(program_path, samples, data, split, inputs_npy, labels_npy, float_onnx, checkpoint,
-            bitlevel_samples, per_layer, noise, device_model, seed, batch_size, min_agreement,
-            max_rel, max_acc_drop) -> None:
+            bitlevel_samples, per_layer, calib_npy, strict_calibration, noise, device_model,
+            seed, batch_size, min_agreement, max_rel, max_acc_drop) -> None:
     """Check the emulator running MODEL.farc against the reference built from its checkpoint
     (or .pt2/.onnx model) and against float onnxruntime."""
     import tempfile
@@ -92,7 +99,8 @@ def command(program_path, samples, data, split, inputs_npy, labels_npy, float_on
     with tempfile.TemporaryDirectory(prefix="farc-verify-") as tmp:
         refs = resolve_references(program, program_path, float_onnx=float_onnx,
                                   checkpoint=checkpoint, workdir=tmp)
-        layer_opts = {"bitlevel_samples": bitlevel, "per_layer": per_layer}
+        layer_opts = {"bitlevel_samples": bitlevel, "per_layer": per_layer,
+                      "calib_npy": calib_npy, "strict_calibration": strict_calibration}
         if world is None:
             report = _run(program, x, y, refs, noise_cfg, seed, tol, batch_size, layer_opts)
         else:
@@ -183,7 +191,12 @@ def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size, layer
     Each rank's emulator is built with the same seed, so programming variation and stuck-at
     faults are the same chip on every rank; read noise is a different (equally valid) draw
     than a single-process run's."""
-    from farc.check.verify import add_layer_checks, report_for_outputs, run_models
+    from farc.check.verify import (
+        add_calibration_check,
+        add_layer_checks,
+        report_for_outputs,
+        run_models,
+    )
     from farc.distributed import contiguous_shard, gather_arrays, teardown
 
     part = contiguous_shard(len(x), world)
@@ -195,7 +208,10 @@ def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size, layer
     if outputs is None:
         return None
     report = report_for_outputs(program, outputs, y, refs, noise=noise, tol=tol)
+    calib = {k: layer_opts.pop(k) for k in ("calib_npy", "strict_calibration")}
     add_layer_checks(report, program, x, refs, noise=noise, tol=tol, **layer_opts)
+    add_calibration_check(report, program, refs, calib_npy=calib["calib_npy"],
+                          strict=calib["strict_calibration"], tol=tol)
     return report
 
 
