@@ -189,14 +189,14 @@ def _spread(accs: list[float]) -> str:
 
 
 def noise_sweep(far: Path, x, y, sigmas: tuple[float, ...], seeds: tuple[int, ...]):
-    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.schema import DeviceSection
 
     prog = compile_digits(far, **{"adc.bits": 9, "adc.range": "full"})
     rows = []
     for s in sigmas:
         row = {"sigma": s}
         for key in ("read_sigma", "prog_sigma"):
-            accs = [emulated_accuracy(prog, x, y, NoiseConfig(**{key: s}) if s else None, sd)
+            accs = [emulated_accuracy(prog, x, y, DeviceSection(**{key: s}) if s else None, sd)
                     for sd in (seeds if s else seeds[:1])]
             row[key] = sum(accs) / len(accs)
             row[key + "_runs"] = accs

@@ -80,10 +80,10 @@ def farc_layer(W: np.ndarray, x: np.ndarray) -> Any:
 def farc_side(W: np.ndarray, x: np.ndarray, model: str, sigma: float,
               chip: int) -> tuple[float, float, float]:
     """(no-ADC error, 9-bit-ADC error, closed-form expectation) of one chip."""
-    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.schema import DeviceSection
 
     pl, x_int, ideal = farc_problem(W, x)
-    analog, adc = farc_errors(pl, x_int, ideal, NoiseConfig(prog_sigma=sigma, prog_model=model),
+    analog, adc = farc_errors(pl, x_int, ideal, DeviceSection(prog_sigma=sigma, prog_model=model),
                               chip)
     return analog, adc, expected_rel_rms(pl, x_int, ideal, model, sigma)
 

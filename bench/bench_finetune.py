@@ -56,13 +56,13 @@ def point(program: str, noise: str, seed: int) -> float:
         return json.loads(cache.read_text())["acc"]
     import numpy as np
     from farc.runtime.emulator import Emulator
-    from farc.runtime.noise import NoiseConfig
     from farc.runtime.program import Program
+    from farc.runtime.schema import DeviceSection
 
     from farc.data import load_split
 
     x, y = load_split("digits", "test")
-    cfg = NoiseConfig.parse(noise.split(",")) if noise else None
+    cfg = DeviceSection.parse(noise.split(",")) if noise else None
     emu = Emulator(Program.load(program), noise=cfg, seed=seed)
     logits = np.concatenate([emu.run({"image": x[i:i + 120].numpy()})["logits"]
                              for i in range(0, len(x), 120)])

@@ -1,6 +1,6 @@
 """farc.runtime: the tile-program format and the functional ReRAM emulator (numpy only).
 
-Public API: `Program` (format), `Emulator` (execution), `NoiseConfig` (device
+Public API: `Program` (format), `Emulator` (execution), `DeviceSection` (device
 non-idealities), `Counters` / `static_counts` (events for the cost model), and the hand
 builder `pack_layer` / `make_program` / `XbarParams`. They are imported on first use, so
 `farc.runtime.schema` (standard library only) is read without numpy: the CLI builds its
@@ -13,7 +13,7 @@ from typing import Any
 
 _HOME = {"XbarParams": "builder", "make_program": "builder", "pack_layer": "builder",
          "Counters": "counters", "static_counts": "counters", "Emulator": "emulator",
-         "NoiseConfig": "noise", "Program": "program"}
+         "DeviceSection": "schema", "Program": "program"}
 
 __all__ = sorted(_HOME)
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from farc.errors import ConfigError
 
-from .noise import NoiseConfig
+from .schema import DeviceSection, check_keys, field_types, parse_value
 
 # ---------------------------------------------------------------- PCM (Joshi et al. 2020)
 PCM_PROG_COEFF = (0.26348, 1.9650, -1.1731)
@@ -71,12 +72,17 @@ def pcm_prog_sigma(g_rel: np.ndarray) -> np.ndarray:
     return _poly(PCM_PROG_COEFF, g_rel) / PCM_G_MAX_REF
 
 
-def rram_prog_sigma(g_rel: np.ndarray, t: float) -> np.ndarray:
-    """ReRAM spread around the target as a fraction of g_max, t seconds after programming
-    (one of the fitted times: 1 s 0.87-5.7 %)."""
+def check_fitted_time(t: float) -> None:
+    """The rram_wan2022 model reads its spread at one of its fitted times, or not at all."""
     if t not in RRAM_WAN_COEFF:
         raise ConfigError(f"the rram_wan2022 model is fitted at t = "
                           f"{', '.join(f'{k:g}' for k in RRAM_WAN_COEFF)} s, not drift_t = {t:g}")
+
+
+def rram_prog_sigma(g_rel: np.ndarray, t: float) -> np.ndarray:
+    """ReRAM spread around the target as a fraction of g_max, t seconds after programming
+    (one of the fitted times: 1 s 0.87-5.7 %)."""
+    check_fitted_time(t)
     return _poly(RRAM_WAN_COEFF[t], g_rel) / RRAM_G_MAX_REF
 
 
@@ -97,18 +103,19 @@ def pcm_read_sigma(g_rel: np.ndarray, t: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- presets
-def _pcm(t_inference: float) -> NoiseConfig:
+def _pcm(t_inference: float) -> DeviceSection:
     """PCM read t_inference seconds after programming completes (aihwkit's t = t_inference
     + t_0), drift compensated per column."""
-    return NoiseConfig(prog_model="pcm_joshi2020", drift_model="pcm_joshi2020",
-                       drift_t0=PCM_T0, drift_t=PCM_T0 + t_inference, drift_compensation=2.0)
+    return DeviceSection(prog_model="pcm_joshi2020", drift_model="pcm_joshi2020",
+                         drift_t0=PCM_T0, drift_t=PCM_T0 + t_inference,
+                         drift_compensation="per_column")
 
 
-DEVICE_PRESETS: dict[str, NoiseConfig] = {
-    "ideal": NoiseConfig(),
-    "rram_wan2022_1s": NoiseConfig(prog_model="rram_wan2022", drift_t=1.0),
-    "rram_wan2022_1d": NoiseConfig(prog_model="rram_wan2022", drift_t=86400.0),
-    "rram_wan2022_2d": NoiseConfig(prog_model="rram_wan2022", drift_t=172800.0),
+DEVICE_PRESETS: dict[str, DeviceSection] = {
+    "ideal": DeviceSection(),
+    "rram_wan2022_1s": DeviceSection(prog_model="rram_wan2022", drift_t=1.0),
+    "rram_wan2022_1d": DeviceSection(prog_model="rram_wan2022", drift_t=86400.0),
+    "rram_wan2022_2d": DeviceSection(prog_model="rram_wan2022", drift_t=172800.0),
     "pcm_joshi2020_1h": _pcm(3600.0),
     "pcm_joshi2020_1d": _pcm(86400.0),
 }
@@ -120,8 +127,8 @@ at the named time, per-column drift compensation. Periphery (ADC noise, offset, 
 not a device property: add it with --noise."""
 
 
-def device_preset(name: str) -> NoiseConfig:
-    """The NoiseConfig of a named preset; a ConfigError with the closest name otherwise."""
+def device_preset(name: str) -> DeviceSection:
+    """The DeviceSection of a named preset; a ConfigError with the closest name otherwise."""
     if name not in DEVICE_PRESETS:
         close = difflib.get_close_matches(name, list(DEVICE_PRESETS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -130,13 +137,40 @@ def device_preset(name: str) -> NoiseConfig:
     return DEVICE_PRESETS[name]
 
 
-def noise_from_options(device_model: str | None, items: Sequence[str]) -> NoiseConfig | None:
-    """The CLI's noise: the `--device-model` preset (else ideal), then each `--noise
-    KEY=VALUE` over it. None when neither is given."""
-    if device_model is None and not items:
+def parse_device(values: Any, source: str) -> DeviceSection:
+    """A [device] table (a target file's): `preset = NAME` (optional) and field overrides
+    over it, each key and value checked as every schema section is."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: [device] must be a table, got {values!r}")
+    fields_given = {k: v for k, v in values.items() if k != "preset"}
+    name = values.get("preset")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{source}: [device] preset = {name!r} must be a preset name")
+    base = device_preset(name) if name is not None else DeviceSection()
+    check_keys(fields_given, [*field_types(DeviceSection), "preset"], "device", source)
+    kw = {k: parse_value(DeviceSection, k, v, "device", source) for k, v in fields_given.items()}
+    try:
+        return replace(base, **kw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: [device] {exc}") from None
+
+
+def noise_from_options(device_model: str | None, items: Sequence[str],
+                       recorded: DeviceSection | None = None) -> DeviceSection | None:
+    """The device model a run uses: the `--device-model` preset, else the one the program's
+    target records (`recorded`), else the ideal chip; then each `--noise KEY=VALUE` over
+    it. None when none of them is given (the ideal chip)."""
+    if device_model is None and not items and (recorded is None or not recorded.enabled):
         return None
-    base = device_preset(device_model) if device_model is not None else NoiseConfig()
-    return NoiseConfig.parse(list(items), base=base)
+    base = (device_preset(device_model) if device_model is not None
+            else recorded if recorded is not None else DeviceSection())
+    return DeviceSection.parse(list(items), base=base)
+
+
+def describe(cfg: DeviceSection) -> str:
+    """'prog_model=rram_wan2022, drift_t=86400': the fields a device model sets."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in cfg.changed().items()) or "ideal"
 
 
 def sigma_table() -> str:

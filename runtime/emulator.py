@@ -25,9 +25,10 @@ from .bounds import check_run_bounds
 from .counters import Counters, record, record_move
 from .isa import HANDLED_OPS, OPS, disagreements
 from .lockstep import Group, HoistedInputs, hoist_inputs, mvm_hoisted, mvm_stacked, plan_body
-from .noise import NoiseConfig, ProgrammedLayer, noisy_partial_sums, program_layer
+from .noise import ProgrammedLayer, noisy_partial_sums, program_layer
 from .numerics import Geometry
 from .program import Program
+from .schema import DeviceSection
 from .split import SplitPlan, mvm_split, plan_split
 
 Handler = Callable[["Emulator", dict[str, Any], list[np.ndarray]], np.ndarray | None]
@@ -83,7 +84,7 @@ class Emulator:
         runs loop bodies one instruction at a time.
     """
 
-    def __init__(self, program: Program, noise: NoiseConfig | None = None, seed: int = 0,
+    def __init__(self, program: Program, noise: DeviceSection | None = None, seed: int = 0,
                  mvm_path: str = "auto", lockstep: bool = True, hoist: bool = True,
                  trace: bool = False) -> None:
         if mvm_path not in MVM_PATHS:

@@ -29,7 +29,8 @@ from farc.limits import MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, check_memory, fmt_by
 from farc.npyio import load_blob, read_blob
 
 from .isa import FORMAT, VERSION
-from .validate import ARRAY_DTYPES, ARRAY_NAME, check_header, validate_program
+from .schema import DeviceSection
+from .validate import ARRAY_DTYPES, ARRAY_NAME, check_header, device_of, validate_program
 
 MANIFEST = "manifest.json"
 NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
@@ -84,6 +85,12 @@ class Program:
 
     def constant(self, name: str) -> np.ndarray:
         return self.arrays[self.manifest["constants"][name]]
+
+    @property
+    def device(self) -> DeviceSection | None:
+        """The device model the program's target records ([device]: the fields that differ
+        from the ideal chip), or None for the ideal chip. Checked by validate()."""
+        return device_of(self.manifest)
 
     def validate(self) -> None:
         """Raise ProgramError unless the program satisfies docs/tile-program.md."""

@@ -1,4 +1,4 @@
-"""The crossbar schema: the [crossbar] [dac] [adc] [quant] sections, typed once.
+"""The crossbar schema: the [crossbar] [dac] [adc] [quant] [device] sections, typed once.
 
 A target file, a program layer and the CLI all describe a crossbar with these frozen
 dataclasses, parsed by one constructor (`parse_section`) with the same unknown-key
@@ -25,8 +25,10 @@ import difflib
 import functools
 import inspect
 import itertools
+import math
 import textwrap
-from dataclasses import MISSING, asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from enum import StrEnum
 from typing import Any, ClassVar, get_type_hints
 
@@ -186,6 +188,224 @@ class QuantSection:
 
     LIMITS: ClassVar[dict] = {"weight_bits": _limits(2, 16), "input_bits": _limits(2, 16),
                               "percentile": _limits(50, 100, open_lo=True)}
+
+
+class ProgModel(StrEnum):
+    """How programming noise depends on the level (docs/devices.md)."""
+
+    INDEPENDENT = "independent"
+    """G + N(0, prog_sigma * (g_on - g_off)), the same at every level (CrossSim
+    NormalIndependentDevice)."""
+    PROPORTIONAL = "proportional"
+    """G (1 + N(0, prog_sigma)), proportional to the cell's conductance (CrossSim
+    NormalProportionalDevice)."""
+    PCM_JOSHI2020 = "pcm_joshi2020"
+    """PCM, sigma per level fitted by Joshi et al. 2020 (aihwkit PCMLikeNoiseModel)."""
+    RRAM_WAN2022 = "rram_wan2022"
+    """ReRAM, sigma per level fitted by Wan et al. 2022 at 1 s, 1 day or 2 days (aihwkit
+    ReRamWan2022NoiseModel)."""
+
+
+class DriftModel(StrEnum):
+    """Where each cell's drift exponent comes from."""
+
+    FIXED = "fixed"
+    """N(drift_nu, drift_nu_sigma) for every cell, clipped at 0."""
+    PCM_JOSHI2020 = "pcm_joshi2020"
+    """Per device from the cell's level, plus PCM's accumulated 1/f read noise."""
+
+
+class DriftCompensation(StrEnum):
+    """How the chip undoes drift from a reference read (docs/devices.md)."""
+
+    OFF = "off"
+    """No compensation."""
+    GLOBAL = "global"
+    """One gain per layer and replica: the ratio of a reference read's summed column
+    currents at t0 and at t."""
+    PER_COLUMN = "per_column"
+    """That ratio per crossbar column, each reference read taken less a zero-input read
+    (aihwkit PerColumnDriftCompensation)."""
+
+
+LEGACY_COMPENSATION = {0.0: DriftCompensation.OFF, 1.0: DriftCompensation.GLOBAL,
+                       2.0: DriftCompensation.PER_COLUMN}
+"""The numeric codes drift_compensation took before it was an enum (0, 1, 2): still read."""
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    """[device]: the devices' and the periphery's non-idealities (all zero / infinite =
+    the ideal chip). A target file names a preset of runtime/devices.py (`preset = NAME`)
+    and overrides its fields; the CLI's --device-model and --noise KEY=VALUE do the same.
+    The models and their units: docs/devices.md, docs/emulator.md."""
+
+    prog_sigma: float = 0.0
+    """Programming variation of the `independent` and `proportional` models: the std of a
+    Gaussian drawn once per cell, as a fraction of g_on - g_off (0.02 = 2 %; independent) or
+    of the cell's own conductance (proportional)."""
+    read_sigma: float = 0.0
+    """Read noise: std of an independent Gaussian per cell and per read (per DAC cycle), as
+    a fraction of g_on - g_off."""
+    sa0_rate: float = 0.0
+    """Fraction of cells stuck at g_off (level 0), independent of the programmed level."""
+    sa1_rate: float = 0.0
+    """Fraction of cells stuck at g_on (the top level)."""
+    on_off_ratio: float = math.inf
+    """g_on / g_off; finite values make level 0 conduct g_off = g_on / ratio (not 0)."""
+    drift_nu: float = 0.0
+    """Drift exponent: G(t) = G(t0) * (t / t0) ** -nu."""
+    drift_t: float = 1.0
+    """Seconds since programming at which the crossbars are read. The rram_wan2022 model
+    reads its spread at this time (one of its fitted times)."""
+    drift_t0: float = 1.0
+    """Reference time of the programmed conductances, seconds."""
+    drift_nu_sigma: float = 0.0
+    """Device-to-device spread of the drift exponent: each cell drifts with its own
+    nu ~ N(drift_nu, drift_nu_sigma), clipped at 0 (as in PCM/ReRAM drift models, e.g.
+    aihwkit's). With one nu for every cell, drift is a pure gain that compensation undoes."""
+    drift_compensation: DriftCompensation = DriftCompensation.OFF
+    """'off'; 'global': right after programming (t0) the chip reads a reference input
+    (every used row driven) and stores the summed column currents per layer; at drift_t it
+    reads it again and applies the gain sum(t0) / sum(t) to that layer's reads (in the
+    analog domain, like a read-voltage or integration-time trim, so read noise is not
+    amplified); 'per_column' (aihwkit PerColumnDriftCompensation): the same ratio per
+    crossbar column, each reference read taken less a zero-input read of the same column,
+    so the column's ADC offset does not enter the estimate and its ADC gain cancels in the
+    ratio. The old codes 0, 1, 2 are still read."""
+    prog_model: ProgModel = ProgModel.INDEPENDENT
+    """Programming-noise model. The fitted ones (pcm_joshi2020, rram_wan2022) take their
+    sigma per level from runtime/devices.py, times prog_scale."""
+    prog_scale: float = 1.0
+    """Multiplies the fitted models' sigma (aihwkit's prog_noise_scale)."""
+    drift_model: DriftModel = DriftModel.FIXED
+    """Drift-exponent model."""
+    adc_sigma: float = 0.0
+    """ADC noise: std of a Gaussian, in LSB (ADC steps), added to every analog partial sum
+    before the ADC rounds; fresh per conversion."""
+    adc_offset_sigma: float = 0.0
+    """Per-column ADC offset: drawn once per chip, N(0, adc_offset_sigma) LSB per column."""
+    adc_gain_sigma: float = 0.0
+    """Per-column ADC gain mismatch: drawn once per chip, gain 1 + N(0, adc_gain_sigma)."""
+
+    @property
+    def enabled(self) -> bool:
+        """True when any model changes a read (a compensation or a time alone does not)."""
+        return (self.prog_sigma > 0 or self.read_sigma > 0 or self.sa0_rate > 0
+                or self.sa1_rate > 0 or math.isfinite(self.on_off_ratio) or self.drifts
+                or self.fitted_prog or self.drift_model != DriftModel.FIXED
+                or self.adc_sigma > 0 or self.adc_mismatch)
+
+    @property
+    def drifts(self) -> bool:
+        """True when the conductances drift between programming and the read."""
+        return ((self.drift_nu > 0 or self.drift_model != DriftModel.FIXED)
+                and self.drift_t != self.drift_t0)
+
+    @property
+    def fitted_prog(self) -> bool:
+        """True for a per-level fitted programming model (runtime/devices.py)."""
+        return self.prog_model in (ProgModel.PCM_JOSHI2020, ProgModel.RRAM_WAN2022)
+
+    @property
+    def adc_mismatch(self) -> bool:
+        """True when each chip draws per-column ADC offsets or gains."""
+        return self.adc_offset_sigma > 0 or self.adc_gain_sigma > 0
+
+    @property
+    def beyond_twin(self) -> list[str]:
+        """The enabled models farc/far/crossbar_torch.py (the fine-tuning twin) does not
+        draw yet: it takes prog_sigma as `independent`, `fixed` drift, read noise, stuck-at
+        cells, on/off ratio and both compensations, nothing else."""
+        out = [f"prog_model={self.prog_model}"] if self.prog_model != ProgModel.INDEPENDENT \
+            else []
+        out += [f"drift_model={self.drift_model}"] if self.drift_model != DriftModel.FIXED \
+            else []
+        return out + [k for k in ("adc_sigma", "adc_offset_sigma", "adc_gain_sigma")
+                      if getattr(self, k) > 0]
+
+    def __post_init__(self) -> None:
+        """Enum fields from strings (and drift_compensation from its old codes); every value
+        in range; each model's own parameters only where that model reads them."""
+        comp = self.drift_compensation
+        if isinstance(comp, int | float) and not isinstance(comp, bool):
+            if comp not in LEGACY_COMPENSATION:
+                raise ConfigError(f"noise drift_compensation = {comp!r} must be one of "
+                                  f"{_choices(DriftCompensation)} (or 0, 1, 2)")
+            object.__setattr__(self, "drift_compensation", LEGACY_COMPENSATION[comp])
+        for name, enum in (("drift_compensation", DriftCompensation), ("prog_model", ProgModel),
+                           ("drift_model", DriftModel)):
+            value = getattr(self, name)
+            if value not in [m.value for m in enum]:
+                raise ConfigError(f"noise {name} = {value!r} must be one of {_choices(enum)}")
+            object.__setattr__(self, name, enum(value))
+        for name in ("prog_sigma", "read_sigma", "drift_nu", "drift_nu_sigma", "prog_scale",
+                     "adc_sigma", "adc_offset_sigma", "adc_gain_sigma"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be finite "
+                                  "and >= 0")
+        for name in ("sa0_rate", "sa1_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"noise {name} = {getattr(self, name)!r} must be in [0, 1]")
+        if self.sa0_rate + self.sa1_rate > 1:
+            raise ConfigError(f"noise sa0_rate + sa1_rate = {self.sa0_rate + self.sa1_rate} "
+                              "exceeds 1")
+        if not self.on_off_ratio > 1:
+            raise ConfigError(f"noise on_off_ratio = {self.on_off_ratio!r} must be > 1")
+        if not (0 < self.drift_t0 <= self.drift_t < math.inf):
+            raise ConfigError(f"noise drift_t = {self.drift_t!r} must be >= drift_t0 = "
+                              f"{self.drift_t0!r} > 0")
+        if self.fitted_prog and self.prog_sigma > 0:
+            raise ConfigError(f"noise prog_sigma applies to the independent and proportional "
+                              f"models; {self.prog_model} takes its sigma per level (scale it "
+                              "with prog_scale)")
+        if self.drift_model != DriftModel.FIXED and (self.drift_nu > 0 or
+                                                     self.drift_nu_sigma > 0):
+            raise ConfigError(f"noise drift_nu and drift_nu_sigma apply to the fixed drift "
+                              f"model; {self.drift_model} draws each cell's exponent itself")
+        if self.prog_model == ProgModel.RRAM_WAN2022:
+            from farc.runtime.devices import check_fitted_time  # numpy: only for this model
+
+            check_fitted_time(self.drift_t)
+
+    @classmethod
+    def parse(cls, items: Sequence[str], base: DeviceSection | None = None) -> DeviceSection:
+        """From KEY=VALUE strings (the CLI's --noise), e.g. ["read_sigma=0.01"], each over
+        `base` (a device preset; ideal when None)."""
+        types = field_types(cls)
+        kw: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in types:
+                raise ConfigError(f"bad --noise {item!r}: expected KEY=VALUE with KEY one of "
+                                  f"{', '.join(types)}")
+            if types[key] is not float:
+                kw[key] = _number_or_text(value.strip())
+                continue
+            try:
+                kw[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"bad --noise {item!r}: {value!r} is not a number") from None
+        return replace(base if base is not None else cls(), **kw)
+
+    def changed(self) -> dict[str, Any]:
+        """The fields that differ from the ideal chip, as a TOML/JSON table (what a program
+        records: never the ideal chip's infinite on/off ratio, which JSON cannot hold)."""
+        ideal = section_dict(DeviceSection())
+        return {k: v for k, v in section_dict(self).items() if v != ideal[k]}
+
+
+def _choices(enum: type[StrEnum]) -> str:
+    return ", ".join(repr(m.value) for m in enum)
+
+
+def _number_or_text(text: str) -> Any:
+    """An enum field's value from the command line: its old numeric code or its name."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 XBAR_SECTIONS: dict[str, type] = {"crossbar": CrossbarSection, "dac": DacSection,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from farc.errors import ProgramError
+from farc.errors import ConfigError, ProgramError
 from farc.limits import MAX_CROSSBARS
 
 from .bounds import check_run_bounds
@@ -28,7 +28,7 @@ from .numerics import (
     max_code,
     valid_step,
 )
-from .schema import AdcRange, StepRule, parse_section, section_dict
+from .schema import AdcRange, DeviceSection, StepRule, parse_section, section_dict
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
@@ -48,6 +48,7 @@ def validate_program(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) ->
     for i, layer in enumerate(manifest["layers"]):
         _check_layer(i, layer, arrays)
     _check_layers_match_target(manifest)
+    device_of(manifest)
     _check_crossbar_ids(manifest)
     _check_instructions(manifest)
     _check_static_bounds(manifest)
@@ -95,6 +96,20 @@ def _check_layers_match_target(manifest: dict[str, Any]) -> None:
         if layer["crossbar"] != chip:
             raise ProgramError(f"layer {i} ({layer.get('name', '?')}): crossbar "
                                f"{layer['crossbar']} but the program's chip has {chip}")
+
+
+def device_of(manifest: dict[str, Any]) -> DeviceSection | None:
+    """The target's [device] record as a DeviceSection (None: the ideal chip); a ProgramError
+    naming the field when it is not one."""
+    record = (manifest.get("target") or {}).get("device")
+    if record is None:
+        return None
+    try:
+        device = parse_section(DeviceSection, record, "device", "manifest target",
+                               ProgramError)
+    except ConfigError as exc:
+        raise ProgramError(f"manifest target: [device] {exc}") from None
+    return device if device.enabled else None
 
 
 def check_header(manifest: Any) -> None:

@@ -15,12 +15,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from farc.runtime.devices import parse_device
 from farc.runtime.numerics import XbarParams, chip_crossbars
 from farc.runtime.schema import (
     XBAR_SECTIONS,
     AdcSection,
     CrossbarSection,
     DacSection,
+    DeviceSection,
     QuantSection,
     check_keys,
     field_docs,  # noqa: F401  (re-exported: report/targets_view reads section docs here)
@@ -83,6 +85,11 @@ class Target:
     dac: DacSection = field(default_factory=DacSection)
     adc: AdcSection = field(default_factory=AdcSection)
     quant: QuantSection = field(default_factory=QuantSection)
+    device: DeviceSection = field(default_factory=DeviceSection)
+    """The chip's devices and periphery as a real chip has them ([device]: a preset of
+    runtime/devices.py and overrides; the ideal chip when absent). A program records it
+    with its target, and `farc run` / `verify` / `finetune` read through it unless told
+    otherwise (docs/devices.md)."""
     latency: LatencySpec = field(default_factory=LatencySpec)
     """Per-event latencies (crossbar read, ADC rate, pipeline, buffer bandwidth)."""
     energy: EnergySpec = field(default_factory=EnergySpec)
@@ -122,6 +129,7 @@ class Target:
             mine, base = getattr(self, sec), getattr(default, sec)
             diffs += [f"{sec}.{f.name}={_plain(getattr(mine, f.name))!r}" for f in fields(mine)
                       if getattr(mine, f.name) != getattr(base, f.name)]
+        diffs += [f"device.{k}={v!r}" for k, v in self.device.changed().items()]
         return f"Target({self.name!r}{', ' if diffs else ''}{', '.join(diffs)})"
 
     def with_overrides(self, **kw: Any) -> Target:
@@ -140,12 +148,14 @@ class Target:
         for sec in ALL_SECTIONS:
             spec = getattr(self, sec)
             out[sec] = section_dict(spec)
+        if self.device.changed():  # only what differs from the ideal chip (finite numbers)
+            out["device"] = self.device.changed()
         return out
 
     @staticmethod
     def from_dict(data: dict[str, Any], source: str = "<dict>") -> Target:
         """Validate a TOML-shaped dict and build the Target; ConfigError on any bad key/value."""
-        known = ["target", *ALL_SECTIONS]
+        known = ["target", *ALL_SECTIONS, "device"]
         for sec in data:
             if sec not in known:
                 raise ConfigError(f"{source}: unknown section [{sec}]{suggest(sec, known)}")
@@ -166,6 +176,7 @@ class Target:
                 if f.name in vals:
                     _check_type(vals[f.name], type(getattr(cls(), f.name)), sec, f.name, source)
             specs[sec] = cls(**vals)
+        specs["device"] = parse_device(data.get("device", {}), source)
         costs = {sec: dict(data[sec]) for sec in COST_SECTIONS if sec in data}
         target = Target(name=str(head["name"]), description=str(head.get("description", "")),
                         costs=costs, **specs)

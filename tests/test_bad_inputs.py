@@ -67,10 +67,10 @@ def test_training_options_are_checked(opts, match: str) -> None:
     ("drift_t=inf", "drift_t = inf must be >= drift_t0"),
 ])
 def test_noise_must_be_finite(item: str, match: str) -> None:
-    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.schema import DeviceSection
 
     with pytest.raises(ConfigError, match=match):
-        NoiseConfig.parse([item])
+        DeviceSection.parse([item])
 
 
 @pytest.mark.parametrize("opset,error,match", [

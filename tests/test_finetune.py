@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from farc.runtime.builder import make_program, pack_layer, scale_for_inputs
-from farc.runtime.noise import NoiseConfig
 from farc.runtime.program import Program
+from farc.runtime.schema import DeviceSection
 from farc.targets import load_target
 from xbar_flat import xp
 
@@ -47,7 +47,7 @@ def tuned(pruned_far_checkpoint, tmp_path_factory):
                            train=TrainOptions(batch_size=8, seed=0, eval_batch=8))
     run = Run(world, (x[:16], y[:16]), (x[:8], y[:8]), opts.train, state_path_for(out), {})
     target = load_target("isaac").with_overrides(**{"adc.bits": 9, "adc.range": "full"})
-    tuned, report = run_finetune(model, None, target.xbar, NoiseConfig(prog_sigma=0.02), run,
+    tuned, report = run_finetune(model, None, target.xbar, DeviceSection(prog_sigma=0.02), run,
                                  opts, (xt[:8], yt[:8]), x[:8])
     save_checkpoint(out, tuned, {"command": "finetune", **report})
     return out, report, target, model

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from farc.runtime.emulator import Emulator
-from farc.runtime.noise import NoiseConfig
 from farc.runtime.numerics import quantize_weights
+from farc.runtime.schema import DeviceSection
 from farc.targets import load_target
 
 from farc.compiler.driver import CompileOptions, compile_checkpoint
@@ -90,7 +90,7 @@ def test_noisy_numerics_on_the_emulators_devices(compiled, images):
     conductances the emulator programmed; the ADC outputs then agree (a partial sum within
     float32 rounding of a rounding boundary may land on the other side: < 0.5 % of outputs)."""
     name, program, model = compiled
-    noise = NoiseConfig(prog_sigma=0.03, on_off_ratio=50.0)
+    noise = DeviceSection(prog_sigma=0.03, on_off_ratio=50.0)
     emu, _ = _traced(program, images, noise, seed=3)
     numerics = CrossbarNumerics.from_program(program, noise)
     weights = layer_weights(model)
@@ -139,7 +139,7 @@ def test_gradients_are_straight_through(compiled):
     (q s_w) 1 where the input quantizer does not clip, 0 where it does."""
     _, program, model = compiled
     layer = program.layers[1]
-    numerics = CrossbarNumerics.from_program(program, NoiseConfig(prog_sigma=0.05))
+    numerics = CrossbarNumerics.from_program(program, DeviceSection(prog_sigma=0.05))
     W0, b0 = layer_weights(model)[layer["name"]]
     W = W0.detach().clone().requires_grad_(True)
     prep = numerics.layers[layer["name"]].prepare(W, b0.detach())

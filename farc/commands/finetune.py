@@ -30,7 +30,8 @@ from farc.models.checkpoint import file_sha256
 @click.option("--teacher", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint whose logits are distilled (default: CKPT itself, float).")
 @click.option("--noise", multiple=True, metavar="KEY=VALUE",
-              help="Device model sampled every step, e.g. prog_sigma=0.02 (docs/emulator.md).")
+              help="Device model sampled every step, e.g. prog_sigma=0.02, over the "
+                   "target's [device] (docs/devices.md).")
 @target_override_options
 @click.option("--epochs", type=int, default=FinetuneOptions.epochs, show_default=True)
 @click.option("--lr", type=float, default=FinetuneOptions.lr, show_default=True,
@@ -50,12 +51,13 @@ def command(checkpoint, output, target_name, teacher, noise, epochs, lr, kd, rec
             **overrides) -> None:
     """Fine-tune FAR checkpoint CKPT through the crossbar numerics of its program."""
     from farc.errors import ConfigError
-    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.devices import noise_from_options
 
     target = overridden_target(target_name, overrides)
-    cfg = NoiseConfig.parse(list(noise)) if noise else None
+    cfg = noise_from_options(None, noise, target.device)  # the target's [device], then --noise
     if cfg is not None and cfg.beyond_twin:
-        raise ConfigError(f"--noise {', '.join(cfg.beyond_twin)}: fine-tuning's torch numerics "
+        where = "--noise" if noise else f"the target's [device] ({target_name})"
+        raise ConfigError(f"{where} {', '.join(cfg.beyond_twin)}: fine-tuning's torch numerics "
                           "do not model it yet (docs/devices.md); farc run does")
     opts = FinetuneOptions(epochs=epochs, lr=lr, kd=kd, recalibrate_every=recalibrate_every,
                            calib_samples=calib_samples, eval_seeds=eval_seeds,

@@ -53,6 +53,7 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, devi
             seeds_spec, batch_size, mvm_path, counters_path, allow_nonfinite, output_path) -> None:
     """Run MODEL.farc on the functional ReRAM emulator."""
     from farc.atomic import check_outputs
+    from farc.commands._noise_options import chip_device
     from farc.errors import ConfigError
     from farc.runtime.devices import noise_from_options
     from farc.runtime.emulator import Emulator
@@ -63,15 +64,16 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, devi
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
     seeds = parse_seeds(seeds_spec) if seeds_spec is not None else None
-    if seeds is not None:
-        _check_monte_carlo(noise or device_model, seed, counters_path, output_path)
+    noise_from_options(device_model, noise)  # a bad name or value fails before any work
     check_outputs({"-o": output_path, "--counters": counters_path},  # before emulating
                   {"MODEL.farc": program_path, "--input": input_path, "--labels": labels_path})
     if Path(output_path).suffix not in (".npy", ".npz"):
         raise ConfigError(f"-o {output_path}: outputs are numpy arrays, give a .npy (one "
                           "output) or .npz path")
-    cfg = noise_from_options(device_model, noise)  # a bad name fails before any work
     program = Program.load(program_path)
+    cfg = chip_device(program, device_model, noise)
+    if seeds is not None:
+        _check_monte_carlo(cfg, seed, counters_path, output_path)
     inputs, labels = (_read_inputs(program, input_path, labels_path) if input_path
                       else _data_inputs(program, data_spec, split))
     if seeds is not None:

@@ -83,7 +83,7 @@ def command(program_path, samples, data, split, inputs_npy, labels_npy, float_on
 
     from farc.check.verify import VerifyError, resolve_references
     from farc.errors import ConfigError
-    from farc.runtime.devices import noise_from_options
+    from farc.runtime.devices import describe, noise_from_options
     from farc.runtime.program import Program
 
     if samples < 0 or batch_size < 1 or not 0 <= min_agreement <= 1:
@@ -93,6 +93,10 @@ def command(program_path, samples, data, split, inputs_npy, labels_npy, float_on
     program = Program.load(program_path)
     tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
     noise_cfg = noise_from_options(device_model, noise)
+    if program.device is not None and noise_cfg is None:
+        click.echo(f"the program's target records a device model ({describe(program.device)}"
+                   "): verify checks the compiler on the ideal chip; --device-model or "
+                   "--noise checks accuracy under noise", err=True)
     x, y = _npy_inputs(program, inputs_npy, labels_npy, samples) if inputs_npy else \
         _inputs(program, data, split, samples)
     world = _world()

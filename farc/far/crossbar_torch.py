@@ -42,7 +42,7 @@ import torch
 from farc.errors import ConfigError
 from farc.runtime.builder import pack_layer
 from farc.runtime.crossbar import PreparedLayer, prepare_layer
-from farc.runtime.noise import NoiseConfig, program_layer
+from farc.runtime.noise import program_layer
 from farc.runtime.numerics import (
     F32_EXACT,
     XbarParams,
@@ -52,6 +52,7 @@ from farc.runtime.numerics import (
     phase_cycles,
     qmax,
 )
+from farc.runtime.schema import DeviceSection
 
 
 @dataclass
@@ -71,7 +72,7 @@ class LayerNumerics:
                    list(layer["adc_step"]))
 
     def prepare(self, W: torch.Tensor, bias: torch.Tensor | None,
-                noise: NoiseConfig | None = None,
+                noise: DeviceSection | None = None,
                 gen: torch.Generator | None = None) -> PreparedXbar:
         """Program W [K, N] onto crossbars with the runtime's weight side (and, with `noise`,
         draw one device instance). Apply to inputs with `mvm`."""
@@ -123,7 +124,7 @@ class PreparedXbar:
     prepared layer, its arrays moved to W's device."""
 
     def __init__(self, ln: LayerNumerics, W: torch.Tensor, bias: torch.Tensor | None,
-                 noise: NoiseConfig | None, gen: torch.Generator | None) -> None:
+                 noise: DeviceSection | None, gen: torch.Generator | None) -> None:
         p = ln.p
         if p.pmax >= F32_EXACT:
             raise ConfigError(f"layer {ln.name}: partial sums up to {p.pmax} are not exact "
@@ -345,13 +346,13 @@ class CrossbarNumerics:
     one chip for many forwards (clear `prepared` for a new one)."""
 
     layers: dict[str, LayerNumerics]
-    noise: NoiseConfig | None = None
+    noise: DeviceSection | None = None
     gen: torch.Generator | None = None
     prepared: dict[str, PreparedXbar] = field(default_factory=dict)
     fixed: bool = False
 
     @classmethod
-    def from_program(cls, program: Any, noise: NoiseConfig | None = None,
+    def from_program(cls, program: Any, noise: DeviceSection | None = None,
                      gen: torch.Generator | None = None) -> CrossbarNumerics:
         return cls({L["name"]: LayerNumerics.from_program_layer(L) for L in program.layers},
                    noise, gen)

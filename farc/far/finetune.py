@@ -36,7 +36,6 @@ from farc.far.crossbar_torch import CrossbarNumerics, LayerNumerics, far_forward
 from farc.far.distill import Run, Split, Stage, TrainOptions, accuracy, check_rates, kd_loss
 from farc.models.far import FAR
 from farc.runtime.builder import calibrated_ranges
-from farc.runtime.noise import NoiseConfig
 from farc.runtime.numerics import (
     XbarParams,
     input_range,
@@ -44,7 +43,7 @@ from farc.runtime.numerics import (
     keep_vectors,
     quantize_weights,
 )
-from farc.runtime.schema import AdcRange
+from farc.runtime.schema import AdcRange, DeviceSection
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,7 @@ def hardware_loss(teacher: torch.nn.Module | None, opts: FinetuneOptions,
 
 
 @torch.no_grad()
-def hardware_accuracy(model: HardwareFAR, split: Split, world: D.World, noise: NoiseConfig | None,
+def hardware_accuracy(model: HardwareFAR, split: Split, world: D.World, noise: DeviceSection | None,
                       seeds: int, batch: int = 256) -> list[float]:
     """Test accuracy through the torch numerics, one value per device seed (one chip
     instance per seed, programmed once for the whole split; noise-free: one value)."""
@@ -223,7 +222,7 @@ def _one_chip_accuracy(model: HardwareFAR, split: Split, world: D.World, batch: 
 
 
 def run_finetune(student: FAR, teacher: torch.nn.Module | None, p: XbarParams,
-                 noise: NoiseConfig | None, run: Run, opts: FinetuneOptions, test: Split,
+                 noise: DeviceSection | None, run: Run, opts: FinetuneOptions, test: Split,
                  calib_images: torch.Tensor) -> tuple[FAR, dict]:
     """Fine-tune `student` through the crossbar numerics of `p` (and `noise`); returns the
     plain FAR and its report (accuracies before and after: float, noise-free numerics,
@@ -250,19 +249,12 @@ def run_finetune(student: FAR, teacher: torch.nn.Module | None, p: XbarParams,
         "load_average": list(os.getloadavg()),
         "options": {k: v for k, v in asdict(opts).items() if k != "train"},
         "train_options": asdict(opts.train), "world_size": w.size,
-        "xbar": asdict(p), "noise": None if noise is None else _finite(asdict(noise)),
+        "xbar": asdict(p), "noise": None if noise is None else noise.changed(),
     }
     return hw.plain(), report
 
 
-def _finite(d: dict) -> dict:
-    """Infinite values (on_off_ratio's ideal default) as the string 'inf': the provenance
-    travels into program manifests, which hold finite numbers only."""
-    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in d.items()}
-
-
-def _measure(hw: HardwareFAR, recal: Recalibrator, noise: NoiseConfig | None, test: Split,
+def _measure(hw: HardwareFAR, recal: Recalibrator, noise: DeviceSection | None, test: Split,
              world: D.World, opts: FinetuneOptions, batch: int) -> dict:
     """Float, noise-free-numerics and noisy-numerics test accuracy of the current weights."""
     recal.now(hw)

@@ -4,6 +4,7 @@ and the detail of one target: every key with its value, unit/meaning and cited s
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from farc.report.units import mm2, mw, ns, pj
+from farc.runtime.schema import DeviceSection
 from farc.targets import Target, list_targets, load_target
 from farc.targets.chip import chip_totals, published
 from farc.targets.events import mvm_layer_events, price
@@ -109,6 +111,7 @@ def target_detail(t: Target, path: Path | None = None) -> list[Table]:
             table.add_row(f.name, str(getattr(spec, f.name)), docs.get(f.name, ""),
                           comments.get((sec, f.name), "default"))
         tables.append(table)
+    tables.append(_device_table(t, comments, path))
     derived = Table(title="derived", title_justify="left")
     derived.add_column("figure")
     derived.add_column("value", justify="right")
@@ -116,3 +119,28 @@ def target_detail(t: Target, path: Path | None = None) -> list[Table]:
         derived.add_row(k, v)
     tables.append(derived)
     return tables
+
+
+def _device_table(t: Target, comments: dict, path: Path) -> Table:
+    """[device]: the preset the file names and the fields that differ from the ideal chip
+    (the preset's included), or one row saying the chip is ideal."""
+    docs = field_docs(DeviceSection)
+    table = Table(title=escape("[device]"), title_justify="left")
+    for col in ("key", "value", "meaning", "source"):
+        table.add_column(col, overflow="fold")
+    changed = t.device.changed()
+    if not changed:
+        table.add_row("-", "ideal", "no device model: every cell at its level, exact reads "
+                      "(--device-model / --noise at run time; docs/devices.md)", "default")
+    given = tomllib.loads(path.read_text()).get("device", {}) \
+        if changed and path.exists() else {}
+    preset = given.get("preset")
+    if preset is not None:
+        table.add_row("preset", str(preset), "named device model (runtime/devices.py)",
+                      comments.get(("device", "preset"), ""))
+    for key, value in changed.items():
+        table.add_row(key, str(value), docs.get(key, ""),
+                      comments.get(("device", key),
+                                   "this file" if key in given or not preset else
+                                   f"preset {preset}"))
+    return table

@@ -96,14 +96,14 @@ def build(name: str, far: Any = None) -> tuple[Any, Any]:
 def observe(name: str, program: Any, target: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """(emulator outputs, {counters, cost}) of one case: what must not change."""
     from farc.runtime.emulator import Emulator
-    from farc.runtime.noise import NoiseConfig
+    from farc.runtime.schema import DeviceSection
     from farc.targets.cost import cost_program
 
     from farc.data import load_split
 
     x, _ = load_split("digits", "test")
     noise = CASES[name][2]
-    emu = Emulator(program, noise=NoiseConfig(**noise) if noise else None, seed=0)
+    emu = Emulator(program, noise=DeviceSection(**noise) if noise else None, seed=0)
     (out,) = emu.run({program.manifest["inputs"][0]["name"]: x[:IMAGES].numpy()}).values()
     cost = cost_program(program, target)
     facts = {"counters": emu.counters.to_dict(),
