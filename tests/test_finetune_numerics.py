@@ -10,6 +10,8 @@ summation order). The expected values are the emulator's, never this module's.""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -24,9 +26,9 @@ from farc.errors import ConfigError
 from farc.far.crossbar_torch import (
     CrossbarNumerics,
     LayerNumerics,
-    far_forward,
     layer_weights,
     quantize_input_t,
+    swap_crossbars,
 )
 from farc.models.checkpoint import load_checkpoint
 
@@ -81,7 +83,8 @@ def test_noise_free_numerics_give_the_emulators_integers(compiled, images):
                                           err_msg=f"{name}: layer {layer['name']}")
     assert (lossy > 0) == (name != "lossless")  # the lossy programs exercise the ADC path
     with torch.no_grad():
-        mine = far_forward(model, torch.from_numpy(images), numerics.matmul).numpy()
+        twin = swap_crossbars(copy.deepcopy(model), numerics.matmul)
+        mine = twin(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(mine, logits, rtol=1e-5, atol=1e-5)
 
 
@@ -155,3 +158,21 @@ def test_gradients_are_straight_through(compiled):
     inside = np.abs(x.detach().numpy()) <= prep.qx * s_x
     np.testing.assert_allclose(x.grad.numpy(), np.where(inside, row[None, :], 0.0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_twin_swaps_modules_and_keeps_the_state_dict(compiled):
+    """HardwareFAR is the FAR with its crossbar modules swapped: the same state dict, every
+    Linear / patch conv / LSTM routed through the numerics (none computes in float), and
+    modules the compiled program does not run are refused by name."""
+    from farc.far.crossbar_torch import CrossbarLinear, CrossbarLSTM, CrossbarPatchConv
+    from farc.far.finetune import HardwareFAR
+
+    _, program, model = compiled
+    hw = HardwareFAR(model, CrossbarNumerics.from_program(program))
+    assert list(hw.state_dict()) == list(model.state_dict())
+    kinds = {type(m) for m in hw.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d,
+                                                             torch.nn.LSTM))}
+    assert kinds == {CrossbarLinear, CrossbarPatchConv, CrossbarLSTM}
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
+    with pytest.raises(ConfigError, match="0: only patch convolutions"):
+        swap_crossbars(conv, CrossbarNumerics({}).matmul)

@@ -12,6 +12,9 @@ aihwkit's torch tile is of its simulator:
   shift-add weights of columns and DAC cycles, column sums, the lossless rule) and
   `runtime.noise.program_layer` (the chip: programming variation, on/off ratio, drift and its
   compensation, stuck-at cells; the emulator's very function on the emulator's very array);
+- the model's own forward is the graph: its crossbar modules are swapped for ones that
+  compute through the numerics (`swap_crossbars`, as check/reference.py swaps its
+  reference modules in), so FAR's forward is not restated here;
 - only the INPUT side is torch arithmetic: input quantization, DAC digits
   (`numerics.encoding_rule`), partial sums, read noise, the ADC rule, flip recovery,
   shift-and-add, offset and zero-point corrections, rescale. Its constants (Qx, top codes,
@@ -38,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from farc.errors import ConfigError
 from farc.runtime.builder import pack_layer
@@ -266,81 +270,112 @@ Matmul = Callable[[str, torch.Tensor, torch.Tensor | None], Callable[[torch.Tens
 """(layer name, W [K, N], bias [N]) -> x [..., K] -> y [..., N]: how one layer is applied."""
 
 
-def layer_weights(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Every crossbar layer of a FAR as the compiler sees it: name -> (W [K, N], bias [N]).
-    Linear: weight^T; the patch conv: its kernel flattened in (c, kh, kw) order; an LSTM:
-    [W_ih^T ; W_hh^T] with the two biases summed (gate order i, f, g, o), as
-    passes/legalize_lstm.py stacks them."""
-    out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+def crossbar_weights(mod: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One crossbar layer's (W [K, N], bias [N]) as the compiler sees it. Linear: weight^T;
+    the patch conv: its kernel flattened in (c, kh, kw) order; an LSTM: [W_ih^T ; W_hh^T]
+    with the two biases summed (gate order i, f, g, o), as passes/legalize_lstm.py stacks
+    them."""
+    if isinstance(mod, nn.Linear):
+        return mod.weight.t(), mod.bias
+    if isinstance(mod, nn.Conv2d):
+        return mod.weight.reshape(mod.weight.shape[0], -1).t(), mod.bias
+    if isinstance(mod, nn.LSTM):
+        return (torch.cat([mod.weight_ih_l0.t(), mod.weight_hh_l0.t()]),
+                mod.bias_ih_l0 + mod.bias_hh_l0)
+    raise ConfigError(f"{type(mod).__name__} is not a crossbar layer")
+
+
+CROSSBAR_MODULES = (nn.Linear, nn.Conv2d, nn.LSTM)
+
+
+def layer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Every crossbar layer of a model: name -> (W [K, N], bias [N])."""
+    return {name: crossbar_weights(mod) for name, mod in model.named_modules()
+            if isinstance(mod, CROSSBAR_MODULES)}
+
+
+# ---------------------------------------------------------------- the module swap
+class CrossbarLinear(nn.Linear):
+    """A Linear computed through a `Matmul` (see `swap_crossbars`)."""
+
+    layer_name: str
+    matmul: Matmul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matmul(self.layer_name, *crossbar_weights(self))(x)
+
+
+class CrossbarPatchConv(nn.Conv2d):
+    """The patch-embedding conv (stride = kernel, no padding) as the program runs it: the
+    image cut into patches flattened in (c, kh, kw) order, one crossbar matmul per patch."""
+
+    layer_name: str
+    matmul: Matmul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        patches = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5)
+        tok = self.matmul(self.layer_name, *crossbar_weights(self))(
+            patches.reshape(b, (h // kh) * (w // kw), c * kh * kw))
+        return tok.transpose(1, 2).reshape(b, -1, h // kh, w // kw)
+
+
+class CrossbarLSTM(nn.LSTM):
+    """A one-layer, batch-first, unidirectional LSTM from zero state, step by step on
+    `[x_t ; h_{t-1}]` as the compiled scan runs it: one crossbar matmul per step, the gate
+    math in float32."""
+
+    layer_name: str
+    matmul: Matmul
+
+    def forward(self, x: torch.Tensor, hx: Any = None) -> Any:  # type: ignore[override]
+        if hx is not None:
+            raise ConfigError(f"{self.layer_name}: the crossbar twin runs LSTMs from zero state")
+        cell = self.matmul(self.layer_name, *crossbar_weights(self))
+        b, steps, _ = x.shape
+        h = x.new_zeros(b, self.hidden_size)
+        c = torch.zeros_like(h)
+        out = []
+        for k in range(steps):
+            i, f, g, o = cell(torch.cat([x[:, k], h], dim=-1)).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            out.append(h)
+        return torch.stack(out, dim=1), (h.unsqueeze(0), c.unsqueeze(0))
+
+
+SWAPS: dict[type, type] = {nn.Linear: CrossbarLinear, nn.Conv2d: CrossbarPatchConv,
+                           nn.LSTM: CrossbarLSTM}
+
+
+def swap_crossbars(model: nn.Module, matmul: Matmul) -> nn.Module:
+    """In place: every crossbar module of `model` (Linear, the patch conv, LSTM) computes
+    through `matmul(name, W, b)`, as check/reference.py swaps its reference modules in; the
+    model's own forward (tokens, norms, GELU, gate math) is the graph, so nothing of FAR's
+    forward is restated here. The class changes, the parameters stay: the state dict is
+    the model's. Returns `model`."""
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            out[name] = (mod.weight.t(), mod.bias)
-        elif isinstance(mod, torch.nn.Conv2d):
-            out[name] = (mod.weight.reshape(mod.weight.shape[0], -1).t(), mod.bias)
-        elif isinstance(mod, torch.nn.LSTM):
-            out[name] = (torch.cat([mod.weight_ih_l0.t(), mod.weight_hh_l0.t()]),
-                         mod.bias_ih_l0 + mod.bias_hh_l0)
-    return out
-
-
-def far_forward(model: torch.nn.Module, x: torch.Tensor, matmul: Matmul,
-                collect: list | None = None) -> torch.Tensor:
-    """The FAR forward of farc/models/far.py with every crossbar matmul through `matmul`
-    (the digital ops as the program runs them: layernorm, GELU, gate math in float32).
-    The LSTMs run step by step on `[x_t ; h_{t-1}]`, as the compiled scan does."""
-    weights = layer_weights(model)
-
-    def apply(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        W, b = weights[name]
-        return matmul(name, W, b)
-
-    conv = model.patch_embed.proj
-    b, c, h, w = x.shape
-    kh, kw = conv.kernel_size
-    patches = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5)
-    tok = apply("patch_embed.proj")(patches.reshape(b, (h // kh) * (w // kw), c * kh * kw))
-    t = torch.cat([model.cls_token.expand(b, -1, -1), tok], dim=1) + model.pos_embed
-    for i, blk in enumerate(model.blocks):
-        pre = f"blocks.{i}."
-        heads = _mixer(blk.far, blk.norm1(t), apply, pre + "far.")
-        if collect is not None:
-            collect.append(heads)
-        t = t + apply(pre + "far.post_proj")(heads.flatten(2))
-        m = apply(pre + "mlp.fc1")(blk.norm2(t))
-        t = t + apply(pre + "mlp.fc2")(torch.nn.functional.gelu(m))
-    return apply("head")(model.norm(t)[:, 0])
-
-
-def _mixer(far: torch.nn.Module, x: torch.Tensor, apply: Callable, pre: str) -> torch.Tensor:
-    x = apply(pre + "pre_proj")(x)
-    d = far.head_dim
-    outs = []
-    for h in range(far.num_heads):
-        xh = x[:, :, h * d:(h + 1) * d]
-        fwd = _lstm(apply(f"{pre}lstm_fwd.{h}"), xh, far.lstm_fwd[h].hidden_size)
-        bwd = _lstm(apply(f"{pre}lstm_bwd.{h}"), xh.flip(1), far.lstm_bwd[h].hidden_size)
-        outs.append(apply(f"{pre}head_proj.{h}")(torch.cat([fwd, bwd.flip(1)], dim=-1)))
-    return torch.stack(outs, dim=2)
-
-
-def _lstm(cell: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-          hidden: int) -> torch.Tensor:
-    """One LSTM from zero state over x [B, T, I]: one crossbar matmul per step."""
-    b, steps, _ = x.shape
-    h = x.new_zeros(b, hidden)
-    c = torch.zeros_like(h)
-    out = []
-    for k in range(steps):
-        i, f, g, o = cell(torch.cat([x[:, k], h], dim=-1)).chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        out.append(h)
-    return torch.stack(out, dim=1)
+        cls = SWAPS.get(type(mod), type(mod) if type(mod) in SWAPS.values() else None)
+        if cls is None:
+            continue
+        if isinstance(mod, nn.Conv2d) and (mod.stride != mod.kernel_size or
+                                           any(mod.padding) or mod.groups != 1):
+            raise ConfigError(f"{name}: only patch convolutions (stride = kernel, no padding) "
+                              "run on the crossbar twin")
+        if isinstance(mod, nn.LSTM) and (mod.num_layers != 1 or mod.bidirectional or
+                                         not mod.batch_first):
+            raise ConfigError(f"{name}: the crossbar twin runs one-layer, batch-first, "
+                              "unidirectional LSTMs (FAR's)")
+        mod.__class__ = cls
+        mod.layer_name = name
+        mod.matmul = matmul
+    return model
 
 
 @dataclass
 class CrossbarNumerics:
-    """Every layer's numerics plus the device model: a `Matmul` for `far_forward`.
+    """Every layer's numerics plus the device model: the `Matmul` of `swap_crossbars`.
     Each call of `matmul` programs the layer afresh (a new device draw with noise); one
     forward is one chip instance. With `fixed`, a layer already in `prepared` is reused:
     one chip for many forwards (clear `prepared` for a new one)."""

@@ -32,7 +32,12 @@ import torch.nn.functional as F
 
 from farc import distributed as D
 from farc.errors import ConfigError
-from farc.far.crossbar_torch import CrossbarNumerics, LayerNumerics, far_forward, layer_weights
+from farc.far.crossbar_torch import (
+    CrossbarNumerics,
+    LayerNumerics,
+    layer_weights,
+    swap_crossbars,
+)
 from farc.far.distill import Run, Split, Stage, TrainOptions, accuracy, check_rates, kd_loss
 from farc.models.far import FAR
 from farc.runtime.builder import calibrated_ranges
@@ -81,20 +86,22 @@ class FinetuneOptions:
 
 
 class HardwareFAR(FAR):
-    """A FAR whose forward runs through `numerics` (one chip instance per forward).
-    Same parameters and names as FAR: its state dict is a FAR's."""
+    """A FAR whose crossbar modules compute through `numerics` (one chip instance per
+    forward; crossbar_torch.swap_crossbars), its own forward otherwise. Same parameters and
+    names as FAR: its state dict is a FAR's."""
 
     def __init__(self, model: FAR, numerics: CrossbarNumerics) -> None:
         super().__init__(model.cfg)
         self.load_state_dict(model.state_dict())
         self.to(next(model.parameters()).device)
         self.numerics = numerics
+        swap_crossbars(self, numerics.matmul)
 
     def forward(self, x: torch.Tensor, collect: list | None = None,
                 block_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
         if block_inputs is not None:
             raise ConfigError("a HardwareFAR runs end to end only (no teacher forcing)")
-        return far_forward(self, x, self.numerics.matmul, collect)
+        return super().forward(x, collect)
 
     def plain(self) -> FAR:
         """The same weights as a plain FAR (what the checkpoint stores)."""
@@ -108,18 +115,22 @@ def record_inputs(model: FAR, images: torch.Tensor, batch: int = 64) -> dict[str
     """Every crossbar layer's float inputs on `images` (float matmuls): [vectors, K] each,
     LSTM inputs `[x_t ; h_{t-1}]` in (image, step) order as farc.compiler.calibrate has them."""
     seen: dict[str, list[np.ndarray]] = {}
+    now: dict[str, list[torch.Tensor]] = {}
+
+    def matmul(name, W, b):
+        def run(inp):
+            now.setdefault(name, []).append(inp.reshape(-1, inp.shape[-1]))
+            y = inp @ W
+            return y if b is None else y + b
+        return run
+
+    twin = FAR(model.cfg)  # the current weights, float matmuls that record their inputs
+    twin.load_state_dict(model.state_dict())
+    swap_crossbars(twin.to(next(model.parameters()).device), matmul)
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            now: dict[str, list[torch.Tensor]] = {}
-
-            def matmul(name, W, b, now=now):
-                def run(inp):
-                    now.setdefault(name, []).append(inp.reshape(-1, inp.shape[-1]))
-                    y = inp @ W
-                    return y if b is None else y + b
-                return run
-
-            far_forward(model, images[i:i + batch], matmul)
+            now.clear()
+            twin(images[i:i + batch])
             for name, xs in now.items():
                 v = xs[0] if len(xs) == 1 else torch.stack(xs, dim=1).reshape(-1, xs[0].shape[-1])
                 seen.setdefault(name, []).append(v.float().cpu().numpy())
