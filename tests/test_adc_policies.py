@@ -16,6 +16,7 @@ from farc.runtime.emulator import Emulator
 from farc.runtime.numerics import input_planes
 from xbar_flat import xp
 
+from farc.check import reference
 from farc.check.adc_error import one_layer_program, single_mvm_rms
 from farc.check.reference import CrossbarMatmul, LayerChoice
 from farc.errors import ConfigError, ProgramError
@@ -30,7 +31,8 @@ POLICIES = list(itertools.product(["offset", "sign_magnitude", "bipolar"], ["til
 
 
 @pytest.mark.parametrize(("encoding", "granularity", "rule", "flip", "mapping"), POLICIES)
-def test_emulator_integers_equal_the_reference(encoding, granularity, rule, flip, mapping):
+def test_emulator_integers_equal_the_reference(encoding, granularity, rule, flip, mapping,
+                                               monkeypatch):
     rng = np.random.default_rng(7)
     W = rng.normal(size=(K, N)).astype(np.float32)
     calib = rng.normal(size=(64, K)).astype(np.float32)
@@ -41,12 +43,30 @@ def test_emulator_integers_equal_the_reference(encoding, granularity, rule, flip
     prog = one_layer_program(W, p, calib, float(np.float32(np.abs(calib).max() / p.qx)))
     assert not Emulator(prog).layers[0].lossless  # a 4-bit ADC loses information here
     ref = CrossbarMatmul(W, None, LayerChoice.of(prog.layers[0], prog.arrays))
+    assert ref.work == torch.float32  # small sums, dyadic steps: the fast path is proven
+    monkeypatch.setattr(reference, "_float32_is_exact", lambda *a, **k: False)
+    ref64 = CrossbarMatmul(W, None, LayerChoice.of(prog.layers[0], prog.arrays))
+    assert ref64.work == torch.float64
     with torch.no_grad():
         want = ref(torch.from_numpy(x))[1].numpy()
+        np.testing.assert_array_equal(ref64(torch.from_numpy(x))[1].numpy(), want)
     for path in ("auto", "bitlevel"):
         emu = Emulator(prog, mvm_path=path, trace=True)
         emu.run({"x": x})
         np.testing.assert_array_equal(emu.traces[0][0].y_int, want)
+
+
+def test_reference_adc_takes_float32_only_where_it_is_proven_exact():
+    """The reference's bit-level ADC runs in float32 only when float32 is shown to give the
+    float64 codes for every partial sum the layer can produce."""
+    planes = np.array([1.0, 2.0, 4.0])
+    fits = dict(peak=384.0, low=0.0, top=63.0, plane_w=planes, drive_max=128, signed=False)
+    assert reference._float32_is_exact(steps=np.array([[0.75, 6.5]]), **fits)
+    # 1.2 is no float32 (nor float64) number: P = 9 gives 7.5 -> 8 in float64, 7 in float32
+    assert not reference._float32_is_exact(steps=np.array([[0.75, 1.2]]), **fits)
+    # partial sums past 2**24 are not exact float32 integers
+    assert not reference._float32_is_exact(steps=np.array([[1.0]]),
+                                           **{**fits, "peak": float(2**24)})
 
 
 def test_sign_magnitude_takes_twice_the_magnitude_cycles():

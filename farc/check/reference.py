@@ -14,8 +14,10 @@ the patch-embedding convolution, every LSTM) are replaced by reference modules, 
 model's own forward (token mixing, norms, GELU, attention's digital matmuls, the LSTMs'
 gate math) is the graph; it runs eagerly in torch, and its crossbar layers are exported to
 ONNX side by side (`export_layer_bank`) for the per-layer integer check in onnxruntime.
-Integer arithmetic is float64 (exact below 2**53, far above any target's sums); digital
-arithmetic is float32 as in the model.
+Integer arithmetic is float64 (exact below 2**53, far above any target's sums), or float32
+on the bit-level ADC path where a layer's own bounds and an enumeration of its ADC prove
+float32 gives the same integers (`_float32_is_exact`); digital arithmetic is float32 as in
+the model.
 
 A reference layer takes the ADC's bit-level path (per row tile, input cycle, column) unless
 its own levels prove the ADC lossless (every step 1 and no stored column can sum past the
@@ -155,13 +157,22 @@ class CrossbarMatmul(nn.Module):
         levels = c.rows * cell_top
         self.full_pmax = (2**c.dac_bits - 1) * (levels // 2 if c.adc_flip else levels)
         self.adc_top, self.cell_top = float(adc_top), float(cell_top)
+        self.digit_base = float(2**c.dac_bits)
+        # the bit-level path's arithmetic: float32 where it is proven to give the float64
+        # integers (_float32_is_exact), else float64
+        self.work = torch.float32 if _float32_is_exact(
+            peak, steps, self.adc_low, float(adc_top), plane_w, c.rows * (2**c.dac_bits - 1),
+            signed=self.encoding == "bipolar") else torch.float64
+        sign = np.where(flipped, -1.0, 1.0)[:, None, :]   # flip recovery: total - ADC(P')
         self.register_buffer("stored", torch.from_numpy(tiles.astype(np.float64)))
-        self.register_buffer("flipped", torch.from_numpy(flipped[:, None, :]))
-        self.register_buffer("steps", torch.from_numpy(steps.reshape(rt, 1, -1)))
+        self.register_buffer("stored_w", self.stored.to(self.work))
+        self.register_buffer("flipped", torch.from_numpy(flipped[:, None, :].astype(np.float64)))
+        self.register_buffer("steps", torch.from_numpy(steps.reshape(rt, 1, -1)).to(self.work))
+        self.register_buffer("signed_steps", torch.from_numpy(steps.reshape(rt, 1, -1) * sign))
         self.register_buffer("digit_div", torch.from_numpy(
             (2.0 ** (np.arange(per) * c.dac_bits)).reshape(per, 1, 1)))
-        self.register_buffer("plane_w", torch.from_numpy(plane_w.reshape(cycles, 1, 1)))
-        self.digit_base = float(2**c.dac_bits)
+        self.register_buffer("plane_w", torch.from_numpy(plane_w.reshape(1, cycles)))
+        self.register_buffer("plane_w_work", self.plane_w.to(self.work))
         self.register_buffer("colw", torch.from_numpy(colw))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,23 +187,47 @@ class CrossbarMatmul(nn.Module):
 
     def _adc_path(self, x_int: torch.Tensor) -> torch.Tensor:
         """Every (row tile, input cycle, column) partial sum through the ADC, then the
-        flip recovery, shift-and-add and the digital corrections."""
+        flip recovery, shift-and-add and the digital corrections.
+
+        Vectorised over row tiles, cycles and columns: the partial sums of all of them are
+        one batched matmul [RT, C*V, rows] @ [rows, J], the ADC acts on that tensor in
+        place, and the shift-and-add over cycles is one matmul with the plane weights. What
+        follows the ADC is linear, so it is summed in this order (exact: every term is a
+        dyadic rational far inside float64's 53 bits):
+        acc[v, n] = sum_j colw[j, n] * sum_r (
+              sign[r, j] * step[r, j] * sum_c plane_w[c] * code[r, c, v, j]
+            + flipped[r, j] * cell_top * sum_c plane_w[c] * sum_k digit[r, c, v, k])
+        with sign = -1 on a flipped column (P = cell_top * sum_k digit - ADC(P'))."""
         v = x_int.shape[0]
         u = x_int + self.zero
-        lhs, p = self.partial_sums(x_int)
-        d = torch.clamp(torch.floor(p / self.steps + 0.5), self.adc_low, self.adc_top) * \
-            self.steps
-        total = lhs.sum(dim=2, keepdim=True) * self.cell_top     # [RT, C*V, 1]
-        d = torch.where(self.flipped, total - d, d)
-        per_cycle = d.sum(dim=0).reshape(self.cycles, v, -1)     # [C, V, J]
-        acc = (per_cycle * self.plane_w).sum(dim=0) @ self.colw  # [V, N]
+        lhs = self._digits(x_int.to(self.work))                 # [RT, C*V, rows]
+        codes = self._codes(lhs @ self.stored_w)                 # [RT, C*V, J], in place
+        rt, cycles = self.row_tiles, self.cycles
+        shifted = (self.plane_w_work @ codes.reshape(rt, cycles, -1)).reshape(rt, v, -1)
+        acc_j = (shifted.double() * self.signed_steps).sum(dim=0)            # [V, J]
+        total = lhs.sum(dim=2).reshape(rt, cycles, v)           # sum_k digit, per cycle
+        total = (self.plane_w_work @ total).double().reshape(rt, v, 1) * self.cell_top
+        acc_j = acc_j + (total * self.flipped).sum(dim=0)
+        acc = acc_j @ self.colw                                 # [V, N]
         if self.offset:
             acc = acc - self.offset * u.sum(dim=1, keepdim=True)
         return acc - self.zero * self.colsum
 
+    def _codes(self, p: torch.Tensor) -> torch.Tensor:
+        """The ADC codes clip(floor(P/step + 1/2), low, top) of partial sums p [RT, *, J],
+        computed in p's storage."""
+        return torch.clamp_(torch.floor_(p.div_(self.steps).add_(0.5)),
+                            self.adc_low, self.adc_top)
+
     def partial_sums(self, x_int: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the DAC digits [RT, C*V, rows], the analog partial sums of the stored levels
-        [RT, C*V, J]) of integer inputs x_int [V, K] float64."""
+        [RT, C*V, J]) of integer inputs x_int [V, K] float64, in float64."""
+        lhs = self._digits(x_int.double())
+        return lhs, lhs @ self.stored
+
+    def _digits(self, x_int: torch.Tensor) -> torch.Tensor:
+        """The DAC digits [RT, C*V, rows] of integer inputs x_int [V, K], in x_int's dtype
+        (exact: digits and inputs are small integers)."""
         v = x_int.shape[0]
         u = x_int + self.zero
         pad = self.row_tiles * self.rows - self.K
@@ -201,7 +236,8 @@ class CrossbarMatmul(nn.Module):
                  }[self.encoding]
         if pad:
             drive = [torch.cat([d, torch.zeros(v, pad, dtype=d.dtype)], dim=1) for d in drive]
-        digits = torch.cat([torch.remainder(torch.floor(d.unsqueeze(0) / self.digit_div),
+        div = self.digit_div.to(x_int.dtype)
+        digits = torch.cat([torch.remainder(torch.floor(d.unsqueeze(0) / div),
                                             self.digit_base) for d in drive])
         if self.encoding == "bipolar":  # each row's pulses carry the sign of its input
             sign = torch.sign(x_int)
@@ -209,8 +245,45 @@ class CrossbarMatmul(nn.Module):
                 sign = torch.cat([sign, torch.zeros(v, pad, dtype=sign.dtype)], dim=1)
             digits = digits * sign.unsqueeze(0)
         # [C, V, RT, rows] -> [RT, C*V, rows]
-        lhs = digits.reshape(self.cycles * v, self.row_tiles, self.rows).transpose(0, 1)
-        return lhs, lhs @ self.stored                            # [RT, C*V, J]
+        return digits.reshape(self.cycles * v, self.row_tiles, self.rows).transpose(0, 1)
+
+
+FLOAT32_EXACT = 2**24
+"""Integers below this are exact in float32, and so is any sum of them that stays below."""
+
+
+def _float32_is_exact(peak: float, steps: np.ndarray, low: float, top: float,
+                      plane_w: np.ndarray, drive_max: int, *, signed: bool) -> bool:
+    """Whether the bit-level path in float32 gives exactly the float64 integers.
+
+    Three things must hold: every partial sum (at most `peak`, the largest stored column
+    sum times the largest digit; either sign for a signed drive) and every partial result
+    of the matmul that forms it are integers below 2**24; so are the shift-added codes
+    (at most max(|low|, top) * sum |plane_w|) and shift-added digit sums; and the ADC, run
+    in float32 by `_codes` itself, gives the float64 codes clip(floor(P/step + 1/2)) for
+    every integer P in the partial sums' range, at every step of the layer (enumerated:
+    the range is small, a few hundred values on ISAAC)."""
+    reach = float(np.abs(plane_w).sum())
+    if max(peak, max(abs(low), top) * reach, drive_max * reach) >= FLOAT32_EXACT:
+        return False
+    distinct = np.unique(steps)
+    lo = -int(peak) if signed else 0
+    if distinct.size * (int(peak) - lo + 1) > FLOAT32_EXACT:
+        return False
+    p = np.arange(lo, int(peak) + 1, dtype=np.float64)[None, :]
+    want = np.clip(np.floor(p / distinct[:, None] + 0.5), low, top)
+    probe = _Codes(torch.from_numpy(distinct[:, None]).float(), low, top)
+    got = probe(torch.from_numpy(np.repeat(p, distinct.size, axis=0)).float())
+    return bool(np.array_equal(got.double().numpy(), want))
+
+
+class _Codes:
+    """CrossbarMatmul._codes on its own, for the enumeration in _float32_is_exact."""
+
+    def __init__(self, steps: torch.Tensor, low: float, top: float) -> None:
+        self.steps, self.adc_low, self.adc_top = steps, low, top
+
+    __call__ = CrossbarMatmul._codes
 
 
 def _slice_weights(q: np.ndarray, c: LayerChoice
