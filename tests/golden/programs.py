@@ -6,10 +6,11 @@ bytes. A refactor that claims to change no behaviour (a new schema, a faster pat
 leave every pinned figure equal; a deliberate change of behaviour rewrites the pins in the
 same commit and says why.
 
-The set covers every shipped target as shipped (isaac: lossless through flip encoding,
-offset mapping, 16 bits; puma and neurosim_rram: bipolar inputs, calibrated per-slice ADC
-ranges), the two targets as they shipped before (puma_paper: full-range 8-bit ADC, offset
-inputs; neurosim_tile_offset: one calibrated 5-bit range per tile), and isaac at W8/X8 with
+The set covers every shipped target as shipped (isaac: sign-magnitude inputs, lossless
+through flip encoding, offset mapping, 16 bits; puma and neurosim_rram: bipolar inputs,
+calibrated per-slice ADC ranges), the three targets as they shipped before (isaac_paper and
+puma_paper: offset inputs, puma's full-range 8-bit ADC; neurosim_tile_offset: one calibrated
+5-bit range per tile), and isaac at W8/X8 with
 the ADC policies (calibrated per-slice percentile, uniform steps), all three input
 encodings, and one noisy chip. Weights are random (seeded), calibration uses the
 digits train split, inputs are the first digits test images."""
@@ -39,9 +40,10 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
     "neurosim_tile_offset": ("neurosim_rram", {"adc.granularity": "tile", "adc.step_rule": "pow2",
                                                "adc.statistic": "max",
                                                "quant.input_encoding": "offset"}, {}),
+    "isaac_paper": ("isaac", {"quant.input_encoding": "offset"}, {}),
     "isaac_w8_offset": ("isaac", {"quant.weight_bits": 8, "quant.input_bits": 8,
                                   "quant.mapping": "differential", "adc.bits": 9,
-                                  "adc.flip": False}, {}),
+                                  "adc.flip": False, "quant.input_encoding": "offset"}, {}),
     "isaac_w8_signmag": ("isaac", {"quant.weight_bits": 8, "quant.input_bits": 8,
                                    "quant.mapping": "differential", "adc.bits": 9,
                                    "adc.flip": False,
