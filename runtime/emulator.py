@@ -27,6 +27,7 @@ from .isa import HANDLED_OPS, OPS, disagreements
 from .lockstep import Group, HoistedInputs, hoist_inputs, mvm_hoisted, mvm_stacked, plan_body
 from .noise import ProgrammedLayer, noisy_partial_sums, program_layer
 from .numerics import Geometry
+from .plan import Plan, run_plan
 from .program import Program
 from .schema import DeviceSection
 from .split import SplitPlan, mvm_split, plan_split
@@ -82,11 +83,14 @@ class Emulator:
     trace: record every crossbar MVM's input, integer result and output in `traces`
         (layer id -> list of `MvmTrace`, in execution order), for per-layer verification;
         runs loop bodies one instruction at a time.
+    step_plan: run through the step plan (runtime/plan.py: compiled once, same outputs and
+        counters) where it applies: ideal devices, mvm_path auto or fast, lockstep and hoist
+        on, no trace. False runs this interpreter, the definition.
     """
 
     def __init__(self, program: Program, noise: DeviceSection | None = None, seed: int = 0,
                  mvm_path: str = "auto", lockstep: bool = True, hoist: bool = True,
-                 trace: bool = False) -> None:
+                 trace: bool = False, step_plan: bool = True) -> None:
         if mvm_path not in MVM_PATHS:
             raise EmulatorError(f"mvm_path {mvm_path!r} not in {MVM_PATHS}")
         if not program.validated:
@@ -128,6 +132,7 @@ class Emulator:
         self._stack_ok: dict[int, bool] = {}
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
+        self._plan = Plan(self) if step_plan and lockstep and hoist and self._fast_ok() else None
 
     def _program_devices(self, rng: np.random.Generator) -> list[list[ProgrammedLayer]] | None:
         """Conductances (and column ADC mismatch) of every replica of every layer, drawn
@@ -159,6 +164,8 @@ class Emulator:
         if key not in self._bounded:
             check_run_bounds(self.program.manifest, given=dict(shapes))
             self._bounded.add(key)
+        if self._plan is not None and (out := run_plan(self, shapes)) is not None:
+            return out
         known = self._events.get(shapes)
         outer = self.counters
         if known is None:
