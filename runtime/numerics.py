@@ -328,11 +328,42 @@ def clip_rate(p: np.ndarray, step: float, adc_bits: int, signed: bool = False) -
     return float(((code > top) | (code < low)).mean())
 
 
-def range_of(p: np.ndarray, statistic: str, percentile: float) -> float:
-    """The partial-sum range a calibrated ADC covers: the largest p, or its percentile."""
+def range_of(p: np.ndarray, statistic: str, percentile: float,
+             step_of: Any = None, adc_bits: int = 0, signed: bool = False) -> float:
+    """The partial-sum range a calibrated ADC covers: the largest p, its percentile, or
+    the MSE-optimal clip point (`mse_range`; needs the step rule `step_of` and the ADC)."""
     if not np.size(p):
         return 0.0
+    if statistic == AdcStatistic.MSE:
+        return mse_range(p, step_of, adc_bits, signed)
     return float(np.max(p) if statistic == AdcStatistic.MAX else np.percentile(p, percentile))
+
+
+MSE_CANDIDATES = 41
+"""Clip points the 'mse' statistic tries: m * 2**(-k/8), k = 0..40 (m the largest sum, down
+to 3 % of it)."""
+
+
+def mse_range(p: np.ndarray, step_of: Any, adc_bits: int, signed: bool = False) -> float:
+    """The clip point whose ADC output has the smallest squared error on the sums p
+    (rounding and clipping together): among m * 2**(-k/8), k = 0..MSE_CANDIDATES-1, each
+    turned into its step by the step rule `step_of`, the first (widest) with the least
+    sum of (clip(floor(p/step + 1/2), low, top) * step - p)**2. Sums are counted once per
+    distinct value (exact: ideal sums are integers)."""
+    vals, counts = np.unique(np.asarray(p, dtype=np.float64).ravel(), return_counts=True)
+    top_sum = float(vals[-1])
+    if top_sum <= 0:
+        return 0.0
+    low, top = adc_codes(adc_bits, signed)
+    best, best_err = top_sum, math.inf
+    for k in range(MSE_CANDIDATES):
+        v = top_sum * 2.0 ** (-k / 8)
+        step = step_of(v)
+        out = np.clip(np.floor(vals / step + 0.5), low, top) * step
+        err = float((((out - vals) ** 2) * counts).sum())
+        if err < best_err:
+            best, best_err = v, err
+    return best
 
 
 KEEP_VECTORS = 256
@@ -660,7 +691,8 @@ def adc_ranges(codes: np.ndarray, col_slice: np.ndarray, K: int, x_int: np.ndarr
             part = np.abs(part)
         groups = [part[..., col_slice == s] for s in range(p.slices)] if p.per_slice \
             else [part]
-        ranges = [range_of(g, p.adc.statistic, p.adc.percentile) for g in groups]
+        ranges = [range_of(g, p.adc.statistic, p.adc.percentile, p.step_for, p.adc.bits,
+                           p.adc_signed) for g in groups]
         for g, v in zip(groups, ranges):
             clipped += clip_rate(g, p.step_for(v), p.adc.bits, p.adc_signed) * g.size
             total += g.size

@@ -89,6 +89,9 @@ class AdcStatistic(StrEnum):
     """A calibrated range covers the largest partial sum seen."""
     PERCENTILE = "percentile"
     """It covers the `percentile` of them; larger sums clip (counted at compile time)."""
+    MSE = "mse"
+    """It covers the clip point, among a fixed set, whose ADC output has the least squared
+    error on the sums seen (rounding and clipping together; docs/numerics.md)."""
 
 
 class Calibration(StrEnum):
@@ -156,8 +159,9 @@ class AdcSection:
     """'pow2': the step is a power of two (a shift); 'uniform': any multiple of 1/256 >= 1,
     the tightest step for the range (a multiplier in the periphery)."""
     statistic: AdcStatistic = AdcStatistic.MAX
-    """With range = 'calibrated': cover the largest partial sum seen ('max') or the
-    `percentile` of them ('percentile'; larger sums clip, counted at compile time)."""
+    """With range = 'calibrated': cover the largest partial sum seen ('max'), the
+    `percentile` of them ('percentile'; larger sums clip, counted at compile time) or the
+    clip point with the least squared ADC error on them ('mse')."""
     percentile: float = DEFAULT_PERCENTILE
     """Percentile of the calibration partial sums a 'percentile' range covers, (50, 100]."""
 

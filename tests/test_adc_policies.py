@@ -221,3 +221,38 @@ def test_a_sweep_below_lossless_uses_the_policy_and_says_so():
                      "policy (adc.bits=6, adc.bits=7); sweep adc.range to compare"]
     chosen = point_targets(base, expand(parse_grid(["adc.bits=6", "adc.range=full"], base)))
     assert chosen[0].adc.range == "full"
+
+
+@pytest.mark.parametrize(("encoding", "rule"), [("sign_magnitude", "uniform"),
+                                                ("bipolar", "pow2"), ("offset", "uniform")])
+def test_mse_clip_points_are_the_least_squares_ones(encoding, rule):
+    """statistic 'mse': every step the compiler chose gives no larger squared ADC error on
+    the calibration sums than the full range or the 99.9th percentile would, and the
+    emulator's integers still equal the independent reference's."""
+    from farc.runtime.numerics import adc_codes, mse_range
+
+    rng = np.random.default_rng(11)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    calib = (rng.standard_t(3, size=(64, K)) * 0.3).astype(np.float32)  # heavy tails
+    p = xp(**BASE, adc_bits=4, adc_range="calibrated", input_encoding=encoding,
+           adc_granularity="slice", adc_step_rule=rule, adc_statistic="mse")
+    prog = one_layer_program(W, p, calib, float(np.float32(np.abs(calib).max() / p.qx)))
+    ref = CrossbarMatmul(W, None, LayerChoice.of(prog.layers[0], prog.arrays))
+    x = rng.normal(size=(9, K)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x))[1].numpy()
+    emu = Emulator(prog, trace=True)
+    emu.run({"x": x})
+    np.testing.assert_array_equal(emu.traces[0][0].y_int, want)
+
+    low, top = adc_codes(4, p.adc_signed)
+
+    def sq_err(sums: np.ndarray, step: float) -> float:  # restated from docs/numerics.md
+        return float(((np.clip(np.floor(sums / step + 0.5), low, top) * step - sums) ** 2).sum())
+
+    sums = np.minimum(np.abs(rng.standard_t(3, size=5000)) * p.pmax / 12, p.pmax)  # a sum
+    # never exceeds the physical maximum; most are far below it
+    chosen = p.step_for(mse_range(sums, p.step_for, 4, p.adc_signed))
+    for other in (sums.max(), np.percentile(sums, 99.9), np.percentile(sums, 90)):
+        assert sq_err(sums, chosen) <= sq_err(sums, p.step_for(other))
+    assert chosen < p.step_for(sums.max())  # the heavy tail is clipped, not covered

@@ -626,6 +626,18 @@ def test_calibration_from_a_user_file_is_checked(npy_program, tiny_far):
     assert check.passed is True and str(npy_program[1]) in check.detail, check.detail
 
 
+def test_mse_clip_points_are_recomputed_independently(tiny_far):
+    """statistic 'mse': the calibration check's own least-squares search (restated from
+    docs/numerics.md) finds every step the compiler chose; a doubled step is still named."""
+    program = compile_tiny(tiny_far, fault_target(**{**PER_SLICE, "adc.statistic": "mse"}))
+    result, check = _calibration(program, tiny_far)
+    assert check.passed is True, check.detail
+    fc2 = program.layers[layer_id(program, FC2)]
+    fc2["adc_step"][0][-1] = 2 * fc2["adc_step"][0][-1]
+    result, check = _calibration(program, tiny_far)
+    assert check.passed is False and FC2 in check.detail, check.detail
+
+
 def test_missing_or_changed_calibration_file_is_reported_not_failed(npy_program, tiny_far,
                                                                      tmp_path):
     """Verify says which check it could not run; only strict mode makes that a failure."""

@@ -234,17 +234,41 @@ def adc_ranges(layer: Any, x_int: np.ndarray, adc: dict, signed: bool) -> list:
     for r in range(p.shape[0]):
         groups = [p[r][:, layer.col_slice == s] for s in range(layer.slices)] \
             if adc["granularity"] == "slice" else [p[r]]
-        vals = [min(_statistic(g, adc), float(layer.full_pmax)) for g in groups]
+        vals = [min(_statistic(g, adc, signed, float(layer.full_pmax)), float(layer.full_pmax))
+                for g in groups]
         out.append(vals if adc["granularity"] == "slice" else vals[0])
     return out
 
 
-def _statistic(p: np.ndarray, adc: dict) -> float:
+def _statistic(p: np.ndarray, adc: dict, signed: bool, full: float) -> float:
     if not p.size:
         return 0.0
     if adc["statistic"] == "max":
         return float(p.max())
+    if adc["statistic"] == "mse":
+        return _least_squares_clip(p, adc, signed, full)
     return float(np.percentile(p, float(adc["percentile"])))
+
+
+def _least_squares_clip(p: np.ndarray, adc: dict, signed: bool, full: float) -> float:
+    """docs/numerics.md, statistic 'mse': of the clip points m * 2**(-k/8), k = 0, 1, ..., 40
+    (m: the largest sum), the first whose ADC output (codes clipped to the ADC's range,
+    times the step of that clip point) is closest to the sums in squared error."""
+    sums = np.sort(p.astype(np.float64).ravel())
+    m = float(sums[-1])
+    if m <= 0:
+        return 0.0
+    bits = int(adc["bits"])
+    lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    chosen, least = m, None
+    for k in range(41):
+        clip = m * 2.0 ** (-k / 8)
+        step = adc_step(min(clip, full), adc, signed)
+        out = np.clip(np.floor(sums / step + 0.5), lo, hi) * step
+        err = float(np.sum((out - sums) ** 2))
+        if least is None or err < least:
+            chosen, least = clip, err
+    return chosen
 
 
 def kept_vectors(record: dict) -> dict[str, tuple[int, np.ndarray]]:
