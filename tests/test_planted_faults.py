@@ -630,11 +630,11 @@ def test_mse_clip_points_are_recomputed_independently(tiny_far):
     """statistic 'mse': the calibration check's own least-squares search (restated from
     docs/numerics.md) finds every step the compiler chose; a doubled step is still named."""
     program = compile_tiny(tiny_far, fault_target(**{**PER_SLICE, "adc.statistic": "mse"}))
-    result, check = _calibration(program, tiny_far)
+    _, check = _calibration(program, tiny_far)
     assert check.passed is True, check.detail
     fc2 = program.layers[layer_id(program, FC2)]
     fc2["adc_step"][0][-1] = 2 * fc2["adc_step"][0][-1]
-    result, check = _calibration(program, tiny_far)
+    _, check = _calibration(program, tiny_far)
     assert check.passed is False and FC2 in check.detail, check.detail
 
 
