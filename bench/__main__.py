@@ -18,7 +18,7 @@ from pathlib import Path
 from bench._common import CACHE, ROOT, md_table, pin_threads, python_cmd
 
 SUITES = ("compile", "throughput", "accuracy", "pruning", "verify", "adc", "cost",
-          "finetune")
+          "finetune", "noise")
 
 
 def _args() -> argparse.Namespace:
@@ -62,6 +62,9 @@ def _run_suite(name: str, args: argparse.Namespace, command: str):
     if name == "finetune":
         from bench import bench_finetune
         return bench_finetune.run(args.quick, command)
+    if name == "noise":
+        from bench import bench_noise
+        return bench_noise.run(args.quick, command)
     if name == "cost":
         from bench import bench_cost_model
         return bench_cost_model.run(args.quick, command)

@@ -62,7 +62,12 @@ def point(program: str, noise: str, seed: int) -> float:
     from farc.data import load_split
 
     x, y = load_split("digits", "test")
-    cfg = DeviceSection.parse(noise.split(",")) if noise else None
+    from farc.runtime.devices import device_preset
+
+    if noise.startswith("preset:"):  # a named device model (docs/devices.md)
+        cfg = device_preset(noise.removeprefix("preset:"))
+    else:
+        cfg = DeviceSection.parse(noise.split(",")) if noise else None
     emu = Emulator(Program.load(program), noise=cfg, seed=seed)
     logits = np.concatenate([emu.run({"image": x[i:i + 120].numpy()})["logits"]
                              for i in range(0, len(x), 120)])
@@ -84,14 +89,8 @@ def points(jobs: list[tuple[str, str, int]], workers: int = JOBS) -> list[float]
 
 def models(quick: bool) -> dict[str, Path]:
     """teacher, pruned, and the two fine-tuned checkpoints (trained by the CLI if missing)."""
-    DIR.mkdir(parents=True, exist_ok=True)
-    got = {"teacher": CACHE / "teacher.pt", "far": CACHE / "far.pt",
-           "pruned": CACHE / "pruned.pt", "ft_noise": DIR / "ft_noise.pt",
-           "ft_adc5": DIR / "ft_adc5.pt"}
+    got = {**pruned_model(), "ft_noise": DIR / "ft_noise.pt", "ft_adc5": DIR / "ft_adc5.pt"}
     log = DIR / "train.log"
-    if not got["pruned"].is_file():
-        print(f"  farc prune (log {rel(log)})", flush=True)
-        farc_cli(["prune", got["far"], "-o", got["pruned"]], log)
     for name, extra in (("ft_noise", [*PROGRAM_9, *TRAIN_NOISE, *FT_ARGS]),
                         ("ft_adc5", [*PROGRAM_5, *FT5_ARGS])):
         if not got[name].is_file():
@@ -101,12 +100,24 @@ def models(quick: bool) -> dict[str, Path]:
     return got
 
 
-def compiled(ckpt: Path, args: list[str], name: str) -> str:
+def pruned_model() -> dict[str, Path]:
+    """teacher, far and pruned (pruned by the CLI from bench_accuracy's far.pt if missing)."""
+    DIR.mkdir(parents=True, exist_ok=True)
+    got = {"teacher": CACHE / "teacher.pt", "far": CACHE / "far.pt",
+           "pruned": CACHE / "pruned.pt"}
+    if not got["pruned"].is_file():
+        log = DIR / "train.log"
+        print(f"  farc prune (log {rel(log)})", flush=True)
+        farc_cli(["prune", got["far"], "-o", got["pruned"]], log)
+    return got
+
+
+def compiled(ckpt: Path, args: list[str], name: str, target: str = "isaac") -> str:
     out = DIR / f"{name}.farc"
     stamp = DIR / f"{name}.src"
-    key = _digest(ckpt) + " " + " ".join(args)
+    key = _digest(ckpt) + f" {target} " + " ".join(args)
     if not (out.is_file() and stamp.is_file() and stamp.read_text() == key):
-        farc_cli(["compile", ckpt, "--target", "isaac", *args, "-o", out], DIR / "compile.log")
+        farc_cli(["compile", ckpt, "--target", target, *args, "-o", out], DIR / "compile.log")
         stamp.write_text(key)
     return str(out)
 
