@@ -339,6 +339,17 @@ def range_of(p: np.ndarray, statistic: str, percentile: float,
     return float(np.max(p) if statistic == AdcStatistic.MAX else np.percentile(p, percentile))
 
 
+def _distinct(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a (float64, ascending) and how often each occurs: a count per
+    integer when a holds non-negative integers (ideal sums: linear time), a sort otherwise."""
+    ints = a.astype(np.int64)
+    if a.size and ints.min() >= 0 and np.array_equal(ints, a):
+        counts = np.bincount(ints)
+        vals = np.flatnonzero(counts)
+        return vals.astype(np.float64), counts[vals]
+    return np.unique(a.astype(np.float64), return_counts=True)
+
+
 MSE_CANDIDATES = 41
 """Clip points the 'mse' statistic tries: m * 2**(-k/8), k = 0..40 (m the largest sum, down
 to 3 % of it)."""
@@ -350,7 +361,7 @@ def mse_range(p: np.ndarray, step_of: Any, adc_bits: int, signed: bool = False) 
     turned into its step by the step rule `step_of`, the first (widest) with the least
     sum of (clip(floor(p/step + 1/2), low, top) * step - p)**2. Sums are counted once per
     distinct value (exact: ideal sums are integers)."""
-    vals, counts = np.unique(np.asarray(p, dtype=np.float64).ravel(), return_counts=True)
+    vals, counts = _distinct(np.asarray(p).ravel())
     top_sum = float(vals[-1])
     if top_sum <= 0:
         return 0.0

@@ -179,19 +179,28 @@ def test_compile_cli_selects_the_policies_and_verify_holds(far_checkpoint, far_d
 
 
 # ---------------------------------------------------------------- the default below lossless
-def test_lowering_the_adc_picks_the_calibrated_per_slice_policy(capsys):
+def test_lowering_the_adc_picks_the_calibrated_per_slice_policy(capsys, tmp_path):
     from farc.commands._target_options import overridden_target
+    from farc.targets.target import TARGET_DIR
 
     t = overridden_target("isaac", {"adc_bits": 5, "weight_bits": 8})
     assert (t.adc.bits, t.adc.range, t.adc.granularity, t.adc.step_rule, t.adc.statistic,
             t.quant.input_encoding) == \
-        (5, "calibrated", "slice", "uniform", "percentile", "sign_magnitude")
+        (5, "calibrated", "slice", "uniform", "mse", "sign_magnitude")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a 5-bit ADC cannot resolve partial sums up to 192 " \
         "(lossless needs 8 bits): using the calibrated per-slice ADC policy" in err
-    assert "input_encoding=sign_magnitude" in err
+    assert "statistic=mse" in err and "input_encoding" not in err  # isaac's are signed
     kept = overridden_target("isaac", {"adc_bits": 5, "input_encoding": "bipolar"})
     assert (kept.adc.range, kept.quant.input_encoding) == ("calibrated", "bipolar")
+    # a target with offset inputs is taken to sign-magnitude ones, and says so
+    text = (TARGET_DIR / "isaac.toml").read_text()
+    offset = tmp_path / "isaac_offset.toml"
+    offset.write_text(text.replace('input_encoding = "sign_magnitude"',
+                                   'input_encoding = "offset"'))
+    t = overridden_target(str(offset), {"adc_bits": 5, "weight_bits": 8})
+    assert t.quant.input_encoding == "sign_magnitude"
+    assert "input_encoding=sign_magnitude" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("given", [{"adc_bits": 5, "adc_range": "full"},

@@ -778,3 +778,41 @@ def test_unaltered_digits_program_passes_on_shipped_target(kind, target_name, re
         assert all(it.ok for it in report.layers[path]), report.failure_line()
     assert not any(d.diverged for d in report.divergence)
     assert report.ok, report.failure_line()
+
+
+SETTINGS = {
+    "lossless": {"adc.bits": 16, "adc.range": "full"},
+    "adc6_slice": {"adc.bits": 6, "adc.range": "calibrated", "adc.granularity": "slice",
+                   "adc.step_rule": "uniform", "adc.statistic": "percentile"},
+    "adc5_slice": {"adc.bits": 5, "adc.range": "calibrated", "adc.granularity": "slice",
+                   "adc.step_rule": "uniform", "adc.statistic": "percentile"},
+}
+"""Issue 26's settings: a lossless ADC (16 bits, full range: wide enough on every target,
+signed or not), and the calibrated per-slice policy at 6 and at 5 bits."""
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("target_name", ["isaac", "puma", "neurosim_rram"])
+@pytest.mark.parametrize("kind", ["far_digits", "deit_digits"])
+def test_unaltered_programs_pass_lossless_and_lossy(kind, target_name, setting, request):
+    """Must show (issue 26): the unaltered digits FAR and DeiT pass every exact check on each
+    shipped target, lossless and lossy (6-bit calibrated per slice, 5-bit), on 16 digits
+    test images (8 on puma's 16-bit layers)."""
+    from farc.targets import load_target
+
+    from farc.check.verify import resolve_references
+    from farc.compiler import CompileOptions, compile_checkpoint
+    from farc.data import load_split
+
+    model = request.getfixturevalue(kind)
+    target = load_target(target_name).with_overrides(**SETTINGS[setting])
+    assert target.xbar.full_range_lossless == (setting == "lossless")
+    program = compile_checkpoint(model, target, CompileOptions(calib_samples=32))
+    n = 8 if target_name == "puma" else 16
+    x, y = load_split("digits", "test")
+    x, y = x[:n].numpy(), y[:n].numpy()
+    report = verify(program, x, y, resolve_references(program, None, model=model), tol=TOL,
+                    bitlevel_samples=BITLEVEL)
+    for path in ("fast", "bitlevel"):
+        assert all(it.ok for it in report.layers[path]), report.failure_line()
+    assert report.ok, report.failure_line()
