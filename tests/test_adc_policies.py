@@ -180,8 +180,9 @@ def test_compile_cli_selects_the_policies_and_verify_holds(far_checkpoint, far_d
 
 # ---------------------------------------------------------------- the default below lossless
 def test_lowering_the_adc_picks_the_calibrated_per_slice_policy(capsys, tmp_path):
-    from farc.commands._target_options import overridden_target
     from farc.targets.target import TARGET_DIR
+
+    from farc.commands._target_options import overridden_target
 
     t = overridden_target("isaac", {"adc_bits": 5, "weight_bits": 8})
     assert (t.adc.bits, t.adc.range, t.adc.granularity, t.adc.step_rule, t.adc.statistic,
