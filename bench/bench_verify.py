@@ -9,8 +9,8 @@ converters with the digits benches' 8-bit weights and inputs (2-bit cells, 1-bit
     above 1), so the emulator's main pass and the reference's layers take the bit-level
     ADC path;
   - lossy, `farc compile --adc-bits 6`'s own policy (the calibrated per-slice default below
-    a lossless ADC: per-slice uniform steps, 99.99th percentile, sign-magnitude inputs, so
-    14 input cycles instead of 8).
+    a lossless ADC: per-slice uniform steps at the least-squares clip point, sign-magnitude
+    inputs, so 14 input cycles instead of 8).
 Both with the CLI's defaults (`--bitlevel-samples 8`, no `--per-layer`) except
 `--min-agreement 0` (random weights: near-tie logits make the float top-1 check
 meaningless; the exact checks still apply). The phases are the

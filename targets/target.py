@@ -195,7 +195,7 @@ ADC"): ranges calibrated per weight slice on the calibration data, the tightest 
 step, at the clip point with the least squared ADC error on the partial sums ('mse').
 Measured on the demo's pruned digits FAR (isaac W8/X8, 2-bit cells, offset mapping, flip,
 5-bit ADC, float 97.78 %): sign-magnitude inputs 98.33 % with 'mse' against 97.78 % at the
-99.99th percentile; bipolar 98.33 % against 88.33 %; offset 81.94 % against 53.6 %."""
+default percentile; bipolar 98.33 % against 88.33 %; offset 81.94 % against 53.6 %."""
 SIGNED_INPUTS = "sign_magnitude"
 """The input encoding that policy takes offset inputs to (unless the user names one): an
 offset input puts a constant half-range term into every partial sum, which a coarse ADC

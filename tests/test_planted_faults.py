@@ -85,12 +85,14 @@ def tiny_far():
 
 def fault_target(**overrides):
     """ISAAC's converters (2-bit cells, 1-bit DAC, 8-bit full-range ADC, flip encoding),
-    8-bit weights and inputs, differential mapping, 32 x 32 crossbars: lossless."""
+    ISAAC's offset inputs (so a zero-point fault has a zero point to drop), 8-bit weights
+    and inputs, differential mapping, 32 x 32 crossbars: lossless."""
     from farc.targets import load_target
 
     return load_target("isaac").with_overrides(**{
         "quant.weight_bits": 8, "quant.input_bits": 8, "quant.mapping": "differential",
-        "crossbar.rows": 32, "crossbar.cols": 32, "adc.flip": True, **overrides})
+        "crossbar.rows": 32, "crossbar.cols": 32, "adc.flip": True,
+        "quant.input_encoding": "offset", **overrides})
 
 
 def compile_tiny(model, target=None, validate: bool = True):

@@ -102,7 +102,8 @@ def test_target_produces_its_parameters_once():
 
     t = load_target("isaac")
     assert t.xbar is t.xbar
-    assert (t.xbar.slices, t.xbar.signs, t.xbar.cycles, t.xbar.pmax) == (8, 1, 16, 192)
+    # 16-bit sign-magnitude inputs: 2 phases x 15 magnitude bits; flip halves 128 x 3
+    assert (t.xbar.slices, t.xbar.signs, t.xbar.cycles, t.xbar.pmax) == (8, 1, 30, 192)
     assert t.xbar.full_range_lossless and t.xbar.full_step == 1
     assert (t.xbar.crossbar, t.xbar.adc) == (t.crossbar, t.adc)  # the same sections
     assert nm.XbarParams.from_sections(t.to_dict(), "t") == t.xbar  # a program's manifest
