@@ -798,8 +798,8 @@ signed or not), and the calibrated per-slice policy at 6 and at 5 bits."""
 @pytest.mark.parametrize("kind", ["far_digits", "deit_digits"])
 def test_unaltered_programs_pass_lossless_and_lossy(kind, target_name, setting, request):
     """Must show (issue 26): the unaltered digits FAR and DeiT pass every exact check on each
-    shipped target, lossless and lossy (6-bit calibrated per slice, 5-bit), on 16 digits
-    test images (8 on puma's 16-bit layers)."""
+    shipped target, lossless and lossy (6-bit calibrated per slice, 5-bit), on 8 digits
+    test images (the lossy 16-bit layers of isaac and puma all take the bit-level path)."""
     from farc.targets import load_target
 
     from farc.check.verify import resolve_references
@@ -809,10 +809,9 @@ def test_unaltered_programs_pass_lossless_and_lossy(kind, target_name, setting, 
     model = request.getfixturevalue(kind)
     target = load_target(target_name).with_overrides(**SETTINGS[setting])
     assert target.xbar.full_range_lossless == (setting == "lossless")
-    program = compile_checkpoint(model, target, CompileOptions(calib_samples=32))
-    n = 8 if target_name == "puma" else 16
+    program = compile_checkpoint(model, target, CompileOptions(calib_samples=16))
     x, y = load_split("digits", "test")
-    x, y = x[:n].numpy(), y[:n].numpy()
+    x, y = x[:8].numpy(), y[:8].numpy()
     report = verify(program, x, y, resolve_references(program, None, model=model), tol=TOL,
                     bitlevel_samples=BITLEVEL)
     for path in ("fast", "bitlevel"):
