@@ -168,6 +168,8 @@ def _verify_passes(program, x: torch.Tensor, path: Path) -> None:
     assert refs.notes["reference"] == f"built from {path.resolve()}"
     report = verify(program, x.numpy(), None, refs, bitlevel_samples=2)
     assert report.ok, report.failure_line()
+    calib = [c for c in report.checks if c.name == "calibration"]
+    assert [c.passed for c in calib] == [True], calib  # recomputed from the model file too
     pair = report.pairs["emulator", "reference"]
     assert pair.rel <= 1e-3 and pair.agreement == 1.0
 
