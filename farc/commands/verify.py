@@ -74,9 +74,14 @@ def _bitlevel(value: str) -> int | None:
                    "sum|b| (checked without noise).")
 @click.option("--max-acc-drop", type=float, default=None,
               help="Largest emulator accuracy drop below float, in points (off by default).")
+@click.option("--decision-threshold", type=float, default=None, metavar="T",
+              help="The outputs are decisions y > T (e.g. 0.5 for a probability per time "
+                   "step): --min-agreement then applies to the fraction of output elements "
+                   "whose decision agrees, whatever the output's shape. Without it top-1 "
+                   "applies to [batch, classes] outputs only; others get per-element error.")
 def command(program_path, samples, data, split, inputs_npy, labels_npy, float_onnx, checkpoint,
             bitlevel_samples, per_layer, calib_npy, strict_calibration, noise, device_model,
-            seed, batch_size, min_agreement, max_rel, max_acc_drop) -> None:
+            seed, batch_size, min_agreement, max_rel, max_acc_drop, decision_threshold) -> None:
     """Check the emulator running MODEL.farc against the reference built from its checkpoint
     (or .pt2/.onnx model) and against float onnxruntime."""
     import tempfile
@@ -91,7 +96,8 @@ def command(program_path, samples, data, split, inputs_npy, labels_npy, float_on
                           "in [0, 1]")
     bitlevel = _bitlevel(bitlevel_samples)
     program = Program.load(program_path)
-    tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop)
+    tol = Tolerances(exact_rel=max_rel, min_agreement=min_agreement, max_acc_drop=max_acc_drop,
+                     decision_threshold=decision_threshold)
     noise_cfg = noise_from_options(device_model, noise)
     if program.device is not None and noise_cfg is None:
         click.echo(f"the program's target records a device model ({describe(program.device)}"
@@ -222,11 +228,13 @@ def _run_sharded(world, program, x, y, refs, noise, seed, tol, batch_size, layer
 def _print(report, name: str, source: str) -> None:
     from farc.progress import make_table, out_console, print_table
 
+    first = next(iter(report.pairs.values()))
     table = make_table(f"{name}: {report.samples} {source}",
                        ["pair", "max err", "avg err", "rel err", "cosine", "min cos",
-                        "top-1"],
+                        first.decided_name],
                        [(p.name, f"{p.max_abs:.2g}", f"{p.mean_abs:.2g}", f"{p.rel:.2g}",
-                         f"{p.cosine:.4f}", f"{p.min_cosine:.4f}", f"{100 * p.agreement:.1f}%")
+                         f"{p.cosine:.4f}", f"{p.min_cosine:.4f}",
+                         "-" if p.decided is None else f"{100 * p.decided:.1f}%")
                         for p in report.pairs.values()])
     console = out_console()
     for col in table.columns:  # one line per pair on a terminal; wrapped, never cut, in a file
@@ -242,7 +250,8 @@ def _print(report, name: str, source: str) -> None:
                     _layer_rows(report))
     status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]skip[/]"}
     print_table("Checks (docs/verify.md)", ["check", "result", "detail"],
-                [(c.name, status[c.passed], c.detail) for c in report.checks])
+                [(c.name, "[cyan]measured[/]" if c.measured else status[c.passed], c.detail)
+                 for c in report.checks])
     for model, src in report.sources.items():
         console.print(f"[dim]{model}: {src}[/]", highlight=False, soft_wrap=True)
 
