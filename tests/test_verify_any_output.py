@@ -110,3 +110,35 @@ def test_cli_decision_threshold(lossy_vad, capsys) -> None:
                 "1", "--decision-threshold", "0.5") == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "decisions (y > 0.5)" in out and "emulator vs reference spread" in out
+
+
+def test_streamed_in_batches_that_fit_the_memory_budget(lossy_vad, monkeypatch) -> None:
+    """Memory bounded by --max-memory, independent of --samples: the batch is lowered to
+    fit half the budget (the emulator's allocations on one input, measured), and the
+    outputs do not depend on the batch; one input over the budget is refused in one line."""
+    from farc.check.verify import (
+        EMULATOR,
+        FLOAT,
+        REFERENCE,
+        emulator_bytes_per_input,
+        resolve_references,
+        run_models,
+    )
+    from farc.errors import ConfigError
+    from farc.limits import MEMORY_ENV
+
+    program, _, x, _ = lossy_vad
+    refs = resolve_references(program, None)
+    whole = run_models(program, x, refs, batch_size=96)
+    assert "batch" not in refs.notes
+    per_input = emulator_bytes_per_input(program, x[:1])
+    assert per_input > 0
+    monkeypatch.setenv(MEMORY_ENV, str(int(per_input * 2 * 8.5)))  # 8 inputs a batch
+    streamed = run_models(program, x, refs, batch_size=96)
+    assert refs.notes["batch"].startswith("8 inputs at a time, not 96")
+    np.testing.assert_array_equal(streamed[EMULATOR], whole[EMULATOR])  # numpy, per row
+    for k in (REFERENCE, FLOAT):  # torch / onnxruntime kernels may block by batch size
+        np.testing.assert_allclose(streamed[k], whole[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    monkeypatch.setenv(MEMORY_ENV, str(per_input))
+    with pytest.raises(ConfigError, match=r"one input through the emulator .* --max-memory"):
+        run_models(program, x, refs, batch_size=96)

@@ -282,7 +282,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 SPREAD_CAUSE = ("cause: the emulator's digital ops are numpy, the reference's are torch, an "
                 "ulp apart; an activation on a rounding tie may quantize to the neighbouring "
                 "integer, and through a lossy ADC that step grows layer by layer. Measured, "
-                "not a limit: every layer's integers are checked exactly above")
+                "not a limit: every layer's integers are checked exactly (layer integers)")
 
 
 def _spread(r: VerifyReport, eq: PairStats) -> str:
@@ -601,14 +601,93 @@ def run_reference(ref: Any, x: np.ndarray, *, batch_size: int = 64) -> np.ndarra
 def run_models(program: Any, x: np.ndarray, refs: References, *, noise: Any = None,
                seed: int = 0, batch_size: int = 64,
                progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """The emulator's, the reference's and the float model's outputs on x."""
+    """The emulator's, the reference's and the float model's outputs on x, streamed: each
+    batch goes through the three models in turn and only its outputs are kept (written into
+    arrays of the final size), so memory beyond the outputs themselves is one batch's
+    working set, whatever len(x). The batch is `batch_size`, lowered to fit the memory
+    budget (`--max-memory`, farc.limits) by `batch_for_budget`."""
+    import torch
+
+    from farc.runtime.emulator import Emulator
+
     x = np.asarray(x, np.float32)
-    return {
-        EMULATOR: run_emulator(program, x, noise=noise, seed=seed, batch_size=batch_size,
-                               progress=progress),
-        REFERENCE: run_reference(refs.reference, x, batch_size=batch_size),
-        FLOAT: run_onnx(refs.float_model, x, batch_size=batch_size),
-    }
+    emu = Emulator(program, noise=noise, seed=seed)  # one emulator: noise draws continue
+    if len(x):
+        noisy = noise is not None and getattr(noise, "enabled", True)
+        wanted = batch_size
+        batch_size, per_input = batch_for_budget(program, x, batch_size,
+                                                 None if noisy else emu)
+        if batch_size < wanted:
+            from farc.limits import fmt_bytes, max_memory
+
+            refs.notes["batch"] = (f"{batch_size} inputs at a time, not {wanted}: the emulator "
+                                   f"measured {fmt_bytes(per_input)} per input, memory budget "
+                                   f"{fmt_bytes(max_memory())} (--max-memory)")
+    in_name = program.manifest["inputs"][0]["name"]
+    out_name = program.manifest["outputs"][0]["name"]
+    sess = ort_session(refs.float_model)
+    ort_in = sess.get_inputs()[0].name
+    outs: dict[str, np.ndarray] = {}
+    for sl in batches(len(x), batch_size):
+        xb = x[sl]
+        with torch.no_grad():
+            ref = refs.reference(torch.from_numpy(np.ascontiguousarray(xb))).numpy()
+        got = {EMULATOR: emu.run({in_name: xb})[out_name], REFERENCE: ref,
+               FLOAT: sess.run(None, {ort_in: xb})[0]}
+        for k, v in got.items():
+            if k not in outs:
+                outs[k] = np.empty((len(x), *np.shape(v)[1:]), np.float32)
+            outs[k][sl] = v
+        del got, ref
+        if progress:
+            progress(sl.stop - sl.start)
+    if not outs:
+        return {k: np.zeros((0,), np.float32) for k in (EMULATOR, REFERENCE, FLOAT)}
+    return outs
+
+
+BATCH_MEMORY_SHARE = 0.5
+"""Share of the memory budget one batch's working set may take (the rest: the program,
+the models, the inputs and outputs)."""
+
+
+def batch_for_budget(program: Any, x: np.ndarray, batch_size: int,
+                     emulator: Any = None) -> tuple[int, int]:
+    """`batch_size`, lowered so that one batch's working set fits BATCH_MEMORY_SHARE of the
+    memory budget. The emulator's allocations on one input are measured (tracemalloc, numpy
+    reports its buffers to it) when a full batch could exceed that share by a wide margin
+    otherwise; a single input over it is refused in one line naming --max-memory. Returns
+    (batch, measured bytes per input). `emulator` (noise-free) is reused for the probe."""
+    from farc.limits import check_memory, max_memory
+
+    if batch_size <= 1 or len(x) <= 1:
+        return max(1, batch_size), 0
+    per_input = emulator_bytes_per_input(program, x[:1], emulator)
+    share = BATCH_MEMORY_SHARE * max_memory()
+    check_memory(per_input / BATCH_MEMORY_SHARE, "verify: one input through the emulator "
+                 "(measured, with the reference and onnxruntime after it)")
+    return max(1, min(batch_size, int(share // max(per_input, 1)))), per_input
+
+
+def emulator_bytes_per_input(program: Any, x1: np.ndarray, emulator: Any = None) -> int:
+    """Peak bytes the emulator allocates to run one input (numpy buffers, tracemalloc)."""
+    import tracemalloc
+
+    from farc.runtime.emulator import Emulator
+
+    emu = emulator if emulator is not None else Emulator(program)
+    name = program.manifest["inputs"][0]["name"]
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        emu.run({name: np.asarray(x1, np.float32)})
+        return max(0, tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        if not was:
+            tracemalloc.stop()
 
 
 def report_for_outputs(program: Any, outputs: dict[str, np.ndarray],
