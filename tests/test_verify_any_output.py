@@ -142,3 +142,21 @@ def test_streamed_in_batches_that_fit_the_memory_budget(lossy_vad, monkeypatch) 
     monkeypatch.setenv(MEMORY_ENV, str(per_input))
     with pytest.raises(ConfigError, match=r"one input through the emulator .* --max-memory"):
         run_models(program, x, refs, batch_size=96)
+
+
+def test_per_layer_checks_run_in_chunks_of_vectors(lossy_vad, monkeypatch) -> None:
+    """The per-layer checks feed the reference's layers CHUNK_VECTORS vectors at a time
+    (memory independent of the sequence length): 5 here, so 24 vectors per layer take five
+    chunks, and every check still passes with every vector counted."""
+    from farc.check import layers
+    from farc.check.verify import resolve_references, verify
+
+    program, _, x, _ = lossy_vad
+    monkeypatch.setattr(layers, "CHUNK_VECTORS", 5)
+    report = verify(program, x[:16], None, resolve_references(program, None),
+                    bitlevel_samples=3)
+    assert report.ok, report.failure_line()
+    for path in ("fast", "bitlevel"):
+        assert [it.vectors for it in report.layers[path]] == [3 * T, 3 * T], \
+            [(it.name, it.vectors) for it in report.layers[path]]  # LSTM cell, then out
+    assert all(not d.diverged for d in report.divergence)

@@ -106,15 +106,28 @@ class LayerBankRunner:
         return dict(zip(self.names, outs))
 
 
+CHUNK_VECTORS = 1024
+"""Input vectors per layer the reference's layers take at once in the per-layer checks:
+their bit-level ADC path holds every (row tile, input cycle, column) partial sum, about
+175 KB a vector on a 24-row LSTM cell, so a long sequence (8 samples x 1000 steps) run at
+once took 1.4 GB; in chunks the memory no longer grows with the sequence length."""
+
+
 def integer_checks(program: Any, bank: LayerBankRunner, traces: dict[int, list],
                    ) -> list[LayerIntegers]:
-    """Every traced layer's integers against the reference's, in execution order."""
+    """Every traced layer's integers against the reference's, in execution order (the
+    vectors in chunks of CHUNK_VECTORS per layer: rows are independent)."""
     names = [L["name"] for L in program.layers]
     where = instruction_of(program)
     xs = {names[i]: np.concatenate([t.x for t in tr]) for i, tr in traces.items()}
     for i, L in enumerate(program.layers):  # a layer the sample never reached: no vectors
         xs.setdefault(names[i], np.zeros((0, int(L["K"])), np.float32))
-    ref = bank.run(xs)
+    most = max((len(v) for v in xs.values()), default=0)
+    parts: dict[str, list[np.ndarray]] = {}
+    for lo in range(0, max(most, 1), CHUNK_VECTORS):
+        for name, y in bank.run({n: v[lo:lo + CHUNK_VECTORS] for n, v in xs.items()}).items():
+            parts.setdefault(name, []).append(y)
+    ref = {name: np.concatenate(ys) for name, ys in parts.items()}
     out = []
     for i, tr in traces.items():
         mine = np.concatenate([t.y_int for t in tr])
@@ -150,8 +163,10 @@ def divergences(program: Any, ref: Any, x: np.ndarray, traces: dict[int, list],
     for i, tr in traces.items():
         name = names[i]
         mine_x = np.concatenate([t.x for t in tr])
-        with torch.no_grad():
-            y_ref = ref.layers[name](torch.from_numpy(mine_x))[0].numpy() \
+        with torch.no_grad():  # in chunks of vectors (independent rows): bounded memory
+            y_ref = np.concatenate([
+                ref.layers[name](torch.from_numpy(mine_x[lo:lo + CHUNK_VECTORS]))[0].numpy()
+                for lo in range(0, max(len(mine_x), 1), CHUNK_VECTORS)]) \
                 if name in ref.layers else None
         out.append(LayerDivergence(
             name, i, where.get(i, "?"), _rel(mine_x, inputs.get(name, [])),
