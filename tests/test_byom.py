@@ -168,10 +168,11 @@ def _verify_passes(program, x: torch.Tensor, path: Path) -> None:
     assert refs.notes["reference"] == f"built from {path.resolve()}"
     report = verify(program, x.numpy(), None, refs, bitlevel_samples=2)
     assert report.ok, report.failure_line()
-    calib = [c for c in report.checks if c.name == "calibration"]
-    assert [c.passed for c in calib] == [True], calib  # recomputed from the model file too
+    (calib,) = [c for c in report.checks if c.name == "calibration"]
+    # recomputed from the model file too, unless compiled from images given in memory
+    assert calib.passed is True or (calib.passed is None and "in memory" in calib.detail), calib
     pair = report.pairs["emulator", "reference"]
-    assert pair.rel <= 1e-3 and pair.agreement == 1.0
+    assert pair.rel <= 1e-3 and pair.agreement in (None, 1.0)  # None: not a classifier output
 
 
 def test_verify_refuses_a_changed_model_file(user_models, tmp_path) -> None:
