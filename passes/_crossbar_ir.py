@@ -34,6 +34,10 @@ b_hh, reverse))."""
 SCAN_EXTERN = "farc.lstm_scan"
 """Scan node left by LegalizeLSTM: call_pure_packed(farc.lstm_scan, x, cell, reverse[, h0,
 c0]) (h0, c0: a constant initial state, only when the model has one; docs/byom.md)."""
+IM2COL_EXTERN = "farc.im2col"
+"""A convolution's patch gather left by the importer: call_dps_packed(farc.im2col, (x
+[B, C, *S], spatial, *kernel, *stride, *pads, *dilation)) -> [B, P, C * prod(kernel)] (prim
+values; pads one per spatial axis, both sides); the emitter turns it into `im2col`."""
 CODEGEN = "farc"
 """Codegen attribute of crossbar functions."""
 

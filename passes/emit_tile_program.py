@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 import tvm
-from farc.passes._crossbar_ir import CODEGEN, const_value, is_scan, program_arrays, xbar_of
+from farc.passes._crossbar_ir import (
+    CODEGEN,
+    IM2COL_EXTERN,
+    const_value,
+    is_extern_call,
+    is_scan,
+    program_arrays,
+    xbar_of,
+)
 from farc.runtime.builder import layer_fields
 from farc.runtime.numerics import Geometry
 from farc.runtime.program import Program
@@ -202,6 +210,8 @@ class _Emitter:
     def expr(self, e: relax.Expr):
         if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar):
             return self.call_function(e)
+        if is_extern_call(e, "relax.call_dps_packed", IM2COL_EXTERN):
+            return self.im2col(e)
         if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
             handler = getattr(self, "_op_" + e.op.name.replace("relax.", "").replace(".", "_"),
                               None)
@@ -228,6 +238,16 @@ class _Emitter:
         self.layers.setdefault(layer, func)
         return self.emit("mvm", [x], (*x.shape[:-1], int(func.attrs["farc.N"])),
                          layer=list(self.layers).index(layer))
+
+    def im2col(self, call: relax.Call) -> Reg:
+        """A convolution's patch gather (the importer's `farc.im2col`): one instruction
+        over all positions, so the program does not grow with the image."""
+        x, *prims = call.args[1].fields
+        spatial, *rest = (int(p.value) for p in prims)
+        kernel, stride, pads, dilation = (rest[k * spatial:(k + 1) * spatial]
+                                          for k in range(4))
+        return self.emit("im2col", [self.materialise(self.value(x))], _shape(call),
+                         kernel=kernel, stride=stride, pads=pads, dilation=dilation)
 
     # ---- LSTM scans -> one loop
     def loop(self, group: list) -> None:

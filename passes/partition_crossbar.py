@@ -26,7 +26,7 @@ from tvm.relax.backend.pattern_registry import get_patterns_with_prefix, registe
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
 
-CROSSBAR_KINDS = ("linear", "patch_embed", "lstm_cell", "classifier")
+CROSSBAR_KINDS = ("linear", "patch_embed", "conv", "lstm_cell", "classifier")
 """Crossbar layer kinds (from the weight's name; the `farc.kind` attribute)."""
 CROSSBAR = "farc.crossbar"
 DIGITAL_MATMUL = "farc.digital.matmul"

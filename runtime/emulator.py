@@ -10,6 +10,7 @@ whose first axis is the batch; a loop body runs once per step for every LSTM it 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -560,6 +561,24 @@ def _concat(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
 def _slice(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
     axis = ins["axis"] % xs[0].ndim
     return xs[0][(slice(None),) * axis + (slice(ins["start"], ins["stop"]),)]
+
+
+@handler("im2col")
+def _im2col(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    """Each output position's receptive field as a row of [B, P, C * prod(kernel)], in the
+    (channel, kernel offset) order of a flattened [D, C, *kernel] weight."""
+    kernel, stride, dil = ins["kernel"], ins["stride"], ins["dilation"]
+    n = len(kernel)
+    x = np.pad(xs[0], [(0, 0), (0, 0), *[(p, p) for p in ins["pads"]]])
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
+    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(2, 2 + n)))
+    # [B, C, *positions, *span]: keep every stride-th position and dilation-th tap
+    win = win[(slice(None), slice(None), *[slice(None, None, s) for s in stride],
+               *[slice(None, None, d) for d in dil])]
+    b, c, out = win.shape[0], win.shape[1], win.shape[2:2 + n]
+    rows = win.transpose(0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
+    return np.ascontiguousarray(rows.reshape(b, math.prod(out), c * math.prod(kernel)),
+                                dtype=np.float32)
 
 
 @handler("zeros")

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from farc.errors import ProgramError
+
 FORMAT = "farc-tile-program"
 VERSION = 2
 
@@ -130,6 +132,24 @@ def _slice(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
     return (*s[0][:ax], n, *s[0][ax + 1:])
 
 
+def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Output positions along one spatial axis of a convolution (pad on both sides)."""
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _im2col(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    """[B, C, *S] -> [B, P, C * prod(kernel)]: every output position's receptive field as a
+    row, ordered (channel, kernel offsets) like a [D, C, *kernel] weight flattened."""
+    b, c, *size = s[0]
+    kernel = [int(k) for k in ins["kernel"]]
+    out = [conv_out_size(n, k, st, p, d) for n, k, st, p, d in
+           zip(size, kernel, ins["stride"], ins["pads"], ins["dilation"])]
+    if len(size) != len(kernel) or min(out, default=0) < 1:
+        raise ProgramError(f"im2col: a {len(kernel)}-d kernel {kernel} on an input of shape "
+                           f"{list(s[0])}")
+    return (b, math.prod(out), c * math.prod(kernel))
+
+
 def _zeros(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
     return (s[0][0], *[int(d) for d in ins["shape"]])
 
@@ -164,6 +184,8 @@ OPS: dict[str, OpSpec] = {
     "slice": OpSpec(1, "move", _slice, attrs={"axis": int, "start": int, "stop": int},
                     lockstep=True),
     "zeros": OpSpec(1, "move", _zeros, attrs={"shape": list}, reads_data=False),
+    "im2col": OpSpec(1, "move", _im2col,
+                     attrs={"kernel": list, "stride": list, "pads": list, "dilation": list}),
     "loop": OpSpec(0, "loop", None, has_out=False,
                    attrs={"count": dict, "carry": list, "gather": list, "body": list,
                           "scatter": list}),

@@ -32,7 +32,7 @@ from .schema import AdcRange, DeviceSection, StepRule, parse_section, section_di
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
-LAYER_KINDS = ("linear", "patch_embed", "lstm_cell", "classifier")
+LAYER_KINDS = ("linear", "patch_embed", "conv", "lstm_cell", "classifier")
 LAYER_INTS = ("id", "K", "N", "row_tiles", "col_tiles", "replicas")
 
 
@@ -398,6 +398,13 @@ def _check_attr_values(ins: dict, op: str, ctx: dict, where: str) -> None:
                 sorted(perm) != list(range(len(perm))) or perm[:1] != [0]:
             raise ProgramError(f"{where}: perm {perm!r} must be a permutation keeping axis 0 "
                                "(batch) first")
+    if op == "im2col":
+        lists = [ins[a] for a in ("kernel", "stride", "pads", "dilation")]
+        low = (1, 1, 0, 1)
+        if len(lists[0]) not in (1, 2) or any(len(v) != len(lists[0]) for v in lists) or \
+                any(type(d) is not int or d < lo for v, lo in zip(lists, low) for d in v):
+            raise ProgramError(f"{where}: kernel, stride, pads and dilation must be lists of "
+                               "1 or 2 ints each (kernel, stride, dilation >= 1, pads >= 0)")
     if op in ("concat", "slice") and ins["axis"] == 0:
         raise ProgramError(f"{where}: axis 0 is the batch axis")
 

@@ -390,6 +390,31 @@ def _op_zeros(t: _Translator, ins: dict, where: str) -> None:
     t.write(ins["out"], t.emit("ConstantOfShape", [full], "zeros", value=zero), 1 + len(shape))
 
 
+def _op_im2col(t: _Translator, ins: dict, where: str) -> None:
+    """Patches [B, P, C*K] of [B, C, *S] (K = prod(kernel), rows in (channel, offset)
+    order), written as ONNX's own Conv: every channel alone (as batch rows, [B*C, 1, *S])
+    through a one-hot kernel per offset ([K, 1, *kernel]: output k copies tap k), so the
+    padding, stride and dilation are ONNX's. Multiplying by 1 and adding zeros is exact."""
+    kernel = [int(k) for k in ins["kernel"]]
+    taps = int(np.prod(kernel))
+    x = _in(t, ins, 0, where)
+    shape = t.emit("Shape", [x], "im2col/shape")
+    lead = t.emit("Slice", [shape, t.ints([0], "s"), t.ints([2], "e")], "im2col/BC")
+    tail = t.emit("Slice", [shape, t.ints([2], "s"), t.ints([_INT64_MAX], "e")], "im2col/S")
+    flat = t.emit("Concat", [t.ints([-1, 1], "BC1"), tail], "im2col/flat_shape", axis=0)
+    one_hot = np.eye(taps, dtype=np.float32).reshape(taps, 1, *kernel)
+    y = t.emit("Conv", [t.emit("Reshape", [x, flat], "im2col/channels"),
+                        t.init(one_hot, "im2col/one_hot")], "im2col/taps",
+               kernel_shape=kernel, strides=[int(s) for s in ins["stride"]],
+               pads=[int(p) for p in ins["pads"]] * 2,
+               dilations=[int(d) for d in ins["dilation"]])
+    split = t.emit("Concat", [lead, t.ints([taps, -1], "KP")], "im2col/split_shape", axis=0)
+    y = t.emit("Reshape", [y, split], "im2col/BCKP")
+    y = t.emit("Transpose", [y], "im2col/BPCK", perm=[0, 3, 1, 2])
+    y = t.emit("Reshape", [y, t.ints([0, 0, -1], "BPR")], "im2col")
+    t.write(ins["out"], y, 3)
+
+
 # ----------------------------------------------------------------------------- loop
 def _norm_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
@@ -494,6 +519,7 @@ _HANDLERS: dict[str, Callable[[_Translator, dict, str], None]] = {
     "concat": _op_concat,
     "slice": _op_slice,
     "zeros": _op_zeros,
+    "im2col": _op_im2col,
     "loop": _op_loop,
 }
 

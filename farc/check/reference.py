@@ -351,23 +351,34 @@ class ReferenceLinear(nn.Module):
         return self._taps(self.layer.name, x, y)
 
 
-class ReferencePatchEmbed(nn.Module):
-    """The patch-embedding convolution (stride = kernel) as a matmul over (c, kh, kw)."""
+class ReferenceConv(nn.Module):
+    """A convolution (1-d or 2-d, any kernel, stride, padding, dilation; a patch embedding
+    included) as one crossbar matmul per output position: torch's own unfold gives each
+    position's receptive field in (channel, kernel offset) order, the order of the weight
+    [D, C, *kernel] flattened."""
 
-    def __init__(self, conv: nn.Conv2d, layer: CrossbarMatmul, taps: Recorder) -> None:
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, layer: CrossbarMatmul,
+                 taps: Recorder) -> None:
         super().__init__()
-        self.p, self.dim, self.layer, self._taps = conv.kernel_size[0], conv.out_channels, \
-            layer, taps
+        two = len(conv.kernel_size) == 2
+        self.kernel = tuple(conv.kernel_size) if two else (1, conv.kernel_size[0])
+        self.stride = tuple(conv.stride) if two else (1, conv.stride[0])
+        self.padding = tuple(conv.padding) if two else (0, conv.padding[0])
+        self.dilation = tuple(conv.dilation) if two else (1, conv.dilation[0])
+        self.two, self.dim, self.layer, self._taps = two, conv.out_channels, layer, taps
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        b, ch, hh, ww = img.shape
-        p = self.p
-        patches = img.reshape(b, ch, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5)
-        x = patches.reshape(b, (hh // p) * (ww // p), ch * p * p)
+        x2 = img if self.two else img.unsqueeze(2)
+        cols = torch.nn.functional.unfold(x2, self.kernel, self.dilation, self.padding,
+                                          self.stride)  # [B, C*K, P]
+        x = cols.transpose(1, 2)
         y, _ = self.layer(x)
         y = self._taps(self.layer.name, x, y)
-        # back to the conv's [B, D, H', W'] so the model's own forward continues unchanged
-        return y.transpose(1, 2).reshape(b, self.dim, hh // p, ww // p)
+        out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+               zip(x2.shape[2:], self.kernel, self.stride, self.padding, self.dilation)]
+        shape = out if self.two else out[1:]
+        # back to the conv's [B, D, *out] so the model's own forward continues unchanged
+        return y.transpose(1, 2).reshape(img.shape[0], self.dim, *shape)
 
 
 class ReferenceLSTM(nn.Module):
@@ -432,9 +443,9 @@ def _replace(model: nn.Module, choices: dict[str, LayerChoice], ref: Reference) 
         c = choices[name]
         if isinstance(module, nn.Linear):
             new = ReferenceLinear(_matmul(ref, c, module.weight.T, module.bias), ref.recorder)
-        elif isinstance(module, nn.Conv2d):
+        elif isinstance(module, nn.Conv1d | nn.Conv2d):
             w = module.weight.reshape(module.out_channels, -1).T
-            new = ReferencePatchEmbed(module, _matmul(ref, c, w, module.bias), ref.recorder)
+            new = ReferenceConv(module, _matmul(ref, c, w, module.bias), ref.recorder)
         elif isinstance(module, nn.LSTM):
             if module.num_layers != 1 or module.bidirectional or not module.batch_first:
                 raise ReferenceError(f"layer {name}: only single-layer, unidirectional, "

@@ -2,8 +2,8 @@
 layer, what reaches its input.
 
 Layer names are module names, which are also the names the importer gives the weight
-constants: `blocks.0.mlp.fc1`, `patch_embed.proj` (its input: the image cut into the same
-patches the importer's matmul sees), `head`, and `blocks.0.far.lstm_fwd.1` for an LSTM,
+constants: `blocks.0.mlp.fc1`, `patch_embed.proj` (a convolution's input: the image cut into the
+same patches the importer's matmul sees), `head`, and `blocks.0.far.lstm_fwd.1` for an LSTM,
 whose crossbar input is the stacked `[x_t ; h_{t-1}]` over every step (h_{-1} = 0, or
 the constant initial state a GraphModel's LSTM is called with).
 
@@ -72,7 +72,7 @@ def _hook(mod: nn.Module, name: str, seen: dict) -> torch.utils.hooks.RemovableH
     record = _recorder(name, seen)
     if isinstance(mod, nn.Linear):
         return mod.register_forward_pre_hook(lambda m, args: record(args[0]))
-    if isinstance(mod, nn.Conv2d):
+    if isinstance(mod, nn.Conv1d | nn.Conv2d):
         return mod.register_forward_pre_hook(lambda m, args: record(_patches(m, args[0])))
     if isinstance(mod, nn.LSTM):
         return mod.register_forward_hook(
@@ -86,12 +86,13 @@ def _recorder(name: str, seen: dict) -> Callable[[torch.Tensor], None]:
     return record
 
 
-def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Images -> [B, P, C*kh*kw] in the importer's patch layout."""
-    b, c, h, w = x.shape
-    kh, kw = conv.kernel_size
-    p = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5)
-    return p.reshape(b, (h // kh) * (w // kw), c * kh * kw)
+def _patches(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Inputs -> [B, P, C * prod(kernel)], each output position's receptive field in the
+    importer's row order (channel, kernel offsets), as the crossbar sees it."""
+    k, d, p, s = conv.kernel_size, conv.dilation, conv.padding, conv.stride
+    if isinstance(conv, nn.Conv1d):  # a 1-d convolution is a 2-d one over [B, C, 1, L]
+        k, d, p, s, x = (1, *k), (1, *d), (0, *p), (1, *s), x.unsqueeze(2)
+    return torch.nn.functional.unfold(x, k, d, p, s).transpose(1, 2)
 
 
 def _stacked(x: torch.Tensor, h: torch.Tensor,

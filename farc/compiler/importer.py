@@ -12,10 +12,14 @@ map three ops to Relax in the form the passes expect:
   two fields, `h0, c0` [H] constants, after `reverse`;
 - `aten.linear` -> `R.matmul(x, W^T) + b` with `W^T` as a `[K, N]` constant;
 - `aten.conv2d` with stride == kernel (the patch embedding) -> patches `[B, P, C*kh*kw]`
-  `@ W [C*kh*kw, D] + b`, reshaped back to the conv's `[B, D, Hp, Wp]`.
+  `@ W [C*kh*kw, D] + b`, reshaped back to the conv's `[B, D, Hp, Wp]`;
+- any other `aten.conv1d` / `aten.conv2d` (kernel, stride, padding, dilation; one group) ->
+  `R.call_dps_packed("farc.im2col", ...)` gathering the patches `[B, P, C*prod(kernel)]`
+  (one node whatever the image size), the same matmul (kind conv), reshaped back to
+  `[B, D, *out]`.
 
 Every weight and bias constant carries its parameter name in its span
-(`SourceName("<kind>:<layer>")`, kind one of linear, patch_embed, lstm, classifier), which
+(`SourceName("<kind>:<layer>")`, kind one of linear, patch_embed, conv, lstm, classifier), which
 survives the Relax passes and names the crossbar layers, the calibration statistics and the
 tile program. The batch is exported as 1; the tile program treats axis 0 as the batch."""
 
@@ -33,7 +37,7 @@ from torch import nn
 from tvm import relax
 
 from farc.errors import PassError
-from farc.passes._crossbar_ir import LSTM_EXTERN, named_const
+from farc.passes._crossbar_ir import IM2COL_EXTERN, LSTM_EXTERN, named_const
 
 
 @torch.library.custom_op("farc::lstm", mutates_args=())
@@ -106,6 +110,7 @@ def import_model(model: nn.Module) -> ImportedModel:
         "linear.default": lambda node, imp: _convert_linear(node, imp, names, ep,
                                                             classifiers),
         "conv2d.default": lambda node, imp: _convert_conv(node, imp, names, ep),
+        "conv1d.default": lambda node, imp: _convert_conv(node, imp, names, ep),
     }
     mod = from_exported_program(ep, custom_convert_map=convert, run_ep_decomposition=False)
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
@@ -187,29 +192,55 @@ def _convert_linear(node, imp, names, ep, classifiers: set[str]) -> relax.Var:
 
 
 def _convert_conv(node, imp, names, ep) -> relax.Var:
-    """A conv with stride == kernel, no padding/dilation/groups: a matmul over patches."""
+    """A convolution as one crossbar matmul over its patches: a patch embedding (2-d,
+    stride == kernel, no padding, the image a whole number of patches) by reshapes, any
+    other by the `farc.im2col` gather."""
     args = list(node.args) + [None] * (7 - len(node.args))
     x_node, w_node, b_node, stride, padding, dilation, groups = args[:7]
     wname, w = _param(w_node, names, ep)
-    d, c, kh, kw = w.shape
-    if list(stride or [1, 1]) != [kh, kw] or any(padding or [0]) or \
-            any(v != 1 for v in (dilation or [1])) or (groups or 1) != 1:
-        raise PassError(f"{_layer_of(wname)}: only patch-embedding convolutions "
-                        "(stride == kernel, no padding) can be compiled")
-    x = imp.env[x_node]
-    b_, _, hh, ww = (int(s) for s in x.ty.shape)
-    hp, wp = hh // kh, ww // kw
-    bb = imp.block_builder
+    d, c, *kernel = w.shape
+    spatial = len(kernel)
+    stride, padding, dilation = (_per_axis(v, spatial, dflt) for v, dflt in
+                                 ((stride, 1), (padding, 0), (dilation, 1)))
     layer = _layer_of(wname)
-    p = bb.emit(relax.op.reshape(x, (b_, c, hp, kh, wp, kw)))
-    p = bb.emit(relax.op.permute_dims(p, [0, 2, 4, 1, 3, 5]))
-    p = bb.emit(relax.op.reshape(p, (b_, hp * wp, c * kh * kw)))
-    y = bb.emit(relax.op.matmul(p, named_const(w.reshape(d, -1).T, "patch_embed", layer)))
+    if (groups or 1) != 1:
+        raise PassError(f"{layer}: only convolutions of one group can be compiled")
+    x = imp.env[x_node]
+    b_, _, *size = (int(s) for s in x.ty.shape)
+    bb = imp.block_builder
+    patch = spatial == 2 and stride == kernel and not any(padding) and dilation == [1, 1] \
+        and all(n % k == 0 for n, k in zip(size, kernel))
+    if patch:
+        kh, kw = kernel
+        out = [size[0] // kh, size[1] // kw]
+        p = bb.emit(relax.op.reshape(x, (b_, c, out[0], kh, out[1], kw)))
+        p = bb.emit(relax.op.permute_dims(p, [0, 2, 4, 1, 3, 5]))
+        p = bb.emit(relax.op.reshape(p, (b_, out[0] * out[1], c * kh * kw)))
+        kind = "patch_embed"
+    else:
+        out = [(n + 2 * pd - dl * (k - 1) - 1) // s + 1
+               for n, k, s, pd, dl in zip(size, kernel, stride, padding, dilation)]
+        rows = c * int(np.prod(kernel))
+        prims = [relax.prim_value(int(v)) for v in (spatial, *kernel, *stride, *padding,
+                                                    *dilation)]
+        p = bb.emit(relax.call_dps_packed(
+            IM2COL_EXTERN, relax.Tuple([x, *prims]),
+            relax.TensorType((b_, int(np.prod(out)), rows), "float32")))
+        kind = "conv"
+    y = bb.emit(relax.op.matmul(p, named_const(w.reshape(d, -1).T, kind, layer)))
     if b_node is not None:
         _, b = _param(b_node, names, ep)
-        y = bb.emit(relax.op.add(y, named_const(b, "patch_embed", layer + ".bias")))
+        y = bb.emit(relax.op.add(y, named_const(b, kind, layer + ".bias")))
     y = bb.emit(relax.op.permute_dims(y, [0, 2, 1]))
-    return bb.emit(relax.op.reshape(y, (b_, d, hp, wp)))
+    return bb.emit(relax.op.reshape(y, (b_, d, *out)))
+
+
+def _per_axis(value, spatial: int, default: int) -> list[int]:
+    """An fx conv argument (int, list or None) as one int per spatial axis."""
+    if value is None:
+        return [default] * spatial
+    vals = [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    return vals * spatial if len(vals) == 1 else vals
 
 
 def _convert_lstm(node, imp, names, ep) -> relax.Var:

@@ -550,16 +550,36 @@ class _Converter:
         return self.b.linear(v, weight.astype(np.float32), bias, self.layer_path(name), where)
 
     def _Conv(self, ins, a, where, name):
-        x, w = ins[0], ins[1]
+        x, w = as_val(ins[0], where), ins[1]
         b = ins[2] if len(ins) > 2 else None
-        if not isinstance(w, np.ndarray) or w.ndim != 4:
-            raise UnsupportedModelError(f"{where}: only 2-d Conv with constant weights")
-        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            raise UnsupportedModelError(f"{where}: Conv with auto_pad {a['auto_pad']}")
-        pads = a.get("pads", [0, 0, 0, 0])
-        return self.b.conv(as_val(x, where), w, b, a.get("strides", [1, 1]), pads,
-                           a.get("dilations", [1, 1]), a.get("group", 1),
+        if not isinstance(w, np.ndarray) or w.ndim not in (3, 4):
+            raise UnsupportedModelError(f"{where}: only 1-d and 2-d Conv with constant weights")
+        spatial = w.ndim - 2
+        kernel = list(w.shape[2:])
+        strides = [int(s) for s in a.get("strides", [1] * spatial)]
+        dilations = [int(d) for d in a.get("dilations", [1] * spatial)]
+        auto = a.get("auto_pad", "NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = _same_pads(x.shape[2:], kernel, strides, dilations, auto == "SAME_UPPER")
+        elif auto in ("NOTSET", "VALID"):
+            pads = [int(p) for p in a.get("pads", [0] * 2 * spatial)] if auto == "NOTSET" \
+                else [0] * 2 * spatial
+        else:
+            raise UnsupportedModelError(f"{where}: Conv with auto_pad {auto}")
+        return self.b.conv(x, w, b, strides, pads, dilations, a.get("group", 1),
                            self.layer_path(name), where)
+
+    def _BatchNormalization(self, ins, a, where, name):
+        if int(a.get("training_mode", 0)):
+            raise UnsupportedModelError(f"{where}: BatchNormalization in training mode")
+        params = ins[1:5]
+        if len(params) != 4 or not all(isinstance(p, np.ndarray) for p in params):
+            raise UnsupportedModelError(f"{where}: BatchNormalization with computed "
+                                        "parameters")
+        fold = self.uses.get(self.input_names[0], 0) == 1
+        return self.b.batch_norm(as_val(ins[0], where), *params,
+                                 float(a.get("epsilon", 1e-5)), fold, where)
 
     def _LSTM(self, ins, a, where, name):
         ins = ins + [None] * (8 - len(ins))
@@ -719,6 +739,19 @@ class _Converter:
 
     def _Div(self, ins, a, where, name):
         return self._binary("div", ins, where)
+
+
+def _same_pads(size: Any, kernel: list[int], strides: list[int], dilations: list[int],
+               upper: bool) -> list[int]:
+    """ONNX auto_pad SAME_UPPER / SAME_LOWER as explicit pads (begin..., end...): the output
+    is ceil(input / stride), the odd pad at the end (UPPER) or the beginning (LOWER)."""
+    begin, end = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilations):
+        total = max((-(-int(n) // s) - 1) * s + (k - 1) * d + 1 - int(n), 0)
+        small, large = total // 2, total - total // 2
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    return begin + end
 
 
 def _attr(a: Any, conv: _Converter) -> Any:

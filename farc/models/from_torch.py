@@ -11,11 +11,13 @@ its nodes are read one by one and rebuilt from farc's own modules (farc.models.g
 every op outside the supported list is refused in one line, naming each op, the module its
 first node sits in and its node count.
 
-Supported ATen ops (inference graphs of torch.export, not decomposed): linear, conv2d
-(patch embedding: stride == kernel), lstm (any layers and directions, batch_first or not,
-zero initial state, with bias; h_n[i] and the output sequence may be used), relu, gelu (erf),
-sigmoid, tanh, softmax, layer_norm (last axis), add, sub, mul, div (by a constant), matmul
-(of two activations, or by a constant: a crossbar layer), view/reshape/flatten, permute,
+Supported ATen ops (inference graphs of torch.export, not decomposed): linear, conv1d and
+conv2d (any kernel, stride, symmetric padding, dilation; one group), batch_norm (inference;
+folded into the convolution or linear layer before it), lstm (any layers and directions,
+batch_first or not, zero initial state, with bias; h_n[i] and the output sequence may be
+used), relu, gelu (erf), sigmoid, tanh, softmax, layer_norm (last axis), add, sub, mul, div
+(by a constant), matmul (of two activations, or by a constant: a crossbar layer),
+view/reshape/flatten, permute,
 transpose, cat, slice (step 1), select, split/chunk, squeeze/unsqueeze, and the no-ops
 clone/contiguous/dropout/alias/detach.
 
@@ -264,14 +266,34 @@ class _Converter:
         return self.b.linear(as_val(x, where), w, b, self.path_of(node.args[1], node), where)
 
     def _conv2d(self, node, op, args, kw, where):
-        a = list(args) + [None, (1, 1), (0, 0), (1, 1), 1][len(args) - 2:]
+        a = list(args) + [None, 1, 0, 1, 1][len(args) - 2:]
         x, w, b, stride, padding, dilation, groups = a[:7]
-        stride = list(stride) * (2 if len(stride) == 1 else 1)
-        dilation = list(dilation) * (2 if len(dilation) == 1 else 1)
-        if isinstance(padding, str):
-            padding = [0, 0] if padding == "valid" else [1]
+        if not isinstance(w, np.ndarray):
+            raise UnsupportedModelError(f"{where}: {op} with a computed weight")
+        spatial = w.ndim - 2
+        if isinstance(padding, str):  # conv*.padding: "valid" or "same" (stride 1)
+            dil = list(dilation) * spatial if len(list(dilation)) == 1 else list(dilation)
+            totals = [d * (k - 1) for d, k in zip(dil, w.shape[2:])]
+            padding = [0] * spatial if padding == "valid" else \
+                [t // 2 for t in totals] + [t - t // 2 for t in totals]
         return self.b.conv(as_val(x, where), w, b, stride, padding, dilation, groups,
                            self.path_of(node.args[1], node), where)
+
+    _conv1d = _conv2d
+
+    def _batch_norm(self, node, op, args, kw, where):
+        a = list(args) + [None] * (8 - len(args))
+        x, weight, bias, mean, var, training, _, eps = a[:8]
+        if training:
+            raise UnsupportedModelError(f"{where}: batch_norm in training mode")
+        if not all(isinstance(p, np.ndarray) for p in (mean, var)):
+            raise UnsupportedModelError(f"{where}: batch_norm without running statistics")
+        c = mean.shape[0]
+        weight = np.ones(c, np.float32) if weight is None else weight
+        bias = np.zeros(c, np.float32) if bias is None else bias
+        fold = len(node.args[0].users) == 1
+        return self.b.batch_norm(as_val(x, where), weight, bias, mean, var,
+                                 float(1e-5 if eps is None else eps), fold, where)
 
     def _matmul(self, node, op, args, kw, where):
         a, w = args

@@ -3,7 +3,7 @@ own modules, so that every later stage treats it like the built-in DeiT/FAR mode
 
 Why a rebuilt model rather than the user's graph: calibration hooks, the compiler's importer
 and verify's reference all find crossbar layers as *modules by path* (nn.Linear, the
-patch-embedding nn.Conv2d, single-direction batch-first nn.LSTM). A `GraphModel` holds
+nn.Conv1d/nn.Conv2d, single-direction batch-first nn.LSTM). A `GraphModel` holds
 exactly those, at paths named after the user's modules (.pt2) or nodes (ONNX), plus a flat
 list of digital steps between them, interpreted by `forward`. The user's file is read as
 data and never executed (docs/byom.md, trust model).
@@ -186,7 +186,7 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
             parent.add_module(p, nn.Module())
         parent = getattr(parent, p)
         if not isinstance(parent, nn.Module) or isinstance(parent, nn.Linear | nn.LSTM |
-                                                           nn.Conv2d):
+                                                           nn.Conv1d | nn.Conv2d):
             raise ConfigError(f"module path {path} runs through a layer")
     if hasattr(parent, parts[-1]):
         raise ConfigError(f"two layers at module path {path}")
@@ -361,22 +361,79 @@ class GraphBuilder:
 
     def conv(self, v: Val, weight: np.ndarray, bias: np.ndarray | None, stride, padding,
              dilation, groups: int, path: str, where: str) -> Val:
-        """A patch-embedding convolution (stride == kernel, no padding) on [B, C, H, W]."""
-        d, c, kh, kw = weight.shape
-        if list(stride) != [kh, kw] or any(padding) or any(x != 1 for x in dilation) \
-                or groups != 1 or v.ndim != 4:
+        """A 1-d or 2-d convolution on [B, C, L] / [B, C, H, W], any kernel, stride, padding
+        and dilation, one group: one crossbar layer of C x kernel rows (docs/byom.md).
+        `padding` is torch's (one entry per spatial axis) or ONNX's (begin..., end...);
+        begin and end must be equal (torch's convolutions pad symmetrically)."""
+        spatial = weight.ndim - 2
+        if spatial not in (1, 2) or v.ndim != weight.ndim:
             raise UnsupportedModelError(
-                f"{where}: only patch-embedding convolutions (2-d, stride == kernel, no "
-                "padding, dilation 1, one group) can be compiled")
+                f"{where}: a {spatial}-d convolution on a rank-{v.ndim} input; farc maps "
+                "1-d and 2-d convolutions ([B, C, L] or [B, C, H, W])")
+        if int(groups) != 1:
+            raise UnsupportedModelError(
+                f"{where}: a grouped or depthwise convolution (group={int(groups)}); farc maps "
+                "group=1 convolutions (write it as group=1 with a block-diagonal weight)")
+        stride, dilation = _per_axis(stride, spatial), _per_axis(dilation, spatial)
+        pads = [int(p) for p in (padding if isinstance(padding, list | tuple) else [padding])]
+        if len(pads) == 2 * spatial and spatial > 0:
+            if pads[:spatial] != pads[spatial:]:
+                raise UnsupportedModelError(
+                    f"{where}: asymmetric padding {pads}; farc maps convolutions padded "
+                    "equally on both sides of each axis")
+            pads = pads[:spatial]
+        pads = _per_axis(pads, spatial)
+        d, c, *kernel = weight.shape
         v = self.plain(v, where)
-        if v.batch_axis != 0 or v.shape[2] % kh or v.shape[3] % kw:
-            raise UnsupportedModelError(f"{where}: the image {list(v.shape[1:])} is not a "
-                                        f"whole number of {kh}x{kw} patches")
-        conv = _with_params(nn.Conv2d(c, d, (kh, kw), stride=(kh, kw), bias=bias is not None),
-                            weight, bias)
+        if v.shape[1] != c:
+            raise UnsupportedModelError(f"{where}: input has {v.shape[1]} channels, the "
+                                        f"weight expects {c}")
+        out_size = [(n + 2 * p - dl * (k - 1) - 1) // s + 1
+                    for n, k, s, p, dl in zip(v.shape[2:], kernel, stride, pads, dilation)]
+        if min(out_size) < 1:
+            raise UnsupportedModelError(f"{where}: the kernel {kernel} does not fit the "
+                                        f"input {list(v.shape[2:])}")
+        cls = nn.Conv1d if spatial == 1 else nn.Conv2d
+        conv = _with_params(cls(c, d, tuple(kernel), stride=tuple(stride), padding=tuple(pads),
+                                dilation=tuple(dilation), bias=bias is not None), weight, bias)
         path = self.add_module(path, conv, where)
         out = self._new("conv", [v.name], {"module": path})
-        return Val(out, v.order, (v.shape[0], d, v.shape[2] // kh, v.shape[3] // kw))
+        return Val(out, v.order, (v.shape[0], d, *out_size))
+
+    def batch_norm(self, v: Val, scale: np.ndarray, shift: np.ndarray, mean: np.ndarray,
+                   var: np.ndarray, eps: float, fold: bool, where: str) -> Val:
+        """Inference BatchNorm over channel axis 1. Folded into the convolution or linear
+        layer that computed `v` when `fold` (the front end knows nothing else reads that
+        layer's raw output), so it costs nothing on the chip; otherwise a digital per-channel
+        multiply and add."""
+        if v.ndim < 2:
+            raise UnsupportedModelError(f"{where}: BatchNormalization of a rank-{v.ndim} "
+                                        "tensor")
+        c = v.shape[1]
+        arrays = [np.asarray(a, np.float32).reshape(-1) for a in (scale, shift, mean, var)]
+        if any(a.shape != (c,) for a in arrays):
+            raise UnsupportedModelError(f"{where}: BatchNormalization parameters do not "
+                                        f"match the {c} channels")
+        scale, shift, mean, var = arrays
+        mul = scale / np.sqrt(var + np.float32(eps))
+        add = shift - mean * mul
+        node = self.nodes[-1] if self.nodes else None
+        if fold and node is not None and node.out == v.name and \
+                node.op in ("conv", "linear") and (node.op == "conv" or v.ndim == 2):
+            layer = self.modules[node.attrs["module"]]
+            with torch.no_grad():
+                w = layer.weight
+                w.mul_(torch.tensor(mul).reshape(-1, *[1] * (w.ndim - 1)))
+                b = torch.zeros(c) if layer.bias is None else layer.bias.detach()
+                new_bias = b * torch.tensor(mul) + torch.tensor(add)
+                if layer.bias is None:
+                    layer.bias = nn.Parameter(new_bias)
+                else:
+                    layer.bias.copy_(new_bias)
+            return v
+        shape = (c, *[1] * (v.ndim - 2))
+        scaled = self.binary("mul", v, mul.reshape(shape), where)
+        return self.binary("add", scaled, add.reshape(shape), where)
 
     def lstm_direction(self, v: Val, time_axis: int, w_ih: np.ndarray, w_hh: np.ndarray,
                        b_ih: np.ndarray, b_hh: np.ndarray, reverse: bool, path: str,
@@ -593,8 +650,14 @@ def _axis(axis: int, ndim: int, where: str) -> int:
     return a + ndim if a < 0 else a
 
 
+def _per_axis(values: Any, spatial: int) -> list[int]:
+    """A kernel attribute (stride, padding, dilation) as one int per spatial axis."""
+    out = [int(x) for x in (values if isinstance(values, list | tuple) else [values])]
+    return out * spatial if len(out) == 1 else out
+
+
 def _with_params(module: nn.Module, weight: np.ndarray, bias: np.ndarray | None) -> nn.Module:
-    """`module` (a Linear or Conv2d) holding the file's weight and bias, as float32."""
+    """`module` (a Linear, Conv1d or Conv2d) holding the file's weight and bias, as float32."""
     with torch.no_grad():
         module.weight.copy_(torch.tensor(np.array(weight, np.float32)))
         if bias is not None:

@@ -20,10 +20,11 @@ from pathlib import Path
 from farc.errors import CheckpointError
 from farc.models.refusal import refuse
 
-SUPPORTED = ("Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Dropout",
-             "Erf", "Expand", "Flatten", "Gather", "Gelu", "Gemm", "Identity", "LSTM",
-             "LayerNormalization", "MatMul", "Mul", "Relu", "Reshape", "Shape", "Sigmoid",
-             "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
+SUPPORTED = ("Add", "BatchNormalization", "Cast", "Concat", "Constant", "ConstantOfShape",
+             "Conv", "Div", "Dropout", "Erf", "Expand", "Flatten", "Gather", "Gelu", "Gemm",
+             "Identity", "LSTM", "LayerNormalization", "MatMul", "Mul", "Relu", "Reshape",
+             "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh",
+             "Transpose", "Unsqueeze")
 """ONNX ops farc maps (in the default domain); see farc.models.from_onnx for their forms."""
 
 
@@ -57,7 +58,8 @@ def node_name(node: OnnxNode, i: int) -> str:
 
 def unsupported(graph: OnnxGraph) -> Iterator[tuple[str, str]]:
     """(op, "node NAME") for every node farc cannot map, in graph order. A Conv counts as
-    supported only in 2-d (weights of rank 4); others are listed as e.g. "Conv (1-d)"."""
+    supported in 1-d and 2-d (weights of rank 3 or 4); others are listed as e.g.
+    "Conv (3-d)"."""
     for i, node in enumerate(graph.nodes):
         where = f"node {node_name(node, i)}"
         if node.domain not in ("", "ai.onnx"):
@@ -66,7 +68,7 @@ def unsupported(graph: OnnxGraph) -> Iterator[tuple[str, str]]:
             yield node.op_type, where
         elif node.op_type == "Conv":
             rank = _conv_rank(node, graph)
-            if rank is not None and rank != 2:
+            if rank is not None and rank not in (1, 2):
                 yield f"Conv ({rank}-d)", where
 
 

@@ -24,11 +24,11 @@ IDENTITY = ("clone", "contiguous", "dropout", "alias", "detach", "lift_fresh_cop
 UNARY = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
          "gelu": "gelu"}
 BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
-SUPPORTED = sorted({"linear", "conv2d", "lstm", *UNARY, *BINARY, "softmax", "_softmax",
-                    "layer_norm", "matmul", "bmm", "view", "reshape", "_unsafe_view",
-                    "flatten", "permute", "transpose", "t", "cat", "slice", "select", "split",
-                    "split_with_sizes", "chunk", "squeeze", "unsqueeze", "zeros", "sym_size",
-                    "zeros_like", "new_zeros", *IDENTITY})
+SUPPORTED = sorted({"linear", "conv1d", "conv2d", "batch_norm", "lstm", *UNARY, *BINARY,
+                    "softmax", "_softmax", "layer_norm", "matmul", "bmm", "view", "reshape",
+                    "_unsafe_view", "flatten", "permute", "transpose", "t", "cat", "slice",
+                    "select", "split", "split_with_sizes", "chunk", "squeeze", "unsqueeze",
+                    "zeros", "sym_size", "zeros_like", "new_zeros", *IDENTITY})
 """ATen ops (overload packet names) farc maps; see farc.models.from_torch for their forms."""
 SHOWN = [s for s in SUPPORTED if not s.startswith("_")]
 """The supported ops a refusal lists (aliases like _softmax left out)."""

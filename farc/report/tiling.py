@@ -15,7 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from farc.targets import Target
-from farc.targets.dataflow import manifest_of
+from farc.targets.dataflow import manifest_of, numel, walk
 from farc.targets.mvm import Geometry
 
 PROVENANCE_KEYS = ("unpruned_hidden", "hidden_before")
@@ -26,20 +26,43 @@ def program_target(manifest: dict[str, Any]) -> Target:
     return Target.from_dict(manifest["target"], source="program target")
 
 
+def layer_inputs(program: Any) -> dict[int, dict[str, Any]]:
+    """Per layer id, from the static walk of one image: `vectors`, the input vectors its
+    MVMs read per image (a convolution's output positions, an LSTM's steps, a linear
+    layer's tokens), and for a convolution `rows`, how its K crossbar rows unroll:
+    [C_in, *kernel] (the `im2col` that feeds it)."""
+    out: dict[int, dict[str, Any]] = {}
+    gathers: dict[str, list[int]] = {}
+    for step in walk(program):
+        op = step.instr["op"]
+        if op == "im2col":
+            gathers[step.instr["out"]] = [step.in_shapes[0][1], *step.instr["kernel"]]
+        elif op == "mvm":
+            info = out.setdefault(int(step.instr["layer"]), {"vectors": 0})
+            info["vectors"] += numel(step.in_shapes[0][:-1]) * step.trips
+            if step.instr["in"][0] in gathers:
+                info["rows"] = gathers[step.instr["in"][0]]
+    return out
+
+
 def tiling_rows(program: Any) -> list[dict[str, Any]]:
     """One dict per crossbar layer, plus a final 'total' row."""
     rows, capacity = [], 0
+    inputs = layer_inputs(program)
     for lay in manifest_of(program)["layers"]:
         g = Geometry.from_layer(lay)
         capacity += g.rows * g.cols * g.all_crossbars
+        use = inputs.get(int(lay["id"]), {})
         rows.append({"layer": lay["name"], "kind": lay["kind"], "K": g.K, "N": g.N,
+                     "unrolled": use.get("rows"), "vectors": use.get("vectors", 0),
                      "row_tiles": g.row_tiles, "col_tiles": g.col_tiles,
                      "crossbars": g.all_crossbars, "utilization": g.utilization,
                      "slices": g.slices, "signs": g.signs, "replicas": g.replicas,
                      "cells": g.K * g.phys_cols * g.replicas})
     total_xb = sum(r["crossbars"] for r in rows)
     cells = sum(r["cells"] for r in rows)
-    rows.append({"layer": "total", "kind": "", "K": None, "N": None, "row_tiles": None,
+    rows.append({"layer": "total", "kind": "", "K": None, "N": None, "unrolled": None,
+                 "vectors": sum(r["vectors"] for r in rows), "row_tiles": None,
                  "col_tiles": None, "crossbars": total_xb,
                  "utilization": cells / capacity if capacity else 0.0, "slices": None,
                  "signs": None, "replicas": None, "cells": cells})
@@ -52,15 +75,18 @@ def tiling_table(program: Any) -> Table:
     table = Table(title=f"{m['model'].get('name', 'program')} on {t.name}: "
                         f"{t.crossbar.rows}x{t.crossbar.cols} crossbars, "
                         f"{t.crossbars:,} on chip")
-    for col in ("layer", "kind", "W [K x N]", "tiles (r x c)", "crossbars", "utilization",
-                "slices", "signs", "replicas"):
+    for col in ("layer", "kind", "W [K x N]", "tiles (r x c)", "MVMs/image", "crossbars",
+                "utilization", "slices", "signs", "replicas"):
         # layer names fold rather than being cut with an ellipsis in narrow terminals
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right",
                          overflow="fold" if col == "layer" else "ellipsis")
     for r in tiling_rows(m):
         shape = f"{r['K']} x {r['N']}" if r["K"] is not None else ""
+        if r["unrolled"]:  # a convolution: K = C_in x kernel
+            shape = f"{'x'.join(map(str, r['unrolled']))}={shape}"
         tiles = f"{r['row_tiles']} x {r['col_tiles']}" if r["row_tiles"] is not None else ""
-        table.add_row(r["layer"], r["kind"], shape, tiles, f"{r['crossbars']:,}",
+        table.add_row(r["layer"], r["kind"], shape, tiles, f"{r['vectors']:,}",
+                      f"{r['crossbars']:,}",
                       f"{r['utilization']:.1%}", _opt(r["slices"]), _opt(r["signs"]),
                       _opt(r["replicas"]), style="bold" if r["layer"] == "total" else None)
     return table

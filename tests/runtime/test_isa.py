@@ -145,6 +145,9 @@ SAMPLES: dict[str, Callable[[], Program]] = {
     "transpose": _unary("transpose", perm=[0, 2, 1]),
     "slice": _unary("slice", axis=-1, start=1, stop=9),
     "zeros": _unary("zeros", shape=[4, 2]),
+    "im2col": lambda: _program({"op": "im2col", "in": ["x"], "kernel": [2, 3],
+                                "stride": [1, 2], "pads": [1, 0], "dilation": [2, 1]},
+                               {"x": [2, 5, 6]}),
 }
 
 
