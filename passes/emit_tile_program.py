@@ -483,6 +483,80 @@ class _Emitter:
             bounds = [0, *_ints(spec), size]
         return Tup(tuple(self._slice(x, axis, a, b) for a, b in itertools.pairwise(bounds)))
 
+    # ---- digital ops of users' models (pool, reduce, log_softmax, clip, leaky_relu, pad)
+    def _pool(self, call, args, mode: str):
+        a = call.attrs
+        if bool(a.ceil_mode):
+            raise PassError(f"{call.op.name} with ceil_mode is not supported")
+        if str(a.layout) not in ("NCW", "NCHW") or str(a.out_layout) != str(a.layout):
+            raise PassError(f"{call.op.name} with layout {a.layout} is not supported")
+        return self.emit("pool", [self.materialise(args[0])], _shape(call), mode=mode,
+                         kernel=_ints(a.pool_size), stride=_ints(a.strides),
+                         pads=_ints(a.padding), dilation=_ints(a.dilation),
+                         count_include_pad=bool(a.count_include_pad))
+
+    def _op_nn_max_pool2d(self, call, args):
+        return self._pool(call, args, "max")
+
+    def _op_nn_avg_pool2d(self, call, args):
+        return self._pool(call, args, "avg")
+
+    _op_nn_max_pool1d = _op_nn_max_pool2d
+    _op_nn_avg_pool1d = _op_nn_avg_pool2d
+
+    def _op_zeros_like(self, call, args):
+        """max_pool2d's unused indices output: a constant, emitted only if it is read."""
+        return Const(np.zeros(_shape(call), np.float32))
+
+    def _reduce(self, call, args, mode: str):
+        x = self.materialise(args[0])
+        nd = len(x.shape)
+        if call.attrs.axis is None:
+            raise PassError(f"{mode} over every axis would reduce the batch axis")
+        axes = sorted({_axis(a, nd) for a in _ints(call.attrs.axis)})
+        if 0 in axes:
+            raise PassError(f"{mode} over axes {axes} reduces the batch axis (0)")
+        return self.emit("reduce", [x], _shape(call), mode=mode, axes=axes,
+                         keepdims=bool(call.attrs.keepdims))
+
+    def _op_mean(self, call, args):
+        return self._reduce(call, args, "mean")
+
+    def _op_sum(self, call, args):
+        return self._reduce(call, args, "sum")
+
+    def _op_max(self, call, args):
+        return self._reduce(call, args, "max")
+
+    def _op_nn_log_softmax(self, call, args):
+        return self.emit("log_softmax", [self.materialise(args[0])], _shape(call),
+                         axis=_axis(int(call.attrs.axis), len(_shape(call))))
+
+    def _op_clip(self, call, args):
+        """Bounds are PrimValues; an infinite one (hardsigmoid's clip(x, 0, inf)) becomes
+        float32's largest value, which clips nothing and keeps the program finite."""
+        big = float(np.finfo(np.float32).max)
+        lo, hi = (float(np.clip(float(getattr(b.value, "value", b.value)), -big, big))
+                  for b in call.args[1:3])
+        return self.emit("clip", [self.materialise(args[0])], _shape(call), min=lo, max=hi)
+
+    def _op_nn_leakyrelu(self, call, args):
+        return self.emit("leaky_relu", [self.materialise(args[0])], _shape(call),
+                         alpha=float(call.attrs.alpha))
+
+    def _op_nn_pad(self, call, args):
+        a = call.attrs
+        if str(a.pad_mode) != "constant":
+            raise PassError(f"pad mode {a.pad_mode} is not supported (constant only)")
+        width = _ints(a.pad_width)
+        begins, ends = width[0::2], width[1::2]
+        if begins[0] or ends[0]:
+            raise PassError("padding the batch axis is not supported")
+        if min(width) < 0:
+            raise PassError(f"negative pads {width} are not supported")
+        return self.emit("pad", [self.materialise(args[0])], _shape(call),
+                         pads=begins + ends, value=float(a.pad_value))
+
     # ---- manifest
     def finish(self, target: Target, model: dict, mod: tvm.IRModule):
         arrays: dict[str, np.ndarray] = {}

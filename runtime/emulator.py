@@ -586,7 +586,76 @@ def _zeros(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
     return np.zeros((xs[0].shape[0], *ins["shape"]), dtype=np.float32)
 
 
+@handler("pool")
+def _pool(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return pool(xs[0], ins)
+
+
+@handler("reduce")
+def _reduce(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    fn = {"mean": np.mean, "sum": np.sum, "max": np.max}[ins["mode"]]
+    axis = tuple(a % xs[0].ndim for a in ins["axes"])
+    kw = {} if ins["mode"] == "max" else {"dtype": np.float32}
+    return np.asarray(fn(xs[0], axis=axis, keepdims=bool(ins["keepdims"]), **kw),
+                      dtype=np.float32)
+
+
+@handler("log_softmax")
+def _log_softmax(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    d = xs[0] - xs[0].max(axis=ins["axis"], keepdims=True)
+    return (d - np.log(np.exp(d).sum(axis=ins["axis"], keepdims=True))).astype(np.float32)
+
+
+@handler("clip")
+def _clip(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    return np.minimum(np.maximum(xs[0], np.float32(ins["min"])), np.float32(ins["max"]),
+                      dtype=np.float32)
+
+
+@handler("leaky_relu")
+def _leaky_relu(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    x = xs[0]
+    return np.where(x >= 0, x, x * np.float32(ins["alpha"])).astype(np.float32)
+
+
+@handler("pad")
+def _pad(emu: Emulator, ins: dict, xs: list[np.ndarray]) -> np.ndarray:
+    n, p = xs[0].ndim, ins["pads"]
+    return np.pad(xs[0], [(p[k], p[n + k]) for k in range(n)],
+                  constant_values=np.float32(ins["value"]))
+
+
 # ---------------------------------------------------------------- helpers
+def pool(x: np.ndarray, ins: dict[str, Any]) -> np.ndarray:
+    """Max or average pooling over the last len(kernel) axes (floor mode). Padding is -inf
+    for max; for avg it is 0 and the divisor is the window size, or, without
+    count_include_pad, the number of real elements in the window (ONNX AveragePool)."""
+    n = len(ins["kernel"])
+    pads = [(0, 0)] * (x.ndim - n) + [(ins["pads"][i], ins["pads"][n + i]) for i in range(n)]
+    fill = -np.inf if ins["mode"] == "max" else 0.0
+    xp = np.pad(x, pads, constant_values=np.float32(fill))
+    win = _windows(xp, ins)
+    axes = tuple(range(-n, 0))
+    if ins["mode"] == "max":
+        return win.max(axis=axes).astype(np.float32)
+    total = win.sum(axis=axes, dtype=np.float32)
+    if ins["count_include_pad"]:
+        return (total / np.float32(np.prod(ins["kernel"]))).astype(np.float32)
+    ones = np.pad(np.ones(x.shape[-n:], np.float32), pads[-n:])
+    count = _windows(ones, ins).sum(axis=axes, dtype=np.float32)
+    return (total / count).astype(np.float32)
+
+
+def _windows(xp: np.ndarray, ins: dict[str, Any]) -> np.ndarray:
+    """Strided, dilated windows of the last len(kernel) axes: [..., *out, *kernel]."""
+    n = len(ins["kernel"])
+    span = [ins["dilation"][i] * (ins["kernel"][i] - 1) + 1 for i in range(n)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(-n, 0)))
+    lead = (slice(None),) * (xp.ndim - n)
+    return win[lead + tuple(slice(None, None, s) for s in ins["stride"]) +
+               tuple(slice(None, None, d) for d in ins["dilation"])]
+
+
 def _live_out(loop: dict[str, Any]) -> set[str]:
     """Registers of a loop body read after the step: carries and scatter sources."""
     return set(loop["carry"]) | {s["src"] for s in loop["scatter"]}

@@ -154,8 +154,46 @@ def _zeros(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
     return (s[0][0], *[int(d) for d in ins["shape"]])
 
 
+def pool_out(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
+    """Output length of one pooled axis (floor mode): ONNX's and torch's formula."""
+    return (size + pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def _pool(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    n = len(ins["kernel"])
+    if len(s[0]) != n + 2:
+        raise ValueError(f"pools {n} axes of a rank-{len(s[0])} tensor, needs [B, C, *spatial]")
+    lead, sp = s[0][:-n], s[0][-n:]
+    pads = ins["pads"]
+    return (*lead, *(pool_out(sp[i], ins["kernel"][i], ins["stride"][i],
+                              pads[i] + pads[n + i], ins["dilation"][i]) for i in range(n)))
+
+
+def _reduce(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    r = len(s[0])
+    if any(not -r <= a < r or a % r == 0 for a in ins["axes"]):
+        raise ValueError(f"axes {ins['axes']} out of range or the batch axis (rank {r})")
+    axes = {a % r for a in ins["axes"]}
+    if ins["keepdims"]:
+        return tuple(1 if k in axes else d for k, d in enumerate(s[0]))
+    return tuple(d for k, d in enumerate(s[0]) if k not in axes)
+
+
+def _pad(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
+    n, p = len(s[0]), ins["pads"]
+    if len(p) != 2 * n:
+        raise ValueError(f"{len(p)} pads for a rank-{n} tensor")
+    return tuple(d + p[k] + p[n + k] for k, d in enumerate(s[0]))
+
+
 # ---------------------------------------------------------------- the table
 _NUM = (int, float)
+POOL_MODES = ("max", "avg")
+"""`pool` modes: max, or average (padding counted or not, `count_include_pad`)."""
+REDUCE_MODES = ("mean", "sum", "max")
+"""`reduce` modes."""
+POOL_DIMS = (1, 2)
+"""`pool` works over the last 1 or 2 axes of [B, C, *spatial]."""
 
 
 def _digital(n_in: int, rule: ShapeRule = _same, **kw: Any) -> OpSpec:
@@ -186,6 +224,16 @@ OPS: dict[str, OpSpec] = {
     "zeros": OpSpec(1, "move", _zeros, attrs={"shape": list}, reads_data=False),
     "im2col": OpSpec(1, "move", _im2col,
                      attrs={"kernel": list, "stride": list, "pads": list, "dilation": list}),
+    # digital ops users' models need around their crossbar layers (docs/byom.md)
+    "pool": OpSpec(1, "digital_in", _pool,
+                   attrs={"mode": str, "kernel": list, "stride": list, "pads": list,
+                          "dilation": list, "count_include_pad": bool}),
+    "reduce": OpSpec(1, "digital_in", _reduce,
+                     attrs={"mode": str, "axes": list, "keepdims": bool}),
+    "log_softmax": OpSpec(1, "digital", _same, attrs={"axis": int}),
+    "clip": _digital(1, attrs={"min": _NUM, "max": _NUM}),
+    "leaky_relu": _digital(1, attrs={"alpha": _NUM}),
+    "pad": OpSpec(1, "move", _pad, attrs={"pads": list, "value": _NUM}),
     "loop": OpSpec(0, "loop", None, has_out=False,
                    attrs={"count": dict, "carry": list, "gather": list, "body": list,
                           "scatter": list}),

@@ -19,7 +19,7 @@ from farc.errors import ConfigError, ProgramError
 from farc.limits import MAX_CROSSBARS
 
 from .bounds import check_run_bounds
-from .isa import FORMAT, OPS, VERSION
+from .isa import FORMAT, OPS, POOL_DIMS, POOL_MODES, REDUCE_MODES, VERSION
 from .numerics import (
     STEP_DENOM,
     XbarParams,
@@ -407,6 +407,58 @@ def _check_attr_values(ins: dict, op: str, ctx: dict, where: str) -> None:
                                "1 or 2 ints each (kernel, stride, dilation >= 1, pads >= 0)")
     if op in ("concat", "slice") and ins["axis"] == 0:
         raise ProgramError(f"{where}: axis 0 is the batch axis")
+    if op in _VALUE_CHECKS:
+        _VALUE_CHECKS[op](ins, where)
+
+
+def _ints_at_least(ins: dict, key: str, low: int, n: int | None, where: str) -> list[int]:
+    v = ins[key]
+    if any(type(d) is not int or d < low for d in v) or (n is not None and len(v) != n):
+        want = f"{n} " if n is not None else ""
+        raise ProgramError(f"{where}: {key} {v!r} must be a list of {want}ints >= {low}")
+    return v
+
+
+def _check_pool(ins: dict, where: str) -> None:
+    if ins["mode"] not in POOL_MODES:
+        raise ProgramError(f"{where}: mode {ins['mode']!r} is not one of {list(POOL_MODES)}")
+    n = len(ins["kernel"])
+    if n not in POOL_DIMS:
+        raise ProgramError(f"{where}: pools over {n} axes, {list(POOL_DIMS)} are allowed")
+    kernel = _ints_at_least(ins, "kernel", 1, n, where)
+    _ints_at_least(ins, "stride", 1, n, where)
+    dil = _ints_at_least(ins, "dilation", 1, n, where)
+    pads = _ints_at_least(ins, "pads", 0, 2 * n, where)
+    for i in range(n):  # a window of padding only would have no value (ONNX: pad < kernel)
+        if max(pads[i], pads[n + i]) >= dil[i] * (kernel[i] - 1) + 1:
+            raise ProgramError(f"{where}: pads {pads} not below the window {kernel}")
+
+
+def _check_reduce(ins: dict, where: str) -> None:
+    if ins["mode"] not in REDUCE_MODES:
+        raise ProgramError(f"{where}: mode {ins['mode']!r} is not one of "
+                           f"{list(REDUCE_MODES)}")
+    axes = ins["axes"]
+    if not axes or any(type(a) is not int or a == 0 for a in axes) or \
+            len(set(axes)) != len(axes):
+        raise ProgramError(f"{where}: axes {axes!r} must be distinct ints, never 0 (batch)")
+
+
+def _check_pad(ins: dict, where: str) -> None:
+    pads = _ints_at_least(ins, "pads", 0, None, where)
+    n = len(pads) // 2
+    if len(pads) % 2 or n < 1 or pads[0] or pads[n]:
+        raise ProgramError(f"{where}: pads {pads!r} must be 2 per axis, 0 on the batch axis")
+
+
+def _check_clip(ins: dict, where: str) -> None:
+    if ins["min"] > ins["max"]:
+        raise ProgramError(f"{where}: min {ins['min']} above max {ins['max']}")
+
+
+_VALUE_CHECKS = {"pool": _check_pool, "reduce": _check_reduce, "pad": _check_pad,
+                 "clip": _check_clip}
+"""Attribute value checks of the digital ops for users' models (runtime/isa.py)."""
 
 
 def _check_loop(ins: dict, defined: set[str], ctx: dict, prefix: str, where: str) -> None:

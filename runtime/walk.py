@@ -81,7 +81,10 @@ def infer_shape(ins: dict[str, Any], in_shapes: tuple[Shape, ...],
     rule = OPS[ins["op"]].shape
     if rule is None:
         raise ProgramError(f"opcode {ins['op']!r} has no shape rule")
-    return rule(tuple(in_shapes), ins, ctx)
+    try:
+        return rule(tuple(in_shapes), ins, ctx)
+    except ValueError as exc:  # the digital ops' rank checks (pool, reduce, pad)
+        raise ProgramError(f"{ins['op']}: {exc}") from None
 
 
 def walk(program: Any, batch: int = 1,

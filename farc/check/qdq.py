@@ -413,6 +413,54 @@ def _op_im2col(t: _Translator, ins: dict, where: str) -> None:
     y = t.emit("Transpose", [y], "im2col/BPCK", perm=[0, 3, 1, 2])
     y = t.emit("Reshape", [y, t.ints([0, 0, -1], "BPR")], "im2col")
     t.write(ins["out"], y, 3)
+def _op_pool(t: _Translator, ins: dict, where: str) -> None:
+    """MaxPool or AveragePool on [B, C, *spatial], floor mode, the program's pads."""
+    common = {"kernel_shape": [int(k) for k in ins["kernel"]],
+              "strides": [int(s) for s in ins["stride"]], "pads": [int(p) for p in ins["pads"]],
+              "dilations": [int(d) for d in ins["dilation"]]}
+    if ins["mode"] == "max":
+        y = t.emit("MaxPool", [_in(t, ins, 0, where)], "maxpool", **common)
+    elif ins["mode"] == "avg":
+        y = t.emit("AveragePool", [_in(t, ins, 0, where)], "avgpool",
+                   count_include_pad=int(bool(ins["count_include_pad"])), **common)
+    else:
+        raise ProgramError(f"{where}: unknown pool mode {ins['mode']!r}")
+    t.write(ins["out"], y, _rank_of(t, ins, 0))
+
+
+_REDUCE = {"mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax"}
+
+
+def _op_reduce(t: _Translator, ins: dict, where: str) -> None:
+    if ins["mode"] not in _REDUCE:
+        raise ProgramError(f"{where}: unknown reduce mode {ins['mode']!r}")
+    axes = [int(a) for a in ins["axes"]]
+    keep = bool(ins["keepdims"])
+    y = t.emit(_REDUCE[ins["mode"]], [_in(t, ins, 0, where), t.ints(axes, "axes")],
+               f"reduce_{ins['mode']}", keepdims=int(keep))
+    t.write(ins["out"], y, _rank_of(t, ins, 0) - (0 if keep else len(axes)))
+
+
+def _op_log_softmax(t: _Translator, ins: dict, where: str) -> None:
+    y = t.emit("LogSoftmax", [_in(t, ins, 0, where)], "log_softmax", axis=int(ins["axis"]))
+    t.write(ins["out"], y, _rank_of(t, ins, 0))
+
+
+def _op_clip(t: _Translator, ins: dict, where: str) -> None:
+    y = t.emit("Clip", [_in(t, ins, 0, where), t.scalar(float(ins["min"]), "clip_min"),
+                        t.scalar(float(ins["max"]), "clip_max")], "clip")
+    t.write(ins["out"], y, _rank_of(t, ins, 0))
+
+
+def _op_leaky_relu(t: _Translator, ins: dict, where: str) -> None:
+    y = t.emit("LeakyRelu", [_in(t, ins, 0, where)], "leaky_relu", alpha=float(ins["alpha"]))
+    t.write(ins["out"], y, _rank_of(t, ins, 0))
+
+
+def _op_pad(t: _Translator, ins: dict, where: str) -> None:
+    y = t.emit("Pad", [_in(t, ins, 0, where), t.ints([int(p) for p in ins["pads"]], "pads"),
+                       t.scalar(float(ins["value"]), "pad_value")], "pad", mode="constant")
+    t.write(ins["out"], y, _rank_of(t, ins, 0))
 
 
 # ----------------------------------------------------------------------------- loop
@@ -520,6 +568,12 @@ _HANDLERS: dict[str, Callable[[_Translator, dict, str], None]] = {
     "slice": _op_slice,
     "zeros": _op_zeros,
     "im2col": _op_im2col,
+    "pool": _op_pool,
+    "reduce": _op_reduce,
+    "log_softmax": _op_log_softmax,
+    "clip": _op_clip,
+    "leaky_relu": _op_leaky_relu,
+    "pad": _op_pad,
     "loop": _op_loop,
 }
 

@@ -111,6 +111,7 @@ def import_model(model: nn.Module) -> ImportedModel:
                                                             classifiers),
         "conv2d.default": lambda node, imp: _convert_conv(node, imp, names, ep),
         "conv1d.default": lambda node, imp: _convert_conv(node, imp, names, ep),
+        "amax.default": _convert_amax,
     }
     mod = from_exported_program(ep, custom_convert_map=convert, run_ep_decomposition=False)
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
@@ -189,6 +190,14 @@ def _convert_linear(node, imp, names, ep, classifiers: set[str]) -> relax.Var:
         _, b = _param(node.args[2], names, ep)
         y = bb.emit(relax.op.add(y, named_const(b, kind, layer + ".bias")))
     return y
+
+
+def _convert_amax(node, imp) -> relax.Var:
+    """torch.amax(x, dims, keepdim): Relax's stock importer has no converter for it."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    x = imp.env[node.args[0]]
+    return imp.block_builder.emit(relax.op.max(x, [int(d) for d in dims] or None, bool(keep)))
 
 
 def _convert_conv(node, imp, names, ep) -> relax.Var:

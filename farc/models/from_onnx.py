@@ -282,7 +282,112 @@ class _Erf(NotATensor):
                 "0.5 * x * (1 + erf(x / sqrt(2)))")
 
 
-class _Converter:
+class _DigitalOps:
+    """ONNX converters of the digital ops around crossbar layers (docs/byom.md), mixed
+    into `_Converter`: pooling, reductions, LogSoftmax, Clip and its kin, Pad, and Where of
+    constants (folded)."""
+
+    b: GraphBuilder
+    opset: int
+    output_names: list[str]
+    uses: dict[str, int]
+
+    def _pool(self, ins, a, where, mode: str):
+        if a.get("ceil_mode", 0):
+            raise UnsupportedModelError(f"{where}: pooling with ceil_mode = 1")
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise UnsupportedModelError(f"{where}: pooling with auto_pad {a['auto_pad']}")
+        if len(self.output_names) > 1 and self.uses.get(self.output_names[1], 0):
+            raise UnsupportedModelError(f"{where}: MaxPool's Indices output is used")
+        return self.b.pool(as_val(ins[0], where), mode, a["kernel_shape"], a.get("strides"),
+                           a.get("pads"), a.get("dilations"),
+                           bool(a.get("count_include_pad", 0)), where)
+
+    def _MaxPool(self, ins, a, where, name):
+        return self._pool(ins, a, where, "max")
+
+    def _AveragePool(self, ins, a, where, name):
+        return self._pool(ins, a, where, "avg")
+
+    def _GlobalAveragePool(self, ins, a, where, name):
+        v = as_val(ins[0], where)
+        return self.b.reduce(v, "mean", list(range(2, v.ndim)), True, where)
+
+    def _reduce(self, ins, a, where, mode: str):
+        x, axes = ins[0], self._axes(ins, a)
+        keep = bool(a.get("keepdims", 1))
+        if not axes and a.get("noop_with_empty_axes", 0):
+            return x
+        if isinstance(x, np.ndarray):
+            fn = {"mean": np.mean, "sum": np.sum, "max": np.max}[mode]
+            return fn(x, axis=tuple(axes) if axes else None, keepdims=keep).astype(x.dtype)
+        return self.b.reduce(as_val(x, where), mode, axes or None, keep, where)
+
+    def _ReduceMean(self, ins, a, where, name):
+        return self._reduce(ins, a, where, "mean")
+
+    def _ReduceSum(self, ins, a, where, name):
+        return self._reduce(ins, a, where, "sum")
+
+    def _ReduceMax(self, ins, a, where, name):
+        return self._reduce(ins, a, where, "max")
+
+    def _LogSoftmax(self, ins, a, where, name):
+        v = as_val(ins[0], where)
+        axis = a.get("axis", -1 if self.opset >= 13 else 1)
+        if self.opset < 13 and axis % v.ndim != v.ndim - 1:
+            raise UnsupportedModelError(f"{where}: LogSoftmax (opset < 13) over several axes")
+        return self.b.log_softmax(v, axis, where)
+
+    def _Clip(self, ins, a, where, name):
+        bounds = list(ins[1:3]) + [None] * (3 - len(ins))
+        if self.opset < 11:
+            bounds = [a.get("min"), a.get("max")]
+        if any(c is not None and not isinstance(c, np.ndarray | float) for c in bounds):
+            raise UnsupportedModelError(f"{where}: Clip with computed min or max")
+        lo, hi = (None if c is None else float(np.asarray(c).reshape(())) for c in bounds[:2])
+        return self.b.elementwise("clip", as_val(ins[0], where), min=lo, max=hi)
+
+    def _LeakyRelu(self, ins, a, where, name):
+        return self.b.elementwise("leaky_relu", as_val(ins[0], where),
+                                  alpha=float(a.get("alpha", 0.01)))
+
+    def _HardSigmoid(self, ins, a, where, name):
+        return self.b.elementwise("hardsigmoid", as_val(ins[0], where),
+                                  alpha=float(a.get("alpha", 0.2)),
+                                  beta=float(a.get("beta", 0.5)))
+
+    def _HardSwish(self, ins, a, where, name):
+        return self.b.elementwise("hardswish", as_val(ins[0], where))
+
+    def _Pad(self, ins, a, where, name):
+        if a.get("mode", "constant") != "constant":
+            raise UnsupportedModelError(f"{where}: Pad with mode {a['mode']}; only constant")
+        v = as_val(ins[0], where)
+        args = list(ins[1:]) + [None] * (4 - len(ins))
+        pads, value, axes = (a.get("pads"), a.get("value", 0.0), None) if self.opset < 11 \
+            else args[:3]
+        if any(c is not None and not isinstance(c, np.ndarray | float | list)
+               for c in (pads, value, axes)):
+            raise UnsupportedModelError(f"{where}: Pad with computed pads or value")
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        if axes is not None:  # opset 18: pads only for `axes`
+            axes = [int(k) % v.ndim for k in np.asarray(axes).reshape(-1)]
+            full = [0] * (2 * v.ndim)
+            for i, k in enumerate(axes):
+                full[k], full[v.ndim + k] = pads[i], pads[len(axes) + i]
+            pads = full
+        value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
+        return self.b.pad(v, pads, value, where)
+
+    def _Where(self, ins, a, where, name):
+        if not all(isinstance(x, np.ndarray) for x in ins):
+            raise UnsupportedModelError(f"{where}: Where of a computed tensor; only Where "
+                                        "of constants (folded)")
+        return np.where(*ins)
+
+
+class _Converter(_DigitalOps):
     def __init__(self, b: GraphBuilder, opset: int, folder: Path | None = None) -> None:
         self.b, self.opset, self.folder = b, opset, folder
         self.batch = 1
@@ -477,6 +582,8 @@ class _Converter:
         return self.b.reshape(v, [1, math.prod(v.shape[1:])], where)
 
     def _Transpose(self, ins, a, where, name):
+        if isinstance(ins[0], np.ndarray):  # shape arithmetic (TorchScript's F.pad pads)
+            return np.transpose(ins[0], a.get("perm"))
         v = as_val(ins[0], where)
         return self.b.transpose(v, a.get("perm", list(range(v.ndim))[::-1]), where)
 
@@ -535,11 +642,19 @@ class _Converter:
         return self.b.matmul(as_val(x, where), as_val(w, where), where)
 
     def _Gemm(self, ins, a, where, name):
+        """Y = alpha * A' @ B' + beta * C with a constant B: one linear layer. transA reads A
+        transposed (free in the builder: only the value's axis order changes); the batch
+        must then be A's second axis, else the line names transA."""
         x, w = ins[0], ins[1]
         c = ins[2] if len(ins) > 2 else None
-        if not isinstance(w, np.ndarray) or a.get("transA", 0):
-            raise UnsupportedModelError(f"{where}: Gemm needs a constant B and transA = 0")
+        if not isinstance(w, np.ndarray):
+            raise UnsupportedModelError(f"{where}: Gemm needs a constant B")
         v = as_val(x, where)
+        if a.get("transA", 0):
+            if v.ndim != 2 or v.batch_axis != 1:
+                raise UnsupportedModelError(f"{where}: Gemm with transA = 1 on an A whose "
+                                            "batch is not its second axis")
+            v = self.b.transpose(v, [1, 0], where)
         weight = (w if a.get("transB", 0) else w.T) * np.float32(a.get("alpha", 1.0))
         bias = None
         if c is not None:

@@ -401,6 +401,104 @@ class _Converter:
     _zeros_like = _zeros
     _new_zeros = _zeros
 
+    # ---- digital ops around the crossbar layers (GraphBuilder's DIGITAL nodes)
+    def _max_pool2d(self, node, op, args, kw, where):
+        n = 1 if op.endswith("1d") else 2
+        a = _args(args, kw, ["input", "kernel_size", "stride", "padding", "dilation",
+                             "ceil_mode"], [None, None, [], 0, 1, False])
+        return self._pool(a, "max", n, a["dilation"], True, where)
+
+    _max_pool1d = _max_pool2d
+
+    def _avg_pool2d(self, node, op, args, kw, where):
+        n = 1 if op.endswith("1d") else 2
+        a = _args(args, kw, ["input", "kernel_size", "stride", "padding", "ceil_mode",
+                             "count_include_pad", "divisor_override"],
+                  [None, None, [], 0, False, True, None])
+        if a["divisor_override"] is not None:
+            raise UnsupportedModelError(f"{where}: {op} with divisor_override")
+        return self._pool(a, "avg", n, 1, bool(a["count_include_pad"]), where)
+
+    _avg_pool1d = _avg_pool2d
+
+    def _pool(self, a: dict, mode: str, n: int, dilation: Any, count_pad: bool,
+              where: str) -> Val:
+        if a["ceil_mode"]:
+            raise UnsupportedModelError(f"{where}: pooling with ceil_mode=True")
+        kernel = _n_ints(a["kernel_size"], n)
+        stride = _n_ints(a["stride"], n) if a["stride"] else kernel
+        pad = _n_ints(a["padding"], n)
+        return self.b.pool(as_val(a["input"], where), mode, kernel, stride, pad + pad,
+                           _n_ints(dilation, n), count_pad, where)
+
+    def _adaptive_avg_pool2d(self, node, op, args, kw, where):
+        """Global average pooling (output size 1 on every pooled axis): a mean."""
+        v, size = as_val(args[0], where), _n_ints(args[1], 1 if op.endswith("1d") else 2)
+        if any(s != 1 for s in size):
+            raise UnsupportedModelError(f"{where}: {op} to {size}; only to size 1 (global "
+                                        "average pooling)")
+        return self.b.reduce(v, "mean", list(range(-len(size), 0)), True, where)
+
+    _adaptive_avg_pool1d = _adaptive_avg_pool2d
+
+    def _mean(self, node, op, args, kw, where):
+        a = _args(args, kw, ["input", "dim", "keepdim", "dtype"], [None, None, False, None])
+        dims = a["dim"] if isinstance(a["dim"], list | tuple) or a["dim"] is None \
+            else [a["dim"]]
+        mode = {"mean": "mean", "sum": "sum", "amax": "max"}[op]
+        return self.b.reduce(as_val(a["input"], where), mode, dims or None,
+                             bool(a["keepdim"]), where)
+
+    _sum = _mean
+    _amax = _mean
+
+    def _log_softmax(self, node, op, args, kw, where):
+        return self.b.log_softmax(as_val(args[0], where), int(args[1]), where)
+
+    def _clamp(self, node, op, args, kw, where):
+        names = ["input", "min_val", "max_val"] if op == "hardtanh" else ["input", "min", "max"]
+        default = [None, -1.0, 1.0] if op == "hardtanh" else [None, None, None]
+        a = _args(args, kw, names, default)
+        lo, hi = a[names[1]], a[names[2]]
+        if not all(b is None or isinstance(b, int | float) for b in (lo, hi)):
+            raise UnsupportedModelError(f"{where}: {op} with tensor bounds")
+        return self.b.elementwise("clip", as_val(a["input"], where),
+                                  min=None if lo is None else float(lo),
+                                  max=None if hi is None else float(hi))
+
+    _hardtanh = _clamp
+
+    def _leaky_relu(self, node, op, args, kw, where):
+        a = _args(args, kw, ["input", "negative_slope"], [None, 0.01])
+        return self.b.elementwise("leaky_relu", as_val(a["input"], where),
+                                  alpha=float(a["negative_slope"]))
+
+    def _hardsigmoid(self, node, op, args, kw, where):
+        return self.b.elementwise("hardsigmoid", as_val(args[0], where), alpha=1 / 6,
+                                  beta=0.5)
+
+    def _hardswish(self, node, op, args, kw, where):
+        return self.b.elementwise("hardswish", as_val(args[0], where))
+
+    def _constant_pad_nd(self, node, op, args, kw, where):
+        if op == "pad":
+            a = _args(args, kw, ["input", "pad", "mode", "value"],
+                      [None, None, "constant", None])
+            if a["mode"] != "constant":
+                raise UnsupportedModelError(f"{where}: pad mode {a['mode']!r}; only constant")
+        else:
+            a = _args(args, kw, ["input", "pad", "value"], [None, None, 0.0])
+        v = as_val(a["input"], where)
+        torch_pads = [int(p) for p in a["pad"]]
+        if len(torch_pads) % 2 or len(torch_pads) > 2 * v.ndim:
+            raise UnsupportedModelError(f"{where}: {len(torch_pads)} pads for rank {v.ndim}")
+        pads = [0] * (2 * v.ndim)
+        for i in range(len(torch_pads) // 2):  # torch: (begin, end) of the last axis first
+            pads[v.ndim - 1 - i], pads[2 * v.ndim - 1 - i] = torch_pads[2 * i:2 * i + 2]
+        return self.b.pad(v, pads, float(a["value"] or 0.0), where)
+
+    _pad = _constant_pad_nd
+
     def _lstm(self, node, op, args, kw, where):
         if len(args) != 9 or not isinstance(args[1], list):
             raise UnsupportedModelError(f"{where}: unsupported lstm overload (packed "
@@ -437,6 +535,20 @@ class _Converter:
             time_axis = 1
         out = v if batch_first else self.b.transpose(v, [1, 0, 2], where)
         return [out, _HN(seqs), FinalCellState("final cell state c_n")]
+
+
+def _args(args: list, kw: dict, names: list[str], defaults: list) -> dict[str, Any]:
+    """An ATen call's arguments by name: positional, then keyword, then the default."""
+    out = dict(zip(names, defaults))
+    out.update(zip(names, args))
+    out.update({k: v for k, v in kw.items() if k in out})
+    return out
+
+
+def _n_ints(x: Any, n: int) -> list[int]:
+    """An int or a list of 1 or n ints as n ints (torch's kernel/stride/padding forms)."""
+    xs = [int(v) for v in (x if isinstance(x, list | tuple) else [x])]
+    return xs * n if len(xs) == 1 else xs
 
 
 def _operand(x: Any) -> Any:

@@ -20,7 +20,8 @@ the same for every batch row (ONNX initial_h / initial_c; absent = zero).
 
 Node ops (stored, batch-first semantics): input, const, linear, conv, lstm, relu, gelu,
 sigmoid, tanh, softmax, layer_norm, add, sub, mul, div, matmul, reshape, permute, cat, slice,
-select."""
+select, and the digital ops of `DIGITAL` (pool, reduce, pad, log_softmax, clip, leaky_relu,
+hardsigmoid, hardswish)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,51 @@ UNARY = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
          "gelu": F.gelu}
 BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
           "matmul": torch.matmul}
+
+
+def _pool(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+    """Max or average pooling over the last 1 or 2 axes, ONNX pads [begins, ends]. Pads
+    torch's pooling cannot take (asymmetric, or above half the kernel) are applied first
+    with F.pad: -inf for max, 0 for an average that counts them (the builder refuses an
+    average that does not)."""
+    n, p = len(a["kernel"]), a["pads"]
+    begins, ends = p[:n], p[n:]
+    native = begins == ends and all(2 * b <= k for b, k in zip(begins, a["kernel"]))
+    if not native:
+        fill = float("-inf") if a["mode"] == "max" else 0.0
+        x = F.pad(x, [q for i in reversed(range(n)) for q in (begins[i], ends[i])],
+                  value=fill)
+        begins = [0] * n
+    if a["mode"] == "max":
+        fn = F.max_pool1d if n == 1 else F.max_pool2d
+        return fn(x, a["kernel"], a["stride"], begins, a["dilation"])
+    fn = F.avg_pool1d if n == 1 else F.avg_pool2d
+    return fn(x, a["kernel"], a["stride"], begins, count_include_pad=a["count_include_pad"])
+
+
+def _reduce(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+    fn = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax}[a["mode"]]
+    return fn(x, list(a["dims"]), keepdim=a["keepdim"])
+
+
+def _pad(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+    """Constant padding, ONNX pads [begins of every axis, ends of every axis]."""
+    n, p = x.ndim, a["pads"]
+    return F.pad(x, [q for k in reversed(range(n)) for q in (p[k], p[n + k])],
+                 value=a["value"])
+
+
+DIGITAL = {
+    "pool": _pool, "reduce": _reduce, "pad": _pad,
+    "log_softmax": lambda x, a: torch.log_softmax(x, dim=a["dim"]),
+    "clip": lambda x, a: torch.clamp(x, a["min"], a["max"]),
+    "leaky_relu": lambda x, a: F.leaky_relu(x, a["alpha"]),
+    "hardsigmoid": lambda x, a: torch.clamp(x * a["alpha"] + a["beta"], 0.0, 1.0),
+    "hardswish": lambda x, a: F.hardswish(x),
+}
+"""The digital ops users' models need around their crossbar layers (docs/byom.md): node op
+-> f(x, attrs), attrs in stored (batch-first) axes. hardsigmoid and hardswish export as
+mul/add/clip (Relax lowers F.hardswish so), so the tile program has no opcode for them."""
 
 
 class GraphModel(nn.Module):
@@ -129,6 +175,8 @@ class GraphModel(nn.Module):
             return xs[0][(slice(None),) * a["dim"] + (slice(a["start"], a["stop"]),)]
         if op == "select":
             return xs[0].select(a["dim"], a["index"])
+        if op in DIGITAL:
+            return DIGITAL[op](xs[0], a)
         raise ConfigError(f"GraphModel: unknown node op {op!r}")
 
     def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, reverse: bool,
@@ -641,6 +689,101 @@ class GraphBuilder:
             raise UnsupportedModelError(f"{where}: squeezing the batch axis")
         shape = [d for k, d in enumerate(v.shape) if k not in axes]
         return self.reshape(v, shape, where, batch_out=p - sum(a < p for a in axes))
+
+    # ---- digital ops around the crossbar layers (DIGITAL)
+    def elementwise(self, op: str, v: Val, **attrs: Any) -> Val:
+        """clip, leaky_relu, hardsigmoid, hardswish: shape and layout kept."""
+        return Val(self._new(op, [v.name], attrs), v.order, v.shape)
+
+    def log_softmax(self, v: Val, axis: int, where: str) -> Val:
+        axis = _axis(axis, v.ndim, where)
+        return Val(self._new("log_softmax", [v.name], {"dim": v.order[axis]}), v.order,
+                   v.shape)
+
+    def reduce(self, v: Val, mode: str, axes: Sequence[int] | None, keepdims: bool,
+               where: str) -> Val:
+        """mean/sum/max over logical `axes` (None: every axis, which holds the batch)."""
+        axes = range(v.ndim) if axes is None else axes
+        axes = sorted({_axis(a, v.ndim, where) for a in axes})
+        if v.batch_axis in axes:
+            raise UnsupportedModelError(f"{where}: reduce{mode.capitalize()} over axes "
+                                        f"{axes} includes the batch axis ({v.batch_axis})")
+        dims = [v.order[a] for a in axes]
+        out = self._new("reduce", [v.name], {"mode": mode, "dims": dims,
+                                             "keepdim": bool(keepdims)})
+        if keepdims:
+            return Val(out, v.order, tuple(1 if k in axes else d for k, d in
+                                           enumerate(v.shape)))
+        order = tuple(o - sum(d < o for d in dims) for k, o in enumerate(v.order)
+                      if k not in axes)
+        return Val(out, order, tuple(d for k, d in enumerate(v.shape) if k not in axes))
+
+    def pool(self, v: Val, mode: str, kernel: Sequence[int], stride: Sequence[int] | None,
+             pads: Sequence[int] | None, dilation: Sequence[int] | None,
+             count_include_pad: bool, where: str) -> Val:
+        """Max/average pooling of logical [B, C, *spatial] (1 or 2 spatial axes), floor
+        mode, ONNX pads [begins, ends]."""
+        n = len(kernel)
+        kernel = [int(k) for k in kernel]
+        stride = [int(s) for s in stride] if stride else kernel
+        pads = [int(p) for p in pads] if pads else [0] * (2 * n)
+        dilation = [int(d) for d in dilation] if dilation else [1] * n
+        self._check_pool(v, mode, kernel, stride, pads, dilation, count_include_pad, where)
+        v = self.plain(v, where)
+        shape = (*v.shape[:2], *(_pool_out(v.shape[2 + i], kernel[i], stride[i],
+                                           pads[i] + pads[n + i], dilation[i])
+                                 for i in range(n)))
+        if min(shape) < 1:
+            raise UnsupportedModelError(f"{where}: pooling {list(v.shape)} with kernel "
+                                        f"{kernel} leaves no output")
+        out = self._new("pool", [v.name], {"mode": mode, "kernel": kernel, "stride": stride,
+                                           "pads": pads, "dilation": dilation,
+                                           "count_include_pad": bool(count_include_pad)})
+        return Val(out, v.order, shape)
+
+    @staticmethod
+    def _check_pool(v: Val, mode: str, kernel: list[int], stride: list[int],
+                    pads: list[int], dilation: list[int], count_include_pad: bool,
+                    where: str) -> None:
+        n = len(kernel)
+        if n not in (1, 2) or v.ndim != n + 2 or v.batch_axis != 0:
+            raise UnsupportedModelError(f"{where}: pooling over {n} axes of a rank-{v.ndim} "
+                                        "tensor; [batch, channels, 1 or 2 spatial axes] only")
+        if len(stride) != n or len(pads) != 2 * n or len(dilation) != n or \
+                min(kernel + stride + dilation) < 1 or min(pads) < 0:
+            raise UnsupportedModelError(f"{where}: pooling kernel {kernel}, strides {stride}, "
+                                        f"pads {pads}, dilations {dilation} do not fit")
+        if any(max(pads[i], pads[n + i]) >= dilation[i] * (kernel[i] - 1) + 1
+               for i in range(n)):
+            raise UnsupportedModelError(f"{where}: pads {pads} as large as the window")
+        if mode == "avg" and any(d != 1 for d in dilation):
+            raise UnsupportedModelError(f"{where}: average pooling with dilations {dilation}")
+        symmetric = pads[:n] == pads[n:] and all(2 * p <= k for p, k in zip(pads, kernel))
+        if mode == "avg" and not count_include_pad and not symmetric:
+            raise UnsupportedModelError(f"{where}: average pooling with pads {pads} "
+                                        "(asymmetric or above half the kernel) and "
+                                        "count_include_pad = 0")
+
+    def pad(self, v: Val, pads: Sequence[int], value: float, where: str) -> Val:
+        """Constant padding, ONNX pads [begins, ends] in logical axes; never the batch."""
+        pads = [int(p) for p in pads]
+        n = v.ndim
+        if len(pads) != 2 * n or min(pads, default=0) < 0:
+            raise UnsupportedModelError(f"{where}: pads {pads} for a rank-{n} tensor "
+                                        "(2 per axis, none negative)")
+        if pads[v.batch_axis] or pads[n + v.batch_axis]:
+            raise UnsupportedModelError(f"{where}: padding the batch axis")
+        stored = [0] * (2 * n)
+        for k in range(n):
+            stored[v.order[k]], stored[n + v.order[k]] = pads[k], pads[n + k]
+        shape = tuple(d + pads[k] + pads[n + k] for k, d in enumerate(v.shape))
+        return Val(self._new("pad", [v.name], {"pads": stored, "value": float(value)}),
+                   v.order, shape)
+
+
+def _pool_out(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
+    """Output length of one pooled axis, floor mode (ONNX's and torch's formula)."""
+    return (size + pad - dilation * (k - 1) - 1) // stride + 1
 
 
 def _axis(axis: int, ndim: int, where: str) -> int:

@@ -20,12 +20,16 @@ from pathlib import Path
 from farc.errors import CheckpointError
 from farc.models.refusal import refuse
 
-SUPPORTED = ("Add", "BatchNormalization", "Cast", "Concat", "Constant", "ConstantOfShape",
-             "Conv", "Div", "Dropout", "Erf", "Expand", "Flatten", "Gather", "Gelu", "Gemm",
-             "Identity", "LSTM", "LayerNormalization", "MatMul", "Mul", "Relu", "Reshape",
-             "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh",
-             "Transpose", "Unsqueeze")
+SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
+             "ConstantOfShape", "Conv", "Div", "Dropout", "Erf", "Expand", "Flatten", "Gather",
+             "Gelu", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity",
+             "LSTM", "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool",
+             "Mul", "Pad", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape",
+             "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose",
+             "Unsqueeze", "Where")
 """ONNX ops farc maps (in the default domain); see farc.models.from_onnx for their forms."""
+POOLS = ("MaxPool", "AveragePool")
+"""Pooling ops, compiled over 1 or 2 spatial axes only."""
 
 
 @dataclass
@@ -70,6 +74,8 @@ def unsupported(graph: OnnxGraph) -> Iterator[tuple[str, str]]:
             rank = _conv_rank(node, graph)
             if rank is not None and rank not in (1, 2):
                 yield f"Conv ({rank}-d)", where
+        elif node.op_type in POOLS and node.kernel_rank not in (None, 1, 2):
+            yield f"{node.op_type} ({node.kernel_rank}-d)", where
 
 
 def _conv_rank(node: OnnxNode, graph: OnnxGraph) -> int | None:

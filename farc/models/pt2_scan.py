@@ -24,11 +24,17 @@ IDENTITY = ("clone", "contiguous", "dropout", "alias", "detach", "lift_fresh_cop
 UNARY = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
          "gelu": "gelu"}
 BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
+DIGITAL = ("max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
+           "adaptive_avg_pool2d", "mean", "sum", "amax", "log_softmax", "_log_softmax",
+           "clamp", "hardtanh", "hardsigmoid", "hardswish", "leaky_relu", "constant_pad_nd",
+           "pad")
+"""The digital ops around crossbar layers (docs/byom.md): pooling (global average pooling
+as adaptive_avg_pool to size 1), reductions, log_softmax, clamp and its kin, padding."""
 SUPPORTED = sorted({"linear", "conv1d", "conv2d", "batch_norm", "lstm", *UNARY, *BINARY,
                     "softmax", "_softmax", "layer_norm", "matmul", "bmm", "view", "reshape",
                     "_unsafe_view", "flatten", "permute", "transpose", "t", "cat", "slice",
                     "select", "split", "split_with_sizes", "chunk", "squeeze", "unsqueeze",
-                    "zeros", "sym_size", "zeros_like", "new_zeros", *IDENTITY})
+                    "zeros", "sym_size", "zeros_like", "new_zeros", *IDENTITY, *DIGITAL})
 """ATen ops (overload packet names) farc maps; see farc.models.from_torch for their forms."""
 SHOWN = [s for s in SUPPORTED if not s.startswith("_")]
 """The supported ops a refusal lists (aliases like _softmax left out)."""

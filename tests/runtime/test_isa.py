@@ -148,6 +148,13 @@ SAMPLES: dict[str, Callable[[], Program]] = {
     "im2col": lambda: _program({"op": "im2col", "in": ["x"], "kernel": [2, 3],
                                 "stride": [1, 2], "pads": [1, 0], "dilation": [2, 1]},
                                {"x": [2, 5, 6]}),
+    "pool": lambda: _program({"op": "pool", "in": ["x"], "mode": "avg", "kernel": [2, 3],
+                              "stride": [1, 2], "pads": [1, 0, 0, 1], "dilation": [1, 1],
+                              "count_include_pad": False}, {"x": [3, 4, 7]}),
+    "reduce": _unary("reduce", mode="mean", axes=[-1], keepdims=False),
+    "log_softmax": _unary("log_softmax", axis=-1),
+    "clip": _unary("clip", min=-0.5, max=0.25), "leaky_relu": _unary("leaky_relu", alpha=0.1),
+    "pad": _unary("pad", pads=[0, 1, 0, 0, 2, 3], value=0.5),
 }
 
 
