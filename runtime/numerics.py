@@ -439,7 +439,14 @@ def decode_weights(levels: np.ndarray, col_out: np.ndarray, col_slice: np.ndarra
     number of columns (a valid column map: each (output, sign, slice) once)."""
     w = (1 - 2 * col_sign.astype(np.int64)) << (col_slice.astype(np.int64) * cell_bits)
     order = np.argsort(col_out, kind="stable")
-    q = (levels.astype(np.int64) * w)[:, order].reshape(levels.shape[0], N, -1).sum(axis=2)
+    if not np.array_equal(order, np.arange(order.size)):  # the dense packing needs no gather
+        levels, w = levels[:, order], w[order]
+    grouped, coef = levels.reshape(levels.shape[0], N, -1), w.reshape(N, -1)
+    # one [K, N] product per column of an output: no [K, J] int64 temporary (a VGG-8
+    # classifier's 134M cells took 10 s that way, 1.7 s this way)
+    q = np.zeros((levels.shape[0], N), np.int64)
+    for c in range(grouped.shape[2]):
+        q += grouped[:, :, c] * coef[:, c]
     return q - qmax(weight_bits) if mapping == WeightMapping.OFFSET else q
 
 
@@ -700,8 +707,7 @@ def adc_ranges(codes: np.ndarray, col_slice: np.ndarray, K: int, x_int: np.ndarr
         part = planes[:, :, r * rows:(r + 1) * rows] @ stored[r].astype(dtype)
         if p.adc_signed:  # a signed range covers the sums' magnitudes
             part = np.abs(part)
-        groups = [part[..., col_slice == s] for s in range(p.slices)] if p.per_slice \
-            else [part]
+        groups = _by_slice(part, col_slice, p.slices) if p.per_slice else [part]
         ranges = [range_of(g, p.adc.statistic, p.adc.percentile, p.step_for, p.adc.bits,
                            p.adc_signed) for g in groups]
         for g, v in zip(groups, ranges):
@@ -709,6 +715,15 @@ def adc_ranges(codes: np.ndarray, col_slice: np.ndarray, K: int, x_int: np.ndarr
             total += g.size
         out.append(ranges if p.per_slice else ranges[0])
     return out, clipped / total if total else 0.0
+
+
+def _by_slice(part: np.ndarray, col_slice: np.ndarray, slices: int) -> list[np.ndarray]:
+    """The sums of each weight slice: one contiguous copy for the dense packing (column j
+    holds slice j % slices), a boolean selection per slice otherwise."""
+    if np.array_equal(col_slice, np.arange(col_slice.size) % slices):
+        return list(np.moveaxis(part.reshape(*part.shape[:-1], -1, slices), -1, 0)
+                    .reshape(slices, -1))
+    return [part[..., col_slice == s] for s in range(slices)]
 
 
 def layer_lossless(layer: dict[str, Any], codes: np.ndarray) -> bool:
