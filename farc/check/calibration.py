@@ -177,12 +177,16 @@ def _hook(mod: nn.Module, out: list) -> Any:
     def keep(x: torch.Tensor) -> None:
         out.append(x.reshape(-1, x.shape[-1]).float().numpy().copy())
 
-    if isinstance(mod, nn.Conv2d):
+    if isinstance(mod, nn.Conv1d | nn.Conv2d):
         def patches(m, args):
-            b, c, h, w = args[0].shape
-            kh, kw = m.kernel_size
-            p = args[0].reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5)
-            keep(p.reshape(b, -1, c * kh * kw))
+            # every output position's receptive field, (channel, kernel offset) order; a
+            # 1-d convolution is a 2-d one over a height of 1
+            one = isinstance(m, nn.Conv1d)
+            lift = (lambda v, first: (first, *v)) if one else (lambda v, first: tuple(v))
+            x = args[0].unsqueeze(2) if one else args[0]
+            cols = nn.functional.unfold(x, lift(m.kernel_size, 1), lift(m.dilation, 1),
+                                        lift(m.padding, 0), lift(m.stride, 1))
+            keep(cols.transpose(1, 2))
         return mod.register_forward_pre_hook(patches)
     if isinstance(mod, nn.LSTM):
         def stacked(m, args, res):

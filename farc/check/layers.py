@@ -125,8 +125,14 @@ def integer_checks(program: Any, bank: LayerBankRunner, traces: dict[int, list],
     most = max((len(v) for v in xs.values()), default=0)
     parts: dict[str, list[np.ndarray]] = {}
     for lo in range(0, max(most, 1), CHUNK_VECTORS):
-        for name, y in bank.run({n: v[lo:lo + CHUNK_VECTORS] for n, v in xs.items()}).items():
-            parts.setdefault(name, []).append(y)
+        # a layer with no vectors left in this chunk (a classifier beside a convolution's
+        # thousands of positions) gets one zero vector, its result dropped: onnxruntime
+        # cannot broadcast the empty batch through the bit-level ADC path
+        chunk = {n: v[lo:lo + CHUNK_VECTORS] for n, v in xs.items()}
+        feeds = {n: c if len(c) or lo == 0 else np.zeros((1, v.shape[1]), np.float32)
+                 for (n, c), v in zip(chunk.items(), xs.values())}
+        for name, y in bank.run(feeds).items():
+            parts.setdefault(name, []).append(y[:len(chunk[name])])
     ref = {name: np.concatenate(ys) for name, ys in parts.items()}
     out = []
     for i, tr in traces.items():
