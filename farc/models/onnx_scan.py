@@ -21,7 +21,7 @@ from farc.errors import CheckpointError
 from farc.models.refusal import refuse
 
 SUPPORTED = ("Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Dropout",
-             "Erf", "Expand", "Flatten", "Gather", "Gelu", "Gemm", "Identity", "LSTM",
+             "Erf", "Expand", "Flatten", "GRU", "Gather", "Gelu", "Gemm", "Identity", "LSTM",
              "LayerNormalization", "MatMul", "Mul", "Relu", "Reshape", "Shape", "Sigmoid",
              "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
 """ONNX ops farc maps (in the default domain); see farc.models.from_onnx for their forms."""

@@ -24,7 +24,7 @@ IDENTITY = ("clone", "contiguous", "dropout", "alias", "detach", "lift_fresh_cop
 UNARY = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
          "gelu": "gelu"}
 BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
-SUPPORTED = sorted({"linear", "conv2d", "lstm", *UNARY, *BINARY, "softmax", "_softmax",
+SUPPORTED = sorted({"linear", "conv2d", "lstm", "gru", *UNARY, *BINARY, "softmax", "_softmax",
                     "layer_norm", "matmul", "bmm", "view", "reshape", "_unsafe_view",
                     "flatten", "permute", "transpose", "t", "cat", "slice", "select", "split",
                     "split_with_sizes", "chunk", "squeeze", "unsqueeze", "zeros", "sym_size",
