@@ -7,8 +7,8 @@ Leaves: each `matmul(x, W) [+ b]` with constant W (and constant b) fused into a 
 with `Codegen = "farc"` (FuseOpsByPattern(annotate_codegen=True)) wrapping a composite
 named `farc.crossbar` (or `farc.crossbar.nobias`). The outer function gets the attributes
 the later passes read: `farc.layer` (name), `farc.kind` (linear, patch_embed, lstm_cell,
-classifier, gru_cell, gru_hidden, from the weight's name), `farc.K`, `farc.N`. (One pattern pair for every kind:
-FuseOpsByPattern's cost grows with the number of patterns.)
+classifier, gru_cell, gru_hidden, from the weight's name), `farc.K`, `farc.N`. (One
+pattern pair for every kind: FuseOpsByPattern's cost grows with the number of patterns.)
 Matmuls of two activations (DeiT attention: QK^T and AV) cannot be weight-stationary; they
 are fused into composites named `farc.digital.matmul` without a codegen, so they stay on
 the digital units and are visible as such in the IR.
