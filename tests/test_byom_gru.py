@@ -207,8 +207,9 @@ def test_torch_gru_classifier_compiles_and_verifies(classifier, fmt) -> None:
     """nn.GRU (batch_first, bidirectional) -> .pt2 / dynamo ONNX -> GraphModel equal to
     torch -> compiled on isaac: top-1 agrees with onnxruntime on every sample, relative
     error < 1e-3, verify passes."""
-    from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.targets import load_target
+
+    from farc.compiler.driver import CompileOptions, compile_checkpoint
 
     model, paths = classifier
     x = _digits(24)
@@ -235,8 +236,9 @@ def test_torch_gru_classifier_compiles_and_verifies(classifier, fmt) -> None:
 def test_torch_gru_classifier_on_other_targets(classifier, target) -> None:
     """The classifier compiles and runs on the other targets (lossy ADCs: close, not
     exact)."""
-    from farc.compiler.driver import CompileOptions, compile_checkpoint
     from farc.targets import load_target
+
+    from farc.compiler.driver import CompileOptions, compile_checkpoint
 
     model, paths = classifier
     x = _digits(16)
