@@ -264,3 +264,36 @@ def test_cli_verify_report_inspect_gru(classifier, tmp_path, capsys) -> None:
     assert _cli("report", prog, "--html", html) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "energy per inference" in text and "throughput" in text
+
+
+class _TwoLayerTimeMajor(nn.Module):
+    def __init__(self, h0: bool = False) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(INPUTS, HIDDEN, num_layers=2)
+        self.h0 = nn.Parameter(torch.full((2, 3, HIDDEN), 0.5)) if h0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.transpose(0, 1)
+        y, h = self.rnn(t) if self.h0 is None else self.rnn(t, self.h0)
+        return y.transpose(0, 1) + h[-1][:, None]
+
+
+def test_torch_two_layer_time_major_gru(tmp_path) -> None:
+    """Two layers of a time-major nn.GRU: one GRU module per layer, equal to torch."""
+    torch.manual_seed(3)
+    model = _TwoLayerTimeMajor().eval()
+    x = torch.randn(3, 5, INPUTS)
+    path = tmp_path / "two.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    graph = load_pt2(path)
+    assert [n.attrs["module"] for n in graph.nodes if n.op == "gru"] == ["rnn.l0", "rnn.l1"]
+    with torch.no_grad():
+        np.testing.assert_allclose(graph(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+def test_torch_gru_initial_state_refused(tmp_path) -> None:
+    model = _TwoLayerTimeMajor(h0=True).eval()
+    path = tmp_path / "h0.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(3, 5, INPUTS),)), str(path))
+    with pytest.raises(UnsupportedModelError, match="GRU with a non-zero initial state"):
+        load_pt2(path)
