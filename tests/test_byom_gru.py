@@ -27,9 +27,9 @@ INPUTS, HIDDEN = 4, 3
 
 
 def gru_model(direction: str, lbr: int, rng, steps: int = 5, bias: bool = True,
-              h0: np.ndarray | None = None, **attrs) -> bytes:
-    """One ONNX GRU node between the two transposes an exporter writes for layout 0
-    (x [B, T, I] in, y [B, T, D, H] out)."""
+              h0: np.ndarray | None = None, layout: int = 0, **attrs) -> bytes:
+    """One ONNX GRU node (x [B, T, I] in, y [B, T, D, H] out; layout 0 between the two
+    transposes an exporter writes)."""
     d = 2 if direction == "bidirectional" else 1
     inits = [_t("W", rng.normal(0, 0.5, (d, 3 * HIDDEN, INPUTS))),
              _t("R", rng.normal(0, 0.5, (d, 3 * HIDDEN, HIDDEN)))]
@@ -39,10 +39,14 @@ def gru_model(direction: str, lbr: int, rng, steps: int = 5, bias: bool = True,
     if h0 is not None:
         ins += ["", "h0"]
         inits.append(_t("h0", h0))
-    nodes = [helper.make_node("Transpose", ["x"], ["X"], perm=[1, 0, 2]),
-             helper.make_node("GRU", ins, ["Y", "Y_h"], name="/rnn/GRU", hidden_size=HIDDEN,
-                              direction=direction, linear_before_reset=lbr, **attrs),
+    gru = helper.make_node("GRU", ins, ["Y", "Y_h"], name="/rnn/GRU", hidden_size=HIDDEN,
+                           direction=direction, linear_before_reset=lbr, **attrs)
+    nodes = [helper.make_node("Transpose", ["x"], ["X"], perm=[1, 0, 2]), gru,
              helper.make_node("Transpose", ["Y"], ["y"], perm=[2, 0, 1, 3])]
+    if layout:
+        gru.attribute.append(helper.make_attribute("layout", 1))
+        nodes = [helper.make_node("Identity", ["x"], ["X"]), gru,
+                 helper.make_node("Identity", ["Y"], ["y"])]
     return _model(nodes, [_vi("x", ["batch", steps, INPUTS])],
                   [_vi("y", ["batch", steps, d, HIDDEN])], inits)
 
@@ -98,6 +102,20 @@ def test_onnx_gru_variant(variant, tmp_path) -> None:
     assert [g["reverse"] for g in loop["gather"]] == [direction == "reverse", True][:d]
     assert _rel(_emulate(program, x), want) < 5e-3
     _verify_passes(program, torch.from_numpy(x), path)
+
+
+@pytest.mark.parametrize("lbr", [0, 1])
+def test_onnx_gru_layout_1(lbr, tmp_path) -> None:
+    """onnxruntime has no layout-1 GRU kernel: a layout-1 model (batch-major X, Y and
+    initial_h) is checked against the same weights in the layout-0 form."""
+    h0 = np.repeat(np.random.default_rng(4).normal(0, 0.5, (2, 1, HIDDEN)), 3, axis=1)
+    x = np.random.default_rng(99).normal(size=(3, 5, INPUTS)).astype(np.float32)
+    want = _ort(gru_model("bidirectional", lbr, np.random.default_rng(8), h0=h0), x)[0]
+    proto = gru_model("bidirectional", lbr, np.random.default_rng(8),
+                      h0=h0.transpose(1, 0, 2), layout=1)
+    graph = load_onnx(_write(tmp_path, proto))
+    with torch.no_grad():
+        np.testing.assert_allclose(graph(torch.from_numpy(x)).numpy(), want, atol=1e-5)
 
 
 def test_onnx_gru_constant_initial_state(tmp_path) -> None:
