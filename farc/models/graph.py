@@ -404,14 +404,7 @@ class GraphBuilder:
         [.., T, .., I] with time at `time_axis`; output logical [B, T, H] (stored
         batch-first). `h0`/`c0` [H]: a constant initial state shared by every batch row
         (None or all zero: the zero state, and the node stays the zero-state form)."""
-        time_axis = _axis(time_axis, v.ndim, where)
-        if v.ndim != 3 or v.batch_axis == time_axis or 2 in (v.batch_axis, time_axis):
-            raise UnsupportedModelError(f"{where}: LSTM input must be [batch, time, "
-                                        "features] or [time, batch, features]")
-        want = [0, v.order[time_axis], v.order[2]]  # stored axes of batch, time, features
-        name = v.name if want == [0, 1, 2] else self._new("permute", [v.name],
-                                                          {"perm": want})
-        v = Val(name, (0, 1, 2), (1, v.shape[time_axis], v.shape[2]))
+        v = self._sequence(v, time_axis, "LSTM", where)
         hidden, inp = w_hh.shape[1], w_ih.shape[1]
         if v.shape[-1] != inp:
             raise UnsupportedModelError(f"{where}: input has {v.shape[-1]} features, the "
