@@ -608,15 +608,8 @@ class _Converter:
                 v, time_axis, reorder(w[d]), reorder(r[d]), reorder(bias[:4 * hidden]),
                 reorder(bias[4 * hidden:]), reverse, path, where,
                 None if h0 is None else h0[d], None if c0 is None else c0[d]))
-        # Y: [B, T, D, H] stored; layout 0 wants [T, D, B, H]
-        y = self.b.concat([self.b.unsqueeze(s, 2, where) for s in seqs], 2, where)
-        last = [self.b.unsqueeze(self.b.select(s, 1, 0 if rev else -1, where), 1, where)
-                for s, rev in zip(seqs, dirs)]
-        y_h = self.b.concat(last, 1, where)  # [B, D, H]
-        if layout == 0:
-            y, y_h = self.b.transpose(y, [1, 2, 0, 3], where), \
-                self.b.transpose(y_h, [1, 0, 2], where)
-        return [y, y_h, FinalCellState("Y_c (final cell state)")]
+        return [*self._recurrent_outputs(seqs, dirs, layout, where),
+                FinalCellState("Y_c (final cell state)")]
 
     def _GRU(self, ins, a, where, name):
         ins = ins + [None] * (6 - len(ins))
