@@ -278,10 +278,18 @@ def test_torch_gru_classifier_on_other_targets(classifier, target) -> None:
 
 
 def test_cli_verify_report_inspect_gru(classifier, tmp_path, capsys) -> None:
-    """The commands a user types on a GRU program: compile, verify, inspect, report."""
+    """The commands a user types on a GRU program: compile (with the float and QDQ ONNX
+    references, the QDQ one's Loop running the GRU cell in onnxruntime), verify, inspect,
+    report."""
+    from farc.runtime.program import Program
+
     _, paths = classifier
     prog = tmp_path / "gru.farc"
-    assert _cli("compile", paths["pt2"], "-o", prog, "--calib-samples", "16") == 0
+    assert _cli("compile", paths["pt2"], "-o", prog, "--calib-samples", "16",
+                "--emit-onnx") == 0
+    x = _digits(8).numpy()
+    got = _emulate(Program.load(prog), x)
+    assert _rel(_ort(tmp_path / "gru.qdq.onnx", x)[0], got) < 1e-4
     assert _cli("verify", prog, "--samples", "8", "--bitlevel-samples", "1") == 0
     capsys.readouterr()
     assert _cli("inspect", prog) == 0
