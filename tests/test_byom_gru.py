@@ -118,6 +118,15 @@ def test_onnx_gru_layout_1(lbr, tmp_path) -> None:
         np.testing.assert_allclose(graph(torch.from_numpy(x)).numpy(), want, atol=1e-5)
 
 
+def test_onnx_gru_without_bias(tmp_path) -> None:
+    """B absent: zero biases (ONNX default)."""
+    proto = gru_model("reverse", 0, np.random.default_rng(6), bias=False)
+    x = np.random.default_rng(99).normal(size=(3, 5, INPUTS)).astype(np.float32)
+    with torch.no_grad():
+        got = load_onnx(_write(tmp_path, proto))(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, _ort(proto, x)[0], atol=1e-5)
+
+
 def test_onnx_gru_constant_initial_state(tmp_path) -> None:
     """A constant initial_h (the same for every batch row) starts each direction's loop."""
     h0 = np.repeat(np.random.default_rng(4).normal(0, 0.5, (2, 1, HIDDEN)), 3, axis=1)
