@@ -157,6 +157,30 @@ def test_onnx_gru_refusals(change, message, tmp_path) -> None:
         load_onnx(_write(tmp_path, proto))
 
 
+def test_onnx_gru_computed_weights_refused(tmp_path) -> None:
+    m = onnx.load_from_string(gru_model("forward", 0, np.random.default_rng(0)))
+    gru = next(n for n in m.graph.node if n.op_type == "GRU")
+    m.graph.node.insert(0, helper.make_node("Add", ["x", "x"], ["x2"]))
+    gru.input[2] = "x2"  # a recurrence weight computed from the input
+    path = tmp_path / "w.onnx"
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(UnsupportedModelError, match="node /rnn/GRU: GRU with computed weights"):
+        load_onnx(path)
+
+
+def test_reference_needs_both_gru_layers(tmp_path) -> None:
+    """verify's reference refuses a program whose GRU lacks its `.hidden` layer."""
+    from farc.check.reference import ReferenceError, build_reference
+
+    path = _write(tmp_path, gru_model("forward", 1, np.random.default_rng(0)))
+    program = _compile(path, np.random.default_rng(1).normal(size=(8, 5, INPUTS)))
+    program.manifest["layers"] = [L for L in program.manifest["layers"]
+                                  if not L["name"].endswith(".hidden")]
+    with pytest.raises(ReferenceError, match=r"rnn_GRU\.fwd: the program has no "
+                                             r"rnn_GRU\.fwd\.hidden layer"):
+        build_reference(load_onnx(path), program)
+
+
 def test_onnx_gru_sequence_lens_refused(tmp_path) -> None:
     m = onnx.load_from_string(gru_model("forward", 1, np.random.default_rng(0)))
     gru = next(n for n in m.graph.node if n.op_type == "GRU")
