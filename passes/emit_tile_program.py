@@ -12,8 +12,9 @@ One emitter per Relax op (`_op_<name>`), each mirroring one emulator handler:
 - a call to a crossbar function -> `mvm`; a `farc.digital.matmul` composite -> `matmul`;
 - each run of adjacent, mutually independent LSTM scans -> ONE `loop` whose body holds
   every cell (gather x_t, concat [x_t ; h], mvm, gate math, scatter h), so all heads and
-  directions of a block step in lockstep; h and c are carry registers set to zero first
-  (or to a constant initial state, broadcast over the batch with `zeros` + `add`);
+  directions of a block step in lockstep; each state of a cell (LSTM h and c, GRU h) is a
+  carry register set to zero first (or to a constant initial state, broadcast over the
+  batch with `zeros` + `add`);
 - constants become `const` registers (broadcast against the batch); a constant used where
   a batch axis is needed (the CLS token) is materialised with `zeros` + `add`;
 - a `permute_dims` that moves the batch axis (DeiT's qkv split) is kept pending and folded
