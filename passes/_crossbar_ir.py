@@ -31,9 +31,18 @@ tvm_ffi.register_error(ConfigError)
 LSTM_EXTERN = "farc.lstm"
 """Recurrence node left by the importer: call_dps_packed(farc.lstm, (x, W_ih, W_hh, b_ih,
 b_hh, reverse))."""
+GRU_EXTERN = "farc.gru"
+"""GRU recurrence node left by the importer: call_dps_packed(farc.gru, (x, W_ih, W_hh, b_ih,
+b_hh, reverse, linear_before_reset[, h0]))."""
 SCAN_EXTERN = "farc.lstm_scan"
-"""Scan node left by LegalizeLSTM: call_pure_packed(farc.lstm_scan, x, cell, reverse[, h0,
-c0]) (h0, c0: a constant initial state, only when the model has one; docs/byom.md)."""
+"""Scan node left by LegalizeLSTM and LegalizeGRU: call_pure_packed(farc.lstm_scan, x,
+cell, reverse, *initial states). The cell maps (x_t, *states) -> (*states'), h first
+(LSTM: h, c; GRU: h); the scan returns h of every step in original time order. Initial
+states: constants [H] in the cell's order, only when the model has them (docs/byom.md),
+else zero."""
+GRU_HIDDEN = ".hidden"
+"""Name suffix of a GRU's second crossbar layer (W_hn, read by the reset-gated hidden state;
+docs/compiler.md): `<gru>` is [x_t ; h] -> r, z, n_x and `<gru>.hidden` is h -> n_h."""
 IM2COL_EXTERN = "farc.im2col"
 """A convolution's patch gather left by the importer: call_dps_packed(farc.im2col, (x
 [B, C, *S], spatial, *kernel, *stride, *pads, *dilation)) -> [B, P, C * prod(kernel)] (prim

@@ -12,8 +12,9 @@ One emitter per Relax op (`_op_<name>`), each mirroring one emulator handler:
 - a call to a crossbar function -> `mvm`; a `farc.digital.matmul` composite -> `matmul`;
 - each run of adjacent, mutually independent LSTM scans -> ONE `loop` whose body holds
   every cell (gather x_t, concat [x_t ; h], mvm, gate math, scatter h), so all heads and
-  directions of a block step in lockstep; h and c are carry registers set to zero first
-  (or to a constant initial state, broadcast over the batch with `zeros` + `add`);
+  directions of a block step in lockstep; each state of a cell (LSTM h and c, GRU h) is a
+  carry register set to zero first (or to a constant initial state, broadcast over the
+  batch with `zeros` + `add`);
 - constants become `const` registers (broadcast against the batch); a constant used where
   a batch axis is needed (the CLS token) is materialised with `zeros` + `add`;
 - a `permute_dims` that moves the batch axis (DeiT's qkv split) is kept pending and folded
@@ -258,14 +259,16 @@ class _Emitter:
             cell = self.mod[b.value.args[2]]
             reverse = bool(int(b.value.args[3].value))
             hidden = _shape(cell.params[1])[1]
-            state = [const_value(a) for a in b.value.args[4:6]] or [None, None]
-            h, c = (self.state_before(outer, x, hidden, s) for s in state)
-            carry += [h.name, c.name]
+            n_states = len(cell.params) - 1  # LSTM: h, c; GRU: h
+            state = [const_value(a) for a in b.value.args[4:]] or [None] * n_states
+            regs = [self.state_before(outer, x, hidden, s) for s in state]
+            h = regs[0]
+            carry += [r.name for r in regs]
             xt = Reg(self.fresh(), (x.shape[0], *x.shape[2:]))
             gather.append({"src": x.name, "axis": 1, "dst": xt.name, "reverse": reverse})
-            h2, c2 = self.run_function(cell, [xt, h, c]).items
-            self.write_carry(c2, c)
-            self.write_carry(h2, h)
+            new = self.run_function(cell, [xt, *regs]).items
+            for r_new, r in reversed(list(zip(new, regs))):  # c before h, as before
+                self.write_carry(r_new, r)
             out = Reg(self.fresh(), (x.shape[0], x.shape[1], hidden))
             scatter.append({"src": h.name, "axis": 1, "dst": out.name, "reverse": reverse})
             self.env[b.var] = out

@@ -7,8 +7,8 @@ Leaves: each `matmul(x, W) [+ b]` with constant W (and constant b) fused into a 
 with `Codegen = "farc"` (FuseOpsByPattern(annotate_codegen=True)) wrapping a composite
 named `farc.crossbar` (or `farc.crossbar.nobias`). The outer function gets the attributes
 the later passes read: `farc.layer` (name), `farc.kind` (linear, patch_embed, lstm_cell,
-classifier, from the weight's name), `farc.K`, `farc.N`. (One pattern pair for every kind:
-FuseOpsByPattern's cost grows with the number of patterns.)
+classifier, gru_cell, gru_hidden, from the weight's name), `farc.K`, `farc.N`. (One
+pattern pair for every kind: FuseOpsByPattern's cost grows with the number of patterns.)
 Matmuls of two activations (DeiT attention: QK^T and AV) cannot be weight-stationary; they
 are fused into composites named `farc.digital.matmul` without a codegen, so they stay on
 the digital units and are visible as such in the IR.
@@ -26,7 +26,8 @@ from tvm.relax.backend.pattern_registry import get_patterns_with_prefix, registe
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
 
-CROSSBAR_KINDS = ("linear", "patch_embed", "conv", "lstm_cell", "classifier")
+CROSSBAR_KINDS = ("linear", "patch_embed", "conv", "lstm_cell", "classifier", "gru_cell",
+                  "gru_hidden")
 """Crossbar layer kinds (from the weight's name; the `farc.kind` attribute)."""
 CROSSBAR = "farc.crossbar"
 DIGITAL_MATMUL = "farc.digital.matmul"

@@ -32,7 +32,8 @@ from .schema import AdcRange, DeviceSection, StepRule, parse_section, section_di
 
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 ARRAY_DTYPES = ("uint8", "int32", "int64", "float32")
-LAYER_KINDS = ("linear", "patch_embed", "conv", "lstm_cell", "classifier")
+LAYER_KINDS = ("linear", "patch_embed", "conv", "lstm_cell", "classifier", "gru_cell",
+               "gru_hidden")
 LAYER_INTS = ("id", "K", "N", "row_tiles", "col_tiles", "replicas")
 
 

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from farc.models.gru import GRU
+
 SCALE_TOL = 0.1
 """An input scale differs when |program - reference| > SCALE_TOL / Qx * reference."""
 RANGE_TOL = 0.02
@@ -156,11 +158,14 @@ def layer_inputs(model: nn.Module, names: set[str], images: np.ndarray,
     """What reaches each named crossbar module of the float model, [vectors, K] float32, in
     (sample, position) order: a Linear's input, the patch-embedding convolution's patches
     in (c, kh, kw) order, an LSTM's [x_t ; h_{t-1}] for every step (h_{-1}: the state it is
-    called with, else 0)."""
+    called with, else 0), a GRU's [x_t ; h_{t-1}] and, for `<gru>.hidden`, what W_hn
+    reads: r_t * h_{t-1} (h_{t-1} with linear_before_reset)."""
     seen: dict[str, list[np.ndarray]] = {n: [] for n in names}
     hooks = []
     for name, mod in model.named_modules():
-        if name in names:
+        if name in names and isinstance(mod, GRU):
+            hooks.append(_gru_hook(mod, seen[name], seen.get(name + GRU_HIDDEN, [])))
+        elif name in names:
             hooks.append(_hook(mod, seen[name]))
     try:
         with torch.no_grad():
@@ -196,6 +201,31 @@ def _hook(mod: nn.Module, out: list) -> Any:
             keep(torch.cat([x, torch.cat([first, h[:, :-1]], dim=1)], dim=-1))
         return mod.register_forward_hook(stacked)
     return mod.register_forward_pre_hook(lambda m, args: keep(args[0]))
+
+
+GRU_HIDDEN = ".hidden"
+"""A GRU's second crossbar layer is `<gru>.hidden` (docs/compiler.md, restated here)."""
+
+
+def _gru_hook(mod: GRU, gates: list, hidden: list) -> Any:
+    """A GRU's two crossbar inputs per step, from its input, outputs and own weights (ONNX
+    GRU: r = sigmoid(W_ir x + b_ir + W_hr h + b_hr))."""
+    def keep(out: list, x: torch.Tensor) -> None:
+        out.append(x.reshape(-1, x.shape[-1]).float().numpy().copy())
+
+    def stacked(m, args, res):
+        x, k = args[0], m.hidden_size
+        h0 = args[1] if len(args) > 1 and args[1] is not None else torch.zeros(k)
+        prev = torch.cat([h0.reshape(1, 1, k).expand(res.shape[0], 1, k).to(res.dtype),
+                          res[:, :-1]], dim=1)
+        keep(gates, torch.cat([x, prev], dim=-1))
+        if m.linear_before_reset:
+            keep(hidden, prev)
+            return
+        r = torch.sigmoid(x @ m.weight_ih[:k].T + m.bias_ih[:k] + prev @ m.weight_hh[:k].T
+                          + m.bias_hh[:k])
+        keep(hidden, r * prev)
+    return mod.register_forward_hook(stacked)
 
 
 # ----------------------------------------------------------------------------- the numbers

@@ -10,7 +10,7 @@ and shifted-and-added here, from the spec, so a packing, slicing, column-map, lo
 emulator fault makes the two disagree.
 
 How the graph is built: a copy of the torch model whose crossbar modules (every Linear,
-the patch-embedding convolution, every LSTM) are replaced by reference modules, so the
+the patch-embedding convolution, every LSTM and GRU) are replaced by reference modules, so the
 model's own forward (token mixing, norms, GELU, attention's digital matmuls, the LSTMs'
 gate math) is the graph; it runs eagerly in torch, and its crossbar layers are exported to
 ONNX side by side (`export_layer_bank`) for the per-layer integer check in onnxruntime.
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from farc.errors import FarcError
+from farc.models.gru import GRU
 
 
 class ReferenceError(FarcError):
@@ -411,6 +412,56 @@ class ReferenceLSTM(nn.Module):
         return torch.stack(outs, dim=1), (h.unsqueeze(0), c.unsqueeze(0))
 
 
+GRU_HIDDEN = ".hidden"
+"""A GRU's second layer is named `<gru>.hidden` (docs/compiler.md, restated here)."""
+
+
+class ReferenceGRU(nn.Module):
+    """One direction of a GRU (farc.models.gru.GRU, batch-first), written from the ONNX GRU
+    definition with the two crossbar layers of docs/compiler.md: `gates` is
+    [x_t ; h_{t-1}] @ [[W_ir W_iz W_in] ; [W_hr W_hz 0]]^T + [b_ir+b_hr, b_iz+b_hz, b_in]
+    (columns r, z, n_x), `hidden` is W_hn^T + b_hn reading r * h (linear_before_reset 0)
+    or h (1). The initial state is what the model calls it with (a constant [H]), else 0."""
+
+    def __init__(self, gates: CrossbarMatmul, hidden: CrossbarMatmul,
+                 linear_before_reset: bool, taps: Recorder) -> None:
+        super().__init__()
+        self.gates, self.hidden, self._taps = gates, hidden, taps
+        self.linear_before_reset = bool(linear_before_reset)
+        self.size = hidden.N
+
+    def _call(self, layer: CrossbarMatmul, x: torch.Tensor) -> torch.Tensor:
+        y, _ = layer(x)
+        return self._taps(layer.name, x, y)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.zeros(x.shape[0], self.size, dtype=x.dtype)
+        if h0 is not None:
+            h = h + h0.reshape(1, self.size).to(x.dtype)
+        outs = []
+        for step in range(x.shape[1]):
+            r, z, n_x = self._call(self.gates, torch.cat([x[:, step], h], dim=1)).chunk(3, 1)
+            r, z = torch.sigmoid(r), torch.sigmoid(z)
+            if self.linear_before_reset:
+                n = torch.tanh(n_x + r * self._call(self.hidden, h))
+            else:
+                n = torch.tanh(n_x + self._call(self.hidden, r * h))
+            h = (1 - z) * n + z * h
+            outs.append(h)
+        return torch.stack(outs, dim=1)
+
+
+def _gru_layers(module: GRU) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W [I+H, 3H], b [3H], W_hn^T [H, H], b_hn [H]) of a GRU's two crossbar layers."""
+    k = module.hidden_size
+    w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in (
+        module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh))
+    h_rows = torch.cat([w_hh[: 2 * k].T, torch.zeros(k, k)], dim=1)
+    w = torch.cat([w_ih.T, h_rows], dim=0)
+    b = torch.cat([b_ih[: 2 * k] + b_hh[: 2 * k], b_ih[2 * k :]])
+    return w, b, w_hh[2 * k :].T, b_hh[2 * k :]
+
+
 class Reference(nn.Module):
     """The model with its crossbar modules replaced. forward(image) -> logits; every
     crossbar call's (input, output) is in `calls` afterwards, in call order."""
@@ -453,6 +504,14 @@ def _replace(model: nn.Module, choices: dict[str, LayerChoice], ref: Reference) 
             w = torch.cat([module.weight_ih_l0.T, module.weight_hh_l0.T], dim=0)
             b = module.bias_ih_l0 + module.bias_hh_l0
             new = ReferenceLSTM(_matmul(ref, c, w, b), module.hidden_size, ref.recorder)
+        elif isinstance(module, GRU):
+            if name + GRU_HIDDEN not in choices:
+                raise ReferenceError(f"layer {name}: the program has no {name}{GRU_HIDDEN} "
+                                     "layer for this GRU")
+            w, b, w_hn, b_hn = _gru_layers(module)
+            new = ReferenceGRU(_matmul(ref, c, w, b),
+                               _matmul(ref, choices[name + GRU_HIDDEN], w_hn, b_hn),
+                               module.linear_before_reset, ref.recorder)
         else:
             raise ReferenceError(f"layer {name}: no reference for a {type(module).__name__}")
         parent_name, _, attr = name.rpartition(".")

@@ -5,7 +5,10 @@ Layer names are module names, which are also the names the importer gives the we
 constants: `blocks.0.mlp.fc1`, `patch_embed.proj` (a convolution's input: the image cut into the
 same patches the importer's matmul sees), `head`, and `blocks.0.far.lstm_fwd.1` for an LSTM,
 whose crossbar input is the stacked `[x_t ; h_{t-1}]` over every step (h_{-1} = 0, or
-the constant initial state a GraphModel's LSTM is called with).
+the constant initial state a GraphModel's LSTM is called with). A GraphModel's GRU
+(farc.models.gru) has two crossbar layers: `<path>`, whose input is [x_t ; h_{t-1}] as
+for an LSTM, and `<path>.hidden`, whose input is what W_hn reads, r_t * h_{t-1} (or
+h_{t-1} with linear_before_reset), recomputed here from the layer's weights.
 
 Policy (docs/numerics.md): `max` uses max |x|; `percentile` the target's percentile of |x|
 over every input element of every calibration sample. A seeded subsample of input vectors
@@ -24,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from farc.passes._crossbar_ir import LayerCalib
+from farc.models.gru import GRU
+from farc.passes._crossbar_ir import GRU_HIDDEN, LayerCalib
 from farc.runtime.numerics import KEEP_VECTORS, keep_vectors
 
 
@@ -77,7 +81,29 @@ def _hook(mod: nn.Module, name: str, seen: dict) -> torch.utils.hooks.RemovableH
     if isinstance(mod, nn.LSTM):
         return mod.register_forward_hook(
             lambda m, args, out: record(_stacked(args[0], out[0], *args[1:2])))
+    if isinstance(mod, GRU):
+        hidden = _recorder(name + GRU_HIDDEN, seen)
+        return mod.register_forward_hook(
+            lambda m, args, out: _record_gru(m, args, out, record, hidden))
     return None
+
+
+def _record_gru(m: GRU, args: tuple, out: torch.Tensor, record: Callable,
+                hidden: Callable) -> None:
+    """A GRU run's two crossbar inputs: [x_t ; h_{t-1}] and W_hn's input (r_t * h_{t-1},
+    or h_{t-1} with linear_before_reset); h_{-1} is the h0 it was called with, else 0."""
+    x = args[0]
+    h0 = args[1] if len(args) > 1 and args[1] is not None else torch.zeros(m.hidden_size)
+    first = h0.reshape(1, 1, -1).to(out.dtype).expand(out.shape[0], 1, -1)
+    prev = torch.cat([first, out[:, :-1]], dim=1)
+    record(torch.cat([x, prev], dim=-1))
+    if m.linear_before_reset:
+        hidden(prev)
+        return
+    k = m.hidden_size
+    r = torch.sigmoid(x @ m.weight_ih[:k].T + m.bias_ih[:k] + prev @ m.weight_hh[:k].T
+                      + m.bias_hh[:k])
+    hidden(r * prev)
 
 
 def _recorder(name: str, seen: dict) -> Callable[[torch.Tensor], None]:

@@ -1,7 +1,7 @@
 """`compile_checkpoint`: every compile stage in order, one line each.
 
     checkpoint/model -> load data -> calibrate (torch, float) -> import (torch.export -> Relax)
-      -> LegalizeLSTM -> PartitionCrossbar -> QuantizeCrossbar -> TileCrossbar
+      -> LegalizeLSTM, LegalizeGRU -> PartitionCrossbar -> QuantizeCrossbar -> TileCrossbar
       -> ScheduleCrossbar -> emit_tile_program (codegen) -> Program (validated)
 
 Each pass returns a new module and leaves its input unchanged; everything a later stage
@@ -31,6 +31,7 @@ from farc.compiler.importer import import_model
 from farc.errors import ConfigError, PassError
 from farc.passes._crossbar_ir import crossbar_state
 from farc.passes.emit_tile_program import emit_tile_program
+from farc.passes.legalize_gru import LegalizeGRU
 from farc.passes.legalize_lstm import LegalizeLSTM
 from farc.passes.partition_crossbar import PartitionCrossbar
 from farc.passes.quantize_crossbar import QuantizeCrossbar
@@ -87,7 +88,8 @@ def compile_checkpoint(model_or_ckpt: Any, target: Target,
     mod = clock("import", lambda: _well_formed(import_model(model).mod, "import"))
     dump("import", mod)
     stages = [
-        ("legalize", LegalizeLSTM()),              # LSTM -> scan over a crossbar cell
+        # LSTM and GRU -> scans over crossbar cells
+        ("legalize", tvm.transform.Sequential([LegalizeLSTM(), LegalizeGRU()])),
         ("partition", PartitionCrossbar()),        # constant matmuls -> farc.* composites
         ("quantize", QuantizeCrossbar(target, calib)),  # integer weights, input scales
         ("tile", TileCrossbar(target, calib)),     # slices, signs, codes, ADC steps

@@ -10,6 +10,9 @@ map three ops to Relax in the form the passes expect:
   from its end, and its outputs are written back in the original time order); an LSTM
   with a constant initial state (a GraphModel from an ONNX initial_h / initial_c) adds
   two fields, `h0, c0` [H] constants, after `reverse`;
+- `farc::gru` (a GraphModel's `farc.models.gru.GRU`) -> `R.call_dps_packed("farc.gru",
+  (x, W_ih, W_hh, b_ih, b_hh, reverse, linear_before_reset))` likewise (gates r, z, n),
+  plus one field `h0` [H] for a constant initial state;
 - `aten.linear` -> `R.matmul(x, W^T) + b` with `W^T` as a `[K, N]` constant;
 - `aten.conv2d` with stride == kernel (the patch embedding) -> patches `[B, P, C*kh*kw]`
   `@ W [C*kh*kw, D] + b`, reshaped back to the conv's `[B, D, Hp, Wp]`;
@@ -37,7 +40,7 @@ from torch import nn
 from tvm import relax
 
 from farc.errors import PassError
-from farc.passes._crossbar_ir import IM2COL_EXTERN, LSTM_EXTERN, named_const
+from farc.passes._crossbar_ir import GRU_EXTERN, IM2COL_EXTERN, LSTM_EXTERN, named_const
 
 
 @torch.library.custom_op("farc::lstm", mutates_args=())
@@ -64,6 +67,25 @@ def lstm_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch
 
 @lstm_op.register_fake
 def _lstm_fake(x, w_ih, w_hh, b_ih, b_hh, reverse, h0=None, c0=None):
+    return x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1])
+
+
+@torch.library.custom_op("farc::gru", mutates_args=())
+def gru_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+           b_hh: torch.Tensor, reverse: bool, linear_before_reset: bool,
+           h0: torch.Tensor | None = None) -> torch.Tensor:
+    """One single-layer GRU over x [B, T, I] -> h [B, T, H] (farc.models.gru), from h0 [H]
+    (shared by every batch row; omitted: zero); `reverse` as for farc::lstm."""
+    from farc.models.gru import gru_sequence
+
+    if reverse:
+        return gru_sequence(x.flip(1), w_ih, w_hh, b_ih, b_hh, linear_before_reset,
+                            h0).flip(1)
+    return gru_sequence(x, w_ih, w_hh, b_ih, b_hh, linear_before_reset, h0)
+
+
+@gru_op.register_fake
+def _gru_fake(x, w_ih, w_hh, b_ih, b_hh, reverse, linear_before_reset, h0=None):
     return x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1])
 
 
@@ -107,6 +129,7 @@ def import_model(model: nn.Module) -> ImportedModel:
     names = _param_names(ep)
     convert = {
         "lstm.default": lambda node, imp: _convert_lstm(node, imp, names, ep),
+        "gru.default": lambda node, imp: _convert_gru(node, imp, names, ep),
         "linear.default": lambda node, imp: _convert_linear(node, imp, names, ep,
                                                             classifiers),
         "conv2d.default": lambda node, imp: _convert_conv(node, imp, names, ep),
@@ -270,4 +293,22 @@ def _convert_lstm(node, imp, names, ep) -> relax.Var:
     out = relax.TensorType((b_, t, hidden), "float32")
     call = relax.call_dps_packed(
         LSTM_EXTERN, relax.Tuple([x, *consts, relax.prim_value(int(reverse)), *state]), out)
+    return imp.block_builder.emit(call, name_hint=layer.replace(".", "_"))
+
+
+def _convert_gru(node, imp, names, ep) -> relax.Var:
+    """farc::gru -> one `farc.gru` recurrence node (weights named `gru:<layer>.*`)."""
+    x = imp.env[node.args[0]]
+    params = [_param(n, names, ep) for n in node.args[1:5]]
+    layer = _layer_of(params[0][0])
+    reverse, lbr = bool(node.args[5]), bool(node.args[6])
+    consts = [named_const(v, "gru", n) for n, v in params]
+    b_, t, _ = (int(s) for s in x.ty.shape)
+    hidden = params[1][1].shape[1]
+    init = [relax.const(np.ascontiguousarray(_param(n, names, ep)[1], np.float32))
+            for n in node.args[7:8] if n is not None]
+    out = relax.TensorType((b_, t, hidden), "float32")
+    call = relax.call_dps_packed(
+        GRU_EXTERN, relax.Tuple([x, *consts, relax.prim_value(int(reverse)),
+                                 relax.prim_value(int(lbr)), *init]), out)
     return imp.block_builder.emit(call, name_hint=layer.replace(".", "_"))

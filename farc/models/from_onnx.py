@@ -20,7 +20,9 @@ bidirectional, layout 0 or 1, with or without B, initial_h/initial_c absent, zer
 constant (the same for every batch row; the Expand of a constant torch's default
 exporter writes for a zero state is folded here), default activations, no peepholes, clip or
 sequence lengths; each direction becomes one single-direction nn.LSTM (gates reordered from
-ONNX's i, o, f, c to PyTorch's i, f, g, o)."""
+ONNX's i, o, f, c to PyTorch's i, f, g, o). GRU: the same directions, layouts, B and
+initial_h, linear_before_reset 0 or 1; each direction one farc.models.gru.GRU (gates
+reordered from ONNX's z, r, h to PyTorch's r, z, n)."""
 
 from __future__ import annotations
 
@@ -251,7 +253,7 @@ def _safe(name: str) -> str:
 
 
 def _initial_state(t: np.ndarray | None, what: str, layout: int, n_dir: int, hidden: int,
-                   where: str) -> np.ndarray | None:
+                   where: str, op: str = "LSTM") -> np.ndarray | None:
     """An LSTM's constant initial_h / initial_c as [num_directions, hidden], or None when
     absent or all zero (the zero-state program). The tile program broadcasts one initial
     vector per direction over the batch, so every batch row must hold the same one; a
@@ -259,13 +261,13 @@ def _initial_state(t: np.ndarray | None, what: str, layout: int, n_dir: int, hid
     if t is None or not np.any(t != 0):
         return None
     if t.ndim != 3:
-        raise UnsupportedModelError(f"{where}: LSTM {what} of rank {t.ndim}; expected 3")
+        raise UnsupportedModelError(f"{where}: {op} {what} of rank {t.ndim}; expected 3")
     s = np.asarray(t if layout == 0 else t.transpose(1, 0, 2), np.float32)  # [D, B, H]
     if s.shape[0] != n_dir or s.shape[2] != hidden:
-        raise UnsupportedModelError(f"{where}: LSTM {what} of shape {list(t.shape)} does "
+        raise UnsupportedModelError(f"{where}: {op} {what} of shape {list(t.shape)} does "
                                     f"not fit {n_dir} direction(s) of {hidden} units")
     if np.any(s != s[:, :1]):
-        raise UnsupportedModelError(f"{where}: LSTM with a batch-dependent {what} (its "
+        raise UnsupportedModelError(f"{where}: {op} with a batch-dependent {what} (its "
                                     "batch rows differ); only an initial state shared by "
                                     "every batch row can be compiled")
     return s[:, 0]
@@ -741,15 +743,57 @@ class _Converter(_DigitalOps):
                 v, time_axis, reorder(w[d]), reorder(r[d]), reorder(bias[:4 * hidden]),
                 reorder(bias[4 * hidden:]), reverse, path, where,
                 None if h0 is None else h0[d], None if c0 is None else c0[d]))
-        # Y: [B, T, D, H] stored; layout 0 wants [T, D, B, H]
+        return [*self._recurrent_outputs(seqs, dirs, layout, where),
+                FinalCellState("Y_c (final cell state)")]
+
+    def _GRU(self, ins, a, where, name):
+        ins = ins + [None] * (6 - len(ins))
+        x, w, r, b, seq_lens, h0 = ins[:6]
+        direction = a.get("direction", "forward")
+        hidden = int(a["hidden_size"])
+        n_dir = 2 if direction == "bidirectional" else 1
+        if a.get("activations") not in (None, ["Sigmoid", "Tanh"] * n_dir) or \
+                any(k in a for k in ("clip", "activation_alpha", "activation_beta")):
+            raise UnsupportedModelError(f"{where}: GRU with clip or non-default activations")
+        if not all(isinstance(t, np.ndarray) for t in (w, r)) or \
+                (b is not None and not isinstance(b, np.ndarray)):
+            raise UnsupportedModelError(f"{where}: GRU with computed weights")
+        if seq_lens is not None:
+            raise UnsupportedModelError(f"{where}: GRU with sequence_lens")
+        if h0 is not None and not isinstance(h0, np.ndarray):
+            raise UnsupportedModelError(f"{where}: GRU with a computed initial_h")
+        layout = a.get("layout", 0)
+        h0 = _initial_state(h0, "initial_h", layout, n_dir, hidden, where, "GRU")
+        v = as_val(x, where)
+        dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[
+            direction]
+
+        def reorder(m: np.ndarray) -> np.ndarray:  # ONNX z, r, h -> PyTorch r, z, n
+            return m.reshape(3, hidden, *m.shape[1:])[[1, 0, 2]].reshape(3 * hidden,
+                                                                        *m.shape[1:])
+
+        seqs = []
+        for d, reverse in enumerate(dirs):
+            bias = np.zeros(6 * hidden, np.float32) if b is None else b[d]
+            seqs.append(self.b.gru_direction(
+                v, 0 if layout == 0 else 1, reorder(w[d]), reorder(r[d]),
+                reorder(bias[:3 * hidden]), reorder(bias[3 * hidden:]),
+                bool(a.get("linear_before_reset", 0)), reverse,
+                f"{self.module_path(name)}.{'bwd' if reverse else 'fwd'}", where,
+                None if h0 is None else h0[d]))
+        return self._recurrent_outputs(seqs, dirs, layout, where)[:2]
+
+    def _recurrent_outputs(self, seqs: list[Val], dirs: list[bool], layout: int,
+                           where: str) -> list[Val]:
+        """Y and Y_h of an ONNX LSTM or GRU from its directions' [B, T, H] sequences."""
         y = self.b.concat([self.b.unsqueeze(s, 2, where) for s in seqs], 2, where)
         last = [self.b.unsqueeze(self.b.select(s, 1, 0 if rev else -1, where), 1, where)
                 for s, rev in zip(seqs, dirs)]
         y_h = self.b.concat(last, 1, where)  # [B, D, H]
-        if layout == 0:
+        if layout == 0:  # Y [B, T, D, H] stored; layout 0 wants [T, D, B, H]
             y, y_h = self.b.transpose(y, [1, 2, 0, 3], where), \
                 self.b.transpose(y_h, [1, 0, 2], where)
-        return [y, y_h, FinalCellState("Y_c (final cell state)")]
+        return [y, y_h]
 
     # ---- elementwise and the rest
     def _unary(self, op: str, ins, where):

@@ -15,9 +15,10 @@ Supported ATen ops (inference graphs of torch.export, not decomposed): linear, c
 conv2d (any kernel, stride, symmetric padding, dilation; one group), batch_norm (inference;
 folded into the convolution or linear layer before it), lstm (any layers and directions,
 batch_first or not, zero initial state, with bias; h_n[i] and the output sequence may be
-used), relu, gelu (erf), sigmoid, tanh, softmax, layer_norm (last axis), add, sub, mul, div
-(by a constant), matmul (of two activations, or by a constant: a crossbar layer),
-view/reshape/flatten, permute,
+used), gru (the same forms; torch's GRU is ONNX's linear_before_reset = 1), relu, gelu
+(erf), sigmoid, tanh, softmax, layer_norm (last axis), add, sub, mul, div (by a constant),
+matmul (of two activations, or by a constant: a crossbar layer), view/reshape/flatten,
+permute,
 transpose, cat, slice (step 1), select, split/chunk, squeeze/unsqueeze, and the no-ops
 clone/contiguous/dropout/alias/detach.
 
@@ -101,7 +102,7 @@ def _no_unpickling() -> Iterator[None]:
 
 # ---------------------------------------------------------------- graph -> GraphModel
 class _HN:
-    """h_n of an LSTM: per (layer, direction) output sequences [B, T, H]; h_n[i] is the
+    """h_n of an LSTM or GRU: per (layer, direction) output sequences [B, T, H]; h_n[i] is the
     last step of a forward direction, the first of a reverse one."""
 
     def __init__(self, seqs: list[tuple[Val, bool]]) -> None:
@@ -535,6 +536,40 @@ class _Converter:
             time_axis = 1
         out = v if batch_first else self.b.transpose(v, [1, 0, 2], where)
         return [out, _HN(seqs), FinalCellState("final cell state c_n")]
+
+    def _gru(self, node, op, args, kw, where):
+        if len(args) != 9 or isinstance(args[1], list):
+            raise UnsupportedModelError(f"{where}: unsupported gru overload (packed "
+                                        "sequences?)")
+        x, hx, flat, has_bias, layers, _dropout, train, bidir, batch_first = args
+        if train:
+            raise UnsupportedModelError(f"{where}: GRU in training mode")
+        if not isinstance(hx, np.ndarray) or np.any(hx != 0):
+            raise UnsupportedModelError(f"{where}: GRU with a non-zero initial state; "
+                                        "only zero initial states can be compiled")
+        dirs = 2 if bidir else 1
+        per = len(flat) // (layers * dirs)
+        if per != (4 if has_bias else 2) or any(not isinstance(w, np.ndarray) for w in flat):
+            raise UnsupportedModelError(f"{where}: GRU with computed weights")
+        base = self.path_of(node.args[2][0], node, suffix=".weight_ih_l0")
+        v = as_val(x, where)
+        time_axis = 1 if batch_first else 0
+        seqs: list[tuple[Val, bool]] = []
+        for layer in range(layers):
+            outs = []
+            for d in range(dirs):
+                w = flat[(layer * dirs + d) * per:(layer * dirs + d + 1) * per]
+                zero = np.zeros(w[0].shape[0], np.float32)
+                b_ih, b_hh = (w[2], w[3]) if has_bias else (zero, zero)
+                path = f"{base}.l{layer}" + ("_reverse" if d else "")
+                o = self.b.gru_direction(v, time_axis, w[0], w[1], b_ih, b_hh, True, bool(d),
+                                         path, where)
+                outs.append(o)
+                seqs.append((o, bool(d)))
+            v = outs[0] if dirs == 1 else self.b.concat(outs, 2, where)
+            time_axis = 1
+        out = v if batch_first else self.b.transpose(v, [1, 0, 2], where)
+        return [out, _HN(seqs)]
 
 
 def _args(args: list, kw: dict, names: list[str], defaults: list) -> dict[str, Any]:

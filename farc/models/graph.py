@@ -17,8 +17,10 @@ per layer and direction (`<path>.l<k>` and `<path>.l<k>_reverse`); the reverse o
 the sequence flipped (and `farc::lstm` with reverse=1 when exported for the compiler).
 An `lstm` node reads x, or x and two `const` values: a constant initial h and c [hidden],
 the same for every batch row (ONNX initial_h / initial_c; absent = zero).
+A GRU likewise becomes one `farc.models.gru.GRU` per layer and direction (a `gru` node,
+x or x and a constant initial h [hidden]; `farc::gru` when exported for the compiler).
 
-Node ops (stored, batch-first semantics): input, const, linear, conv, lstm, relu, gelu,
+Node ops (stored, batch-first semantics): input, const, linear, conv, lstm, gru, relu, gelu,
 sigmoid, tanh, softmax, layer_norm, add, sub, mul, div, matmul, reshape, permute, cat, slice,
 select, and the digital ops of `DIGITAL` (pool, reduce, pad, log_softmax, clip, leaky_relu,
 hardsigmoid, hardswish)."""
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from farc.errors import ConfigError
+from farc.models.gru import GRU
 from farc.models.refusal import UnsupportedModelError
 
 __all__ = ["GraphBuilder", "GraphModel", "Node", "UnsupportedModelError", "Val", "as_val"]
@@ -157,6 +160,9 @@ class GraphModel(nn.Module):
         if op == "lstm":  # ins: x, or x, h0, c0 (constant [hidden] initial states)
             return self._lstm(self.get_submodule(a["module"]), xs[0], bool(a["reverse"]),
                               *xs[1:3])
+        if op == "gru":  # ins: x, or x, h0 (a constant [hidden] initial state)
+            return self._gru(self.get_submodule(a["module"]), xs[0], bool(a["reverse"]),
+                             *xs[1:2])
         if op in UNARY:
             return UNARY[op](xs[0])
         if op in BINARY:
@@ -193,6 +199,17 @@ class GraphModel(nn.Module):
             return lstm(x.flip(1), *state)[0].flip(1)
         return lstm(x, *state)[0]
 
+    def _gru(self, gru: GRU, x: torch.Tensor, reverse: bool,
+             h0: torch.Tensor | None = None) -> torch.Tensor:
+        """One GRU direction; h0 [hidden] is the same for every batch row (absent: zero)."""
+        if self._lstm_export:  # one farc::gru node per direction (farc.compiler.importer)
+            init = () if h0 is None else (h0,)
+            return torch.ops.farc.gru(x, gru.weight_ih, gru.weight_hh, gru.bias_ih,
+                                      gru.bias_hh, reverse, gru.linear_before_reset, *init)
+        if reverse:
+            return gru(x.flip(1), h0).flip(1)
+        return gru(x, h0)
+
     def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
         """The float golden model as ONNX (TorchScript exporter: each LSTM one ONNX LSTM
         node, a reverse one between two flips), inputs and outputs named as the model's,
@@ -217,7 +234,8 @@ class GraphModel(nn.Module):
 
     @contextlib.contextmanager
     def lstms_as_custom_op(self) -> Iterator[None]:
-        """Route every LSTM through `farc::lstm` (registered by farc.compiler.importer)."""
+        """Route every LSTM through `farc::lstm` and every GRU through `farc::gru`
+        (registered by farc.compiler.importer)."""
         self._lstm_export = True
         try:
             yield
@@ -234,7 +252,7 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
             parent.add_module(p, nn.Module())
         parent = getattr(parent, p)
         if not isinstance(parent, nn.Module) or isinstance(parent, nn.Linear | nn.LSTM |
-                                                           nn.Conv1d | nn.Conv2d):
+                                                           nn.Conv1d | nn.Conv2d | GRU):
             raise ConfigError(f"module path {path} runs through a layer")
     if hasattr(parent, parts[-1]):
         raise ConfigError(f"two layers at module path {path}")
@@ -491,14 +509,7 @@ class GraphBuilder:
         [.., T, .., I] with time at `time_axis`; output logical [B, T, H] (stored
         batch-first). `h0`/`c0` [H]: a constant initial state shared by every batch row
         (None or all zero: the zero state, and the node stays the zero-state form)."""
-        time_axis = _axis(time_axis, v.ndim, where)
-        if v.ndim != 3 or v.batch_axis == time_axis or 2 in (v.batch_axis, time_axis):
-            raise UnsupportedModelError(f"{where}: LSTM input must be [batch, time, "
-                                        "features] or [time, batch, features]")
-        want = [0, v.order[time_axis], v.order[2]]  # stored axes of batch, time, features
-        name = v.name if want == [0, 1, 2] else self._new("permute", [v.name],
-                                                          {"perm": want})
-        v = Val(name, (0, 1, 2), (1, v.shape[time_axis], v.shape[2]))
+        v = self._sequence(v, time_axis, "LSTM", where)
         hidden, inp = w_hh.shape[1], w_ih.shape[1]
         if v.shape[-1] != inp:
             raise UnsupportedModelError(f"{where}: input has {v.shape[-1]} features, the "
@@ -520,6 +531,47 @@ class GraphBuilder:
                 ins.append(self.const(s))
         out = self._new("lstm", ins, {"module": path, "reverse": bool(reverse)})
         return Val(out, (0, 1, 2), (1, v.shape[1], hidden))
+
+    def gru_direction(self, v: Val, time_axis: int, w_ih: np.ndarray, w_hh: np.ndarray,
+                      b_ih: np.ndarray, b_hh: np.ndarray, linear_before_reset: bool,
+                      reverse: bool, path: str, where: str,
+                      h0: np.ndarray | None = None) -> Val:
+        """One direction of one GRU layer (PyTorch gate order r, z, n) over logical
+        [.., T, .., I] with time at `time_axis`; output logical [B, T, H] (stored
+        batch-first). `h0` [H]: a constant initial state shared by every batch row (None
+        or all zero: the zero state)."""
+        v = self._sequence(v, time_axis, "GRU", where)
+        hidden, inp = w_hh.shape[1], w_ih.shape[1]
+        if v.shape[-1] != inp:
+            raise UnsupportedModelError(f"{where}: input has {v.shape[-1]} features, the "
+                                        f"GRU expects {inp}")
+        m = GRU(inp, hidden, linear_before_reset)
+        with torch.no_grad():
+            for name, val in (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih),
+                              ("bias_hh", b_hh)):
+                getattr(m, name).copy_(torch.tensor(np.array(val, np.float32)))
+        path = self.add_module(path, m, where)
+        ins = [v.name]
+        if h0 is not None and np.any(h0 != 0):
+            s = np.asarray(h0, np.float32)
+            if s.shape != (hidden,):
+                raise UnsupportedModelError(f"{where}: initial state of shape "
+                                            f"{list(s.shape)}, the GRU has {hidden} units")
+            ins.append(self.const(s))
+        out = self._new("gru", ins, {"module": path, "reverse": bool(reverse)})
+        return Val(out, (0, 1, 2), (1, v.shape[1], hidden))
+
+    def _sequence(self, v: Val, time_axis: int, what: str, where: str) -> Val:
+        """A recurrent layer's input as stored [batch, time, features] (a permute if
+        needed)."""
+        time_axis = _axis(time_axis, v.ndim, where)
+        if v.ndim != 3 or v.batch_axis == time_axis or 2 in (v.batch_axis, time_axis):
+            raise UnsupportedModelError(f"{where}: {what} input must be [batch, time, "
+                                        "features] or [time, batch, features]")
+        want = [0, v.order[time_axis], v.order[2]]  # stored axes of batch, time, features
+        name = v.name if want == [0, 1, 2] else self._new("permute", [v.name],
+                                                          {"perm": want})
+        return Val(name, (0, 1, 2), (1, v.shape[time_axis], v.shape[2]))
 
     # ---- digital ops
     def unary(self, op: str, v: Val) -> Val:

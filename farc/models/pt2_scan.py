@@ -30,7 +30,7 @@ DIGITAL = ("max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg
            "pad")
 """The digital ops around crossbar layers (docs/byom.md): pooling (global average pooling
 as adaptive_avg_pool to size 1), reductions, log_softmax, clamp and its kin, padding."""
-SUPPORTED = sorted({"linear", "conv1d", "conv2d", "batch_norm", "lstm", *UNARY, *BINARY,
+SUPPORTED = sorted({"linear", "conv1d", "conv2d", "batch_norm", "lstm", "gru", *UNARY, *BINARY,
                     "softmax", "_softmax", "layer_norm", "matmul", "bmm", "view", "reshape",
                     "_unsafe_view", "flatten", "permute", "transpose", "t", "cat", "slice",
                     "select", "split", "split_with_sizes", "chunk", "squeeze", "unsqueeze",
