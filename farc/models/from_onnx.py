@@ -157,6 +157,39 @@ def _read_external(tensor: Any, folder: Path | None, where: str) -> np.ndarray:
         [int(d) for d in tensor.dims])
 
 
+NUMERIC = {1: "float_data", 2: "int32_data", 3: "int32_data", 4: "int32_data",
+           5: "int32_data", 6: "int32_data", 7: "int64_data", 9: "int32_data",
+           10: "int32_data", 11: "double_data", 12: "uint64_data", 13: "uint64_data"}
+"""ONNX data types farc reads (FLOAT ... UINT64, no strings, complex or sub-byte floats)
+-> the TensorProto field holding their values when not stored as raw bytes."""
+
+
+def _read_embedded(tensor: Any, where: str) -> np.ndarray:
+    """A tensor stored inside the model file. Its declared shape is checked against the
+    data it holds and the memory budget before numpy builds it: a declared [4, 3] with no
+    values behind it is a broken file, not a reshape error."""
+    from onnx import helper, numpy_helper
+
+    field = NUMERIC.get(tensor.data_type)
+    if field is None:
+        kind = helper.tensor_dtype_to_string(tensor.data_type).split(".")[-1] \
+            if tensor.data_type in helper.get_all_tensor_dtypes() else tensor.data_type
+        raise UnsupportedModelError(f"{where}: a tensor of type {kind}; farc reads numeric "
+                                    "tensors (float, int, bool) only")
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise CheckpointError(f"{where}: tensor of shape {dims}")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    n = math.prod(dims)
+    check_memory(n * dtype.itemsize, where)
+    held = len(tensor.raw_data) // dtype.itemsize if tensor.HasField("raw_data") \
+        else len(getattr(tensor, field))
+    if held != n or (tensor.HasField("raw_data") and len(tensor.raw_data) % dtype.itemsize):
+        raise CheckpointError(f"{where}: declares shape {dims} ({n:,} {dtype} values) and "
+                              f"holds {held:,}; the file is truncated or corrupt")
+    return np.asarray(numpy_helper.to_array(tensor))
+
+
 def _node_name(node: Any, i: int) -> str:
     return node.name or f"{node.op_type}_{i}"
 
@@ -319,11 +352,9 @@ class _Converter:
         return _safe(name)
 
     def array(self, tensor: Any, where: str) -> np.ndarray:
-        from onnx import numpy_helper
-
         if tensor.data_location == 1:  # EXTERNAL
             return _read_external(tensor, self.folder, where)
-        return np.asarray(numpy_helper.to_array(tensor))
+        return _read_embedded(tensor, where)
 
     def get(self, name: str) -> Any:
         if name == "":

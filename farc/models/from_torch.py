@@ -55,8 +55,9 @@ def load_pt2(path: str | Path) -> GraphModel:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    _check_archive(path)
     try:
-        with _no_unpickling():
+        with _no_unpickling(), _quiet_export_log():
             ep = torch.export.load(str(path))
     except UnsupportedModelError:
         raise
@@ -66,6 +67,39 @@ def load_pt2(path: str | Path) -> GraphModel:
                               ) from None
     return from_exported_program(ep, {"format": "pt2", "path": str(path.resolve()),
                                       "sha256": file_sha256(path)})
+
+
+def _check_archive(path: Path) -> None:
+    """A .pt2 is a zip archive holding a serialized program (`<name>/models/*.json`, as
+    torch.export.save writes it); anything else is refused here in one line, before
+    torch's loader reports it as a multi-line warning with a traceback."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a torch.export program (.pt2 files are zip "
+                              f"archives; {str(exc)[:120] or type(exc).__name__})") from None
+    if not any("/models/" in n and n.endswith(".json") for n in names):
+        raise CheckpointError(f"{path}: not a torch.export program (the archive holds no "
+                              "serialized model, models/*.json; save it with "
+                              "torch.export.save)")
+
+
+@contextlib.contextmanager
+def _quiet_export_log() -> Iterator[None]:
+    """torch.export.load logs a failed legacy load as a warning with a traceback before
+    raising; farc reports the failure itself in one line, so that log is muted."""
+    import logging
+
+    log = logging.getLogger("torch.export")
+    level = log.level
+    log.setLevel(logging.ERROR + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,150 @@
+"""Issue 24 items 3 and 5: models users bring with a time-major input or several outputs,
+and hostile model files, each refused in one line (exit 1), never an internal error or a
+traceback."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from farc.errors import CheckpointError, ConfigError, FarcError
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def _cli(*args: object) -> int:
+    """farc's command line in this process (no second torch/TVM import)."""
+    from farc.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _save(path: Path, nodes: list, inputs: list, outputs: list, inits: list) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _vi(name: str, shape: list) -> object:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _declared(name: str, dims: list[int]) -> object:
+    """A float initializer that declares `dims` and holds no data."""
+    t = TensorProto()
+    t.name, t.data_type = name, TensorProto.FLOAT
+    t.dims.extend(dims)
+    return t
+
+
+def _matmul_model(path: Path, weight: object, k: int, n: int) -> Path:
+    node = helper.make_node("MatMul", ["x", weight.name], ["y"], name="mm")
+    return _save(path, [node], [_vi("x", ["b", k])], [_vi("y", ["b", n])], [weight])
+
+
+# ---------------------------------------------------------------- hostile ONNX files
+def test_initializer_declaring_data_it_does_not_hold(tmp_path, capsys) -> None:
+    """Was "internal error: cannot reshape array of size 0 into shape (4,3)", exit 2."""
+    from farc.models.from_onnx import load_onnx
+
+    path = _matmul_model(tmp_path / "empty.onnx", _declared("W", [4, 3]), 4, 3)
+    with pytest.raises(CheckpointError, match=r"^initializer W: declares shape \[4, 3\] "
+                       r"\(12 float32 values\) and holds 0; the file is truncated"):
+        load_onnx(path)
+    assert _cli("compile", path, "-o", tmp_path / "m.farc") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("farc: error: initializer W: declares")
+    assert not (tmp_path / "m.farc").exists()
+
+
+def test_raw_data_shorter_than_the_shape_is_refused(tmp_path) -> None:
+    from farc.models.from_onnx import load_onnx
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    w.raw_data = w.raw_data[:20]  # 5 of 12 values
+    path = _matmul_model(tmp_path / "short.onnx", w, 4, 3)
+    with pytest.raises(CheckpointError, match=r"declares shape \[4, 3\] .* holds 5"):
+        load_onnx(path)
+
+
+def test_initializer_size_checked_against_max_memory_before_allocation(tmp_path) -> None:
+    """A [100000, 100000] float initializer (37 GiB declared, nothing stored) fails on the
+    budget, and one with real data over a lowered --max-memory as well."""
+    from farc.models.from_onnx import load_onnx
+
+    path = _matmul_model(tmp_path / "huge.onnx", _declared("W", [100000, 100000]), 100000,
+                         100000)
+    with pytest.raises(ConfigError, match=r"^initializer W needs 37.3 GiB, over the memory "
+                       "budget"):
+        load_onnx(path)
+    real = _matmul_model(tmp_path / "real.onnx", numpy_helper.from_array(
+        np.ones((512, 512), np.float32), "W"), 512, 512)
+    assert _cli("--max-memory", "512K", "compile", real, "-o", tmp_path / "m.farc") == 1
+
+
+def test_string_initializer_is_refused_in_one_line(tmp_path) -> None:
+    from farc.models.from_onnx import load_onnx
+
+    t = helper.make_tensor("W", TensorProto.STRING, [1], [b"x"])
+    path = _matmul_model(tmp_path / "str.onnx", t, 4, 3)
+    with pytest.raises(FarcError, match="initializer W: a tensor of type STRING"):
+        load_onnx(path)
+
+
+# ---------------------------------------------------------------- hostile .pt2 files
+def _genuine_pt2(path: Path) -> Path:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 4),)), path)
+    return path
+
+
+def _rewritten(src: Path, dst: Path, change) -> Path:
+    """A copy of the archive `src` with each member's bytes passed through change(name,
+    data) (None drops the member)."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for name in z.namelist():
+            data = change(name, z.read(name))
+            if data is not None:
+                out.writestr(name, data)
+    return dst
+
+
+@pytest.mark.parametrize("case,want", [
+    ("not-a-zip", r"not a torch\.export program \(\.pt2 files are zip archives"),
+    ("empty-zip", r"not a torch\.export program \(the archive holds no serialized model"),
+    ("no-model-json", r"not a torch\.export program \(the archive holds no serialized"),
+    ("garbled-model-json", r"not a loadable torch\.export program"),
+    ("truncated-weights", r"not a loadable torch\.export program"),
+])
+def test_pt2_that_is_not_what_it_claims(tmp_path, capsys, case, want) -> None:
+    """Was a 19-line warning with torch's traceback before farc's line."""
+    path = tmp_path / f"{case}.pt2"
+    if case == "not-a-zip":
+        path.write_bytes(b"not a zip at all")
+    elif case == "empty-zip":
+        zipfile.ZipFile(path, "w").close()
+    else:
+        good = _genuine_pt2(tmp_path / "good.pt2")
+        change = {"no-model-json": lambda n, d: None if n.endswith(".json") else d,
+                  "garbled-model-json": lambda n, d: b'{"graph_module": 5}'
+                  if n.endswith("models/model.json") else d,
+                  "truncated-weights": lambda n, d: d[:3] if "/weights/weight_" in n
+                  else d}[case]
+        _rewritten(good, path, change)
+    assert _cli("compile", path, "-o", tmp_path / "m.farc") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"farc: error: {path}: ")
+    import re
+    assert re.search(want, err[0]), err[0]
