@@ -148,3 +148,112 @@ def test_pt2_that_is_not_what_it_claims(tmp_path, capsys, case, want) -> None:
     assert err[0].startswith(f"farc: error: {path}: ")
     import re
     assert re.search(want, err[0]), err[0]
+
+
+# ---------------------------------------------------------------- layouts and outputs
+T, B, F, H = 5, 2, 3, 4
+
+
+def _lstm_layout0(path: Path, batch: object = B, outputs: tuple[str, ...] = ("Y",),
+                  seed: int = 0) -> Path:
+    """One LSTM node of layout 0 reading the model input [T, B, F], as ONNX's own LSTM node
+    tests and speech models are written."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * H, F)), ("R", (1, 4 * H, H)), ("Bias", (1, 8 * H)))]
+    node = helper.make_node("LSTM", ["x", "W", "R", "Bias"], ["Y", "Y_h"], hidden_size=H,
+                            name="lstm")
+    shapes = {"Y": [T, 1, batch, H], "Y_h": [1, batch, H]}
+    return _save(path, [node], [_vi("x", [T, batch, F])],
+                 [_vi(o, shapes[o]) for o in outputs], inits)
+
+
+def _ort(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+
+
+def test_time_major_input_is_found_from_the_lstm_layout(tmp_path) -> None:
+    """Was "LSTM input must be [batch, time, features] or [time, batch, features]"."""
+    from farc.models.from_onnx import load_onnx
+
+    path = _lstm_layout0(tmp_path / "tm.onnx", outputs=("Y", "Y_h"))
+    model = load_onnx(path)
+    assert model.input_shape == (1, T, F)  # stored batch-first
+    assert model.batch_axes == {"x": 1, "Y": 2, "Y_h": 1}
+    x = np.random.default_rng(1).normal(size=(T, B, F)).astype(np.float32)
+    want = _ort(path, x)
+    with torch.no_grad():
+        got = model(torch.from_numpy(np.moveaxis(x, 1, 0).copy()))
+    np.testing.assert_allclose(np.moveaxis(got[0].numpy(), 0, 2), want[0], atol=1e-6)
+    np.testing.assert_allclose(np.moveaxis(got[1].numpy(), 0, 1), want[1], atol=1e-6)
+
+
+def test_time_major_symbolic_batch_only_on_the_batch_axis(tmp_path) -> None:
+    from farc.models.from_onnx import load_onnx
+
+    assert load_onnx(_lstm_layout0(tmp_path / "dyn.onnx", "batch")).batch_axes["x"] == 1
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * H, F)), ("R", (1, 4 * H, H)))]
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=H, name="lstm")
+    path = _save(tmp_path / "t.onnx", [node], [_vi("x", ["T", 2, F])],
+                 [_vi("Y", ["T", 1, 2, H])], inits)
+    with pytest.raises(FarcError, match=r"dimension 0 \(T\) is symbolic; only the batch "
+                       r"axis \(1\) may be"):
+        load_onnx(path)
+
+
+def test_time_major_compile_run_verify(tmp_path, capsys) -> None:
+    """`farc run` takes the user's [T, B, F] and writes Y [T, 1, B, H] as onnxruntime does;
+    the program records the batch axes; verify feeds the file its own layout."""
+    import json
+
+    from farc.runtime.program import Program
+
+    path = _lstm_layout0(tmp_path / "tm.onnx", "batch")
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(16, T, F)).astype(np.float32))
+    x = rng.normal(size=(T, 3, F)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    prog = tmp_path / "tm.farc"
+    assert _cli("compile", path, "-o", prog, "--calib-npy", tmp_path / "calib.npy") == 0
+    program = Program.load(prog)
+    assert program.inputs[0]["shape"] == [None, T, F] and program.inputs[0]["batch_axis"] == 1
+    assert program.outputs[0]["batch_axis"] == 2
+    assert _cli("run", prog, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy") == 0
+    y, want = np.load(tmp_path / "y.npy"), _ort(path, x)[0]
+    assert y.shape == want.shape == (T, 1, 3, H)
+    np.testing.assert_allclose(y, want, atol=2e-3)  # isaac's 8-bit path
+    np.save(tmp_path / "bad.npy", np.moveaxis(x, 1, 0))  # batch-first: not the model's
+    capsys.readouterr()
+    assert _cli("run", prog, "--input", tmp_path / "bad.npy", "-o", tmp_path / "z.npy") == 1
+    assert "the program expects [5, 'N', 3]" in capsys.readouterr().err
+    assert _cli("verify", prog, "--inputs-npy", tmp_path / "x.npy") == 0
+    assert "emulator vs reference logits   │ pass" in capsys.readouterr().out
+    assert json.loads(json.dumps(program.manifest["inputs"]))[0]["batch_axis"] == 1
+
+
+def test_programs_without_batch_axis_are_batch_first() -> None:
+    from farc.runtime.program import batch_axis, from_batch_first, to_batch_first, user_shape
+
+    old = {"name": "x", "shape": [None, 5, 3]}
+    x = np.arange(30, dtype=np.float32).reshape(2, 5, 3)
+    assert batch_axis(old) == 0 and user_shape(old) == [None, 5, 3]
+    assert to_batch_first(x, old) is x and from_batch_first(x, old) is x
+    tm = {**old, "batch_axis": 1}
+    assert user_shape(tm) == [5, None, 3]
+    np.testing.assert_array_equal(from_batch_first(x, tm), x.transpose(1, 0, 2))
+    np.testing.assert_array_equal(to_batch_first(x.transpose(1, 0, 2), tm), x)
+
+
+@pytest.mark.parametrize("axis", [3, -1, "1"])
+def test_bad_batch_axis_in_a_manifest_is_refused(axis) -> None:
+    from farc.runtime.validate import _check_specs
+
+    from farc.errors import ProgramError
+
+    with pytest.raises(ProgramError, match=r"inputs\[0\] 'x': batch_axis .* is not an axis"):
+        _check_specs([{"name": "x", "shape": [None, 5, 3], "batch_axis": axis}], "inputs")

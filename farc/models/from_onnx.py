@@ -208,9 +208,10 @@ def from_onnx_proto(proto: Any, source: dict, folder: Path | None = None) -> Gra
     for init in graph.initializer:
         conv.env[init.name] = conv.array(init, f"initializer {init.name}")
     inputs = [v for v in graph.input if v.name not in conv.env]  # one (check_graph)
-    shape = _input_shape(inputs[0])
-    conv.batch = shape[0]
-    conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input", shape)
+    axis = _input_batch_axis(graph, inputs[0].name)
+    shape = _input_shape(inputs[0], axis)
+    conv.batch = shape[axis]
+    conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input", shape, axis)
     for i, node in enumerate(graph.node):
         conv.node(node, f"node {_node_name(node, i)}", _node_name(node, i))
     outs = []
@@ -233,20 +234,48 @@ def _summary(graph: Any) -> OnnxGraph:
                      [v.name for v in graph.input])
 
 
-def _input_shape(vi: Any) -> list[int]:
+PASS_THROUGH = {"Identity", "Cast", "Dropout", "Relu", "Sigmoid", "Tanh", "Add", "Sub",
+                "Mul", "Div", "MatMul", "LayerNormalization"}
+"""Ops that leave the input's time and batch axes where they are (elementwise, or over the
+last axis), followed from the input to its recurrent layer."""
+
+
+def _input_batch_axis(graph: Any, name: str) -> int:
+    """The input's batch axis, found from the recurrent layer that reads it: 1 when an LSTM
+    of layout 0 (ONNX's default, time-major [T, B, F], torch's batch_first=False) reads it
+    directly or through PASS_THROUGH ops, else 0."""
+    reach, found = {name}, 0
+    for node in graph.node:  # graph order: producers first
+        if not reach.intersection(node.input):
+            continue
+        if node.op_type in ("LSTM", "GRU", "RNN") and node.input[0] in reach:
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            return 1 if layout == 0 else 0
+        if node.op_type in PASS_THROUGH:
+            reach.update(o for o in node.output if o)
+    return found
+
+
+def _input_shape(vi: Any, batch_axis: int = 0) -> list[int]:
     dims = vi.type.tensor_type.shape.dim
     if not dims:
         raise UnsupportedModelError(f"input {vi.name} has no shape")
+    if batch_axis >= len(dims):
+        raise UnsupportedModelError(f"input {vi.name} of rank {len(dims)} feeds a "
+                                    f"recurrent layer that reads its axis {batch_axis} as "
+                                    "the batch")
     shape = []
     for k, d in enumerate(dims):
         if d.HasField("dim_value") and d.dim_value > 0:
             shape.append(int(d.dim_value))
-        elif k == 0:
+        elif k == batch_axis:
             shape.append(1)  # a symbolic batch
         else:
             raise UnsupportedModelError(f"input {vi.name}: dimension {k} ({d.dim_param or '?'}"
-                                        ") is symbolic; only the batch axis may be")
-    check_memory(4 * math.prod(shape[1:]), f"input {vi.name} (one sample)")
+                                        f") is symbolic; only the batch axis ({batch_axis}) "
+                                        "may be")
+    check_memory(4 * math.prod(s for k, s in enumerate(shape) if k != batch_axis),
+                 f"input {vi.name} (one sample)")
     return shape
 
 
