@@ -46,7 +46,15 @@ from farc.models.graph import (
     Val,
     as_val,
 )
-from farc.models.pt2_scan import BINARY, IDENTITY, NO_MODULE, SHOWN, SUPPORTED, UNARY
+from farc.models.pt2_scan import (
+    ALTERNATIVES,
+    BINARY,
+    IDENTITY,
+    NO_MODULE,
+    SHOWN,
+    SUPPORTED,
+    UNARY,
+)
 from farc.models.refusal import refuse
 
 
@@ -154,7 +162,8 @@ def from_exported_program(ep: torch.export.ExportedProgram, source: dict) -> Gra
             params[spec.arg.name] = spec.target
         else:
             raise UnsupportedModelError(f"unsupported program input kind {spec.kind.name}")
-    refuse("torch", _unsupported(ep.graph.nodes), SHOWN, user_inputs)  # all at once
+    refuse("torch", _unsupported(ep.graph.nodes), SHOWN, user_inputs,  # all at once
+           ALTERNATIVES)
     conv = _Converter(GraphBuilder(source), state, params)
     outputs = []
     for node in ep.graph.nodes:
@@ -261,7 +270,7 @@ class _Converter:
             raise UnsupportedModelError(f"{where}: indexing a {type(seq).__name__}")
         op = _op_name(node)
         if op not in SUPPORTED:
-            refuse("torch", [(op, where)], SHOWN)
+            refuse("torch", [(op, where)], SHOWN, alternatives=ALTERNATIVES)
         args = [self.value(a) for a in node.args]
         kw = {k: self.value(v) for k, v in node.kwargs.items()}
         return getattr(self, f"_{op.strip('_')}", self._default)(node, op, args, kw, where)

@@ -25,6 +25,33 @@ SUPPORTED = ("Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Di
              "LayerNormalization", "MatMul", "Mul", "Relu", "Reshape", "Shape", "Sigmoid",
              "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
 """ONNX ops farc maps (in the default domain); see farc.models.from_onnx for their forms."""
+ALTERNATIVES: dict[str, str | None] = {
+    "Pow": "Mul (x * x for an exponent of 2)", "Sqrt": None, "Abs": None, "Exp": None,
+    "Log": None, "Reciprocal": "Div (by a constant)", "Neg": "Mul (by -1)",
+    "Sum": "Add", "Mean": "Add and Mul", "Max": None, "Min": None, "Where": None,
+    "ConvTranspose": "Conv", "Conv": "Conv (2-d, stride = kernel, no padding)",
+    "InstanceNormalization": "LayerNormalization", "GroupNormalization": "LayerNormalization",
+    "BatchNormalization": "Mul and Add (or fold it into the layer before)",
+    "LpNormalization": "LayerNormalization", "RNN": "LSTM", "GRU": "LSTM",
+    "LeakyRelu": "Relu", "PRelu": "Relu", "Elu": "Relu", "Selu": "Relu", "Celu": "Relu",
+    "ThresholdedRelu": "Relu", "Clip": "Relu (a clip at 0 only)", "HardSigmoid": "Sigmoid",
+    "HardSwish": "Sigmoid and Mul", "Mish": "Tanh and Mul", "Softplus": "Relu",
+    "Softsign": "Tanh", "LogSoftmax": "Softmax", "Hardmax": "Softmax",
+    "MaxPool": None, "GlobalMaxPool": None, "LpPool": None,
+    "AveragePool": "Conv (stride = kernel, constant 1/k weights)",
+    "GlobalAveragePool": "MatMul (by a constant 1/n column)",
+    "ReduceMean": "MatMul (by a constant 1/n column)", "ReduceSum": "MatMul (by a constant "
+    "column of ones)", "ReduceMax": None, "ReduceMin": None, "ReduceProd": None,
+    "ReduceL2": None, "ArgMax": None, "ArgMin": None, "TopK": None, "Pad": None,
+    "Resize": None, "Upsample": None, "Tile": "Concat", "Einsum": "MatMul",
+    "DepthToSpace": "Reshape and Transpose", "SpaceToDepth": "Reshape and Transpose",
+    "QuantizeLinear": "none: give the float model, farc quantizes it",
+    "DequantizeLinear": "none: give the float model, farc quantizes it",
+    "Equal": None, "Less": None, "Greater": None, "Not": None, "And": None, "Or": None,
+    "If": None, "Loop": None, "Scan": None, "Range": None, "NonZero": None, "CumSum": None,
+}
+"""Op -> the nearest op farc supports (what to rewrite it as), named in the refusal; None,
+or an op missing here, is refused as having no supported alternative."""
 
 
 @dataclass
@@ -78,7 +105,7 @@ def _conv_rank(node: OnnxNode, graph: OnnxGraph) -> int | None:
 
 def check_graph(graph: OnnxGraph) -> None:
     """Raise UnsupportedModelError naming every unsupported op and a wrong input count."""
-    refuse("ONNX", unsupported(graph), SUPPORTED, graph.model_inputs)
+    refuse("ONNX", unsupported(graph), SUPPORTED, graph.model_inputs, ALTERNATIVES)
 
 
 def check_onnx_file(path: str | Path) -> None:

@@ -32,6 +32,30 @@ SUPPORTED = sorted({"linear", "conv2d", "lstm", *UNARY, *BINARY, "softmax", "_so
 """ATen ops (overload packet names) farc maps; see farc.models.from_torch for their forms."""
 SHOWN = [s for s in SUPPORTED if not s.startswith("_")]
 """The supported ops a refusal lists (aliases like _softmax left out)."""
+ALTERNATIVES: dict[str, str | None] = {
+    "pow": "mul (x * x for an exponent of 2)", "sqrt": None, "rsqrt": None, "abs": None,
+    "exp": None, "log": None, "neg": "mul (by -1)", "reciprocal": "div (by a constant)",
+    "hardswish": "sigmoid and mul", "hardsigmoid": "sigmoid", "silu": "sigmoid and mul",
+    "mish": "tanh and mul", "leaky_relu": "relu", "elu": "relu", "selu": "relu",
+    "celu": "relu", "prelu": "relu", "softplus": "relu", "hardtanh": "relu (a clip at 0 "
+    "only)", "clamp": "relu (a clip at 0 only)", "relu6": "relu", "log_softmax": "softmax",
+    "conv1d": "conv2d (stride = kernel)", "conv3d": "conv2d (stride = kernel)",
+    "convolution": "conv2d (stride = kernel)", "conv_transpose2d": "conv2d",
+    "conv_transpose1d": "conv2d", "batch_norm": "mul and add (or fold it into the layer "
+    "before)", "_native_batch_norm_legit_no_training": "mul and add (or fold it into the "
+    "layer before)", "instance_norm": "layer_norm", "group_norm": "layer_norm",
+    "rms_norm": "layer_norm", "gru": "lstm", "rnn_tanh": "lstm", "rnn_relu": "lstm",
+    "max_pool1d": None, "max_pool2d": None, "avg_pool1d": "conv2d (stride = kernel)",
+    "avg_pool2d": "conv2d (stride = kernel)", "adaptive_avg_pool1d": "matmul (by a "
+    "constant)", "adaptive_avg_pool2d": "matmul (by a constant)", "mean": "matmul (by a "
+    "constant 1/n column)", "sum": "matmul (by a constant column of ones)", "amax": None,
+    "max": None, "min": None, "argmax": None, "where": None, "pad": None,
+    "constant_pad_nd": None, "embedding": "linear (of a one-hot input)", "einsum": "matmul",
+    "baddbmm": "matmul and add", "addmm": "linear", "expand": None, "repeat": "cat",
+    "scaled_dot_product_attention": "matmul, softmax and matmul",
+}
+"""ATen op -> the nearest op farc maps (named in the refusal); None, or an op missing here,
+is refused as having no supported alternative."""
 GETITEM = "_operator.getitem"
 NO_MODULE = "_empty_nn_module_stack"
 """The module path torch.export records for nodes outside any module (the sym_size of a
@@ -52,7 +76,7 @@ def check_pt2_file(path: str | Path) -> None:
                   if "user_input" in s]
     except (KeyError, TypeError, IndexError, AttributeError):
         return
-    refuse("torch", found, SHOWN, inputs)
+    refuse("torch", found, SHOWN, inputs, ALTERNATIVES)
 
 
 def _read_program(path: Path) -> dict | None:
