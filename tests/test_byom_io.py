@@ -257,3 +257,25 @@ def test_bad_batch_axis_in_a_manifest_is_refused(axis) -> None:
 
     with pytest.raises(ProgramError, match=r"inputs\[0\] 'x': batch_axis .* is not an axis"):
         _check_specs([{"name": "x", "shape": [None, 5, 3], "batch_axis": axis}], "inputs")
+
+
+def test_several_outputs_go_to_an_npz_only_when_named(tmp_path, capsys) -> None:
+    """Was: an .npz archive written into the `-o y.npy` the user named."""
+    path = _lstm_layout0(tmp_path / "two.onnx", "batch", outputs=("Y", "Y_h"))
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(8, T, F)).astype(np.float32))
+    x = rng.normal(size=(T, 2, F)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    prog = tmp_path / "two.farc"
+    assert _cli("compile", path, "-o", prog, "--calib-npy", tmp_path / "calib.npy") == 0
+    capsys.readouterr()
+    assert _cli("run", prog, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"farc: error: -o {tmp_path / 'y.npy'}: the program has 2 outputs (Y, "
+                   "Y_h); give an .npz path to get one array per output"]
+    assert not (tmp_path / "y.npy").exists()
+    assert _cli("run", prog, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npz") == 0
+    got, want = np.load(tmp_path / "y.npz"), _ort(path, x)
+    assert sorted(got.files) == ["Y", "Y_h"]
+    np.testing.assert_allclose(got["Y"], want[0], atol=2e-3)
+    np.testing.assert_allclose(got["Y_h"], want[1], atol=2e-3)
