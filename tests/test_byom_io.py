@@ -279,3 +279,68 @@ def test_several_outputs_go_to_an_npz_only_when_named(tmp_path, capsys) -> None:
     assert sorted(got.files) == ["Y", "Y_h"]
     np.testing.assert_allclose(got["Y"], want[0], atol=2e-3)
     np.testing.assert_allclose(got["Y_h"], want[1], atol=2e-3)
+
+
+# ---------------------------------------------------------------- onnx's own node tests
+ISSUE_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum",
+             "ReduceMax", "Softmax", "LogSoftmax", "Clip", "HardSigmoid", "HardSwish",
+             "LeakyRelu", "Pad", "Gemm", "Squeeze", "Unsqueeze", "Expand", "Where", "LSTM",
+             "GRU", "RNN", "BatchNormalization", "MatMul", "InstanceNormalization",
+             "ConvTranspose", "LayerNormalization", "Reshape", "Transpose", "Concat", "Slice",
+             "Split", "Flatten", "Gelu", "Relu", "Sigmoid", "Tanh", "Add", "Mul", "Div",
+             "Sub", "Pow", "Sqrt"}
+"""Issue 24's ops and their neighbours: node tests using any of them are walked."""
+
+
+def _with_constant_operands(case: object) -> object | None:
+    """The node test's model with every input but the first made an initializer holding
+    the test's own data (a Conv's W, an LSTM's W/R/B), so the full loader, not only the
+    one-input rule, reads it; None when there is nothing to turn."""
+    model = case.model
+    if not case.data_sets or len(model.graph.input) < 2:
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi, arr in list(zip(out.graph.input, case.data_sets[0][0]))[1:]:
+        if isinstance(arr, np.ndarray) and arr.dtype.kind in "biuf":
+            out.graph.initializer.append(numpy_helper.from_array(arr, vi.name))
+    return out
+
+
+def test_onnx_node_test_suite_loads_or_refuses_in_one_line(tmp_path) -> None:
+    """Every model of onnx's node test suite that uses the issue's ops, as given and with
+    its other inputs as constants, goes through what `farc compile` runs before compiling
+    (the scan, then load_user_model): it loads or raises a FarcError of one line, never
+    another exception. Not compiled: loading is where tracebacks came from."""
+    import warnings
+
+    from farc.models.graph import load_user_model
+    from farc.models.refusal import check_model_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the suite's own numpy overflow warnings
+        from onnx.backend.test.case.node import collect_testcases
+
+        cases = [c for c in collect_testcases() if c.model is not None and
+                 ISSUE_OPS & {n.op_type for n in c.model.graph.node}]
+    assert len(cases) > 500
+    counts, failures = {"loaded": 0, "refused": 0}, []
+    for i, case in enumerate(cases):
+        for k, model in enumerate((case.model, _with_constant_operands(case))):
+            if model is None:
+                continue
+            path = tmp_path / f"{i}_{k}.onnx"
+            onnx.save(model, path)
+            try:
+                check_model_file(str(path))
+                load_user_model(path)
+                counts["loaded"] += 1
+            except FarcError as exc:
+                counts["refused"] += 1
+                if "\n" in str(exc) or not str(exc):
+                    failures.append(f"{case.name}[{k}]: not one line: {exc!r}")
+            except Exception as exc:  # what the test looks for
+                failures.append(f"{case.name}[{k}]: {type(exc).__name__}: {exc}")
+            path.unlink()
+    assert not failures, "\n".join(failures[:20])
+    assert counts["loaded"] > 20 and counts["refused"] > 500, counts
