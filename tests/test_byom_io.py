@@ -344,3 +344,47 @@ def test_onnx_node_test_suite_loads_or_refuses_in_one_line(tmp_path) -> None:
             path.unlink()
     assert not failures, "\n".join(failures[:20])
     assert counts["loaded"] > 20 and counts["refused"] > 500, counts
+
+
+class TimeMajor(torch.nn.Module):
+    """torch's default LSTM layout (batch_first=False) reading the model input [T, B, F]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.LSTM(F, H)
+        self.fc = torch.nn.Linear(H, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0])
+
+
+def test_time_major_pt2_input(tmp_path) -> None:
+    """A .pt2 of a batch_first=False nn.LSTM on the input, dynamic batch on axis 1: rebuilt,
+    its float ONNX (what verify runs) and its program all take [T, B, F] and give the
+    module's [T, B, 2]."""
+    import onnxruntime as ort
+
+    from farc.models.from_torch import load_pt2
+
+    torch.manual_seed(0)
+    module = TimeMajor().eval()
+    path = tmp_path / "tm.pt2"
+    ep = torch.export.export(module, (torch.randn(T, 2, F),),
+                             dynamic_shapes=({1: torch.export.Dim("batch")},))
+    torch.export.save(ep, path)
+    model = load_pt2(path)
+    assert model.batch_axes == {"x": 1, "output": 1}
+    x = torch.randn(T, 3, F)
+    with torch.no_grad():
+        want = module(x).numpy()
+        got = model(x.transpose(0, 1)).transpose(0, 1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    sess = ort.InferenceSession(str(model.export_onnx(tmp_path / "f.onnx")),
+                                providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], want, atol=1e-5)
+    np.save(tmp_path / "calib.npy", x.transpose(0, 1).numpy())  # calibrated on x: no clip
+    np.save(tmp_path / "x.npy", x.numpy())
+    prog = tmp_path / "tm.farc"
+    assert _cli("compile", path, "-o", prog, "--calib-npy", tmp_path / "calib.npy") == 0
+    assert _cli("run", prog, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy") == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, atol=2e-3)

@@ -165,6 +165,7 @@ def from_exported_program(ep: torch.export.ExportedProgram, source: dict) -> Gra
     refuse("torch", _unsupported(ep.graph.nodes), SHOWN, user_inputs,  # all at once
            ALTERNATIVES)
     conv = _Converter(GraphBuilder(source), state, params)
+    conv.input_axis = _input_batch_axis(ep.graph.nodes, user_inputs)
     outputs = []
     for node in ep.graph.nodes:
         if node.op == "placeholder":
@@ -211,6 +212,30 @@ def _where(node: Any) -> str:
     return f"node {node.name}"
 
 
+PASS_THROUGH = {*IDENTITY, *UNARY, *BINARY, "linear", "layer_norm"}
+"""ATen ops that leave the input's time and batch axes where they are, followed from the
+input to its LSTM."""
+
+
+def _input_batch_axis(nodes: Any, inputs: list[str]) -> int:
+    """The user input's batch axis, found from the LSTM that reads it: 1 for a time-major
+    one (`batch_first=False`, [T, B, F]) reading it directly or through PASS_THROUGH ops,
+    else 0."""
+    reach = set(inputs)
+    for node in nodes:
+        if node.op != "call_function":
+            continue
+        args = [a.name for a in node.all_input_nodes]
+        if not reach.intersection(args):
+            continue
+        op = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
+        if op == "lstm" and getattr(node.args[0], "name", "") in reach:
+            return 0 if len(node.args) == 9 and node.args[8] else 1
+        if op in PASS_THROUGH:
+            reach.add(node.name)
+    return 0
+
+
 def _shape_of(node: Any) -> tuple[int, ...]:
     val = node.meta.get("val")
     if val is None or not hasattr(val, "shape"):
@@ -224,20 +249,23 @@ class _Converter:
         self.env: dict[str, Any] = {}
         self.batch = 1
         """The batch size the program was exported with (1 when symbolic)."""
+        self.input_axis = 0
+        """The user input's batch axis (1 for a time-major LSTM's [T, B, F])."""
         self.param_of: dict[str, str] = {}
         """Value name of a constant -> its parameter name (for module paths)."""
 
     def placeholder(self, node: Any, user: bool) -> None:
         if user:
             dims = getattr(node.meta.get("val"), "shape", ())
-            symbolic = [k for k, s in enumerate(dims) if k and not isinstance(s, int)]
+            axis = self.input_axis if len(dims) > self.input_axis else 0
+            symbolic = [k for k, s in enumerate(dims) if k != axis and not isinstance(s, int)]
             if symbolic:
                 raise UnsupportedModelError(
                     f"input {node.name}: dimension {symbolic[0]} ({dims[symbolic[0]]}) is "
-                    "symbolic; only the batch axis (0) may be dynamic")
+                    f"symbolic; only the batch axis ({axis}) may be dynamic")
             shape = _shape_of(node)
-            self.batch = shape[0] if shape else 1
-            self.env[node.name] = self.b.input(node.name, shape)
+            self.batch = shape[axis] if shape else 1
+            self.env[node.name] = self.b.input(node.name, shape, axis)
             return
         name = self.params[node.name]
         self.env[node.name] = self.state[name].detach().float().numpy()

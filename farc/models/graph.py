@@ -153,18 +153,21 @@ class GraphModel(nn.Module):
     def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
         """The float golden model as ONNX (TorchScript exporter: each LSTM one ONNX LSTM
         node, a reverse one between two flips), inputs and outputs named as the model's,
-        dynamic batch; written atomically."""
+        in the model's layout (`batch_axes`: a time-major input stays [T, B, F]), dynamic
+        batch; written atomically."""
         import warnings
 
         from farc.atomic import atomic_write
 
         names = self.output_names
-        axes = {n: {0: "batch"} for n in [self.input_name, *names]}
+        axes = {n: {self.batch_axes.get(n, 0): "batch"} for n in [self.input_name, *names]}
+        x = torch.zeros(2, *self.input_shape[1:]).movedim(0, self.batch_axes.get(
+            self.input_name, 0))
 
         def write(tmp: Path) -> None:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(self.eval(), (torch.zeros(2, *self.input_shape[1:]),),
+                torch.onnx.export(_InModelLayout(self.eval()), (x,),
                                   str(tmp), dynamo=False, opset_version=opset,
                                   input_names=[self.input_name], output_names=names,
                                   dynamic_axes=axes, do_constant_folding=True)
@@ -180,6 +183,23 @@ class GraphModel(nn.Module):
             yield
         finally:
             self._lstm_export = False
+
+
+class _InModelLayout(nn.Module):
+    """`model` taking and giving its tensors in the model's own layout (the batch at its
+    `batch_axes`), as the user's file does; the identity for batch-first models."""
+
+    def __init__(self, model: GraphModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        axes = self.model.batch_axes
+        out = self.model(x.movedim(axes.get(self.model.input_name, 0), 0))
+        outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+        moved = tuple(o.movedim(0, axes.get(n, 0))
+                      for o, n in zip(outs, self.model.output_names))
+        return moved[0] if len(moved) == 1 else moved
 
 
 def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
