@@ -80,15 +80,20 @@ def load_pt2(path: str | Path) -> GraphModel:
 def _check_archive(path: Path) -> None:
     """A .pt2 is a zip archive holding a serialized program (`<name>/models/*.json`, as
     torch.export.save writes it); anything else is refused here in one line, before
-    torch's loader reports it as a multi-line warning with a traceback."""
+    torch's loader reports it as a multi-line warning with a traceback. The members'
+    declared sizes are checked against the memory budget before torch reads any."""
     import zipfile
+
+    from farc.limits import check_memory
 
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
+            unpacked = sum(i.file_size for i in z.infolist())
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path}: not a torch.export program (.pt2 files are zip "
                               f"archives; {str(exc)[:120] or type(exc).__name__})") from None
+    check_memory(unpacked, f"{path}: the archive's members (as declared, unpacked)")
     if not any("/models/" in n and n.endswith(".json") for n in names):
         raise CheckpointError(f"{path}: not a torch.export program (the archive holds no "
                               "serialized model, models/*.json; save it with "
