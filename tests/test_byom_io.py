@@ -405,3 +405,20 @@ def test_model_files_checked_against_max_memory_before_reading(tmp_path, capsys)
                     "-o", tmp_path / "m.farc") == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and what in err[0] and "over the memory budget" in err[0], err
+
+
+def test_fixed_batch_float_model_at_another_batch_is_one_line(tmp_path, capsys) -> None:
+    """A file exported with a fixed batch (2) runs in onnxruntime only at that batch:
+    verify on 3 inputs was "internal error: InvalidArgument"."""
+    path = _lstm_layout0(tmp_path / "fixed.onnx")
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(8, T, F)).astype(np.float32))
+    np.save(tmp_path / "x.npy", rng.normal(size=(T, 3, F)).astype(np.float32))
+    prog = tmp_path / "fixed.farc"
+    assert _cli("compile", path, "-o", prog, "--calib-npy", tmp_path / "calib.npy") == 0
+    capsys.readouterr()
+    assert _cli("verify", prog, "--inputs-npy", tmp_path / "x.npy") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("farc: error: onnxruntime cannot run the "
+                                               "float model on 3 inputs at a time"), err
+    assert _cli("verify", prog, "--inputs-npy", tmp_path / "x.npy", "--samples", "2") == 0
