@@ -167,7 +167,8 @@ class GraphModel(nn.Module):
         def write(tmp: Path) -> None:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_InModelLayout(self.eval()), (x,),
+                model = _InModelLayout(self.eval()) if self.batch_axes else self.eval()
+                torch.onnx.export(model, (x,),
                                   str(tmp), dynamo=False, opset_version=opset,
                                   input_names=[self.input_name], output_names=names,
                                   dynamic_axes=axes, do_constant_folding=True)
