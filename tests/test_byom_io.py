@@ -422,3 +422,17 @@ def test_fixed_batch_float_model_at_another_batch_is_one_line(tmp_path, capsys) 
     assert len(err) == 1 and err[0].startswith("farc: error: onnxruntime cannot run the "
                                                "float model on 3 inputs at a time"), err
     assert _cli("verify", prog, "--inputs-npy", tmp_path / "x.npy", "--samples", "2") == 0
+
+
+def test_rank_one_input_to_a_time_major_lstm_is_refused(tmp_path) -> None:
+    from farc.models.from_onnx import load_onnx
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * H, F)), ("R", (1, 4 * H, H)))]
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=H, name="lstm")
+    path = _save(tmp_path / "r1.onnx", [node], [_vi("x", [F])], [_vi("Y", [1, 1, 1, H])],
+                 inits)
+    with pytest.raises(FarcError, match=r"^input x of rank 1 feeds a recurrent layer that "
+                       "reads its axis 1 as the batch"):
+        load_onnx(path)
