@@ -63,7 +63,6 @@ def load_onnx(path: str | Path) -> GraphModel:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    check_memory(path.stat().st_size, f"{path} (read whole by onnx.load)")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
