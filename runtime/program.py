@@ -143,6 +143,32 @@ class Program:
         return program
 
 
+def batch_axis(spec: dict[str, Any]) -> int:
+    """Which axis of the user's array holds the batch for this input/output spec: the
+    program's registers are batch-first, a time-major model's input [T, B, F] is not
+    (`batch_axis` 1). Programs written before the field existed have it on axis 0."""
+    return int(spec.get("batch_axis", 0))
+
+
+def user_shape(spec: dict[str, Any]) -> list[Any]:
+    """The spec's shape in the user's layout (None for the batch): [None, T, F] with batch
+    axis 1 -> [T, None, F]."""
+    shape = list(spec["shape"])
+    return [*shape[1:batch_axis(spec) + 1], None, *shape[batch_axis(spec) + 1:]]
+
+
+def to_batch_first(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """A user's array (batch at `batch_axis`) as the program's batch-first register."""
+    k = batch_axis(spec)
+    return x if k == 0 else np.ascontiguousarray(np.moveaxis(x, k, 0))
+
+
+def from_batch_first(y: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """A batch-first register as the user's array (batch back at `batch_axis`)."""
+    k = batch_axis(spec)
+    return y if k == 0 else np.ascontiguousarray(np.moveaxis(y, 0, k))
+
+
 def _check_members(zf: zipfile.ZipFile, path: Path) -> None:
     """Before reading anything: the format stores members uncompressed, so each member's
     size is its size in the file, and all of them together fit in the file (a zip bomb, a

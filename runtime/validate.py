@@ -170,6 +170,10 @@ def _check_specs(specs: list, which: str) -> None:
             raise ProgramError(f"{where} {name!r}: shape {shape} must start with null (batch)")
         if any(not (d is None or (type(d) is int and d >= 1)) for d in shape[1:]):
             raise ProgramError(f"{where} {name!r}: shape {shape} has a bad dimension")
+        axis = spec.get("batch_axis", 0)
+        if type(axis) is not int or not 0 <= axis < len(shape):
+            raise ProgramError(f"{where} {name!r}: batch_axis {axis!r} is not an axis of "
+                               f"its {len(shape)}-d arrays")
         if spec.get("dtype", "float32") != "float32":
             raise ProgramError(f"{where} {name!r}: dtype {spec['dtype']!r}, only float32")
 

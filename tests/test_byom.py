@@ -371,13 +371,14 @@ def test_unsupported_onnx_op_one_line_and_no_output(tmp_path, capsys) -> None:
     path = _write(tmp_path, proto)
     with pytest.raises(UnsupportedModelError) as exc:
         load_onnx(path)
-    assert str(exc.value).startswith("unsupported ONNX op Resize at node /up/Resize: "
-                                     "supported ops are Add, ")
+    assert str(exc.value).startswith("unsupported ONNX op Resize at node /up/Resize (no "
+                                     "supported alternative): supported ops are Add, ")
     out = tmp_path / "m.farc"
     assert _cli("compile", path, "-o", out) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("farc: error: unsupported ONNX op Resize "
-                                                   "at node /up/Resize: supported ops are")
+                                                   "at node /up/Resize (no supported "
+                                                   "alternative): supported ops are")
     assert not out.exists()
 
 
@@ -394,8 +395,9 @@ class WithHardswish(nn.Module):
 def test_unsupported_torch_op_names_the_module(tmp_path) -> None:
     path = _export(WithHardswish().eval(), (8,), tmp_path / "hs.pt2", "pt2")
     with pytest.raises(UnsupportedModelError, match=r"^unsupported torch op hardswish at "
-                                                    r"module act \(node hardswish\): "
-                                                    "supported ops are "):
+                                                    r"module act \(node hardswish\) "
+                                                    r"\(nearest supported: sigmoid and "
+                                                    r"mul\): supported ops are "):
         load_pt2(path)
 
 

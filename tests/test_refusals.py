@@ -4,6 +4,7 @@ file before torch or onnx is imported (farc.models.onnx_scan, farc.models.pt2_sc
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,11 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 SEVERAL = ("the model takes 3 inputs (x, h0, c0), farc compiles models of one tensor input; "
-           "unsupported ONNX ops Pad at node /pad/Pad (2 nodes), Conv (1-d) at node "
-           "/conv1/Conv, Pow at node /pow/Pow, Sqrt at node Sqrt_3: supported ops are Add, ")
+           "unsupported ONNX ops Pad at node /pad/Pad (2 nodes; no supported alternative), "
+           "Conv (1-d) at node /conv1/Conv (nearest supported: Conv (2-d, stride = kernel, "
+           "no padding)), Pow at node /pow/Pow (nearest supported: Mul (x * x for an "
+           "exponent of 2)), Sqrt at node Sqrt_3 (no supported alternative): supported ops "
+           "are Add, ")
 
 
 def _vi(name: str, shape: list) -> object:
@@ -75,8 +79,7 @@ def test_message_lists_first_node_and_count() -> None:
 
 def test_onnx_scan_names_every_op_and_the_inputs(tmp_path) -> None:
     path = _speech_like(tmp_path / "vad.onnx")
-    with pytest.raises(UnsupportedModelError, match="^" + SEVERAL.replace("(", r"\(")
-                       .replace(")", r"\)")):
+    with pytest.raises(UnsupportedModelError, match="^" + re.escape(SEVERAL)):
         check_onnx_file(path)
 
 
@@ -122,8 +125,10 @@ def test_pt2_scan_and_loader_agree(bad_pt2) -> None:
     with pytest.raises(UnsupportedModelError) as full:
         load_pt2(bad_pt2)
     assert str(fast.value) == str(full.value)
-    assert str(fast.value).startswith("unsupported torch ops hardswish at module act (node "
-                                      "hardswish) (2 nodes), pow at node pow_1: supported ")
+    assert str(fast.value).startswith(
+        "unsupported torch ops hardswish at module act (node hardswish) (2 nodes; nearest "
+        "supported: sigmoid and mul), pow at node pow_1 (nearest supported: mul (x * x for "
+        "an exponent of 2)): supported ")
 
 
 def _cli_without_heavy_imports(*args: str) -> subprocess.CompletedProcess:
@@ -153,3 +158,47 @@ def test_compile_refuses_in_one_line_before_torch(tmp_path, bad_pt2, kind) -> No
 def test_help_imports_nothing_heavy() -> None:
     res = _cli_without_heavy_imports("--help")
     assert res.returncode == 0 and res.stderr.strip() == "heavy: []"
+
+
+def _named_ops(alternative: str) -> list[str]:
+    """The ops an alternative names: "Sigmoid and Mul" -> [Sigmoid, Mul], "LSTM or GRU" ->
+    [LSTM, GRU], "Mul (x * x ...)" -> [Mul]."""
+    head = alternative.split(" (")[0]
+    parts = head.replace(" and ", ", ").replace(" or ", ", ").split(", ")
+    return [part.strip() for part in parts]
+
+
+def test_every_alternative_is_a_supported_op() -> None:
+    """A refusal never points to an op that is refused itself."""
+    from farc.models import onnx_scan, pt2_scan
+
+    for table, supported in ((onnx_scan.ALTERNATIVES, onnx_scan.SUPPORTED),
+                             (pt2_scan.ALTERNATIVES, pt2_scan.SUPPORTED)):
+        for op, alt in table.items():
+            if alt and not alt.startswith("none"):
+                assert set(_named_ops(alt)) <= set(supported), (op, alt)
+
+
+@pytest.mark.parametrize("op,attrs,want", [
+    ("RNN", {"hidden_size": 4}, "RNN at node n (nearest supported: LSTM or GRU)"),
+    ("InstanceNormalization", {}, "InstanceNormalization at node n (nearest supported: "
+     "LayerNormalization)"),
+    ("ConvTranspose", {}, "ConvTranspose at node n (nearest supported: Conv)"),
+    ("Sqrt", {}, "Sqrt at node n (no supported alternative)"),
+    ("BitShift", {}, "BitShift at node n (no supported alternative)"),
+    ("QuantizeLinear", {}, "QuantizeLinear at node n (none: give the float model, farc "
+     "quantizes it)"),
+])
+def test_refusal_names_op_node_and_nearest_alternative(tmp_path, op, attrs, want) -> None:
+    from farc.models.from_onnx import load_onnx
+
+    node = helper.make_node(op, ["x", "w"], ["y"], name="n", **attrs)
+    graph = helper.make_graph([node], "g", [_vi("x", ["b", 4])], [_vi("y", ["b", 4])],
+                              [numpy_helper.from_array(np.ones(4, np.float32), "w")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    for check in (check_onnx_file, load_onnx):  # the scan and the full loader
+        with pytest.raises(UnsupportedModelError) as err:
+            check(path)
+        assert str(err.value).startswith(f"unsupported ONNX op {want}: supported ops are ")
+        assert "\n" not in str(err.value)

@@ -627,13 +627,14 @@ def run_models(program: Any, x: np.ndarray, refs: References, *, noise: Any = No
     out_name = program.manifest["outputs"][0]["name"]
     sess = ort_session(refs.float_model)
     ort_in = sess.get_inputs()[0].name
+    float_run = _in_model_layout(sess, ort_in, program)
     outs: dict[str, np.ndarray] = {}
     for sl in batches(len(x), batch_size):
         xb = x[sl]
         with torch.no_grad():
             ref = refs.reference(torch.from_numpy(np.ascontiguousarray(xb))).numpy()
         got = {EMULATOR: emu.run({in_name: xb})[out_name], REFERENCE: ref,
-               FLOAT: sess.run(None, {ort_in: xb})[0]}
+               FLOAT: float_run(xb)}
         for k, v in got.items():
             if k not in outs:
                 outs[k] = np.empty((len(x), *np.shape(v)[1:]), np.float32)
@@ -644,6 +645,26 @@ def run_models(program: Any, x: np.ndarray, refs: References, *, noise: Any = No
     if not outs:
         return {k: np.zeros((0,), np.float32) for k in (EMULATOR, REFERENCE, FLOAT)}
     return outs
+
+
+def _in_model_layout(sess: Any, name: str, program: Any) -> Callable[[np.ndarray], Any]:
+    """The float ONNX model run on batch-first inputs, its output batch-first: a time-major
+    model's file takes and gives its own layout (the specs' batch_axis), the emulator and
+    the reference the program's batch-first one."""
+    from farc.runtime.program import from_batch_first, to_batch_first
+
+    ins, outs = program.manifest["inputs"][0], program.manifest["outputs"][0]
+
+    def run(xb: np.ndarray) -> Any:
+        try:
+            y = sess.run(None, {name: from_batch_first(xb, ins)})[0]
+        except Exception as exc:  # onnxruntime's own types: a fixed batch, most often
+            raise ConfigError(f"onnxruntime cannot run the float model on {len(xb)} inputs "
+                              f"at a time: {str(exc).splitlines()[0]} (a file exported "
+                              "with a fixed batch runs only at that batch: --samples and "
+                              "--batch-size equal to it)") from None
+        return to_batch_first(y, outs)
+    return run
 
 
 BATCH_MEMORY_SHARE = 0.5

@@ -71,6 +71,7 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, devi
         raise ConfigError(f"-o {output_path}: outputs are numpy arrays, give a .npy (one "
                           "output) or .npz path")
     program = Program.load(program_path)
+    _check_output_kind(program, output_path)
     cfg = chip_device(program, device_model, noise)
     if seeds is not None:
         _check_monte_carlo(cfg, seed, counters_path, output_path)
@@ -91,12 +92,35 @@ def command(program_path, input_path, labels_path, data_spec, split, noise, devi
             return
     if not allow_nonfinite:
         _check_finite(outputs)
-    _save_all(outputs, Path(output_path), counters, counters_path and Path(counters_path))
+    _save_all(_model_layout(program, outputs), Path(output_path), counters,
+              counters_path and Path(counters_path))
     n = len(next(iter(outputs.values())))
     click.echo(f"ran {n} samples -> {output_path}")
     if labels is not None and len(outputs) == 1:
         acc = _top1(next(iter(outputs.values())), labels)
         click.echo(f"top-1 accuracy: {100 * acc:.2f}% ({n} samples)")
+
+
+def _model_layout(program, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Batch-first outputs as the model lays them out (a time-major LSTM's Y [T, D, B, H]:
+    the output spec's batch_axis; 0 for every program before the field)."""
+    from farc.runtime.program import from_batch_first
+
+    specs = {s["name"]: s for s in program.outputs}
+    return {k: from_batch_first(v, specs[k]) if k in specs else v for k, v in outputs.items()}
+
+
+def _check_output_kind(program, output_path: str) -> None:
+    """Several outputs go into an .npz archive, one array per output name, and only when the
+    user named one: an archive written under `-o y.npy` would not be what the name says
+    (np.load gives an NpzFile, not the array), so that is refused before any work."""
+    from farc.errors import ConfigError
+
+    names = [s["name"] for s in program.outputs]
+    if len(names) > 1 and Path(output_path).suffix != ".npz":
+        raise ConfigError(f"-o {output_path}: the program has {len(names)} outputs "
+                          f"({', '.join(names)}); give an .npz path to get one array per "
+                          "output")
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -176,7 +200,8 @@ def _monte_carlo(program, inputs: dict[str, np.ndarray], labels: np.ndarray, cfg
     if not allow_nonfinite:
         _check_finite(packed)
     acc = np.array([_accuracy(packed, i, labels) for i in range(len(seeds_run))])
-    arrays = {f"{k}_seed{s}": v[i] for k, v in packed.items() for i, s in enumerate(seeds_run)}
+    arrays = {f"{k}_seed{s}": _model_layout(program, {k: v[i]})[k]
+              for k, v in packed.items() for i, s in enumerate(seeds_run)}
     _save_all({**arrays, "seeds": seeds_run, "accuracy": acc}, output, {}, None)
     _print_monte_carlo(seeds_run, acc, len(labels), output)
 
@@ -235,7 +260,10 @@ def _check_finite(outputs: dict[str, np.ndarray]) -> None:
 
 
 def _read_inputs(program, path: str, labels_path: str | None):
+    """--input arrays in the model's own layout (a time-major input [T, B, F]) -> the
+    program's batch-first registers; labels as a flat integer array."""
     from farc.npyio import load_arrays
+    from farc.runtime.program import to_batch_first
 
     names = [s["name"] for s in program.inputs]
     if not Path(path).is_file():
@@ -256,8 +284,9 @@ def _read_inputs(program, path: str, labels_path: str | None):
             what = "an .npz archive" if not isinstance(raw, np.ndarray) else f"dtype {raw.dtype}"
             raise DataError(f"{labels_path}: labels must be one integer .npy array, got {what}")
         labels = raw.astype(np.int64).reshape(-1)
-    _check_arrays(program, arrays, labels, path)
-    return arrays, labels
+    _check_arrays(program, arrays, labels, path, user_layout=True)
+    specs = {s["name"]: s for s in program.inputs}
+    return {k: to_batch_first(v, specs[k]) for k, v in arrays.items()}, labels
 
 
 def _data_inputs(program, spec: str, split: str):
@@ -296,9 +325,14 @@ def _check_data_fits(shape: list, spec: str) -> None:
                         "(not [N, C, H, W]); give the samples with --input X.npy (or .npz)")
 
 
-def _check_arrays(program, arrays: dict[str, np.ndarray], labels, where: str) -> None:
-    """Shape and dtype before any work, so a bad input fails fast with one line."""
-    specs = {s["name"]: s["shape"] for s in program.inputs}
+def _check_arrays(program, arrays: dict[str, np.ndarray], labels, where: str,
+                  user_layout: bool = False) -> None:
+    """Shape and dtype before any work, so a bad input fails fast with one line; with
+    `user_layout`, arrays carry the batch where the model does (the spec's batch_axis)."""
+    from farc.runtime.program import batch_axis, user_shape
+
+    specs = {s["name"]: user_shape(s) if user_layout else s["shape"] for s in program.inputs}
+    axes = {s["name"]: batch_axis(s) if user_layout else 0 for s in program.inputs}
     if set(arrays) != set(specs):
         raise DataError(f"{where}: arrays {sorted(arrays)} but the program takes "
                         f"{sorted(specs)}")
@@ -311,15 +345,16 @@ def _check_arrays(program, arrays: dict[str, np.ndarray], labels, where: str) ->
             shown = ["N" if w is None else w for w in want]
             raise DataError(f"{where}: input {name!r} has shape {list(x.shape)}, the program "
                             f"expects {shown}")
-        if len(x) == 0:
+        if x.shape[axes[name]] == 0:
             raise DataError(f"{where}: input {name!r} has no samples")
         if not np.isfinite(x).all():
             raise DataError(f"{where}: input {name!r} holds NaN or infinite values")
-        sizes.add(len(x))
+        sizes.add(x.shape[axes[name]])
     if len(sizes) != 1:
         raise DataError(f"{where}: inputs have different sample counts {sorted(sizes)}")
-    if labels is not None and len(labels) != sizes.pop():
-        raise DataError(f"{where}: {len(labels)} labels for {len(x)} samples")
+    n = sizes.pop()
+    if labels is not None and len(labels) != n:
+        raise DataError(f"{where}: {len(labels)} labels for {n} samples")
 
 
 def _run_batches(emu, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -152,16 +152,20 @@ def _npy_inputs(program, path: str, labels_path: str | None, samples: int):
 
     from farc.errors import DataError
     from farc.npyio import load_arrays
+    from farc.runtime.program import to_batch_first, user_shape
 
-    shape = program.manifest["inputs"][0]["shape"]
+    spec = program.manifest["inputs"][0]
+    want = user_shape(spec)  # the model's own layout: [T, N, F] for a time-major input
     for p in (path, labels_path):
         if p is not None and not Path(p).is_file():
             raise DataError(f"{p}: no such file")
     x = load_arrays(path, "--inputs-npy")
-    if not isinstance(x, np.ndarray) or list(x.shape[1:]) != list(shape[1:]):
+    if not isinstance(x, np.ndarray) or x.ndim != len(want) or \
+            any(w is not None and w != d for w, d in zip(want, x.shape)):
         got = list(x.shape) if isinstance(x, np.ndarray) else "an .npz"
-        raise DataError(f"--inputs-npy {path}: expected [N, {', '.join(map(str, shape[1:]))}]"
-                        f", got {got}")
+        shown = ", ".join("N" if w is None else str(w) for w in want)
+        raise DataError(f"--inputs-npy {path}: expected [{shown}], got {got}")
+    x = to_batch_first(x, spec)
     y = None
     if labels_path:
         y = load_arrays(labels_path, "--labels-npy")

@@ -178,6 +178,9 @@ def _name_interface(program: Program, model: nn.Module) -> Program:
     program.manifest["inputs"][0]["name"] = model.input_name
     for spec in program.manifest["outputs"]:
         spec["name"] = outs[spec["name"]]
+    for spec in program.manifest["inputs"] + program.manifest["outputs"]:
+        if model.batch_axes.get(spec["name"]):  # a time-major model's layout, for run/verify
+            spec["batch_axis"] = model.batch_axes[spec["name"]]
     return program
 
 

@@ -159,6 +159,39 @@ def _read_external(tensor: Any, folder: Path | None, where: str) -> np.ndarray:
         [int(d) for d in tensor.dims])
 
 
+NUMERIC = {1: "float_data", 2: "int32_data", 3: "int32_data", 4: "int32_data",
+           5: "int32_data", 6: "int32_data", 7: "int64_data", 9: "int32_data",
+           10: "int32_data", 11: "double_data", 12: "uint64_data", 13: "uint64_data"}
+"""ONNX data types farc reads (FLOAT ... UINT64, no strings, complex or sub-byte floats)
+-> the TensorProto field holding their values when not stored as raw bytes."""
+
+
+def _read_embedded(tensor: Any, where: str) -> np.ndarray:
+    """A tensor stored inside the model file. Its declared shape is checked against the
+    data it holds and the memory budget before numpy builds it: a declared [4, 3] with no
+    values behind it is a broken file, not a reshape error."""
+    from onnx import helper, numpy_helper
+
+    field = NUMERIC.get(tensor.data_type)
+    if field is None:
+        kind = helper.tensor_dtype_to_string(tensor.data_type).split(".")[-1] \
+            if tensor.data_type in helper.get_all_tensor_dtypes() else tensor.data_type
+        raise UnsupportedModelError(f"{where}: a tensor of type {kind}; farc reads numeric "
+                                    "tensors (float, int, bool) only")
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise CheckpointError(f"{where}: tensor of shape {dims}")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    n = math.prod(dims)
+    check_memory(n * dtype.itemsize, where)
+    held = len(tensor.raw_data) // dtype.itemsize if tensor.HasField("raw_data") \
+        else len(getattr(tensor, field))
+    if held != n or (tensor.HasField("raw_data") and len(tensor.raw_data) % dtype.itemsize):
+        raise CheckpointError(f"{where}: declares shape {dims} ({n:,} {dtype} values) and "
+                              f"holds {held:,}; the file is truncated or corrupt")
+    return np.asarray(numpy_helper.to_array(tensor))
+
+
 def _node_name(node: Any, i: int) -> str:
     return node.name or f"{node.op_type}_{i}"
 
@@ -177,9 +210,10 @@ def from_onnx_proto(proto: Any, source: dict, folder: Path | None = None) -> Gra
     for init in graph.initializer:
         conv.env[init.name] = conv.array(init, f"initializer {init.name}")
     inputs = [v for v in graph.input if v.name not in conv.env]  # one (check_graph)
-    shape = _input_shape(inputs[0])
-    conv.batch = shape[0]
-    conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input", shape)
+    axis = _input_batch_axis(graph, inputs[0].name)
+    shape = _input_shape(inputs[0], axis)
+    conv.batch = shape[axis]
+    conv.env[inputs[0].name] = conv.b.input(_safe(inputs[0].name) or "input", shape, axis)
     for i, node in enumerate(graph.node):
         conv.node(node, f"node {_node_name(node, i)}", _node_name(node, i))
     outs = []
@@ -202,20 +236,48 @@ def _summary(graph: Any) -> OnnxGraph:
                      [v.name for v in graph.input])
 
 
-def _input_shape(vi: Any) -> list[int]:
+PASS_THROUGH = {"Identity", "Cast", "Dropout", "Relu", "Sigmoid", "Tanh", "Add", "Sub",
+                "Mul", "Div", "MatMul", "LayerNormalization"}
+"""Ops that leave the input's time and batch axes where they are (elementwise, or over the
+last axis), followed from the input to its recurrent layer."""
+
+
+def _input_batch_axis(graph: Any, name: str) -> int:
+    """The input's batch axis, found from the recurrent layer that reads it: 1 when an LSTM
+    of layout 0 (ONNX's default, time-major [T, B, F], torch's batch_first=False) reads it
+    directly or through PASS_THROUGH ops, else 0."""
+    reach, found = {name}, 0
+    for node in graph.node:  # graph order: producers first
+        if not reach.intersection(node.input):
+            continue
+        if node.op_type in ("LSTM", "GRU", "RNN") and node.input[0] in reach:
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            return 1 if layout == 0 else 0
+        if node.op_type in PASS_THROUGH:
+            reach.update(o for o in node.output if o)
+    return found
+
+
+def _input_shape(vi: Any, batch_axis: int = 0) -> list[int]:
     dims = vi.type.tensor_type.shape.dim
     if not dims:
         raise UnsupportedModelError(f"input {vi.name} has no shape")
+    if batch_axis >= len(dims):
+        raise UnsupportedModelError(f"input {vi.name} of rank {len(dims)} feeds a "
+                                    f"recurrent layer that reads its axis {batch_axis} as "
+                                    "the batch")
     shape = []
     for k, d in enumerate(dims):
         if d.HasField("dim_value") and d.dim_value > 0:
             shape.append(int(d.dim_value))
-        elif k == 0:
+        elif k == batch_axis:
             shape.append(1)  # a symbolic batch
         else:
             raise UnsupportedModelError(f"input {vi.name}: dimension {k} ({d.dim_param or '?'}"
-                                        ") is symbolic; only the batch axis may be")
-    check_memory(4 * math.prod(shape[1:]), f"input {vi.name} (one sample)")
+                                        f") is symbolic; only the batch axis ({batch_axis}) "
+                                        "may be")
+    check_memory(4 * math.prod(s for k, s in enumerate(shape) if k != batch_axis),
+                 f"input {vi.name} (one sample)")
     return shape
 
 
@@ -426,11 +488,9 @@ class _Converter(_DigitalOps):
         return _safe(name)
 
     def array(self, tensor: Any, where: str) -> np.ndarray:
-        from onnx import numpy_helper
-
         if tensor.data_location == 1:  # EXTERNAL
             return _read_external(tensor, self.folder, where)
-        return np.asarray(numpy_helper.to_array(tensor))
+        return _read_embedded(tensor, where)
 
     def get(self, name: str) -> Any:
         if name == "":

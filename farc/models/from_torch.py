@@ -49,7 +49,15 @@ from farc.models.graph import (
     Val,
     as_val,
 )
-from farc.models.pt2_scan import BINARY, IDENTITY, NO_MODULE, SHOWN, SUPPORTED, UNARY
+from farc.models.pt2_scan import (
+    ALTERNATIVES,
+    BINARY,
+    IDENTITY,
+    NO_MODULE,
+    SHOWN,
+    SUPPORTED,
+    UNARY,
+)
 from farc.models.refusal import refuse
 
 
@@ -58,8 +66,9 @@ def load_pt2(path: str | Path) -> GraphModel:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    _check_archive(path)
     try:
-        with _no_unpickling():
+        with _no_unpickling(), _quiet_export_log():
             ep = torch.export.load(str(path))
     except UnsupportedModelError:
         raise
@@ -69,6 +78,44 @@ def load_pt2(path: str | Path) -> GraphModel:
                               ) from None
     return from_exported_program(ep, {"format": "pt2", "path": str(path.resolve()),
                                       "sha256": file_sha256(path)})
+
+
+def _check_archive(path: Path) -> None:
+    """A .pt2 is a zip archive holding a serialized program (`<name>/models/*.json`, as
+    torch.export.save writes it); anything else is refused here in one line, before
+    torch's loader reports it as a multi-line warning with a traceback. The members'
+    declared sizes are checked against the memory budget before torch reads any."""
+    import zipfile
+
+    from farc.limits import check_memory
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a torch.export program (.pt2 files are zip "
+                              f"archives; {str(exc)[:120] or type(exc).__name__})") from None
+    check_memory(unpacked, f"{path}: the archive's members (as declared, unpacked)")
+    if not any("/models/" in n and n.endswith(".json") for n in names):
+        raise CheckpointError(f"{path}: not a torch.export program (the archive holds no "
+                              "serialized model, models/*.json; save it with "
+                              "torch.export.save)")
+
+
+@contextlib.contextmanager
+def _quiet_export_log() -> Iterator[None]:
+    """torch.export.load logs a failed legacy load as a warning with a traceback before
+    raising; farc reports the failure itself in one line, so that log is muted."""
+    import logging
+
+    log = logging.getLogger("torch.export")
+    level = log.level
+    log.setLevel(logging.ERROR + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -123,8 +170,10 @@ def from_exported_program(ep: torch.export.ExportedProgram, source: dict) -> Gra
             params[spec.arg.name] = spec.target
         else:
             raise UnsupportedModelError(f"unsupported program input kind {spec.kind.name}")
-    refuse("torch", _unsupported(ep.graph.nodes), SHOWN, user_inputs)  # all at once
+    refuse("torch", _unsupported(ep.graph.nodes), SHOWN, user_inputs,  # all at once
+           ALTERNATIVES)
     conv = _Converter(GraphBuilder(source), state, params)
+    conv.input_axis = _input_batch_axis(ep.graph.nodes, user_inputs)
     outputs = []
     for node in ep.graph.nodes:
         if node.op == "placeholder":
@@ -171,6 +220,30 @@ def _where(node: Any) -> str:
     return f"node {node.name}"
 
 
+PASS_THROUGH = {*IDENTITY, *UNARY, *BINARY, "linear", "layer_norm"}
+"""ATen ops that leave the input's time and batch axes where they are, followed from the
+input to its LSTM."""
+
+
+def _input_batch_axis(nodes: Any, inputs: list[str]) -> int:
+    """The user input's batch axis, found from the LSTM that reads it: 1 for a time-major
+    one (`batch_first=False`, [T, B, F]) reading it directly or through PASS_THROUGH ops,
+    else 0."""
+    reach = set(inputs)
+    for node in nodes:
+        if node.op != "call_function":
+            continue
+        args = [a.name for a in node.all_input_nodes]
+        if not reach.intersection(args):
+            continue
+        op = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
+        if op == "lstm" and getattr(node.args[0], "name", "") in reach:
+            return 0 if len(node.args) == 9 and node.args[8] else 1
+        if op in PASS_THROUGH:
+            reach.add(node.name)
+    return 0
+
+
 def _shape_of(node: Any) -> tuple[int, ...]:
     val = node.meta.get("val")
     if val is None or not hasattr(val, "shape"):
@@ -184,20 +257,23 @@ class _Converter:
         self.env: dict[str, Any] = {}
         self.batch = 1
         """The batch size the program was exported with (1 when symbolic)."""
+        self.input_axis = 0
+        """The user input's batch axis (1 for a time-major LSTM's [T, B, F])."""
         self.param_of: dict[str, str] = {}
         """Value name of a constant -> its parameter name (for module paths)."""
 
     def placeholder(self, node: Any, user: bool) -> None:
         if user:
             dims = getattr(node.meta.get("val"), "shape", ())
-            symbolic = [k for k, s in enumerate(dims) if k and not isinstance(s, int)]
+            axis = self.input_axis if len(dims) > self.input_axis else 0
+            symbolic = [k for k, s in enumerate(dims) if k != axis and not isinstance(s, int)]
             if symbolic:
                 raise UnsupportedModelError(
                     f"input {node.name}: dimension {symbolic[0]} ({dims[symbolic[0]]}) is "
-                    "symbolic; only the batch axis (0) may be dynamic")
+                    f"symbolic; only the batch axis ({axis}) may be dynamic")
             shape = _shape_of(node)
-            self.batch = shape[0] if shape else 1
-            self.env[node.name] = self.b.input(node.name, shape)
+            self.batch = shape[axis] if shape else 1
+            self.env[node.name] = self.b.input(node.name, shape, axis)
             return
         name = self.params[node.name]
         self.env[node.name] = self.state[name].detach().float().numpy()
@@ -230,7 +306,7 @@ class _Converter:
             raise UnsupportedModelError(f"{where}: indexing a {type(seq).__name__}")
         op = _op_name(node)
         if op not in SUPPORTED:
-            refuse("torch", [(op, where)], SHOWN)
+            refuse("torch", [(op, where)], SHOWN, alternatives=ALTERNATIVES)
         args = [self.value(a) for a in node.args]
         kw = {k: self.value(v) for k, v in node.kwargs.items()}
         return getattr(self, f"_{op.strip('_')}", self._default)(node, op, args, kw, where)

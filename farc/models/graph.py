@@ -116,7 +116,8 @@ class GraphModel(nn.Module):
 
     def __init__(self, nodes: Sequence[Node], input_name: str, input_shape: Sequence[int],
                  outputs: Sequence[tuple[str, str]], modules: dict[str, nn.Module],
-                 consts: dict[str, torch.Tensor], source: dict[str, Any]) -> None:
+                 consts: dict[str, torch.Tensor], source: dict[str, Any],
+                 batch_axes: dict[str, int] | None = None) -> None:
         super().__init__()
         self.nodes = list(nodes)
         self.input_name = input_name
@@ -126,6 +127,10 @@ class GraphModel(nn.Module):
         """(value, output name) pairs, in the model's output order."""
         self.source = dict(source)
         """Where the model came from: format, path, sha256 (recorded in the program)."""
+        self.batch_axes = {k: int(v) for k, v in (batch_axes or {}).items() if v}
+        """Input/output name -> the axis holding the batch in the model's own layout, where
+        it is not 0 (a time-major input [T, B, F]: 1). forward() and the program are
+        batch-first; the program records these (`batch_axis`) for run and verify."""
         self.consts = nn.Module()
         for name, value in consts.items():
             self.consts.register_buffer(name, value.detach().float().clone())
@@ -213,18 +218,22 @@ class GraphModel(nn.Module):
     def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
         """The float golden model as ONNX (TorchScript exporter: each LSTM one ONNX LSTM
         node, a reverse one between two flips), inputs and outputs named as the model's,
-        dynamic batch; written atomically."""
+        in the model's layout (`batch_axes`: a time-major input stays [T, B, F]), dynamic
+        batch; written atomically."""
         import warnings
 
         from farc.atomic import atomic_write
 
         names = self.output_names
-        axes = {n: {0: "batch"} for n in [self.input_name, *names]}
+        axes = {n: {self.batch_axes.get(n, 0): "batch"} for n in [self.input_name, *names]}
+        x = torch.zeros(2, *self.input_shape[1:]).movedim(0, self.batch_axes.get(
+            self.input_name, 0))
 
         def write(tmp: Path) -> None:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(self.eval(), (torch.zeros(2, *self.input_shape[1:]),),
+                model = _InModelLayout(self.eval()) if self.batch_axes else self.eval()
+                torch.onnx.export(model, (x,),
                                   str(tmp), dynamo=False, opset_version=opset,
                                   input_names=[self.input_name], output_names=names,
                                   dynamic_axes=axes, do_constant_folding=True)
@@ -241,6 +250,23 @@ class GraphModel(nn.Module):
             yield
         finally:
             self._lstm_export = False
+
+
+class _InModelLayout(nn.Module):
+    """`model` taking and giving its tensors in the model's own layout (the batch at its
+    `batch_axes`), as the user's file does; the identity for batch-first models."""
+
+    def __init__(self, model: GraphModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        axes = self.model.batch_axes
+        out = self.model(x.movedim(axes.get(self.model.input_name, 0), 0))
+        outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+        moved = tuple(o.movedim(0, axes.get(n, 0))
+                      for o, n in zip(outs, self.model.output_names))
+        return moved[0] if len(moved) == 1 else moved
 
 
 def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -363,6 +389,8 @@ class GraphBuilder:
         self.n = 0
         self.input_name = "input"
         self.input_shape: tuple[int, ...] = ()
+        self.batch_axes: dict[str, int] = {}
+        """Input/output name -> its batch axis in the model's layout (when not 0)."""
 
     # ---- plumbing
     def _new(self, op: str, ins: Sequence[str], attrs: dict | None = None) -> str:
@@ -371,9 +399,17 @@ class GraphBuilder:
         self.nodes.append(Node(op, tuple(ins), out, dict(attrs or {})))
         return out
 
-    def input(self, name: str, shape: Sequence[int]) -> Val:
-        self.input_name, self.input_shape = name, (1, *[int(s) for s in shape[1:]])
-        return Val(self._new("input", []), tuple(range(len(shape))), self.input_shape)
+    def input(self, name: str, shape: Sequence[int], batch_axis: int = 0) -> Val:
+        """The model's input of logical `shape` (batch 1 at `batch_axis`), stored batch
+        first: a time-major [T, 1, F] is stored [1, T, F] and read back through its order."""
+        k = _axis(batch_axis, len(shape), f"input {name}")
+        rest = [int(s) for j, s in enumerate(shape) if j != k]
+        self.input_name, self.input_shape = name, (1, *rest)
+        if k:
+            self.batch_axes[name] = k
+        order = tuple(0 if j == k else j + (j < k) for j in range(len(shape)))
+        logical = tuple(1 if j == k else int(s) for j, s in enumerate(shape))
+        return Val(self._new("input", []), order, logical)
 
     def const(self, value: np.ndarray | torch.Tensor) -> str:
         name = f"c{len(self.consts)}"
@@ -404,11 +440,16 @@ class GraphBuilder:
         return Val(self.stored(v, where), tuple(range(v.ndim)), v.shape)
 
     def finish(self, outputs: Sequence[tuple[Val, str]]) -> GraphModel:
+        """The model; an output whose batch is not its first axis (a time-major LSTM's Y) is
+        stored batch-first with its other axes in the model's order, and its batch axis
+        recorded."""
         outs = []
         for v, name in outputs:
-            outs.append((self.stored(v, f"output {name}"), name))
+            if v.batch_axis:
+                self.batch_axes[name] = v.batch_axis
+            outs.append((self.stored(_batch_first(v), f"output {name}"), name))
         return GraphModel(self.nodes, self.input_name, self.input_shape, outs, self.modules,
-                          self.consts, self.source)
+                          self.consts, self.source, self.batch_axes)
 
     # ---- crossbar layers
     def linear(self, v: Val, weight: np.ndarray, bias: np.ndarray | None, path: str,
@@ -836,6 +877,15 @@ class GraphBuilder:
 def _pool_out(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
     """Output length of one pooled axis, floor mode (ONNX's and torch's formula)."""
     return (size + pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def _batch_first(v: Val) -> Val:
+    """`v` with its batch moved to logical axis 0, the other axes in the model's order."""
+    p = v.batch_axis
+    if p == 0:
+        return v
+    perm = [0] + [v.order[k] for k in range(v.ndim) if k != p]
+    return Val(v.name, tuple(perm), (1, *[d for k, d in enumerate(v.shape) if k != p]))
 
 
 def _axis(axis: int, ndim: int, where: str) -> int:

@@ -30,6 +30,27 @@ SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat
 """ONNX ops farc maps (in the default domain); see farc.models.from_onnx for their forms."""
 POOLS = ("MaxPool", "AveragePool")
 """Pooling ops, compiled over 1 or 2 spatial axes only."""
+ALTERNATIVES: dict[str, str | None] = {
+    "Pow": "Mul (x * x for an exponent of 2)", "Sqrt": None, "Abs": None, "Exp": None,
+    "Log": None, "Reciprocal": "Div (by a constant)", "Neg": "Mul (by -1)",
+    "Sum": "Add", "Mean": "Add and Mul", "Max": None, "Min": None,
+    "ConvTranspose": "Conv", "Conv (3-d)": "Conv (1-d or 2-d)",
+    "InstanceNormalization": "LayerNormalization", "GroupNormalization": "LayerNormalization",
+    "LpNormalization": "LayerNormalization", "RNN": "LSTM or GRU",
+    "PRelu": "LeakyRelu (one constant slope)", "Elu": "Relu", "Selu": "Relu", "Celu": "Relu",
+    "ThresholdedRelu": "Relu", "Mish": "Tanh and Mul", "Softplus": "Relu",
+    "Softsign": "Tanh", "Hardmax": "Softmax", "GlobalMaxPool": "ReduceMax (over H and W)",
+    "LpPool": "AveragePool", "ReduceMin": None, "ReduceProd": None,
+    "ReduceL2": None, "ArgMax": None, "ArgMin": None, "TopK": None,
+    "Resize": None, "Upsample": None, "Tile": "Concat", "Einsum": "MatMul",
+    "DepthToSpace": "Reshape and Transpose", "SpaceToDepth": "Reshape and Transpose",
+    "QuantizeLinear": "none: give the float model, farc quantizes it",
+    "DequantizeLinear": "none: give the float model, farc quantizes it",
+    "Equal": None, "Less": None, "Greater": None, "Not": None, "And": None, "Or": None,
+    "If": None, "Loop": None, "Scan": None, "Range": None, "NonZero": None, "CumSum": None,
+}
+"""Op -> the nearest op farc supports (what to rewrite it as), named in the refusal; None,
+or an op missing here, is refused as having no supported alternative."""
 
 
 @dataclass
@@ -86,7 +107,7 @@ def _conv_rank(node: OnnxNode, graph: OnnxGraph) -> int | None:
 
 def check_graph(graph: OnnxGraph) -> None:
     """Raise UnsupportedModelError naming every unsupported op and a wrong input count."""
-    refuse("ONNX", unsupported(graph), SUPPORTED, graph.model_inputs)
+    refuse("ONNX", unsupported(graph), SUPPORTED, graph.model_inputs, ALTERNATIVES)
 
 
 def check_onnx_file(path: str | Path) -> None:

@@ -38,6 +38,22 @@ SUPPORTED = sorted({"linear", "conv1d", "conv2d", "batch_norm", "lstm", "gru", *
 """ATen ops (overload packet names) farc maps; see farc.models.from_torch for their forms."""
 SHOWN = [s for s in SUPPORTED if not s.startswith("_")]
 """The supported ops a refusal lists (aliases like _softmax left out)."""
+ALTERNATIVES: dict[str, str | None] = {
+    "pow": "mul (x * x for an exponent of 2)", "sqrt": None, "rsqrt": None, "abs": None,
+    "exp": None, "log": None, "neg": "mul (by -1)", "reciprocal": "div (by a constant)",
+    "silu": "sigmoid and mul", "mish": "tanh and mul", "elu": "relu", "selu": "relu",
+    "celu": "relu", "prelu": "leaky_relu (one constant slope)", "softplus": "relu",
+    "relu6": "clamp", "conv3d": "conv2d", "convolution": "conv2d",
+    "conv_transpose2d": "conv2d", "conv_transpose1d": "conv1d",
+    "_native_batch_norm_legit_no_training": "batch_norm", "instance_norm": "layer_norm",
+    "group_norm": "layer_norm", "rms_norm": "layer_norm", "rnn_tanh": "lstm or gru",
+    "rnn_relu": "lstm or gru", "max": "amax", "min": None, "argmax": None, "where": None,
+    "embedding": "linear (of a one-hot input)", "einsum": "matmul",
+    "baddbmm": "matmul and add", "addmm": "linear", "expand": None, "repeat": "cat",
+    "scaled_dot_product_attention": "matmul, softmax and matmul",
+}
+"""ATen op -> the nearest op farc maps (named in the refusal); None, or an op missing here,
+is refused as having no supported alternative."""
 GETITEM = "_operator.getitem"
 NO_MODULE = "_empty_nn_module_stack"
 """The module path torch.export records for nodes outside any module (the sym_size of a
@@ -58,7 +74,7 @@ def check_pt2_file(path: str | Path) -> None:
                   if "user_input" in s]
     except (KeyError, TypeError, IndexError, AttributeError):
         return
-    refuse("torch", found, SHOWN, inputs)
+    refuse("torch", found, SHOWN, inputs, ALTERNATIVES)
 
 
 def _read_program(path: Path) -> dict | None:

@@ -5,7 +5,7 @@ with its first node and how many nodes use it. Standard library only, so that
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from farc.errors import ConfigError
 
@@ -24,9 +24,23 @@ def unsupported_ops(found: Iterable[tuple[str, str]]) -> list[tuple[str, str, in
     return [(op, first[op], count[op]) for op in first]
 
 
+NO_ALTERNATIVE = "no supported alternative"
+
+
+def _alternative(op: str, alternatives: Mapping[str, str | None]) -> str:
+    """"nearest supported: Mul" or "no supported alternative" for `op` ("Conv (1-d)" is
+    looked up as itself, then as "Conv")."""
+    alt = alternatives.get(op, alternatives.get(op.split(" (")[0]))
+    if alt and alt.startswith("none"):  # "none: <what to do instead>"
+        return alt
+    return f"nearest supported: {alt}" if alt else NO_ALTERNATIVE
+
+
 def refusal_message(kind: str, ops: Sequence[tuple[str, str, int]], supported: Sequence[str],
-                    inputs: Sequence[str] | None = None) -> str:
-    """One line naming every unsupported op (first node, node count) and, when `inputs` is
+                    inputs: Sequence[str] | None = None,
+                    alternatives: Mapping[str, str | None] | None = None) -> str:
+    """One line naming every unsupported op (first node, node count and, with
+    `alternatives`, the nearest supported op or that there is none) and, when `inputs` is
     given, the model's inputs beyond the one farc compiles.
 
     "the model takes 3 inputs (x, h0, c0), farc compiles models of one tensor input;
@@ -38,18 +52,27 @@ def refusal_message(kind: str, ops: Sequence[tuple[str, str, int]], supported: S
         parts.append(f"the model takes {len(inputs)} inputs{names}, farc compiles models of "
                      "one tensor input")
     if ops:
-        listed = ", ".join(f"{op} at {where}" + (f" ({n} nodes)" if n > 1 else "")
+        listed = ", ".join(f"{op} at {where}" + _notes(op, n, alternatives)
                            for op, where, n in ops)
         parts.append(f"unsupported {kind} op{'s' if len(ops) > 1 else ''} {listed}: "
                      f"supported ops are {', '.join(supported)}")
     return "; ".join(parts)
 
 
+def _notes(op: str, n: int, alternatives: Mapping[str, str | None] | None) -> str:
+    """" (2 nodes; nearest supported: Mul)", " (2 nodes)", "" ..."""
+    notes = [f"{n} nodes"] if n > 1 else []
+    if alternatives is not None:
+        notes.append(_alternative(op, alternatives))
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def refuse(kind: str, found: Iterable[tuple[str, str]], supported: Sequence[str],
-           inputs: Sequence[str] | None = None) -> None:
+           inputs: Sequence[str] | None = None,
+           alternatives: Mapping[str, str | None] | None = None) -> None:
     """Raise UnsupportedModelError listing every unsupported op in `found` (and a wrong
     input count); return quietly when there is nothing to refuse."""
-    message = refusal_message(kind, unsupported_ops(found), supported, inputs)
+    message = refusal_message(kind, unsupported_ops(found), supported, inputs, alternatives)
     if message:
         raise UnsupportedModelError(message)
 
