@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 SEVERAL = ("the model takes 3 inputs (x, h0, c0), farc compiles models of one tensor input; "
-           "unsupported ONNX ops Pad at node /pad/Pad (2 nodes), Conv (1-d) at node "
+           "unsupported ONNX ops Mod at node /mod/Mod (2 nodes), Conv (1-d) at node "
            "/conv1/Conv, Pow at node /pow/Pow, Sqrt at node Sqrt_3: supported ops are Add, ")
 
 
@@ -30,13 +30,14 @@ def _vi(name: str, shape: list) -> object:
 
 
 def _speech_like(path: Path) -> Path:
-    """What a voice-activity model exported to ONNX looked like: Pad, a 1-d Conv, Pow and
-    Sqrt (an unnamed node), and initial states as extra inputs."""
-    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="/pad/Pad"),
+    """What a voice-activity model exported to ONNX looked like: Mod, a 1-d Conv, Pow and
+    Sqrt (an unnamed node), and initial states as extra inputs (its Pad is supported now,
+    issue 24)."""
+    nodes = [helper.make_node("Mod", ["x", "pads"], ["p"], name="/mod/Mod"),
              helper.make_node("Conv", ["p", "w1"], ["c"], name="/conv1/Conv"),
              helper.make_node("Pow", ["c", "two"], ["q"], name="/pow/Pow"),
              helper.make_node("Sqrt", ["q"], ["r"]),
-             helper.make_node("Pad", ["r", "pads"], ["p2"], name="/pad2/Pad"),
+             helper.make_node("Mod", ["r", "pads"], ["p2"], name="/mod2/Mod"),
              helper.make_node("Add", ["p2", "h0"], ["y"], name="/add/Add")]
     inits = [numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 1], np.int64), "pads"),
              numpy_helper.from_array(np.zeros((4, 2, 3), np.float32), "w1"),
@@ -52,7 +53,7 @@ class TwoBadOps(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(8, 8)
-        self.act = nn.Hardswish()
+        self.act = nn.SELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.fc(x)).pow(2) + self.act(x)
@@ -122,8 +123,8 @@ def test_pt2_scan_and_loader_agree(bad_pt2) -> None:
     with pytest.raises(UnsupportedModelError) as full:
         load_pt2(bad_pt2)
     assert str(fast.value) == str(full.value)
-    assert str(fast.value).startswith("unsupported torch ops hardswish at module act (node "
-                                      "hardswish) (2 nodes), pow at node pow_1: supported ")
+    assert str(fast.value).startswith("unsupported torch ops selu at module act (node "
+                                      "selu) (2 nodes), pow at node pow_1: supported ")
 
 
 def _cli_without_heavy_imports(*args: str) -> subprocess.CompletedProcess:
@@ -145,7 +146,7 @@ def test_compile_refuses_in_one_line_before_torch(tmp_path, bad_pt2, kind) -> No
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[1] == "heavy: []"
-    want = "farc: error: " + (SEVERAL if kind == "onnx" else "unsupported torch ops hardswish")
+    want = "farc: error: " + (SEVERAL if kind == "onnx" else "unsupported torch ops selu")
     assert lines[0].startswith(want)
     assert not out.exists()
 

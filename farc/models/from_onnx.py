@@ -299,7 +299,9 @@ class _DigitalOps:
             raise UnsupportedModelError(f"{where}: pooling with auto_pad {a['auto_pad']}")
         if len(self.output_names) > 1 and self.uses.get(self.output_names[1], 0):
             raise UnsupportedModelError(f"{where}: MaxPool's Indices output is used")
-        return self.b.pool(as_val(ins[0], where), mode, a["kernel_shape"], a.get("strides"),
+        ones = [1] * len(a["kernel_shape"])  # ONNX's default strides (torch's: the kernel)
+        return self.b.pool(as_val(ins[0], where), mode, a["kernel_shape"],
+                           a.get("strides", ones),
                            a.get("pads"), a.get("dilations"),
                            bool(a.get("count_include_pad", 0)), where)
 
