@@ -145,8 +145,12 @@ def _pool(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
         raise ValueError(f"pools {n} axes of a rank-{len(s[0])} tensor, needs [B, C, *spatial]")
     lead, sp = s[0][:-n], s[0][-n:]
     pads = ins["pads"]
-    return (*lead, *(pool_out(sp[i], ins["kernel"][i], ins["stride"][i],
-                              pads[i] + pads[n + i], ins["dilation"][i]) for i in range(n)))
+    out = tuple(pool_out(sp[i], ins["kernel"][i], ins["stride"][i], pads[i] + pads[n + i],
+                         ins["dilation"][i]) for i in range(n))
+    if min(out) < 1:
+        raise ValueError(f"window {ins['kernel']} (dilation {ins['dilation']}) larger than "
+                         f"the padded input {list(sp)}")
+    return (*lead, *out)
 
 
 def _reduce(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:

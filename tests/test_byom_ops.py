@@ -110,7 +110,12 @@ def test_opcode_matches_torch_and_the_qdq_reference(case: str) -> None:
       "dilation": [1], "count_include_pad": False}, [2, 5], "not below the window"),
     ({"op": "pool", "mode": "max", "kernel": [2, 2], "stride": [1, 1], "pads": [0, 0, 0, 0],
       "dilation": [1, 1], "count_include_pad": False}, [5], "needs \\[B, C, \\*spatial\\]"),
+    ({"op": "pool", "mode": "avg", "kernel": [10**12], "stride": [1], "pads": [0, 0],
+      "dilation": [1], "count_include_pad": True}, [2, 5], "larger than the padded input"),
+    ({"op": "pool", "mode": "avg", "kernel": ["2"], "stride": [1], "pads": [0, 0],
+      "dilation": [1], "count_include_pad": True}, [2, 5], "kernel \\['2'\\] must be a list"),
     ({"op": "pad", "pads": [1, 0, 1, 0], "value": 0.0}, [3], "0 on the batch axis"),
+    ({"op": "pad", "pads": [0, 10**12, 0, 0], "value": 0.0}, [3], "memory|budget|exceeds"),
     ({"op": "clip", "min": 1.0, "max": 0.0}, [3], "min 1.0 above max 0.0"),
 ])
 def test_bad_attributes_are_one_line_program_errors(attrs, shape, match) -> None:
