@@ -22,17 +22,20 @@ VERSION = 2
 
 Shape = tuple[int, ...]
 
-EVENT_KINDS = ("io", "mvm", "digital", "digital_in", "matmul", "move", "loop")
+EVENT_KINDS = ("io", "mvm", "digital", "digital_in", "digital_window", "matmul", "move",
+               "loop")
 """How an executed opcode is counted (`counters.record`); every kind also counts its
 register bytes read and written and one instruction:
 - io: program inputs, outputs and constants (bytes only);
 - mvm: a crossbar MVM per input vector (cycles, DAC/ADC conversions, side work);
 - digital: a digital vector op, one element per output element;
 - digital_in: a digital vector op, one element per element of its first input (layernorm);
+- digital_window: one element per element of every window (`pool`: output elements times
+  the kernel's size, a compare or an add each; overlapping windows read an element again);
 - matmul: activation x activation matmul, one multiply-accumulate per MAC;
 - move: a data move (bytes only);
 - loop: the recurrence itself (its gathers and scatters; the body counts its own)."""
-DIGITAL_EVENTS = ("digital", "digital_in")
+DIGITAL_EVENTS = ("digital", "digital_in", "digital_window")
 MATMUL_KIND = "matmul_mac"
 """digital_ops kind of a `matmul` event."""
 MVM_SIDE_KINDS = ("quantize", "shift_add", "rescale")
@@ -207,7 +210,7 @@ OPS: dict[str, OpSpec] = {
                     lockstep=True),
     "zeros": OpSpec(1, "move", _zeros, attrs={"shape": list}, reads_data=False),
     # digital ops users' models need around their crossbar layers (docs/byom.md)
-    "pool": OpSpec(1, "digital_in", _pool,
+    "pool": OpSpec(1, "digital_window", _pool,
                    attrs={"mode": str, "kernel": list, "stride": list, "pads": list,
                           "dilation": list, "count_include_pad": bool}),
     "reduce": OpSpec(1, "digital_in", _reduce,

@@ -93,9 +93,13 @@ def test_opcode_matches_torch_and_the_qdq_reference(case: str) -> None:
     x = RNG.normal(size=(3, *shape)).astype(np.float32)
     want = ref(torch.from_numpy(x)).numpy()
     program = _one_op_program(attrs, shape, list(want.shape[1:]))
-    got = Emulator(program).run({"x": x})["y"]
+    emu = Emulator(program)
+    got = emu.run({"x": x})["y"]
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    counted = {"pool": want.size * int(np.prod(attrs.get("kernel", 1))), "reduce": x.size,
+               "pad": None}.get(attrs["op"], want.size)  # window elements, inputs, outputs
+    assert emu.counters.digital_ops.get(attrs["op"]) == counted
     qdq = _ort(build_qdq_onnx(program).SerializeToString(), x)[0]
     np.testing.assert_allclose(got, qdq, rtol=1e-6, atol=1e-6)
 
