@@ -362,3 +362,54 @@ def test_pooling_the_batch_axis_and_ceil_mode_are_refused(tmp_path) -> None:
     path = _export(Ceil().eval(), (4, 8), tmp_path / "ceil.pt2", "pt2")
     with pytest.raises(UnsupportedModelError, match="pooling with ceil_mode=True"):
         load_pt2(path)
+
+
+# ---------------------------------------------------------------- the emitter's Relax forms
+def _emit(body) -> list[dict]:
+    """Instructions emitted for main(x [1, 2, 6, 6]) = body(bb, x)."""
+    from farc.passes.emit_tile_program import emit_tile_program
+    from farc.targets import load_target
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType((1, 2, 6, 6), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.Tuple([body(bb, x)]))
+        bb.emit_func_output(out)
+    return emit_tile_program(bb.get(), load_target("isaac"), {"kind": "graph"}).instructions
+
+
+def test_emitter_maps_relax_pooling_reduction_clip_and_pad() -> None:
+    from tvm import relax
+
+    def body(bb, x):
+        p = bb.emit(relax.op.nn.max_pool2d(x, (3, 2), (2, 2), padding=(1, 0, 0, 1)))
+        r = bb.emit(relax.op.mean(p, axis=[-1], keepdims=False))
+        c = bb.emit(relax.op.clip(r, 0.0, float("inf")))
+        return bb.emit(relax.op.nn.pad(c, [0, 0, 1, 2, 0, 3], pad_value=-1.5))
+
+    code = {i["op"]: i for i in _emit(body)}
+    assert {k: code["pool"][k] for k in ("mode", "kernel", "stride", "pads", "dilation")} == \
+        {"mode": "max", "kernel": [3, 2], "stride": [2, 2], "pads": [1, 0, 0, 1],
+         "dilation": [1, 1]}
+    assert (code["reduce"]["axes"], code["reduce"]["keepdims"]) == ([3], False)
+    assert code["clip"]["min"] == 0.0 and code["clip"]["max"] == float(np.finfo(np.float32).max)
+    assert (code["pad"]["pads"], code["pad"]["value"]) == ([0, 1, 0, 0, 2, 3], -1.5)
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    (lambda bb, x, r: r.op.mean(x, axis=[0, 1]), "reduces the batch axis \\(0\\)"),
+    (lambda bb, x, r: r.op.sum(x), "over every axis would reduce the batch axis"),
+    (lambda bb, x, r: r.op.nn.avg_pool2d(x, (2, 2), ceil_mode=True), "with ceil_mode"),
+    (lambda bb, x, r: r.op.nn.pad(x, [1, 0, 0, 0, 0, 0, 0, 0]), "padding the batch axis"),
+    (lambda bb, x, r: r.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 0, 0], pad_mode="reflect"),
+     "pad mode reflect"),
+], ids=["mean-batch", "sum-all", "ceil", "pad-batch", "reflect"])
+def test_emitter_refuses_what_would_touch_the_batch(body, match) -> None:
+    from tvm import relax
+
+    from farc.errors import PassError
+
+    with pytest.raises(PassError, match=match):
+        _emit(lambda bb, x: bb.emit(body(bb, x, relax)))
