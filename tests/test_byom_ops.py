@@ -413,3 +413,46 @@ def test_emitter_refuses_what_would_touch_the_batch(body, match) -> None:
 
     with pytest.raises(PassError, match=match):
         _emit(lambda bb, x: bb.emit(body(bb, x, relax)))
+
+
+# ---------------------------------------------------------------- planted faults
+def _fault_reduce_mean_as_sum(monkeypatch) -> None:
+    from farc.runtime import emulator
+
+    right = emulator.HANDLERS["reduce"]
+    monkeypatch.setitem(emulator.HANDLERS, "reduce", lambda emu, ins, xs: right(
+        emu, dict(ins, mode="sum" if ins["mode"] == "mean" else ins["mode"]), xs))
+
+
+def _fault_pool_counts_the_pads(monkeypatch) -> None:
+    from farc.passes.emit_tile_program import _Emitter
+
+    right = _Emitter._pool
+
+    def wrong(self, call, args, mode):
+        reg = right(self, call, args, mode)
+        self.code[-1]["count_include_pad"] = not self.code[-1]["count_include_pad"]
+        return reg
+
+    monkeypatch.setattr(_Emitter, "_pool", wrong)
+
+
+@pytest.mark.parametrize("plant", [_fault_reduce_mean_as_sum, _fault_pool_counts_the_pads],
+                         ids=["emulator-mean-as-sum", "emitter-avg-counts-pads"])
+def test_planted_fault_in_a_new_op_fails_verify(plant, monkeypatch, tmp_path) -> None:
+    """The reference is built from the model, not from the program or the emulator: a
+    wrong handler or a wrong emitted attribute of the new ops fails verify."""
+    from farc.targets import load_target
+
+    from farc.check.verify import resolve_references, verify
+    from farc.compiler.driver import CompileOptions, compile_checkpoint
+    from farc.data import load_split
+
+    torch.manual_seed(3)
+    path = _export(PoolNet().eval(), (1, 8, 8), tmp_path / "pool.pt2", "pt2")
+    x = load_split("digits", "test")[0][:8].reshape(8, 1, 8, 8).numpy()
+    plant(monkeypatch)
+    program = compile_checkpoint(path, load_target("isaac"), CompileOptions(calib_samples=16))
+    report = verify(program, x, None, resolve_references(program, None), bitlevel_samples=2)
+    assert not report.ok
+    assert report.pairs["emulator", "reference"].rel > 1e-3
