@@ -12,6 +12,7 @@ Three levels, each against references written independently of the code under te
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -456,3 +457,52 @@ def test_planted_fault_in_a_new_op_fails_verify(plant, monkeypatch, tmp_path) ->
     report = verify(program, x, None, resolve_references(program, None), bitlevel_samples=2)
     assert not report.ok
     assert report.pairs["emulator", "reference"].rel > 1e-3
+
+
+# ---------------------------------------------------------------- the builder's refusals
+def _builder_refusal(call) -> str:
+    from farc.models.graph import GraphBuilder
+
+    b = GraphBuilder({})
+    v = b.input("x", [1, 2, 6])
+    with pytest.raises(UnsupportedModelError) as exc:
+        call(b, v)
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda b, v: b.pool(v, "avg", [2], [1], [0, 0], [2], True, "n"),
+     "average pooling with dilations \\[2\\]"),
+    (lambda b, v: b.pool(v, "avg", [3], [1], [0, 1], None, False, "n"),
+     "asymmetric or above half the kernel\\) and count_include_pad = 0"),
+    (lambda b, v: b.pool(v, "max", [2], [1], [2, 0], None, False, "n"),
+     "pads \\[2, 0\\] as large as the window"),
+    (lambda b, v: b.pool(v, "max", [2, 2], [1, 1], None, None, False, "n"),
+     "pooling over 2 axes of a rank-3 tensor"),
+    (lambda b, v: b.pool(v, "max", [8], [1], None, None, False, "n"), "leaves no output"),
+    (lambda b, v: b.reduce(b.transpose(v, [2, 0, 1], "t"), "max", [1], False, "n"),
+     "reduceMax over axes \\[1\\] includes the batch axis \\(1\\)"),
+    (lambda b, v: b.pad(v, [1, 0, 0, 0, 0, 0], 0.0, "n"), "padding the batch axis"),
+    (lambda b, v: b.pad(v, [0, 0, -1, 0, 0, 0], 0.0, "n"), "none negative"),
+], ids=["avg-dilation", "avg-asym-exclude", "pad-window", "rank", "no-output",
+        "permuted-batch", "pad-batch", "pad-negative"])
+def test_builder_refuses_in_one_line(call, match) -> None:
+    assert re.search(match, _builder_refusal(call))
+
+
+def test_reduce_axes_follow_the_value_permutation() -> None:
+    """A time-major value ([T, B, F] logically, stored [B, T, F]): a mean over logical
+    axis 0 (time) reduces stored axis 1, and the result keeps the batch first."""
+    from farc.models.graph import GraphBuilder
+
+    b = GraphBuilder({})
+    v = b.transpose(b.input("x", [1, 5, 3]), [1, 0, 2], "t")  # logical [T, B, F]
+    out = b.reduce(v, "mean", [0], False, "n")
+    node = b.nodes[-1]
+    assert node.op == "reduce" and node.attrs["dims"] == [1]
+    assert out.shape == (1, 3) and out.batch_axis == 0
+    model = b.finish([(out, "y")])
+    x = torch.randn(4, 5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), x.mean(1))
