@@ -506,3 +506,29 @@ def test_reduce_axes_follow_the_value_permutation() -> None:
     x = torch.randn(4, 5, 3)
     with torch.no_grad():
         torch.testing.assert_close(model(x), x.mean(1))
+
+
+class _After(nn.Module):
+    """fc over the last axis, then `fn`."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.fc(x))
+
+
+@pytest.mark.parametrize(("fn", "match"), [
+    (lambda h: F.adaptive_avg_pool2d(h, 2), "adaptive_avg_pool2d to \\[2, 2\\]; only to size 1"),
+    (lambda h: F.pad(h, (1, 1, 1, 1), mode="reflect"), "node pad: pad mode 'reflect'; only "
+                                                         "constant"),
+    (lambda h: F.avg_pool2d(h, 2, divisor_override=3), "avg_pool2d with divisor_override"),
+    (lambda h: h.clamp(min=h[:, :1]), "node clamp: clamp with tensor bounds"),
+], ids=["adaptive-2", "reflect", "divisor", "tensor-bound"])
+def test_pt2_digital_op_refusals(fn, match, tmp_path) -> None:
+    path = _export(_After(fn).eval(), (3, 4, 8), tmp_path / "r.pt2", "pt2")
+    with pytest.raises(UnsupportedModelError, match=match) as exc:
+        load_pt2(path)
+    assert "\n" not in str(exc.value)
