@@ -157,6 +157,7 @@ ONNX_CASES = {  # name -> (nodes, x shape, output rank, initializers, opset)
                                        pads=[0, 1, 1, 2], count_include_pad=1)],
                                 [1, 2, 5, 8], 4, [], 17),
     "GlobalAveragePool": ([_node("GlobalAveragePool", ["h"])], [1, 3, 4, 8], 4, [], 17),
+    "GlobalMaxPool1d": ([_node("GlobalMaxPool", ["h"])], [1, 3, 8], 3, [], 17),
     "ReduceMean-attr": ([_node("ReduceMean", ["h"], axes=[1], keepdims=0)], [1, 5, 8], 2, [],
                         17),
     "ReduceSum-input": ([_node("ReduceSum", ["h", "ax"], keepdims=1)], [1, 3, 4, 8], 4,

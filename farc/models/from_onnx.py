@@ -315,6 +315,10 @@ class _DigitalOps:
         v = as_val(ins[0], where)
         return self.b.reduce(v, "mean", list(range(2, v.ndim)), True, where)
 
+    def _GlobalMaxPool(self, ins, a, where, name):
+        v = as_val(ins[0], where)
+        return self.b.reduce(v, "max", list(range(2, v.ndim)), True, where)
+
     def _reduce(self, ins, a, where, mode: str):
         x, axes = ins[0], self._axes(ins, a)
         keep = bool(a.get("keepdims", 1))

@@ -22,7 +22,7 @@ from farc.models.refusal import refuse
 
 SUPPORTED = ("Add", "AveragePool", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape",
              "Conv", "Div", "Dropout", "Erf", "Expand", "Flatten", "Gather", "Gelu", "Gemm",
-             "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LSTM",
+             "GlobalAveragePool", "GlobalMaxPool", "HardSigmoid", "HardSwish", "Identity", "LSTM",
              "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool", "Mul",
              "Pad", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape",
              "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose",
