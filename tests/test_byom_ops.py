@@ -167,6 +167,8 @@ ONNX_CASES = {  # name -> (nodes, x shape, output rank, initializers, opset)
     "LogSoftmax": ([_node("LogSoftmax", ["h"], axis=1)], [1, 4, 8], 3, [], 17),
     "Clip-min-only": ([_node("Clip", ["h", "lo"])], [1, 8], 2,
                       [_t("lo", np.array(-0.25))], 17),
+    "Clip-attrs-opset6": ([_node("Clip", ["h"], min=-0.3, max=0.2)], [1, 8], 2, [], 6),
+    "LogSoftmax-opset11": ([_node("LogSoftmax", ["h"], axis=2)], [1, 4, 8], 3, [], 11),
     "Clip-both": ([_node("Clip", ["h", "lo", "hi"])], [1, 8], 2,
                   [_t("lo", np.array(-0.25)), _t("hi", np.array(0.5))], 17),
     "HardSigmoid": ([_node("HardSigmoid", ["h"], alpha=0.4, beta=0.3)], [1, 8], 2, [], 17),
