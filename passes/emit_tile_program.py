@@ -557,8 +557,9 @@ class _Emitter:
             raise PassError("padding the batch axis is not supported")
         if min(width) < 0:
             raise PassError(f"negative pads {width} are not supported")
+        big = float(np.finfo(np.float32).max)  # -inf: the padding before a max pool
         return self.emit("pad", [self.materialise(args[0])], _shape(call),
-                         pads=begins + ends, value=float(a.pad_value))
+                         pads=begins + ends, value=float(np.clip(float(a.pad_value), -big, big)))
 
     # ---- manifest
     def finish(self, target: Target, model: dict, mod: tvm.IRModule):

@@ -52,11 +52,18 @@ def _check_named_weight(ctx: PatternCheckContext) -> bool:
             and len(ty.shape) == 2)
 
 
+def _check_named_bias(ctx: PatternCheckContext) -> bool:
+    """As `_check_named_weight`, and the added constant is the layer's named bias: a plain
+    constant added after the matmul (hardswish's `x + 3`) stays a digital add."""
+    return _check_named_weight(ctx) and const_label(ctx.annotated_expr["bias"]) is not None
+
+
 def _register() -> None:
     table = []
     for bias in (True, False):
         pat, ann = _matmul_pattern(bias)
-        table.append((CROSSBAR + ("" if bias else ".nobias"), pat, ann, _check_named_weight))
+        table.append((CROSSBAR + ("" if bias else ".nobias"), pat, ann,
+                      _check_named_bias if bias else _check_named_weight))
     register_patterns(table)
 
 

@@ -95,6 +95,8 @@ def record(c: Counters, ins: dict[str, Any], in_shapes: Sequence[Shape],
         c.bump(op, out_n)
     elif spec.event == "digital_in":
         c.bump(op, math.prod(in_shapes[0]))
+    elif spec.event == "digital_window":
+        c.bump(op, out_n * math.prod(ins["kernel"]))
     elif spec.event == "matmul":
         c.bump(MATMUL_KIND, out_n * in_shapes[0][-1])
     elif spec.event == "mvm":

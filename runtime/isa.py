@@ -24,17 +24,20 @@ VERSION = 2
 
 Shape = tuple[int, ...]
 
-EVENT_KINDS = ("io", "mvm", "digital", "digital_in", "matmul", "move", "loop")
+EVENT_KINDS = ("io", "mvm", "digital", "digital_in", "digital_window", "matmul", "move",
+               "loop")
 """How an executed opcode is counted (`counters.record`); every kind also counts its
 register bytes read and written and one instruction:
 - io: program inputs, outputs and constants (bytes only);
 - mvm: a crossbar MVM per input vector (cycles, DAC/ADC conversions, side work);
 - digital: a digital vector op, one element per output element;
 - digital_in: a digital vector op, one element per element of its first input (layernorm);
+- digital_window: one element per element of every window (`pool`: output elements times
+  the kernel's size, a compare or an add each; overlapping windows read an element again);
 - matmul: activation x activation matmul, one multiply-accumulate per MAC;
 - move: a data move (bytes only);
 - loop: the recurrence itself (its gathers and scatters; the body counts its own)."""
-DIGITAL_EVENTS = ("digital", "digital_in")
+DIGITAL_EVENTS = ("digital", "digital_in", "digital_window")
 MATMUL_KIND = "matmul_mac"
 """digital_ops kind of a `matmul` event."""
 MVM_SIDE_KINDS = ("quantize", "shift_add", "rescale")
@@ -165,8 +168,12 @@ def _pool(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
         raise ValueError(f"pools {n} axes of a rank-{len(s[0])} tensor, needs [B, C, *spatial]")
     lead, sp = s[0][:-n], s[0][-n:]
     pads = ins["pads"]
-    return (*lead, *(pool_out(sp[i], ins["kernel"][i], ins["stride"][i],
-                              pads[i] + pads[n + i], ins["dilation"][i]) for i in range(n)))
+    out = tuple(pool_out(sp[i], ins["kernel"][i], ins["stride"][i], pads[i] + pads[n + i],
+                         ins["dilation"][i]) for i in range(n))
+    if min(out) < 1:
+        raise ValueError(f"window {ins['kernel']} (dilation {ins['dilation']}) larger than "
+                         f"the padded input {list(sp)}")
+    return (*lead, *out)
 
 
 def _reduce(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
@@ -225,7 +232,7 @@ OPS: dict[str, OpSpec] = {
     "im2col": OpSpec(1, "move", _im2col,
                      attrs={"kernel": list, "stride": list, "pads": list, "dilation": list}),
     # digital ops users' models need around their crossbar layers (docs/byom.md)
-    "pool": OpSpec(1, "digital_in", _pool,
+    "pool": OpSpec(1, "digital_window", _pool,
                    attrs={"mode": str, "kernel": list, "stride": list, "pads": list,
                           "dilation": list, "count_include_pad": bool}),
     "reduce": OpSpec(1, "digital_in", _reduce,

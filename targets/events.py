@@ -148,11 +148,11 @@ DIGITAL_KEY = {"add": "add", "sub": "add", "scale": "add", "mul": "mul", "sigmoi
 """Pricing: digital_ops kind -> [digital] key of its per-element energy and cycles (relu, a
 compare-and-select per element, is priced as one add: no target key of its own). The
 digital ops of users' models reuse the existing units, none has a key of its own: `pool`
-and `reduce` are one add or compare per input element (the divide of a mean is per output
-element, a window's share of it is below one add); `clip` is two compare-and-selects, as
-cheap as relu's one on an ALU that compares in one cycle, so one add; `leaky_relu` a
-multiply and a select, one mul; `log_softmax` is softmax's passes with a log lookup in
-place of the divide, so priced as softmax."""
+(per window element) and `reduce` (per input element) are one add or compare per element
+read (the divide of a mean is per output element, a window's share of it is below one
+add); `clip` is two compare-and-selects, as cheap as relu's one on an ALU that compares in
+one cycle, so one add; `leaky_relu` a multiply and a select, one mul; `log_softmax` is
+softmax's passes with a log lookup in place of the divide, so priced as softmax."""
 PRICED_APART = (MATMUL_KIND, "shift_add")
 """digital_ops kinds priced by their own constants ([digital] matmul_mac_pj, shift_add_pj)."""
 

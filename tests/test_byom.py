@@ -382,22 +382,22 @@ def test_unsupported_onnx_op_one_line_and_no_output(tmp_path, capsys) -> None:
     assert not out.exists()
 
 
-class WithHardswish(nn.Module):
+class WithSelu(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(8, 8)
-        self.act = nn.Hardswish()
+        self.act = nn.SELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.fc(x))
 
 
 def test_unsupported_torch_op_names_the_module(tmp_path) -> None:
-    path = _export(WithHardswish().eval(), (8,), tmp_path / "hs.pt2", "pt2")
-    with pytest.raises(UnsupportedModelError, match=r"^unsupported torch op hardswish at "
-                                                    r"module act \(node hardswish\) "
-                                                    r"\(nearest supported: sigmoid and "
-                                                    r"mul\): supported ops are "):
+    path = _export(WithSelu().eval(), (8,), tmp_path / "selu.pt2", "pt2")
+    with pytest.raises(UnsupportedModelError, match=r"^unsupported torch op selu at "
+                                                    r"module act \(node selu\) "
+                                                    r"\(nearest supported: relu\): "
+                                                    "supported ops are "):
         load_pt2(path)
 
 

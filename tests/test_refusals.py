@@ -22,11 +22,10 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 SEVERAL = ("the model takes 3 inputs (x, h0, c0), farc compiles models of one tensor input; "
-           "unsupported ONNX ops Pad at node /pad/Pad (2 nodes; no supported alternative), "
-           "Conv (1-d) at node /conv1/Conv (nearest supported: Conv (2-d, stride = kernel, "
-           "no padding)), Pow at node /pow/Pow (nearest supported: Mul (x * x for an "
-           "exponent of 2)), Sqrt at node Sqrt_3 (no supported alternative): supported ops "
-           "are Add, ")
+           "unsupported ONNX ops Mod at node /mod/Mod (2 nodes; no supported alternative), "
+           "Conv (3-d) at node /conv1/Conv (nearest supported: Conv (1-d or 2-d)), Pow at "
+           "node /pow/Pow (nearest supported: Mul (x * x for an exponent of 2)), Sqrt at "
+           "node Sqrt_3 (no supported alternative): supported ops are Add, ")
 
 
 def _vi(name: str, shape: list) -> object:
@@ -34,16 +33,17 @@ def _vi(name: str, shape: list) -> object:
 
 
 def _speech_like(path: Path) -> Path:
-    """What a voice-activity model exported to ONNX looked like: Pad, a 1-d Conv, Pow and
-    Sqrt (an unnamed node), and initial states as extra inputs."""
-    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="/pad/Pad"),
+    """What a voice-activity model exported to ONNX looked like: Mod, a 3-d Conv, Pow and
+    Sqrt (an unnamed node), and initial states as extra inputs (its Pad and 1-d Conv are
+    supported now, issue 24)."""
+    nodes = [helper.make_node("Mod", ["x", "pads"], ["p"], name="/mod/Mod"),
              helper.make_node("Conv", ["p", "w1"], ["c"], name="/conv1/Conv"),
              helper.make_node("Pow", ["c", "two"], ["q"], name="/pow/Pow"),
              helper.make_node("Sqrt", ["q"], ["r"]),
-             helper.make_node("Pad", ["r", "pads"], ["p2"], name="/pad2/Pad"),
+             helper.make_node("Mod", ["r", "pads"], ["p2"], name="/mod2/Mod"),
              helper.make_node("Add", ["p2", "h0"], ["y"], name="/add/Add")]
     inits = [numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 1], np.int64), "pads"),
-             numpy_helper.from_array(np.zeros((4, 2, 3), np.float32), "w1"),
+             numpy_helper.from_array(np.zeros((4, 2, 3, 1, 1), np.float32), "w1"),
              numpy_helper.from_array(np.array(2.0, np.float32), "two")]
     graph = helper.make_graph(nodes, "vad", [_vi("x", ["b", 2, 16]), _vi("h0", [1, 4, 16]),
                                              _vi("c0", [1, 4, 16])],
@@ -56,7 +56,7 @@ class TwoBadOps(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(8, 8)
-        self.act = nn.Hardswish()
+        self.act = nn.SELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.fc(x)).pow(2) + self.act(x)
@@ -126,9 +126,9 @@ def test_pt2_scan_and_loader_agree(bad_pt2) -> None:
         load_pt2(bad_pt2)
     assert str(fast.value) == str(full.value)
     assert str(fast.value).startswith(
-        "unsupported torch ops hardswish at module act (node hardswish) (2 nodes; nearest "
-        "supported: sigmoid and mul), pow at node pow_1 (nearest supported: mul (x * x for "
-        "an exponent of 2)): supported ")
+        "unsupported torch ops selu at module act (node selu) (2 nodes; nearest supported: "
+        "relu), pow at node pow_1 (nearest supported: mul (x * x for an exponent of 2)): "
+        "supported ")
 
 
 def _cli_without_heavy_imports(*args: str) -> subprocess.CompletedProcess:
@@ -150,7 +150,7 @@ def test_compile_refuses_in_one_line_before_torch(tmp_path, bad_pt2, kind) -> No
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[1] == "heavy: []"
-    want = "farc: error: " + (SEVERAL if kind == "onnx" else "unsupported torch ops hardswish")
+    want = "farc: error: " + (SEVERAL if kind == "onnx" else "unsupported torch ops selu")
     assert lines[0].startswith(want)
     assert not out.exists()
 

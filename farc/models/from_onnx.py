@@ -363,7 +363,9 @@ class _DigitalOps:
             raise UnsupportedModelError(f"{where}: pooling with auto_pad {a['auto_pad']}")
         if len(self.output_names) > 1 and self.uses.get(self.output_names[1], 0):
             raise UnsupportedModelError(f"{where}: MaxPool's Indices output is used")
-        return self.b.pool(as_val(ins[0], where), mode, a["kernel_shape"], a.get("strides"),
+        ones = [1] * len(a["kernel_shape"])  # ONNX's default strides (torch's: the kernel)
+        return self.b.pool(as_val(ins[0], where), mode, a["kernel_shape"],
+                           a.get("strides", ones),
                            a.get("pads"), a.get("dilations"),
                            bool(a.get("count_include_pad", 0)), where)
 
@@ -376,6 +378,10 @@ class _DigitalOps:
     def _GlobalAveragePool(self, ins, a, where, name):
         v = as_val(ins[0], where)
         return self.b.reduce(v, "mean", list(range(2, v.ndim)), True, where)
+
+    def _GlobalMaxPool(self, ins, a, where, name):
+        v = as_val(ins[0], where)
+        return self.b.reduce(v, "max", list(range(2, v.ndim)), True, where)
 
     def _reduce(self, ins, a, where, mode: str):
         x, axes = ins[0], self._axes(ins, a)

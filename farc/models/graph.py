@@ -811,14 +811,14 @@ class GraphBuilder:
                       if k not in axes)
         return Val(out, order, tuple(d for k, d in enumerate(v.shape) if k not in axes))
 
-    def pool(self, v: Val, mode: str, kernel: Sequence[int], stride: Sequence[int] | None,
+    def pool(self, v: Val, mode: str, kernel: Sequence[int], stride: Sequence[int],
              pads: Sequence[int] | None, dilation: Sequence[int] | None,
              count_include_pad: bool, where: str) -> Val:
         """Max/average pooling of logical [B, C, *spatial] (1 or 2 spatial axes), floor
-        mode, ONNX pads [begins, ends]."""
+        mode, ONNX pads [begins, ends] (None: none), dilation None: 1."""
         n = len(kernel)
         kernel = [int(k) for k in kernel]
-        stride = [int(s) for s in stride] if stride else kernel
+        stride = [int(s) for s in stride]
         pads = [int(p) for p in pads] if pads else [0] * (2 * n)
         dilation = [int(d) for d in dilation] if dilation else [1] * n
         self._check_pool(v, mode, kernel, stride, pads, dilation, count_include_pad, where)

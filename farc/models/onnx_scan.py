@@ -22,9 +22,10 @@ from farc.models.refusal import refuse
 
 SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
              "ConstantOfShape", "Conv", "Div", "Dropout", "Erf", "Expand", "Flatten", "Gather",
-             "Gelu", "Gemm", "GlobalAveragePool", "GRU", "HardSigmoid", "HardSwish", "Identity",
-             "LSTM", "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool",
-             "Mul", "Pad", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape",
+             "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GRU", "HardSigmoid",
+             "HardSwish", "Identity", "LSTM", "LayerNormalization", "LeakyRelu", "LogSoftmax",
+             "MatMul", "MaxPool", "Mul", "Pad", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
+             "Reshape", "Shape",
              "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose",
              "Unsqueeze", "Where")
 """ONNX ops farc maps (in the default domain); see farc.models.from_onnx for their forms."""
