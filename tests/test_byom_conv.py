@@ -110,6 +110,9 @@ CONV_VARIANTS = {
     "2d-k3-s2-d2": (2, [3, 3], {"strides": [2, 2], "dilations": [2, 2]}, True, None),
     "2d-k2x3-s1x2-pad": (2, [2, 3], {"strides": [1, 2], "pads": [1, 0, 1, 0]}, False, None),
     "2d-same-upper": (2, [3, 3], {"auto_pad": "SAME_UPPER"}, True, None),
+    "2d-same-lower-s2": (2, [3, 3], {"auto_pad": "SAME_LOWER", "strides": [2, 2]}, True,
+                         None),  # asymmetric: a zero pad first
+    "2d-pads-0101": (2, [2, 2], {"pads": [0, 1, 1, 0]}, True, None),
     "2d-bn-folded": (2, [3, 3], {"pads": [1, 1, 1, 1]}, True, "folded"),
     "2d-bn-after-relu": (2, [3, 3], {}, False, "after_relu"),
     "1d-k5-s2-pad2": (1, [5], {"strides": [2], "pads": [2, 2]}, True, None),
@@ -138,13 +141,14 @@ def test_onnx_conv_variant_against_onnxruntime(name: str, tmp_path: Path) -> Non
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-3
     ops = [i["op"] for i in program.instructions]
     assert ops.count("im2col") == 1 and ops.count("mvm") == 1
+    pads = attrs.get("pads", [])
+    assert ("pad" in ops) == (pads[:spatial] != pads[spatial:] or "SAME_LOWER" in str(attrs))
     assert [L["kind"] for L in program.layers] == ["conv"]
     assert ("mul" in ops) == (bn == "after_relu")  # folded: no digital BatchNorm
 
 
 @pytest.mark.parametrize("change,match", [
     ({"group": 3}, "grouped or depthwise convolution"),
-    ({"pads": [0, 1, 1, 1]}, "asymmetric padding"),
 ])
 def test_unsupported_conv_forms_are_one_line(change, match, tmp_path: Path) -> None:
     from farc.models.from_onnx import load_onnx

@@ -12,7 +12,7 @@ every op outside the supported list is refused in one line, naming each op, the 
 first node sits in and its node count.
 
 Supported ATen ops (inference graphs of torch.export, not decomposed): linear, conv1d and
-conv2d (any kernel, stride, symmetric padding, dilation; one group), batch_norm (inference;
+conv2d (any kernel, stride, padding, dilation; one group), batch_norm (inference;
 folded into the convolution or linear layer before it), lstm (any layers and directions,
 batch_first or not, zero initial state, with bias; h_n[i] and the output sequence may be
 used), gru (the same forms; torch's GRU is ONNX's linear_before_reset = 1), relu, gelu

@@ -471,7 +471,7 @@ class GraphBuilder:
         """A 1-d or 2-d convolution on [B, C, L] / [B, C, H, W], any kernel, stride, padding
         and dilation, one group: one crossbar layer of C x kernel rows (docs/byom.md).
         `padding` is torch's (one entry per spatial axis) or ONNX's (begin..., end...);
-        begin and end must be equal (torch's convolutions pad symmetrically)."""
+        where begin and end differ, a zero `pad` node comes first."""
         spatial = weight.ndim - 2
         if spatial not in (1, 2) or v.ndim != weight.ndim:
             raise UnsupportedModelError(
@@ -485,9 +485,10 @@ class GraphBuilder:
         pads = [int(p) for p in (padding if isinstance(padding, list | tuple) else [padding])]
         if len(pads) == 2 * spatial and spatial > 0:
             if pads[:spatial] != pads[spatial:]:
-                raise UnsupportedModelError(
-                    f"{where}: asymmetric padding {pads}; farc maps convolutions padded "
-                    "equally on both sides of each axis")
+                # asymmetric (ONNX SAME_* with an even total): the zeros are a digital `pad`
+                # before an unpadded convolution (torch pads both sides alike)
+                v = self.pad(v, [0, 0, *pads[:spatial], 0, 0, *pads[spatial:]], 0.0, where)
+                pads = [0] * spatial
             pads = pads[:spatial]
         pads = _per_axis(pads, spatial)
         d, c, *kernel = weight.shape
