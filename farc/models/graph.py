@@ -485,7 +485,7 @@ class GraphBuilder:
         pads = [int(p) for p in (padding if isinstance(padding, list | tuple) else [padding])]
         if len(pads) == 2 * spatial and spatial > 0:
             if pads[:spatial] != pads[spatial:]:
-                # asymmetric (ONNX SAME_* with an even total): the zeros are a digital `pad`
+                # asymmetric (ONNX SAME_* with an odd total): the zeros are a digital `pad`
                 # before an unpadded convolution (torch pads both sides alike)
                 v = self.pad(v, [0, 0, *pads[:spatial], 0, 0, *pads[spatial:]], 0.0, where)
                 pads = [0] * spatial
