@@ -100,7 +100,11 @@ class Figures:
     tops_per_w: float
     """NeuroSim's ops per image / (energy x zeta)."""
     energy_by: dict[str, float]
+    """Energy per image by component, pJ."""
     area_by: dict[str, float]
+    """Area by component, mm^2."""
+    busy_us: dict[str, float]
+    """Each resource's busy time per image (the throughput model's occupancy)."""
     replicas: dict[str, int]
 
 
@@ -133,6 +137,7 @@ def figures(program, target) -> Figures:
                    tops=ops / r.throughput.interval_ns / 1e3,
                    tops_per_w=ops / (energy * ZETA), energy_by=dict(r.energy_pj),
                    area_by=dict(r.area_mm2),
+                   busy_us={k: v / 1e3 for k, v in r.throughput.occupancy_ns.items()},
                    replicas={lay["name"]: lay.get("replicas", 1)
                              for lay in program.manifest["layers"]})
 
@@ -172,6 +177,8 @@ def main() -> Section:
     section.table(["component", "energy (uJ)"],
                   [(k, f"{v / 1e6:.3f}") for k, v in f.energy_by.items()])
     section.table(["component", "area (mm^2)"], [(k, f"{v:.3f}") for k, v in f.area_by.items()])
+    section.table(["resource", "busy per image (us)"],
+                  [(k, f"{v:.3f}") for k, v in f.busy_us.items()])
     return section
 
 
