@@ -29,7 +29,7 @@ TABLE_VII = {32: (381.90, 6.25, 11.25), 64: (378.06, 8.16, 19.88)}  # mm^2, TOPS
 ZETA = 1.22  # Param.cpp, validated = true
 # What docs/targets.md quotes for farc (bench/bench_neurosim_vgg8.py prints them)
 DOC_AREA_MM2, DOC_TOPS, DOC_TOPS_PER_W = 33.96, 60.03, 13.59
-DOC_ENERGY_UJ, DOC_INTERVAL_US = 74.31, 20.52
+DOC_ENERGY_UJ, DOC_INTERVAL_US, DOC_LATENCY_US = 74.31, 20.52, 220.8
 # DNN+NeuroSim V1.4 run on the same seeded VGG-8 (docs/targets.md): parallel read ->
 # printed ChipArea um^2, pipeline clock cycle ns, dynamic + leakage energy pJ, TOPS, TOPS/W
 NEUROSIM_RUN = {32: (3.45169e8, 156212, 5.08454e7 + 319776, 7.88568, 19.7341),
@@ -79,6 +79,7 @@ def test_figures_are_the_documented_ones(fig):
     assert f.tops_per_w == pytest.approx(DOC_TOPS_PER_W, rel=0.005)
     assert f.energy_uj == pytest.approx(DOC_ENERGY_UJ, rel=0.005)
     assert f.interval_us == pytest.approx(DOC_INTERVAL_US, rel=0.005)
+    assert f.latency_us == pytest.approx(DOC_LATENCY_US, rel=0.005)
     assert f.tops == pytest.approx(_ops() / (f.interval_us * 1e6), rel=1e-9)
     assert f.tops_per_w == pytest.approx(_ops() / (f.energy_uj * 1e6 * ZETA), rel=1e-9)
 
