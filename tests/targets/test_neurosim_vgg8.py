@@ -131,6 +131,11 @@ def test_neurosim_runs_follow_main_cpp():
         assert _ops() / cycle_ns / 1e3 == pytest.approx(tops, rel=1e-4)
         assert _ops() / energy_pj / ZETA == pytest.approx(tpw, rel=1e-4)
     assert (NEUROSIM_RUN[32][0] - sum(NEUROSIM_AREA_32)) / 1e6 == pytest.approx(246.25, abs=0.01)
+    # its arrays: farc's 8,840 sub-arrays plus the floorplan's extra copies (conv 5 once more,
+    # FC 2 seven times more), each 128 x 12F by 128 x 4F at F = 22 nm (SubArray.cpp 1T1R)
+    extra = 18 * 32 + 7 * (8 * 1)
+    cell_um2 = 128 * 12 * 0.022 * 128 * 4 * 0.022
+    assert (8840 + extra) * cell_um2 == pytest.approx(NEUROSIM_AREA_32[0], rel=1e-3)
     # buffer + interconnect latency of conv 1 alone cap NeuroSim at 9.4 TOPS
     assert _ops() / sum(NEUROSIM_CONV1_NS[1:]) / 1e3 == pytest.approx(9.4, abs=0.05)
 
