@@ -18,7 +18,7 @@ from pathlib import Path
 from bench._common import CACHE, ROOT, md_table, pin_threads, python_cmd
 
 SUITES = ("compile", "throughput", "accuracy", "pruning", "verify", "adc", "cost",
-          "finetune", "noise")
+          "finetune", "noise", "vgg8")
 
 
 def _args() -> argparse.Namespace:
@@ -65,6 +65,9 @@ def _run_suite(name: str, args: argparse.Namespace, command: str):
     if name == "noise":
         from bench import bench_noise
         return bench_noise.run(args.quick, command)
+    if name == "vgg8":
+        from bench import bench_neurosim_vgg8
+        return bench_neurosim_vgg8.run(args.quick, command)
     if name == "cost":
         from bench import bench_cost_model
         return bench_cost_model.run(args.quick, command)
