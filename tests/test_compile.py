@@ -120,16 +120,25 @@ def test_cli_rejects_bad_override(tmp_path, capsys):
     assert "weight_bits" in capsys.readouterr().err
 
 
-def test_import_refuses_overlapping_conv():
+def test_import_maps_overlapping_conv_and_refuses_groups():
+    """An overlapping conv (issue 24) imports as one farc.im2col gather and one matmul over
+    its patches; a grouped one is a PassError naming its layer."""
+    from farc.passes._crossbar_ir import IM2COL_EXTERN, is_extern_call
+
     class Overlapping(torch.nn.Module):
         cfg = DeiTConfig(img_size=4, patch_size=2, in_chans=1, embed_dim=8, num_heads=2)
 
-        def __init__(self):
+        def __init__(self, groups: int = 1):
             super().__init__()
-            self.proj = torch.nn.Conv2d(1, 4, 3, stride=1, padding=1)
+            self.proj = torch.nn.Conv2d(2, 4, 3, stride=1, padding=1, groups=groups)
 
         def forward(self, x):
-            return self.proj(x)
+            return self.proj(torch.cat([x, x], dim=1))
 
-    with pytest.raises(PassError, match="only patch-embedding convolutions"):
-        import_model(Overlapping())
+    mod = import_model(Overlapping()).mod
+    values = [b.value for blk in mod["main"].body.blocks for b in blk.bindings]
+    gathers = [v for v in values if is_extern_call(v, "relax.call_dps_packed", IM2COL_EXTERN)]
+    assert len(gathers) == 1
+    assert [int(d) for d in gathers[0].ty.shape] == [1, 16, 2 * 9]
+    with pytest.raises(PassError, match="proj: only convolutions of one group"):
+        import_model(Overlapping(groups=2))
