@@ -78,6 +78,19 @@ def is_extern_call(expr: relax.Expr, op_name: str, symbol: str) -> bool:
             and expr.args[0].global_symbol == symbol)
 
 
+def rewrite_functions(mod: tvm.IRModule, rewriter: relax.PyExprMutator,
+                      new: dict[tvm.ir.GlobalVar, relax.Function]) -> tvm.IRModule:
+    """`mod` with every plain Relax function (not a crossbar function) rewritten by
+    `rewriter`, plus the functions in `new` it made on the way (the legalize passes' cells).
+    One new module, not add_func per function: that dedups against every function, O(n^2)."""
+    funcs = {}
+    for gv, func in mod.functions.items():
+        legal = isinstance(func, relax.Function) and "Codegen" not in (func.attrs or {})
+        funcs[gv] = rewriter.visit_expr(func) if legal else func
+    funcs.update(new)
+    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
 def is_scan(expr: relax.Expr) -> bool:
     return is_extern_call(expr, "relax.call_pure_packed", SCAN_EXTERN)
 

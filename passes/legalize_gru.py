@@ -36,6 +36,7 @@ from farc.passes._crossbar_ir import (
     const_value,
     is_extern_call,
     named_const,
+    rewrite_functions,
 )
 from tvm import relax
 
@@ -46,12 +47,7 @@ class LegalizeGRU:
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
-        funcs = {}
-        for gv, func in mod.functions.items():
-            legal = isinstance(func, relax.Function) and "Codegen" not in (func.attrs or {})
-            funcs[gv] = rewriter.visit_expr(func) if legal else func
-        funcs.update(rewriter.cells)
-        return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+        return rewrite_functions(mod, rewriter, rewriter.cells)
 
 
 @relax.expr_functor.mutator

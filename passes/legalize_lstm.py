@@ -30,6 +30,7 @@ from farc.passes._crossbar_ir import (
     const_value,
     is_extern_call,
     named_const,
+    rewrite_functions,
 )
 from tvm import relax
 
@@ -40,13 +41,7 @@ class LegalizeLSTM:
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
-        funcs = {}
-        for gv, func in mod.functions.items():
-            legal = isinstance(func, relax.Function) and "Codegen" not in (func.attrs or {})
-            funcs[gv] = rewriter.visit_expr(func) if legal else func
-        funcs.update(rewriter.cells)
-        # One new module (not add_func per cell: that dedups against every function, O(n^2)).
-        return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+        return rewrite_functions(mod, rewriter, rewriter.cells)
 
 
 @relax.expr_functor.mutator

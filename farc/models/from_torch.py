@@ -580,53 +580,49 @@ class _Converter:
         if len(args) != 9 or not isinstance(args[1], list):
             raise UnsupportedModelError(f"{where}: unsupported lstm overload (packed "
                                         "sequences?)")
-        x, hx, flat, has_bias, layers, _dropout, train, bidir, batch_first = args
-        if train:
-            raise UnsupportedModelError(f"{where}: LSTM in training mode")
-        for h in hx:
+        for h in args[1]:
             if not isinstance(h, np.ndarray) or np.any(h != 0):
                 raise UnsupportedModelError(f"{where}: LSTM with a non-zero initial state; "
                                             "only zero initial states can be compiled")
-        dirs = 2 if bidir else 1
-        per = len(flat) // (layers * dirs)
-        if per != (4 if has_bias else 2) or any(not isinstance(w, np.ndarray) for w in flat):
-            raise UnsupportedModelError(f"{where}: LSTM with projections (proj_size) or "
-                                        "computed weights")
-        base = self.path_of(node.args[2][0], node, suffix=".weight_ih_l0")
-        v = as_val(x, where)
-        time_axis = 1 if batch_first else 0
-        seqs: list[tuple[Val, bool]] = []
-        for layer in range(layers):
-            outs = []
-            for d in range(dirs):
-                w = flat[(layer * dirs + d) * per:(layer * dirs + d + 1) * per]
-                w_ih, w_hh = w[0], w[1]
-                zero = np.zeros(w_ih.shape[0], np.float32)
-                b_ih, b_hh = (w[2], w[3]) if has_bias else (zero, zero)
-                path = f"{base}.l{layer}" + ("_reverse" if d else "")
-                o = self.b.lstm_direction(v, time_axis, w_ih, w_hh, b_ih, b_hh, bool(d), path,
-                                          where)
-                outs.append(o)
-                seqs.append((o, bool(d)))
-            v = outs[0] if dirs == 1 else self.b.concat(outs, 2, where)
-            time_axis = 1
-        out = v if batch_first else self.b.transpose(v, [1, 0, 2], where)
+
+        def direction(v, time_axis, w, b_ih, b_hh, reverse, path):
+            return self.b.lstm_direction(v, time_axis, w[0], w[1], b_ih, b_hh, reverse, path,
+                                         where)
+
+        out, seqs = self._recurrent(node, args, where, "LSTM", direction,
+                                    "LSTM with projections (proj_size) or computed weights")
         return [out, _HN(seqs), FinalCellState("final cell state c_n")]
 
     def _gru(self, node, op, args, kw, where):
         if len(args) != 9 or isinstance(args[1], list):
             raise UnsupportedModelError(f"{where}: unsupported gru overload (packed "
                                         "sequences?)")
-        x, hx, flat, has_bias, layers, _dropout, train, bidir, batch_first = args
-        if train:
-            raise UnsupportedModelError(f"{where}: GRU in training mode")
-        if not isinstance(hx, np.ndarray) or np.any(hx != 0):
+        if not isinstance(args[1], np.ndarray) or np.any(args[1] != 0):
             raise UnsupportedModelError(f"{where}: GRU with a non-zero initial state; "
                                         "only zero initial states can be compiled")
+
+        def direction(v, time_axis, w, b_ih, b_hh, reverse, path):  # torch's reset form
+            return self.b.gru_direction(v, time_axis, w[0], w[1], b_ih, b_hh, True, reverse,
+                                        path, where)
+
+        out, seqs = self._recurrent(node, args, where, "GRU", direction,
+                                    "GRU with computed weights")
+        return [out, _HN(seqs)]
+
+    def _recurrent(self, node, args, where: str, name: str, direction,
+                   odd_weights: str) -> tuple[Val, list[tuple[Val, bool]]]:
+        """aten.lstm / aten.gru (x, hx, flat weights, bias, layers, dropout, train,
+        bidirectional, batch_first): one `direction(v, time_axis, [w_ih, w_hh, ...], b_ih,
+        b_hh, reverse, path)` per layer and direction, the directions of a layer
+        concatenated; (the output in the model's layout, every direction's sequence for
+        h_n)."""
+        x, _, flat, has_bias, layers, _dropout, train, bidir, batch_first = args
+        if train:
+            raise UnsupportedModelError(f"{where}: {name} in training mode")
         dirs = 2 if bidir else 1
         per = len(flat) // (layers * dirs)
         if per != (4 if has_bias else 2) or any(not isinstance(w, np.ndarray) for w in flat):
-            raise UnsupportedModelError(f"{where}: GRU with computed weights")
+            raise UnsupportedModelError(f"{where}: {odd_weights}")
         base = self.path_of(node.args[2][0], node, suffix=".weight_ih_l0")
         v = as_val(x, where)
         time_axis = 1 if batch_first else 0
@@ -638,14 +634,12 @@ class _Converter:
                 zero = np.zeros(w[0].shape[0], np.float32)
                 b_ih, b_hh = (w[2], w[3]) if has_bias else (zero, zero)
                 path = f"{base}.l{layer}" + ("_reverse" if d else "")
-                o = self.b.gru_direction(v, time_axis, w[0], w[1], b_ih, b_hh, True, bool(d),
-                                         path, where)
+                o = direction(v, time_axis, w, b_ih, b_hh, bool(d), path)
                 outs.append(o)
                 seqs.append((o, bool(d)))
             v = outs[0] if dirs == 1 else self.b.concat(outs, 2, where)
             time_axis = 1
-        out = v if batch_first else self.b.transpose(v, [1, 0, 2], where)
-        return [out, _HN(seqs)]
+        return (v if batch_first else self.b.transpose(v, [1, 0, 2], where)), seqs
 
 
 def _args(args: list, kw: dict, names: list[str], defaults: list) -> dict[str, Any]:
