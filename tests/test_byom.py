@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from farc_cli import farc_cli as _cli
 from torch import nn
 
 from farc.errors import CheckpointError
@@ -445,15 +446,6 @@ def test_pt2_with_pickled_objects_is_refused_without_running_them(tmp_path) -> N
     assert load_pt2(path).source["format"] == "pt2"  # the genuine file still loads
 
 
-def _cli(*args: object) -> int:
-    """farc's command line in this process (no second torch/TVM import)."""
-    from farc.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_cli_compile_verify_run_onnx(user_models, tmp_path, capsys) -> None:

@@ -10,22 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from farc_cli import farc_cli as _cli
 
 from farc.errors import CheckpointError, ConfigError, FarcError
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-
-def _cli(*args: object) -> int:
-    """farc's command line in this process (no second torch/TVM import)."""
-    from farc.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _save(path: Path, nodes: list, inputs: list, outputs: list, inits: list) -> Path:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from farc_cli import farc_cli as _cli
 
-from farc.cli import main
 from farc.data import model_splits, native_shape
 from farc.errors import DataError
 
@@ -26,12 +26,6 @@ def _folder(root, side: int, mode: str = "L", per_class: int = 5):
     return root
 
 
-def _cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_native_shape_reads_the_header(tmp_path) -> None:

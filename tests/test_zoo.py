@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from farc_cli import farc_cli as _cli
 from torch import nn
 
 from farc.models.zoo import vgg8
@@ -123,14 +124,6 @@ def _export_onnx(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
-def _cli(*args: object) -> int:
-    from farc.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
