@@ -69,18 +69,13 @@ def neurosim_ops() -> int:
 
 
 def vgg8(seed: int = 0):
-    """NeuroSim's VGG-8 in torch, seeded random weights."""
+    """NeuroSim's VGG-8 in torch (farc.models.zoo), seeded random weights."""
     import torch
-    from torch import nn
+
+    from farc.models.zoo import vgg8 as network
 
     torch.manual_seed(seed)
-    feats: list[nn.Module] = []
-    for i, (_, c_in, c_out) in enumerate(LAYERS):
-        feats += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
-        if i % 2:
-            feats.append(nn.MaxPool2d(2))
-    return nn.Sequential(*feats, nn.Flatten(), nn.Linear(*FCS[0]), nn.ReLU(),
-                         nn.Linear(*FCS[1])).eval()
+    return network().eval()
 
 
 @dataclass
