@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from farc.errors import ProgramError
+from farc.windows import window_out
 
 FORMAT = "farc-tile-program"
 VERSION = 2
@@ -135,17 +136,12 @@ def _slice(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
     return (*s[0][:ax], n, *s[0][ax + 1:])
 
 
-def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
-    """Output positions along one spatial axis of a convolution (pad on both sides)."""
-    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def _im2col(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
     """[B, C, *S] -> [B, P, C * prod(kernel)]: every output position's receptive field as a
     row, ordered (channel, kernel offsets) like a [D, C, *kernel] weight flattened."""
     b, c, *size = s[0]
     kernel = [int(k) for k in ins["kernel"]]
-    out = [conv_out_size(n, k, st, p, d) for n, k, st, p, d in
+    out = [window_out(n, k, st, 2 * p, d) for n, k, st, p, d in
            zip(size, kernel, ins["stride"], ins["pads"], ins["dilation"])]
     if len(size) != len(kernel) or min(out, default=0) < 1:
         raise ProgramError(f"im2col: a {len(kernel)}-d kernel {kernel} on an input of shape "
@@ -157,9 +153,6 @@ def _zeros(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
     return (s[0][0], *[int(d) for d in ins["shape"]])
 
 
-def pool_out(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
-    """Output length of one pooled axis (floor mode): ONNX's and torch's formula."""
-    return (size + pad - dilation * (k - 1) - 1) // stride + 1
 
 
 def _pool(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
@@ -168,7 +161,7 @@ def _pool(s: tuple[Shape, ...], ins: dict, ctx: ShapeContext) -> Shape:
         raise ValueError(f"pools {n} axes of a rank-{len(s[0])} tensor, needs [B, C, *spatial]")
     lead, sp = s[0][:-n], s[0][-n:]
     pads = ins["pads"]
-    out = tuple(pool_out(sp[i], ins["kernel"][i], ins["stride"][i], pads[i] + pads[n + i],
+    out = tuple(window_out(sp[i], ins["kernel"][i], ins["stride"][i], pads[i] + pads[n + i],
                          ins["dilation"][i]) for i in range(n))
     if min(out) < 1:
         raise ValueError(f"window {ins['kernel']} (dilation {ins['dilation']}) larger than "

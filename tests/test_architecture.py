@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"farc", "farc.errors", "farc.atomic", "farc.data", "farc.distributed",
-        "farc.progress", "farc.limits", "farc.npyio"}
+        "farc.progress", "farc.limits", "farc.npyio", "farc.windows"}
 PACKAGES = {  # package -> its folder
     "farc.models": "farc/models", "farc.far": "farc/far", "farc.compiler": "farc/compiler",
     "farc.check": "farc/check", "farc.report": "farc/report", "farc.explore": "farc/explore",
@@ -30,7 +30,7 @@ ALLOWED = {  # package -> the packages it may import (besides itself and the cor
     "farc.commands": {*PACKAGES, "farc.cli"},
 }
 RUNTIME_CORE = {"farc.errors", "farc.atomic", "farc.limits",  # stdlib (+ numpy): a .farc
-                "farc.npyio"}                                 # runs without torch/tvm
+                "farc.npyio", "farc.windows"}                 # runs without torch/tvm
 REFERENCES = ("farc/check/qdq.py", "farc/check/reference.py", "farc/check/calibration.py")
 """The independent references import none of farc's numerics, compiler or runtime."""
 

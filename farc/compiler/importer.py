@@ -41,6 +41,7 @@ from tvm import relax
 
 from farc.errors import PassError
 from farc.passes._crossbar_ir import GRU_EXTERN, IM2COL_EXTERN, LSTM_EXTERN, named_const
+from farc.windows import window_out
 
 
 @torch.library.custom_op("farc::lstm", mutates_args=())
@@ -250,7 +251,7 @@ def _convert_conv(node, imp, names, ep) -> relax.Var:
         p = bb.emit(relax.op.reshape(p, (b_, out[0] * out[1], c * kh * kw)))
         kind = "patch_embed"
     else:
-        out = [(n + 2 * pd - dl * (k - 1) - 1) // s + 1
+        out = [window_out(n, k, s, 2 * pd, dl)
                for n, k, s, pd, dl in zip(size, kernel, stride, padding, dilation)]
         rows = c * int(np.prod(kernel))
         prims = [relax.prim_value(int(v)) for v in (spatial, *kernel, *stride, *padding,

@@ -42,6 +42,7 @@ from torch import nn
 from farc.errors import ConfigError
 from farc.models.gru import GRU
 from farc.models.refusal import UnsupportedModelError
+from farc.windows import window_out
 
 __all__ = ["GraphBuilder", "GraphModel", "Node", "UnsupportedModelError", "Val", "as_val"]
 
@@ -496,7 +497,7 @@ class GraphBuilder:
         if v.shape[1] != c:
             raise UnsupportedModelError(f"{where}: input has {v.shape[1]} channels, the "
                                         f"weight expects {c}")
-        out_size = [(n + 2 * p - dl * (k - 1) - 1) // s + 1
+        out_size = [window_out(n, k, s, 2 * p, dl)
                     for n, k, s, p, dl in zip(v.shape[2:], kernel, stride, pads, dilation)]
         if min(out_size) < 1:
             raise UnsupportedModelError(f"{where}: the kernel {kernel} does not fit the "
@@ -824,7 +825,7 @@ class GraphBuilder:
         dilation = [int(d) for d in dilation] if dilation else [1] * n
         self._check_pool(v, mode, kernel, stride, pads, dilation, count_include_pad, where)
         v = self.plain(v, where)
-        shape = (*v.shape[:2], *(_pool_out(v.shape[2 + i], kernel[i], stride[i],
+        shape = (*v.shape[:2], *(window_out(v.shape[2 + i], kernel[i], stride[i],
                                            pads[i] + pads[n + i], dilation[i])
                                  for i in range(n)))
         if min(shape) < 1:
@@ -873,11 +874,6 @@ class GraphBuilder:
         shape = tuple(d + pads[k] + pads[n + k] for k, d in enumerate(v.shape))
         return Val(self._new("pad", [v.name], {"pads": stored, "value": float(value)}),
                    v.order, shape)
-
-
-def _pool_out(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
-    """Output length of one pooled axis, floor mode (ONNX's and torch's formula)."""
-    return (size + pad - dilation * (k - 1) - 1) // stride + 1
 
 
 def _batch_first(v: Val) -> Val:
