@@ -51,15 +51,27 @@ TABLE_VII_OVERRIDES: dict[str, Any] = {
 and inputs are the file's own values; `chip.tiles` is sized by `table_vii_tiles`."""
 
 
-def table_vii_tiles(crossbars_per_tile: int = 16, rows: int = 128, cols: int = 128) -> int:
+def table_vii_target():
+    """neurosim_rram with TABLE_VII_OVERRIDES and a chip of `table_vii_tiles` tiles."""
+    from farc.targets import load_target
+
+    target = load_target("neurosim_rram").with_overrides(**TABLE_VII_OVERRIDES)
+    return target.with_overrides(**{"chip.tiles": table_vii_tiles(target)})
+
+
+def table_vii_tiles(target) -> int:
     """Tiles that hold VGG-8 with NeuroSim's duplication (`SPEEDUP`) and nothing more:
     NeuroSim sizes its chip to the network, so farc's chip is given just the crossbars the
-    duplicated network takes (8 columns per weight), and `--replicate` then places exactly
-    NeuroSim's copies (the next replica of the bottleneck does not fit)."""
+    duplicated network takes on `target`'s crossbars (8 columns per weight), and
+    `--replicate` then places exactly NeuroSim's copies (the next replica of the bottleneck
+    does not fit)."""
+    from farc.targets.mvm import Geometry
+
     shapes = [(9 * c_in, c_out) for _, c_in, c_out in LAYERS] + list(FCS)
-    need = sum(math.ceil(k / rows) * math.ceil(n * 8 / cols) * s
+    need = sum(Geometry.for_matrix(target, k, n).crossbars * s
                for (k, n), s in zip(shapes, SPEEDUP, strict=True))
-    return math.ceil(need / crossbars_per_tile)
+    per_tile = target.chip.imas_per_tile * target.chip.crossbars_per_ima
+    return math.ceil(need / per_tile)
 
 
 def neurosim_ops() -> int:
@@ -107,14 +119,12 @@ def compile_vgg8(workdir: Path):
     """Export VGG-8 and compile it for neurosim_rram as Table VII configures it, with
     NeuroSim's duplication (`--replicate` on a chip of `table_vii_tiles`)."""
     import torch
-    from farc.targets import load_target
 
     from farc.compiler.driver import CompileOptions, compile_checkpoint
 
     path = workdir / "vgg8.pt2"
     torch.export.save(torch.export.export(vgg8(), (torch.zeros(1, 3, 32, 32),)), path)
-    target = load_target("neurosim_rram").with_overrides(
-        **TABLE_VII_OVERRIDES, **{"chip.tiles": table_vii_tiles()})
+    target = table_vii_target()
     calib = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     opts = CompileOptions(calib_images=calib, calib_samples=2, replicate=True)
     return compile_checkpoint(path, target, opts), target
@@ -164,7 +174,7 @@ def main() -> Section:
     with tempfile.TemporaryDirectory() as tmp:
         program, target = compile_vgg8(Path(tmp))
     f = figures(program, target)
-    section.add(f"Compiled in {time.perf_counter() - t0:.0f} s; {table_vii_tiles()} tiles; "
+    section.add(f"Compiled in {time.perf_counter() - t0:.0f} s; {target.chip.tiles} tiles; "
                 f"replicas {f.replicas}; NeuroSim ops per image {neurosim_ops():,}.")
     section.table(["", "area (mm^2)", "TOPS", "TOPS/W"], table(f))
     section.add(f"Latency of one image {f.latency_us:.1f} us, interval {f.interval_us:.2f} us, "
