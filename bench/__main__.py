@@ -88,9 +88,10 @@ def main() -> None:
     store = CACHE / f"{args.out.stem}.json"  # raw numbers + section texts of this output
     old = _previous(store)
     sections = dict(old.get("markdown", {}))  # suites not rerun keep their last text
-    # Without the store (a fresh clone: .cache/ is not committed) the sections already in
-    # the output file are kept as they are, and a rerun suite replaces its own section.
-    kept = [] if old else _sections_in(args.out)
+    # The sections already in the output file are kept as they are (a fresh clone has no
+    # store: .cache/ is not committed; a store from an --only run holds only its suites),
+    # and a rerun suite replaces its own section.
+    kept = _sections_in(args.out)
     raw, walls = {k: old[k] for k in SUITES if k in old}, dict(old.get("wall", {}))
     for name in args.only.split(","):
         print(f"[bench] {name} ...", flush=True)
