@@ -259,18 +259,16 @@ def adc_step(pmax: float, adc: dict, signed: bool) -> float:
 def adc_ranges(layer: Any, x_int: np.ndarray, adc: dict, signed: bool) -> list:
     """Per row tile the partial-sum range (or per slice of it) of inputs x_int [V, K] on
     the reference layer's stored levels, capped at the physical maximum."""
-    with torch.no_grad():
-        _, p = layer.partial_sums(torch.from_numpy(x_int.astype(np.float64)))
-    p = p.numpy()
-    if signed:
-        p = np.abs(p)
     out = []
-    for r in range(p.shape[0]):
-        groups = [p[r][:, layer.col_slice == s] for s in range(layer.slices)] \
-            if adc["granularity"] == "slice" else [p[r]]
-        vals = [min(_statistic(g, adc, signed, float(layer.full_pmax)), float(layer.full_pmax))
-                for g in groups]
-        out.append(vals if adc["granularity"] == "slice" else vals[0])
+    with torch.no_grad():
+        tiles = layer.partial_sums(torch.from_numpy(x_int.astype(np.float64)))
+        for tile in tiles:
+            p = np.abs(tile.numpy()) if signed else tile.numpy()
+            groups = [p[:, layer.col_slice == s] for s in range(layer.slices)] \
+                if adc["granularity"] == "slice" else [p]
+            vals = [min(_statistic(g, adc, signed, float(layer.full_pmax)),
+                        float(layer.full_pmax)) for g in groups]
+            out.append(vals if adc["granularity"] == "slice" else vals[0])
     return out
 
 

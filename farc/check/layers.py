@@ -113,10 +113,32 @@ their bit-level ADC path holds every (row tile, input cycle, column) partial sum
 once took 1.4 GB; in chunks the memory no longer grows with the sequence length."""
 
 
+BANK_MEMORY_SHARE = 0.25
+"""Share of the memory budget (`--max-memory`) one chunk of the per-layer checks may take."""
+BANK_BYTES_PER_SUM = 24
+"""Bytes the reference's bit-level ADC path holds per (row tile, input cycle, column)
+partial sum of a vector: float64 sums, codes and their shift-add at once (measured: 175 KB a
+vector for a 1 x 16 x 512 LSTM cell, 21 bytes a sum)."""
+
+
+def chunk_vectors(program: Any) -> int:
+    """Vectors per chunk of the per-layer checks: CHUNK_VECTORS, fewer when the largest
+    layer's partial sums would pass BANK_MEMORY_SHARE of the memory budget (a VGG-8
+    convolution of 36 row tiles, 15 cycles and 8,192 columns holds 106 MB a vector: 1,024
+    at once took 15 GB)."""
+    from farc.limits import max_memory
+    from farc.runtime.numerics import Geometry
+
+    shapes = [Geometry.from_layer(L) for L in program.layers]
+    per_vector = max((g.row_tiles * g.cycles * g.phys_cols * BANK_BYTES_PER_SUM
+                      for g in shapes), default=1)
+    return int(max(1, min(CHUNK_VECTORS, max_memory() * BANK_MEMORY_SHARE // per_vector)))
+
+
 def integer_checks(program: Any, bank: LayerBankRunner, traces: dict[int, list],
                    ) -> list[LayerIntegers]:
     """Every traced layer's integers against the reference's, in execution order (the
-    vectors in chunks of CHUNK_VECTORS per layer: rows are independent)."""
+    vectors in chunks of `chunk_vectors` per layer: rows are independent)."""
     names = [L["name"] for L in program.layers]
     where = instruction_of(program)
     xs = {names[i]: np.concatenate([t.x for t in tr]) for i, tr in traces.items()}
@@ -124,11 +146,12 @@ def integer_checks(program: Any, bank: LayerBankRunner, traces: dict[int, list],
         xs.setdefault(names[i], np.zeros((0, int(L["K"])), np.float32))
     most = max((len(v) for v in xs.values()), default=0)
     parts: dict[str, list[np.ndarray]] = {}
-    for lo in range(0, max(most, 1), CHUNK_VECTORS):
+    step = chunk_vectors(program)
+    for lo in range(0, max(most, 1), step):
         # a layer with no vectors left in this chunk (a classifier beside a convolution's
         # thousands of positions) gets one zero vector, its result dropped: onnxruntime
         # cannot broadcast the empty batch through the bit-level ADC path
-        chunk = {n: v[lo:lo + CHUNK_VECTORS] for n, v in xs.items()}
+        chunk = {n: v[lo:lo + step] for n, v in xs.items()}
         feeds = {n: c if len(c) or lo == 0 else np.zeros((1, v.shape[1]), np.float32)
                  for (n, c), v in zip(chunk.items(), xs.values())}
         for name, y in bank.run(feeds).items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from farc.errors import FarcError
+from farc.limits import max_memory
 from farc.models.gru import GRU
 
 
@@ -175,12 +177,23 @@ class CrossbarMatmul(nn.Module):
         self.register_buffer("plane_w", torch.from_numpy(plane_w.reshape(1, cycles)))
         self.register_buffer("plane_w_work", self.plane_w.to(self.work))
         self.register_buffer("colw", torch.from_numpy(colw))
+        # vectors per _adc_path call in eager torch: its [RT, C*V, J] sums (and codes, and
+        # their shift-add) within ADC_PATH_MEMORY_SHARE of the memory budget (a VGG-8
+        # convolution over 8 images is 8,192 vectors of 2.2 MB of sums each)
+        self.chunk = max(1, int(max_memory() * ADC_PATH_MEMORY_SHARE //
+                                (rt * cycles * tiles.shape[2] * ADC_PATH_BYTES_PER_SUM)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.K).float()
         x_int = torch.clamp(torch.round(flat / self.in_scale), -self.qx, self.qx).double()
-        y_int = x_int @ self.q if self.exact_adc else self._adc_path(x_int)
+        if self.exact_adc:
+            y_int = x_int @ self.q
+        elif torch.onnx.is_in_onnx_export() or len(x_int) <= self.chunk:
+            y_int = self._adc_path(x_int)
+        else:  # rows are independent: a bounded working set (not traced: export stays one)
+            y_int = torch.cat([self._adc_path(x_int[lo:lo + self.chunk])
+                               for lo in range(0, len(x_int), self.chunk)])
         y = y_int.float() * self.scale
         if self.bias is not None:
             y = y + self.bias
@@ -220,11 +233,13 @@ class CrossbarMatmul(nn.Module):
         return torch.clamp_(torch.floor_(p.div_(self.steps).add_(0.5)),
                             self.adc_low, self.adc_top)
 
-    def partial_sums(self, x_int: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the DAC digits [RT, C*V, rows], the analog partial sums of the stored levels
-        [RT, C*V, J]) of integer inputs x_int [V, K] float64, in float64."""
+    def partial_sums(self, x_int: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The analog partial sums of the stored levels of integer inputs x_int [V, K]
+        float64, one row tile at a time ([C*V, J] float64 each): all tiles at once held
+        9 GB for a VGG-8 convolution's 256 calibration vectors."""
         lhs = self._digits(x_int.double())
-        return lhs, lhs @ self.stored
+        for r in range(self.row_tiles):
+            yield lhs[r] @ self.stored[r]
 
     def _digits(self, x_int: torch.Tensor) -> torch.Tensor:
         """The DAC digits [RT, C*V, rows] of integer inputs x_int [V, K], in x_int's dtype
@@ -248,6 +263,13 @@ class CrossbarMatmul(nn.Module):
         # [C, V, RT, rows] -> [RT, C*V, rows]
         return digits.reshape(self.cycles * v, self.row_tiles, self.rows).transpose(0, 1)
 
+
+ADC_PATH_MEMORY_SHARE = 0.125
+"""Share of the memory budget (`--max-memory`) one eager call of the bit-level ADC path may
+hold (the emulator, onnxruntime and the other layers' data take the rest)."""
+ADC_PATH_BYTES_PER_SUM = 24
+"""Bytes that path holds per (row tile, input cycle, column) partial sum of a vector: the
+sums, their codes and the shift-add, float64 at worst."""
 
 FLOAT32_EXACT = 2**24
 """Integers below this are exact in float32, and so is any sum of them that stays below."""
