@@ -152,8 +152,8 @@ def integer_checks(program: Any, bank: LayerBankRunner, traces: dict[int, list],
         # thousands of positions) gets one zero vector, its result dropped: onnxruntime
         # cannot broadcast the empty batch through the bit-level ADC path
         chunk = {n: v[lo:lo + step] for n, v in xs.items()}
-        feeds = {n: c if len(c) or lo == 0 else np.zeros((1, v.shape[1]), np.float32)
-                 for (n, c), v in zip(chunk.items(), xs.values())}
+        feeds = {n: c if len(c) or lo == 0 else np.zeros((1, c.shape[1]), np.float32)
+                 for n, c in chunk.items()}
         for name, y in bank.run(feeds).items():
             parts.setdefault(name, []).append(y[:len(chunk[name])])
     ref = {name: np.concatenate(ys) for name, ys in parts.items()}

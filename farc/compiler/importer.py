@@ -40,6 +40,7 @@ from torch import nn
 from tvm import relax
 
 from farc.errors import PassError
+from farc.models.graph import per_axis
 from farc.passes._crossbar_ir import GRU_EXTERN, IM2COL_EXTERN, LSTM_EXTERN, named_const
 from farc.windows import window_out
 
@@ -233,7 +234,7 @@ def _convert_conv(node, imp, names, ep) -> relax.Var:
     wname, w = _param(w_node, names, ep)
     d, c, *kernel = w.shape
     spatial = len(kernel)
-    stride, padding, dilation = (_per_axis(v, spatial, dflt) for v, dflt in
+    stride, padding, dilation = (per_axis(v, spatial, dflt) for v, dflt in
                                  ((stride, 1), (padding, 0), (dilation, 1)))
     layer = _layer_of(wname)
     if (groups or 1) != 1:
@@ -266,14 +267,6 @@ def _convert_conv(node, imp, names, ep) -> relax.Var:
         y = bb.emit(relax.op.add(y, named_const(b, kind, layer + ".bias")))
     y = bb.emit(relax.op.permute_dims(y, [0, 2, 1]))
     return bb.emit(relax.op.reshape(y, (b_, d, *out)))
-
-
-def _per_axis(value, spatial: int, default: int) -> list[int]:
-    """An fx conv argument (int, list or None) as one int per spatial axis."""
-    if value is None:
-        return [default] * spatial
-    vals = [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
-    return vals * spatial if len(vals) == 1 else vals
 
 
 def _convert_lstm(node, imp, names, ep) -> relax.Var:

@@ -48,6 +48,7 @@ from farc.models.graph import (
     UnsupportedModelError,
     Val,
     as_val,
+    per_axis,
 )
 from farc.models.pt2_scan import (
     ALTERNATIVES,
@@ -502,15 +503,15 @@ class _Converter:
               where: str) -> Val:
         if a["ceil_mode"]:
             raise UnsupportedModelError(f"{where}: pooling with ceil_mode=True")
-        kernel = _n_ints(a["kernel_size"], n)
-        stride = _n_ints(a["stride"], n) if a["stride"] else kernel
-        pad = _n_ints(a["padding"], n)
+        kernel = per_axis(a["kernel_size"], n)
+        stride = per_axis(a["stride"], n) if a["stride"] else kernel
+        pad = per_axis(a["padding"], n)
         return self.b.pool(as_val(a["input"], where), mode, kernel, stride, pad + pad,
-                           _n_ints(dilation, n), count_pad, where)
+                           per_axis(dilation, n), count_pad, where)
 
     def _adaptive_avg_pool2d(self, node, op, args, kw, where):
         """Global average pooling (output size 1 on every pooled axis): a mean."""
-        v, size = as_val(args[0], where), _n_ints(args[1], 1 if op.endswith("1d") else 2)
+        v, size = as_val(args[0], where), per_axis(args[1], 1 if op.endswith("1d") else 2)
         if any(s != 1 for s in size):
             raise UnsupportedModelError(f"{where}: {op} to {size}; only to size 1 (global "
                                         "average pooling)")
@@ -648,12 +649,6 @@ def _args(args: list, kw: dict, names: list[str], defaults: list) -> dict[str, A
     out.update(zip(names, args))
     out.update({k: v for k, v in kw.items() if k in out})
     return out
-
-
-def _n_ints(x: Any, n: int) -> list[int]:
-    """An int or a list of 1 or n ints as n ints (torch's kernel/stride/padding forms)."""
-    xs = [int(v) for v in (x if isinstance(x, list | tuple) else [x])]
-    return xs * n if len(xs) == 1 else xs
 
 
 def _operand(x: Any) -> Any:

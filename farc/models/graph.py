@@ -482,7 +482,7 @@ class GraphBuilder:
             raise UnsupportedModelError(
                 f"{where}: a grouped or depthwise convolution (group={int(groups)}); farc maps "
                 "group=1 convolutions (write it as group=1 with a block-diagonal weight)")
-        stride, dilation = _per_axis(stride, spatial), _per_axis(dilation, spatial)
+        stride, dilation = per_axis(stride, spatial), per_axis(dilation, spatial)
         pads = [int(p) for p in (padding if isinstance(padding, list | tuple) else [padding])]
         if len(pads) == 2 * spatial and spatial > 0:
             if pads[:spatial] != pads[spatial:]:
@@ -491,7 +491,7 @@ class GraphBuilder:
                 v = self.pad(v, [0, 0, *pads[:spatial], 0, 0, *pads[spatial:]], 0.0, where)
                 pads = [0] * spatial
             pads = pads[:spatial]
-        pads = _per_axis(pads, spatial)
+        pads = per_axis(pads, spatial)
         d, c, *kernel = weight.shape
         v = self.plain(v, where)
         if v.shape[1] != c:
@@ -892,8 +892,11 @@ def _axis(axis: int, ndim: int, where: str) -> int:
     return a + ndim if a < 0 else a
 
 
-def _per_axis(values: Any, spatial: int) -> list[int]:
-    """A kernel attribute (stride, padding, dilation) as one int per spatial axis."""
+def per_axis(values: Any, spatial: int, default: int | None = None) -> list[int]:
+    """A kernel attribute (stride, padding, dilation; torch's and ONNX's forms: an int, or a
+    list of 1 or `spatial` ints; None: `default` on every axis) as one int per spatial axis."""
+    if values is None and default is not None:
+        return [default] * spatial
     out = [int(x) for x in (values if isinstance(values, list | tuple) else [values])]
     return out * spatial if len(out) == 1 else out
 
